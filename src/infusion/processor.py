@@ -1,0 +1,264 @@
+"""The Infusion cross-attention processor (DESIGN section 1, paper Eq. 6-9).
+
+Two streams share every frozen weight. F (foundational) is the base model. C (customised) reuses
+F's attention maps in every ``attn2`` and adds a learned residual ``Delta`` to the concept
+token's value, so (paper Eq. 7 with V' = V + E_obj Delta):
+
+    out_C = out_F + concat_h( M_F[h, :, obj] (outer) Delta[h] ) W_O
+
+C's ``attn2`` output never depends on C's own hidden state: C needs no Q, K or softmax of its
+own. This processor computes the F rows with SDPA (bit-identical to diffusers'
+``AttnProcessor2_0``), the concept columns of F's maps with an explicit softmax, and derives the
+C rows from them with a rank-n update.
+
+Shapes (letters used in comments):
+    B  batch rows      N  image tokens (h*w)     L  text tokens (77)
+    H  heads           d  head dim               D  inner dim = H*d (320/640/1280 in SD1.x)
+    T  concept tokens injected per C row (padded)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from .prompts import ConceptSpan
+
+
+class SelfAttnProcessor(AttnProcessor2_0):
+    """diffusers' SDPA processor, unchanged, that also accepts (and ignores) ``infusion``.
+
+    Installed on ``attn1`` so that passing ``cross_attention_kwargs={"infusion": plan}`` through
+    the UNet does not log "not expected" warnings on every self-attention call.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, infusion=None):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+@dataclass
+class InfusionPlan:
+    """What one UNet call does with its batch rows; passed as ``cross_attention_kwargs["infusion"]``.
+
+    mode:
+        ``"fused"``  rows ``[F rows (n_f), C rows (n_c)]`` in one call (inference);
+        ``"record"`` every row is an F row; store what C rows need (training, no grad);
+        ``"inject"`` every row is a C row; read what ``"record"`` stored (training, with grad).
+    c_source:  LongTensor [n_c], the F row each C row derives its maps and F output from.
+    positions: LongTensor [n_c, T], token positions receiving a residual (padding: 0).
+    slots:     per C row, per padded token, ``(concept name, Delta row)`` or ``None`` for padding.
+    records:   layer name -> (core_F [n_c, N, D], maps [n_c, H, N, T]) filled in record mode.
+    """
+
+    mode: str
+    n_f: int
+    c_source: torch.Tensor
+    positions: torch.Tensor
+    slots: list[list[tuple[str, int] | None]]
+    records: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.mode not in ("fused", "record", "inject"):
+            raise ValueError(f"InfusionPlan.mode must be fused, record or inject, got {self.mode!r}")
+        if self.positions.shape[0] != self.c_source.shape[0] or len(self.slots) != self.c_source.shape[0]:
+            raise ValueError("c_source, positions and slots must have one entry per C row")
+
+    @property
+    def n_c(self) -> int:
+        return int(self.c_source.shape[0])
+
+    @classmethod
+    def build(cls, mode: str, n_f: int, c_source: list[int], spans: list[list[ConceptSpan]]) -> "InfusionPlan":
+        """Plan from each C row's concept spans (``prompts.parse_prompt(...).spans``).
+
+        Tokens are sorted by position, so the residual sum does not depend on the order in which
+        concepts were listed (composition is order-free, exactly).
+        """
+        per_row = []
+        for row_spans in spans:
+            toks = sorted((p, (s.name, j)) for s in row_spans for j, p in enumerate(s.positions))
+            if len({p for p, _ in toks}) != len(toks):
+                raise ValueError("two concepts claim the same token position")
+            per_row.append(toks)
+        T = max([len(t) for t in per_row] + [1])
+        positions = torch.zeros(len(per_row), T, dtype=torch.long)
+        slots: list[list[tuple[str, int] | None]] = []
+        for i, toks in enumerate(per_row):
+            positions[i, : len(toks)] = torch.tensor([p for p, _ in toks], dtype=torch.long)
+            slots.append([s for _, s in toks] + [None] * (T - len(toks)))
+        return cls(mode, n_f, torch.tensor(c_source, dtype=torch.long), positions, slots)
+
+    def concepts_used(self) -> set[str]:
+        return {s[0] for row in self.slots for s in row if s is not None}
+
+
+class InfusionAttnProcessor:
+    """``attn2`` processor: F rows as the base model, C rows derived from F (Eq. 7, Eq. 9).
+
+    ``deltas`` maps a concept name to this layer's residual, shape [n_tokens, D]; it may hold
+    ``nn.Parameter`` objects (training) or plain tensors (inference).
+    """
+
+    def __init__(self, layer_name: str):
+        self.layer_name = layer_name
+        self.deltas: dict[str, torch.Tensor] = {}
+        self._base = AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        infusion: InfusionPlan | None = None,
+    ) -> torch.Tensor:
+        if infusion is None or (infusion.mode == "fused" and infusion.n_c == 0):
+            return self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if encoder_hidden_states is None:
+            raise ValueError(f"{self.layer_name}: InfusionAttnProcessor belongs on cross-attention (attn2) layers")
+        if attn.spatial_norm is not None or attn.group_norm is not None:
+            raise NotImplementedError(f"{self.layer_name}: spatial_norm/group_norm attention is not supported")
+
+        residual = hidden_states  # (B, N, C) or (B, C, h, w)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, ch, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, ch, h * w).transpose(1, 2)  # (B, N, C)
+
+        plan = infusion
+        if plan.mode == "inject":
+            core_src, maps = plan.records[self.layer_name]  # (B, N, D), (B, H, N, T)
+            core = self._c_core(attn, core_src, maps, plan)  # (B, N, D)
+        else:
+            n_f = plan.n_f if plan.mode == "fused" else hidden_states.shape[0]
+            core_f, maps = self._f_core(
+                attn, hidden_states[:n_f], encoder_hidden_states[:n_f], attention_mask, plan
+            )  # (n_f, N, D), (n_c, H, N, T)
+            core_src = core_f[plan.c_source]  # (n_c, N, D)
+            if plan.mode == "record":
+                plan.records[self.layer_name] = (core_src, maps)
+                core = core_f
+            else:
+                core = torch.cat([core_f, self._c_core(attn, core_src, maps, plan)], dim=0)  # (B, N, D)
+
+        out = attn.to_out[1](attn.to_out[0](core))  # (B, N, C): W_O, b_O, dropout
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(residual.shape)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    def _f_core(self, attn, hs, ehs, attention_mask, plan):
+        """F rows exactly as ``AttnProcessor2_0`` up to W_O, plus F's maps at the concept columns.
+
+        hs (B, N, C), ehs (B, L, C_text) -> core (B, N, D), maps (n_c, H, N, T) for C rows' sources.
+        """
+        B, L = ehs.shape[0], ehs.shape[1]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, L, B)
+            attention_mask = attention_mask.view(B, attn.heads, -1, attention_mask.shape[-1])  # (B, H, 1|N, L)
+        if attn.norm_cross:
+            ehs = attn.norm_encoder_hidden_states(ehs)
+        q, k, v = attn.to_q(hs), attn.to_k(ehs), attn.to_v(ehs)  # (B, N, D), (B, L, D), (B, L, D)
+        D = k.shape[-1]
+        H, d = attn.heads, D // attn.heads
+        q = q.view(B, -1, H, d).transpose(1, 2)  # (B, H, N, d)
+        k = k.view(B, -1, H, d).transpose(1, 2)  # (B, H, L, d)
+        v = v.view(B, -1, H, d).transpose(1, 2)  # (B, H, L, d)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        core = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        core = core.transpose(1, 2).reshape(B, -1, D).to(q.dtype)  # (B, N, D)
+
+        # Explicit softmax over all L keys, kept only at the concept columns: M_F[h, :, obj].
+        src = plan.c_source.to(q.device)
+        qs, ks = q[src].float(), k[src].float()  # (n_c, H, N, d), (n_c, H, L, d)
+        scores = qs @ ks.transpose(-1, -2) * attn.scale  # (n_c, H, N, L)
+        if attention_mask is not None:
+            scores = scores + attention_mask[src].float()
+        probs = scores.softmax(dim=-1)
+        pos = plan.positions.to(q.device)[:, None, None, :].expand(-1, H, probs.shape[2], -1)  # (n_c, H, N, T)
+        maps = probs.gather(-1, pos).to(q.dtype)  # (n_c, H, N, T)
+        return core, maps
+
+    def _c_core(self, attn, core_src, maps, plan):
+        """C rows: core_F + M_F[:, :, obj] @ Delta, per head. core_src (n_c, N, D) -> (n_c, N, D)."""
+        n_c, N, D = core_src.shape
+        H = attn.heads
+        delta = self._stacked_deltas(plan, D, core_src)  # (n_c, T, D)
+        delta = delta.view(n_c, -1, H, D // H).transpose(1, 2)  # (n_c, H, T, d)
+        upd = maps.to(delta.dtype) @ delta  # (n_c, H, N, d)
+        return core_src + upd.transpose(1, 2).reshape(n_c, N, D).to(core_src.dtype)
+
+    def _stacked_deltas(self, plan: InfusionPlan, D: int, like: torch.Tensor) -> torch.Tensor:
+        """Gather this layer's Delta rows for every (C row, padded token) slot -> (n_c, T, D)."""
+        names = sorted(plan.concepts_used())
+        missing = [n for n in names if n not in self.deltas]
+        if missing:
+            raise KeyError(f"{self.layer_name}: no Delta loaded for concept(s) {missing}")
+        zero = torch.zeros(1, D, dtype=like.dtype, device=like.device)
+        table, offset = [zero], {}
+        for n in names:
+            offset[n] = sum(t.shape[0] for t in table)
+            delta = self.deltas[n]
+            if delta.shape[-1] != D:
+                raise ValueError(f"{self.layer_name}: Delta for <{n}> has width {delta.shape[-1]}, layer needs {D}")
+            table.append(delta.to(device=like.device, dtype=like.dtype))
+        table = torch.cat(table, dim=0)  # (1 + sum n_tokens, D)
+        index = torch.tensor(
+            [[0 if s is None else offset[s[0]] + s[1] for s in row] for row in plan.slots],
+            dtype=torch.long,
+            device=like.device,
+        )  # (n_c, T)
+        return table[index]
+
+
+def cross_attention_layers(unet) -> dict[str, Attention]:
+    """``attn2`` modules of a UNet by diffusers module name, e.g.
+    ``down_blocks.0.attentions.0.transformer_blocks.0.attn2`` -> Attention."""
+    layers = {
+        name: m
+        for name, m in unet.named_modules()
+        if isinstance(m, Attention) and m.is_cross_attention and name.endswith("attn2")
+    }
+    if not layers:
+        raise ValueError("this UNet has no cross-attention (attn2) layers; Infusion needs a text-conditioned UNet")
+    return layers
+
+
+def layer_widths(unet) -> dict[str, int]:
+    """Value width D of every ``attn2`` (asked from the module: ``to_v.out_features``)."""
+    return {name: m.to_v.out_features for name, m in cross_attention_layers(unet).items()}
+
+
+def install_processors(unet) -> dict[str, InfusionAttnProcessor]:
+    """Put ``InfusionAttnProcessor`` on every ``attn2`` and ``SelfAttnProcessor`` elsewhere.
+
+    Idempotent: returns the existing Infusion processors when already installed.
+    """
+    existing = {n[: -len(".processor")]: p for n, p in unet.attn_processors.items() if isinstance(p, InfusionAttnProcessor)}
+    layers = cross_attention_layers(unet)
+    if set(existing) == set(layers):
+        return existing
+    procs = {}
+    mapping = {}
+    for key in unet.attn_processors:
+        name = key[: -len(".processor")]
+        if name in layers:
+            procs[name] = InfusionAttnProcessor(name)
+            mapping[key] = procs[name]
+        else:
+            mapping[key] = SelfAttnProcessor()
+    unet.set_attn_processor(mapping)
+    return procs
+
+
+def infusion_processors(unet) -> dict[str, InfusionAttnProcessor]:
+    """The installed Infusion processors by layer name (empty if none)."""
+    return {n[: -len(".processor")]: p for n, p in unet.attn_processors.items() if isinstance(p, InfusionAttnProcessor)}
