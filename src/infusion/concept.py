@@ -1,0 +1,160 @@
+"""Concept files (DESIGN section 3): one Delta per ``attn2`` layer, safetensors + string metadata.
+
+File layout: tensor key = diffusers module name of the layer
+(``down_blocks.0.attentions.0.transformer_blocks.0.attn2``), shape ``[n_tokens, D]``; metadata holds
+format name/version, method, name, class phrase, base model id, base fingerprint, training
+settings (JSON) and the library version. Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .io import save_safetensors_atomic
+
+from . import __version__
+
+FORMAT_NAME = "infusion-concept"
+FORMAT_VERSION = "1"
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_\-\.]*"
+
+
+def base_fingerprint(*modules: torch.nn.Module) -> str:
+    """A cheap, stable fingerprint of frozen weights: sha256 over every parameter's name, shape and
+    a strided sample of at most 4,096 of its values (float32). Detects another checkpoint without
+    hashing gigabytes."""
+    h = hashlib.sha256()
+    for mod in modules:
+        for name, p in mod.state_dict().items():
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step].to(torch.float32).cpu().contiguous()
+            h.update(f"{name}:{tuple(p.shape)}".encode())
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Concept:
+    """A trained Infusion concept.
+
+    deltas: layer name -> Delta, shape [n_tokens, D] (D = that layer's value width)
+    """
+
+    name: str
+    class_phrase: str
+    deltas: dict[str, torch.Tensor]
+    base_model: str = ""
+    base_fingerprint: str = ""
+    method: str = "infusion"
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        import re
+
+        if not re.fullmatch(NAME_PATTERN, self.name):
+            raise ValueError(
+                f"concept name {self.name!r} is not usable as <name> in prompts: use letters, digits, _ - . "
+                "(starting with a letter or digit)"
+            )
+        if not self.class_phrase.strip():
+            raise ValueError("class phrase must not be empty (e.g. 'cat', 'teddy bear')")
+        if not self.deltas:
+            raise ValueError("a concept needs at least one layer Delta")
+        rows = {t.shape[0] for t in self.deltas.values()}
+        if len(rows) != 1 or any(t.ndim != 2 for t in self.deltas.values()):
+            raise ValueError(f"every Delta must be [n_tokens, D] with one n_tokens; got rows {sorted(rows)}")
+
+    @property
+    def n_tokens(self) -> int:
+        return next(iter(self.deltas.values())).shape[0]
+
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.deltas.values())
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "name": self.name,
+            "class_phrase": self.class_phrase,
+            "base_model": self.base_model,
+            "base_fingerprint": self.base_fingerprint,
+            "training": json.dumps(self.training, sort_keys=True, default=str),
+            "library_version": __version__,
+        }
+
+    def save(self, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+        """Write atomically (temp file in the same folder, then rename). fp16 by default: 2 bytes/value."""
+        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.deltas.items()}
+        for k, v in tensors.items():
+            if not torch.isfinite(v).all():
+                raise ValueError(f"refusing to save concept <{self.name}>: Delta of {k} is not finite (NaN/inf)")
+        return save_safetensors_atomic(tensors, path, self.metadata())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Concept":
+        """Read a concept file; ``ValueError`` if it is not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"concept file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for non-safetensors files
+            raise ValueError(f"{path} is not a safetensors file: {e}") from e
+        if meta.get("format") != FORMAT_NAME:
+            raise ValueError(
+                f"{path} is not an Infusion concept file (format={meta.get('format')!r}, "
+                f"method={meta.get('method')!r})"
+            )
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: concept format version {meta.get('format_version')!r} is not supported")
+        return cls(
+            name=meta["name"],
+            class_phrase=meta["class_phrase"],
+            deltas=tensors,
+            base_model=meta.get("base_model", ""),
+            base_fingerprint=meta.get("base_fingerprint", ""),
+            method=meta.get("method", "infusion"),
+            training=json.loads(meta.get("training") or "{}"),
+        )
+
+    def check_compatible(self, unet, fingerprint: str | None = None) -> None:
+        """Raise ``ValueError`` naming the first layer whose name or width does not match ``unet``;
+        warn when the base fingerprint differs."""
+        from .processor import layer_widths
+
+        widths = layer_widths(unet)
+        missing = sorted(set(widths) - set(self.deltas))
+        extra = sorted(set(self.deltas) - set(widths))
+        if missing or extra:
+            raise ValueError(
+                f"concept <{self.name}> does not fit this UNet: "
+                + (f"layers missing from the file: {missing[:3]}{'...' if len(missing) > 3 else ''}; " if missing else "")
+                + (f"layers not in the model: {extra[:3]}{'...' if len(extra) > 3 else ''}" if extra else "")
+                + f" (trained on {self.base_model or 'an unknown model'})"
+            )
+        for layer, d in widths.items():
+            if self.deltas[layer].shape[1] != d:
+                raise ValueError(
+                    f"concept <{self.name}>: layer {layer} has width {self.deltas[layer].shape[1]} in the file "
+                    f"but {d} in the model (trained on {self.base_model or 'another model'})"
+                )
+        if fingerprint and self.base_fingerprint and fingerprint != self.base_fingerprint:
+            warnings.warn(
+                f"concept <{self.name}> was trained on other base weights ({self.base_model or 'unknown'}, "
+                f"fingerprint {self.base_fingerprint}; this model: {fingerprint}): it will load, but results may differ",
+                UserWarning,
+                stacklevel=2,
+            )

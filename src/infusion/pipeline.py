@@ -1,0 +1,227 @@
+"""InfusionPipeline: base and customised images from one UNet call per step (DESIGN section 1).
+
+Rows of every UNet call: ``[F_uncond, F_cond, C_uncond, C_cond]`` (each ``B`` rows). F is the
+base model; C rows take F's cross-attention maps and add their concepts' Deltas. Both streams
+start from the same noise, so ``.base_images`` (F) and ``.images`` (C) differ only by the
+concept. A call whose prompts name no concept runs the stock ``StableDiffusionPipeline`` code
+path, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+from diffusers.utils import BaseOutput
+
+from .concept import Concept, base_fingerprint
+from .processor import InfusionPlan, infusion_processors, install_processors
+from .prompts import ParsedPrompt, parse_prompt
+
+
+@dataclass
+class InfusionPipelineOutput(BaseOutput):
+    """images: customised (C stream); base_images: the base model's (F stream), same noise."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    base_images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+    nsfw_content_detected: list[bool] | None = None
+
+
+class InfusionPipeline(StableDiffusionPipeline):
+    """A ``StableDiffusionPipeline`` that also generates Infusion concepts.
+
+    >>> pipe = InfusionPipeline.from_pretrained("path/to/sd")  # or .from_pipe(sd_pipe)
+    >>> out = pipe("a photo of <mycat> on the beach", concepts=["mycat.safetensors"])
+    >>> out.images, out.base_images
+    """
+
+    _concepts: dict[str, Concept]
+
+    # -- concepts ---------------------------------------------------------------------------
+    def _ensure_state(self):
+        if not hasattr(self, "_concepts") or self._concepts is None:
+            self._concepts = {}
+            self._checked: set[int] = set()
+            self._fingerprint: str | None = None
+
+    def base_fingerprint(self) -> str:
+        """Fingerprint of this pipeline's UNet and text encoder (see ``concept.base_fingerprint``)."""
+        self._ensure_state()
+        if self._fingerprint is None:
+            self._fingerprint = base_fingerprint(self.unet, self.text_encoder)
+        return self._fingerprint
+
+    def load_concept(self, concept: Concept | str | os.PathLike) -> Concept:
+        """Load (path) or attach (Concept) a concept so that prompts can say ``<name>``."""
+        self._ensure_state()
+        if not isinstance(concept, Concept):
+            concept = Concept.load(concept)
+        if concept.method != "infusion":
+            raise ValueError(
+                f"concept <{concept.name}> was trained with method {concept.method!r}; "
+                "load it with infusion.methods (infusion generate does this for you)"
+            )
+        if id(concept) not in self._checked:
+            concept.check_compatible(self.unet, self.base_fingerprint())
+            self._checked.add(id(concept))
+        self._concepts[concept.name] = concept
+        return concept
+
+    def unload_concepts(self) -> None:
+        self._ensure_state()
+        self._concepts.clear()
+        for proc in infusion_processors(self.unet).values():
+            proc.deltas = {}
+
+    @property
+    def concepts(self) -> dict[str, Concept]:
+        self._ensure_state()
+        return dict(self._concepts)
+
+    def _use_concepts(self, extra: Sequence[Concept | str | os.PathLike] | None) -> dict[str, Concept]:
+        self._ensure_state()
+        active = dict(self._concepts)
+        for c in extra or []:
+            c = c if isinstance(c, Concept) else Concept.load(c)
+            if c.name in active and active[c.name] is not c and c.name not in self._concepts:
+                raise ValueError(f"two concepts are named <{c.name}>; names must be unique in one call")
+            self.load_concept(c)
+            active[c.name] = c
+        return active
+
+    def _set_deltas(self, concepts: dict[str, Concept]) -> None:
+        procs = install_processors(self.unet)
+        dtype, device = self.unet.dtype, self.unet.device
+        for layer, proc in procs.items():
+            proc.deltas = {n: c.deltas[layer].to(device=device, dtype=dtype) for n, c in concepts.items()}
+
+    # -- prompts ----------------------------------------------------------------------------
+    def parse(self, prompts: list[str], concepts: dict[str, Concept]) -> list[ParsedPrompt]:
+        """Substitute placeholders; check each concept occupies as many tokens as its Delta has rows."""
+        phrases = {n: c.class_phrase for n, c in concepts.items()}
+        parsed = [parse_prompt(p, phrases, self.tokenizer) for p in prompts]
+        for pp in parsed:
+            for span in pp.spans:
+                want = concepts[span.name].n_tokens
+                if len(span.positions) != want:
+                    raise ValueError(
+                        f"<{span.name}> tokenizes to {len(span.positions)} tokens in {pp.text!r} but its Delta "
+                        f"has {want} rows (class phrase {concepts[span.name].class_phrase!r}); "
+                        "put spaces around the placeholder"
+                    )
+        return parsed
+
+    # -- generation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        concepts: Sequence[Concept | str | os.PathLike] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 8.0,
+        num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_base: bool = True,
+        return_dict: bool = True,
+    ):
+        """Generate. Defaults follow the paper: DDIM 50 steps, guidance 8.
+
+        Returns ``InfusionPipelineOutput`` (``.images`` customised, ``.base_images`` from F when
+        ``return_base``) or, with ``return_dict=False``, ``(images, base_images)``.
+        """
+        active = self._use_concepts(concepts)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("prompt must be a non-empty string or list of strings")
+        if negative_prompt is None:
+            negatives = [""] * len(prompts)
+        else:
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negatives) != len(prompts):
+                raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+        pos = self.parse(prompts, active)
+        neg = self.parse(negatives, active)
+        common = dict(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            num_images_per_prompt=num_images_per_prompt,
+            height=height,
+            width=width,
+            eta=eta,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+        )
+        if not any(p.spans for p in pos + neg):
+            # No concept referenced: exactly the base pipeline (concept-agnostic overfitting is zero).
+            out = super().__call__(
+                prompt=[p.text for p in pos], negative_prompt=[p.text for p in neg], return_dict=True, **common
+            )
+            base = out.images if return_base else None
+            return InfusionPipelineOutput(out.images, base, None) if return_dict else (out.images, base)
+
+        self._set_deltas(active)
+        images, base = self._generate(pos, neg, **common)
+        base = base if return_base else None
+        return InfusionPipelineOutput(images, base, None) if return_dict else (images, base)
+
+    def _generate(self, pos, neg, num_inference_steps, guidance_scale, num_images_per_prompt, height, width, eta,
+                  generator, latents, output_type):
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        self.check_inputs([p.text for p in pos], height, width, None, [p.text for p in neg])
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+        cfg = guidance_scale > 1.0
+        n = num_images_per_prompt
+        cond, uncond = self.encode_prompt(
+            [p.text for p in pos], device, n, cfg, [p.text for p in neg]
+        )  # (B*n, L, C) each; uncond None without CFG
+        rows_per_stream = [uncond, cond] if cfg else [cond]
+        spans = ([neg_p.spans for neg_p in neg for _ in range(n)] if cfg else []) + [
+            p.spans for p in pos for _ in range(n)
+        ]
+        text = torch.cat(rows_per_stream * 2)  # (R, L, C): [F_uncond, F_cond, C_uncond, C_cond]
+        n_f = text.shape[0] // 2
+        plan = InfusionPlan.build("fused", n_f, list(range(n_f)), spans)
+
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device)
+        bn = len(pos) * n
+        z = self.prepare_latents(bn, self.unet.config.in_channels, height, width, cond.dtype, device, generator, latents)
+        z = torch.cat([z, z])  # (2*B*n, 4, h, w): [F, C], same starting noise
+        extra = self.prepare_extra_step_kwargs(generator, eta)
+        reps = 2 if cfg else 1
+        with self.progress_bar(total=len(timesteps)) as bar:
+            for t in timesteps:
+                zf, zc = z.chunk(2)
+                x = torch.cat([zf] * reps + [zc] * reps)  # (R, 4, h, w)
+                x = self.scheduler.scale_model_input(x, t)
+                eps = self.unet(x, t, encoder_hidden_states=text, cross_attention_kwargs={"infusion": plan},
+                                return_dict=False)[0]
+                if cfg:
+                    fu, fc, cu, cc = eps.chunk(4)
+                    eps = torch.cat([fu + guidance_scale * (fc - fu), cu + guidance_scale * (cc - cu)])
+                z = self.scheduler.step(eps, t, z, **extra, return_dict=False)[0]
+                bar.update()
+        zf, zc = z.chunk(2)
+        return self._decode(zc, generator, output_type), self._decode(zf, generator, output_type)
+
+    def _decode(self, z, generator, output_type):
+        if output_type == "latent":
+            return z
+        image = self.vae.decode(z / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+        return self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * image.shape[0])

@@ -1,0 +1,51 @@
+"""Training settings shared by every method (``infusion train --method ...``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """One customisation run. ``lr=None`` takes the method's default (its paper's value)."""
+
+    model: str = field(metadata={"help": "base model: diffusers folder, single-file .safetensors, hub id, 'world' or 'tiny'"})
+    images: str = field(metadata={"help": "folder with the concept's images (4-6 photos)"})
+    name: str = field(metadata={"help": "concept name, used as <name> in prompts"})
+    class_phrase: str = field(metadata={"help": "what the concept is: 'cat', 'teddy bear'"})
+    out: str = field(metadata={"help": "output file (a folder for DreamBooth)"})
+    method: str = field(default="infusion", metadata={"help": "customisation method"})
+    steps: int = field(default=500, metadata={"help": "optimisation steps"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (default: the method's)"})
+    batch_size: int = field(default=4, metadata={"help": "images per step"})
+    resolution: int | None = field(default=None, metadata={"help": "training resolution (default: the model's, 512 for SD1.5)"})
+    seed: int = field(default=0, metadata={"help": "random seed (data order, noise, timesteps)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (accelerate)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
+    checkpoint_every: int = field(default=0, metadata={"help": "write <out>-step<N> and the resume state every N steps (0: only at the end)"})
+    resume: str | None = field(default=None, metadata={"help": "resume from this state file, or 'auto' (<out>.state.safetensors if present)"})
+    flip: bool = field(default=True, metadata={"help": "add horizontally flipped copies of the images"})
+    model_config: str | None = field(default=None, metadata={"help": "configs for a single-file checkpoint (local folder)"})
+    method_args: dict = field(default_factory=dict, metadata={"help": "method-specific settings"})
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-\.]*", self.name or ""):
+            raise ValueError(f"--name {self.name!r}: use letters, digits, _ - . (it is written <{self.name}> in prompts)")
+        if not self.class_phrase or not self.class_phrase.strip():
+            raise ValueError("--class-phrase must not be empty (e.g. 'cat', 'teddy bear')")
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise ValueError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError("--checkpoint-every must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

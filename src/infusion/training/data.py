@@ -1,0 +1,110 @@
+"""Concept images -> cached VAE latents (with horizontal flips), and caption templates.
+
+Robust to what people's folders hold: EXIF rotation, grayscale, palette, RGBA (composited on
+white), CMYK, 16-bit, tiny and huge images; unreadable files are skipped with a warning, and an
+empty or all-unreadable folder is a clear error.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+# Simple templates (Textual Inversion's list, shortened); "{}" is the concept placeholder.
+CAPTION_TEMPLATES = (
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a good photo of the {}",
+)
+
+MIN_SIDE = 32  # smaller images carry too little of the concept to learn from
+
+
+def load_rgb(path: str | Path) -> PIL.Image.Image:
+    """Open an image as 8-bit RGB, EXIF orientation applied. Raises ``ValueError`` if unreadable."""
+    try:
+        with PIL.Image.open(path) as im:
+            im.load()
+            im = PIL.ImageOps.exif_transpose(im)
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: rescale to 8 bit
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = PIL.Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA"):
+        bg = PIL.Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im.convert("RGBA"), mask=im.convert("RGBA").split()[-1])
+        im = bg
+    return im.convert("RGB")
+
+
+def prepare_image(im: PIL.Image.Image, resolution: int) -> torch.Tensor:
+    """Center-crop to square, resize to ``resolution``; -> tensor [3, R, R] in [-1, 1]."""
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    im = im.resize((resolution, resolution), PIL.Image.Resampling.BICUBIC)
+    a = torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
+    return a.permute(2, 0, 1).contiguous()
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    if not folder.is_dir():
+        raise ValueError(f"--images must be a folder of images, got a file: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def load_concept_images(folder: str | Path, resolution: int) -> torch.Tensor:
+    """All usable images of ``folder`` -> [N, 3, R, R] in [-1, 1]."""
+    out = []
+    for p in find_images(folder):
+        try:
+            im = load_rgb(p)
+        except ValueError as e:
+            warnings.warn(f"skipping {p.name}: {e}", stacklevel=2)
+            continue
+        if min(im.size) < MIN_SIDE:
+            warnings.warn(f"skipping {p.name}: {im.size[0]}x{im.size[1]} is smaller than {MIN_SIDE} px", stacklevel=2)
+            continue
+        out.append(prepare_image(im, resolution))
+    if not out:
+        raise ValueError(f"none of the images in {folder} could be used (unreadable or smaller than {MIN_SIDE} px)")
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def encode_latent_stats(vae, images: torch.Tensor, flip: bool = True, batch_size: int = 8):
+    """VAE posterior of each image (and of its mirror image when ``flip``).
+
+    images [N, 3, R, R] -> (mean, std), each [N or 2N, 4, R/8, R/8]. A latent is sampled per
+    step from these (as diffusers' training scripts do), so caching loses nothing.
+    """
+    if flip:
+        images = torch.cat([images, images.flip(-1)])
+    means, stds = [], []
+    for chunk in images.split(batch_size):
+        dist = vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)

@@ -1,0 +1,15 @@
+"""Customisation methods, one module each; they register themselves with ``register_method``."""
+
+from .base import Method, TextBatch, available_methods, get_method, register_method
+
+BUILTIN_MODULES = ["infusion"]
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(f"{__name__}.{mod}")
+
+
+__all__ = ["Method", "TextBatch", "available_methods", "get_method", "register_method"]

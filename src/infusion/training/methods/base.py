@@ -1,0 +1,102 @@
+"""The method plugin contract and its registry (peft's ``register_peft_method`` pattern).
+
+A method is an ``nn.Module`` whose ``forward(noisy_latents, timesteps, text)`` predicts the
+noise with the customised model; it declares its trainable parameters, how it encodes
+captions, and how it exports its result. The trainer never branches on the method's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ...prompts import ConceptSpan
+
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register_method(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: make a method available to ``infusion train --method NAME``."""
+    if not getattr(cls, "name", None):
+        raise ValueError(f"{cls.__name__} needs a class attribute `name`")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"a method named {cls.name!r} is already registered ({_REGISTRY[cls.name].__name__})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type["Method"]:
+    from . import _load_builtin
+
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def available_methods() -> list[str]:
+    from . import _load_builtin
+
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+@dataclass
+class TextBatch:
+    """Encoded captions. states [B, L, C]; spans: per row, the concept's token positions."""
+
+    states: torch.Tensor
+    spans: list[list[ConceptSpan]]
+    ids: torch.Tensor | None = None  # [B, L] token ids, for methods that re-encode
+
+    def select(self, idx: torch.Tensor) -> "TextBatch":
+        i = idx.tolist()
+        return TextBatch(self.states[idx], [self.spans[j] for j in i], None if self.ids is None else self.ids[idx])
+
+    def to(self, device) -> "TextBatch":
+        return TextBatch(self.states.to(device), self.spans, None if self.ids is None else self.ids.to(device))
+
+
+class Method(nn.Module):
+    """Base class of a customisation method.
+
+    Subclasses set ``name`` and ``default_lr``, freeze what they do not train in ``__init__``, and
+    implement ``encode_captions``, ``forward`` and ``export``.
+    """
+
+    name: ClassVar[str] = ""
+    default_lr: ClassVar[float] = 1e-4
+    weight_decay: ClassVar[float] = 0.0
+    cache_text: ClassVar[bool] = True  # captions' text states are frozen: encode once
+
+    def __init__(self, pipe, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = pipe.tokenizer
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+            m.requires_grad_(False)
+            m.eval()
+
+    def learning_rate(self) -> float:
+        return self.cfg.lr if self.cfg.lr is not None else self.default_lr
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Named trainable tensors (for resume checkpoints)."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def encode_captions(self, captions: list[str]) -> TextBatch:
+        raise NotImplementedError
+
+    def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text: TextBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def export(self, path: str | Path, fingerprint: str) -> object:
+        """Write the method's result to ``path``; return the loaded object (e.g. a Concept)."""
+        raise NotImplementedError

@@ -1,0 +1,178 @@
+"""One trainer for every method: data, caching, accelerate, checkpoints/resume, progress.
+
+Randomness is drawn from a generator seeded by (seed, step), so a resumed run follows exactly
+the trajectory of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from ..io import save_safetensors_atomic
+from ..models import load_base_pipeline
+from .config import TrainConfig
+from .data import CAPTION_TEMPLATES, encode_latent_stats, load_concept_images
+from .methods import get_method
+
+logger = logging.getLogger(__name__)
+
+
+def state_path(out: str | Path) -> Path:
+    """Resume state beside the output: ``mycat.safetensors`` -> ``mycat.state.safetensors``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".state.safetensors")
+
+
+def step_path(out: str | Path, step: int) -> Path:
+    """Intermediate result: ``mycat.safetensors`` -> ``mycat-step100.safetensors``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-step{step}{out.suffix}")
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def save_state(path: Path, method, optimizer, step: int, cfg: TrainConfig) -> None:
+    """Trainable tensors + AdamW moments + step, one safetensors file, written atomically."""
+    tensors = {f"param/{k}": v.detach().cpu().contiguous() for k, v in method.trainable_state().items()}
+    names = list(method.trainable_state())
+    by_id = {id(p): n for n, p in method.trainable_state().items()}
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim/{by_id[id(p)]}/{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    meta = {"step": str(step), "config": json.dumps(cfg.to_dict(), default=str), "params": json.dumps(names)}
+    save_safetensors_atomic(tensors, path, meta)
+
+
+def load_state(path: Path, method, optimizer, cfg: TrainConfig) -> int:
+    """Restore a state written by ``save_state``; returns the step to continue from."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if "step" not in meta:
+        raise ValueError(f"{path} is not an infusion training state file")
+    saved = json.loads(meta["config"])
+    for key in ("method", "name", "class_phrase", "model", "batch_size", "seed"):
+        if saved.get(key) != getattr(cfg, key):
+            raise ValueError(
+                f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, this run has "
+                f"{key}={getattr(cfg, key)!r}"
+            )
+    params = method.trainable_state()
+    for name, p in params.items():
+        key = f"param/{name}"
+        if key not in tensors or tensors[key].shape != p.shape:
+            raise ValueError(f"cannot resume from {path}: parameter {name} missing or of another shape")
+        with torch.no_grad():
+            p.copy_(tensors[key].to(p.device, p.dtype))
+    for name, p in params.items():
+        st = {k.split("/")[-1]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"optim/{name}/")}
+        if st:
+            optimizer.state[p] = st
+    return int(meta["step"])
+
+
+def train(cfg: TrainConfig, pipe=None, progress: bool = True):
+    """Run ``cfg``; returns what the method exports (an ``infusion.Concept`` for Infusion).
+
+    ``pipe``: an already loaded base pipeline (tests, notebooks); otherwise ``cfg.model`` is loaded.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    method_cls = get_method(cfg.method)  # fail fast on a bad method name
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    resume_from = None
+    if cfg.resume:
+        resume_from = state_path(out) if cfg.resume == "auto" else Path(cfg.resume)
+        if cfg.resume != "auto" and not resume_from.is_file():
+            raise FileNotFoundError(f"resume state not found: {resume_from}")
+        if not resume_from.is_file():
+            resume_from = None
+
+    if pipe is None:
+        pipe = load_base_pipeline(cfg.model, config=cfg.model_config)
+    pipe.to(accelerator.device)
+    resolution = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    images = load_concept_images(cfg.images, resolution)
+    mean, std = encode_latent_stats(pipe.vae, images, flip=cfg.flip)  # (M, 4, h, w) each
+    scaling = pipe.vae.config.scaling_factor
+    sched = pipe.scheduler
+    from diffusers import DDPMScheduler
+
+    noise_sched = DDPMScheduler.from_config(sched.config)  # the training-time forward process
+    from ..concept import base_fingerprint
+
+    fingerprint = base_fingerprint(pipe.unet, pipe.text_encoder)
+
+    method = method_cls(pipe, cfg)
+    method.to(accelerator.device)
+    captions = [t.format(f"<{cfg.name}>") for t in CAPTION_TEMPLATES]
+    text_cache = method.encode_captions(captions) if method.cache_text else None
+    params = method.trainable_parameters()
+    if not params:
+        raise ValueError(f"method {cfg.method!r} has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=method.learning_rate(), weight_decay=method.weight_decay)
+    start = 0
+    if resume_from is not None:
+        start = load_state(resume_from, method, optimizer, cfg)
+        logger.info("resuming from %s at step %d", resume_from, start)
+    model, optimizer = accelerator.prepare(method, optimizer)
+
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method} <{cfg.name}>",
+               disable=not (progress and accelerator.is_local_main_process))
+    T = noise_sched.config.num_train_timesteps
+    device = accelerator.device
+    loss_ema = None
+    for step in bar:
+        g = _step_generator(cfg.seed, step)
+        idx = torch.randint(len(mean), (cfg.batch_size,), generator=g)
+        cap = torch.randint(len(captions), (cfg.batch_size,), generator=g)
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, T, (cfg.batch_size,), generator=g)
+        z_t = noise_sched.add_noise(z0, noise, t)
+        if noise_sched.config.prediction_type == "v_prediction":
+            target = noise_sched.get_velocity(z0, noise, t)
+        else:
+            target = noise
+        text = text_cache.select(cap) if text_cache is not None else method.encode_captions([captions[i] for i in cap])
+        z_t, t, target = z_t.to(device, pipe.unet.dtype), t.to(device), target.to(device)
+        with accelerator.autocast():
+            pred = model(z_t, t, text.to(device))
+        loss = F.mse_loss(pred.float(), target.float())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {step}: lower --lr (now {method.learning_rate()}) or use "
+                f"--mixed-precision no; the last checkpoint ({state_path(out)}) is intact"
+            )
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+        bar.set_postfix(loss=f"{loss_ema:.4f}")
+        done = step + 1
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            if accelerator.is_main_process:
+                save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
+                accelerator.unwrap_model(model).export(step_path(out, done), fingerprint)
+    bar.close()
+    accelerator.wait_for_everyone()
+    result = None
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_state(state_path(out), unwrapped, optimizer, cfg.steps, cfg)
+        result = unwrapped.export(out, fingerprint)
+    return result
