@@ -1,0 +1,72 @@
+"""``infusion train``: customise a base model on a folder of concept images."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="learn a concept from a few images",
+        description="Learn a personal concept. Multi-GPU: `accelerate launch -m infusion.cli train ...`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from ..training.config import TrainConfig
+    from ..training.methods import available_methods
+
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
+    p.add_argument("--model", required=True, help=helps["model"])
+    p.add_argument("--images", required=True, help=helps["images"])
+    p.add_argument("--name", required=True, help=helps["name"])
+    p.add_argument("--class-phrase", required=True, help=helps["class_phrase"])
+    p.add_argument("--out", required=True, help=helps["out"])
+    p.add_argument("--method", default="infusion", choices=available_methods(), help=helps["method"])
+    p.add_argument("--steps", type=int, default=500, help=helps["steps"])
+    p.add_argument("--lr", type=float, default=None, help=helps["lr"])
+    p.add_argument("--batch-size", type=int, default=4, help=helps["batch_size"])
+    p.add_argument("--resolution", type=int, default=None, help=helps["resolution"])
+    p.add_argument("--seed", type=int, default=0, help=helps["seed"])
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help=helps["mixed_precision"])
+    p.add_argument("--gradient-checkpointing", action="store_true", help=helps["gradient_checkpointing"])
+    p.add_argument("--checkpoint-every", type=int, default=0, help=helps["checkpoint_every"])
+    p.add_argument("--resume", nargs="?", const="auto", default=None, help=helps["resume"])
+    p.add_argument("--no-flip", dest="flip", action="store_false", help="do not add mirrored copies")
+    p.add_argument("--model-config", default=None, help=helps["model_config"])
+    p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="method-specific setting (repeatable), value parsed as JSON when possible")
+    p.set_defaults(func=run)
+
+
+def _method_args(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--method-arg expects KEY=VALUE, got {pair!r}")
+        k, v = pair.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def run(args) -> int:
+    from ..training import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=args.model, images=args.images, name=args.name, class_phrase=args.class_phrase, out=args.out,
+        method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size, resolution=args.resolution,
+        seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, flip=args.flip, model_config=args.model_config,
+        method_args=_method_args(args.method_arg),
+    )
+    train(cfg)
+    print(f"wrote {Path(cfg.out)}")
+    return 0
