@@ -1,0 +1,110 @@
+"""InfusionPipeline: identity with the base model where the math promises it, composition, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_concept
+from infusion.pipeline import InfusionPipeline
+
+STEPS = 4
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _run(pipe, prompt, concepts=(), seed=0, **kw):
+    return pipe(prompt, concepts=list(concepts), num_inference_steps=STEPS, generator=_gen(seed), output_type="np", **kw)
+
+
+def test_zero_deltas_give_the_base_pipelines_images(tiny_pipe):
+    from infusion.tiny import tiny_sd_pipeline
+
+    base = tiny_sd_pipeline(seed=0)  # same weights, stock processors
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    zero = random_concept(pipe, scale=0.0)
+    out = _run(pipe, "a photo of <mycat> on the beach", [zero])
+    ref = base("a photo of cat on the beach", num_inference_steps=STEPS, guidance_scale=8.0, generator=_gen(),
+               output_type="np").images
+    assert np.array_equal(out.images, out.base_images)  # C == F exactly
+    # F == stock pipeline: equal up to the CPU kernels' batch-size-dependent rounding (4 rows vs 2)
+    np.testing.assert_allclose(out.base_images, ref, rtol=0, atol=1e-5)
+
+
+def test_prompt_without_concept_is_bit_identical_to_base(tiny_pipe):
+    from infusion.tiny import tiny_sd_pipeline
+
+    base = tiny_sd_pipeline(seed=0)
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    pipe.load_concept(random_concept(pipe, scale=5.0))
+    out = _run(pipe, "a photo of a cat on the beach")
+    ref = base("a photo of a cat on the beach", num_inference_steps=STEPS, guidance_scale=8.0, generator=_gen(),
+               output_type="np").images
+    assert np.array_equal(out.images, ref)
+    assert np.array_equal(out.base_images, ref)
+
+
+def test_nonzero_delta_changes_only_the_customised_stream(tiny_pipe):
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    zero = _run(pipe, "a photo of <mycat>", [random_concept(pipe, scale=0.0)])
+    pipe.unload_concepts()
+    big = _run(pipe, "a photo of <mycat>", [random_concept(pipe, scale=3.0)])
+    assert np.array_equal(big.base_images, zero.base_images)
+    assert np.abs(big.images - zero.images).max() > 1e-3
+
+
+def test_two_concepts_compose_and_order_does_not_matter(tiny_pipe):
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    a = random_concept(pipe, "mycat", "cat", scale=3.0, seed=1)
+    b = random_concept(pipe, "mydog", "dog", scale=3.0, seed=2)
+    prompt = "<mycat> playing with <mydog>"
+    ab = _run(pipe, prompt, [a, b])
+    pipe.unload_concepts()
+    ba = _run(pipe, prompt, [b, a])
+    assert np.array_equal(ab.images, ba.images)
+    pipe.unload_concepts()
+    only_a = _run(pipe, "<mycat> playing with dog", [a])
+    assert np.abs(ab.images - only_a.images).max() > 1e-4  # the second concept contributes
+
+
+def test_two_concepts_of_one_class_are_distinct_by_position(tiny_pipe):
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    a = random_concept(pipe, "cat1", "cat", scale=3.0, seed=1)
+    b = random_concept(pipe, "cat2", "cat", scale=3.0, seed=2)
+    ab = _run(pipe, "<cat1> next to <cat2>", [a, b])
+    ba = _run(pipe, "<cat2> next to <cat1>", [a, b])
+    assert np.array_equal(ab.base_images, ba.base_images)  # same text for F
+    assert np.abs(ab.images - ba.images).max() > 1e-4
+
+
+def test_batch_and_num_images(tiny_pipe):
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    c = random_concept(pipe, scale=2.0)
+    out = pipe(["<mycat> on grass", "a tree"], concepts=[c], num_images_per_prompt=2, num_inference_steps=2,
+               generator=_gen(), output_type="np")
+    assert out.images.shape == (4, 16, 16, 3) and out.base_images.shape == (4, 16, 16, 3)
+    assert np.array_equal(out.images[2:], out.base_images[2:])  # "a tree" has no concept
+    assert not np.array_equal(out.images[:2], out.base_images[:2])
+
+
+def test_errors(tiny_pipe):
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    c = random_concept(pipe)
+    with pytest.raises(ValueError, match="unknown concept <mydog>"):
+        _run(pipe, "a <mydog>", [c])
+    bad = random_concept(pipe)
+    layer = next(iter(bad.deltas))
+    bad.deltas[layer] = torch.zeros(1, 7)
+    with pytest.raises(ValueError, match=f"layer {layer} has width 7"):
+        pipe.load_concept(bad)
+    missing = random_concept(pipe)
+    del missing.deltas[layer]
+    with pytest.raises(ValueError, match="layers missing from the file"):
+        pipe.load_concept(missing)
+    other = random_concept(pipe)
+    other.base_fingerprint = "0000000000000000"
+    with pytest.warns(UserWarning, match="trained on other base weights"):
+        pipe.load_concept(other)
+    with pytest.raises(ValueError, match="tokenizes to 2 tokens"):
+        _run(pipe, "<mycat>ish", [c])  # "catish" merges into other BPE pieces

@@ -1,0 +1,117 @@
+"""Training: only the Deltas change, resume is exact, bad input gives clear errors."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from infusion.concept import Concept
+from infusion.training import TrainConfig, state_path, step_path, train
+
+
+def _cfg(images, out, **kw):
+    base = dict(model="tiny", images=str(images), name="mycat", class_phrase="cat", out=str(out), steps=6, batch_size=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _snapshot(pipe):
+    return {f"{m}.{k}": v.clone() for m in ("unet", "vae", "text_encoder") for k, v in getattr(pipe, m).state_dict().items()}
+
+
+def test_training_changes_only_the_deltas(tiny_pipe, concept_images, tmp_path):
+    before = _snapshot(tiny_pipe)
+    concept = train(_cfg(concept_images, tmp_path / "c.safetensors"), pipe=tiny_pipe, progress=False)
+    after = _snapshot(tiny_pipe)
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == []
+    assert all(d.abs().sum() > 0 for d in concept.deltas.values())  # every layer learned something
+    loaded = Concept.load(tmp_path / "c.safetensors")
+    assert loaded.training["steps"] == 6 and loaded.base_fingerprint
+
+
+def test_resume_reproduces_an_uninterrupted_run(concept_images, tmp_path):
+    from infusion.tiny import tiny_sd_pipeline
+
+    full = train(_cfg(concept_images, tmp_path / "full.safetensors"), pipe=tiny_sd_pipeline(), progress=False)
+    part = tmp_path / "part.safetensors"
+    train(_cfg(concept_images, part, steps=3), pipe=tiny_sd_pipeline(), progress=False)
+    assert state_path(part).is_file()
+    resumed = train(_cfg(concept_images, part, steps=6, resume="auto"), pipe=tiny_sd_pipeline(), progress=False)
+    for k in full.deltas:
+        assert torch.equal(full.deltas[k], resumed.deltas[k]), k
+
+
+def test_checkpoints_every_n_steps(tiny_pipe, concept_images, tmp_path):
+    out = tmp_path / "c.safetensors"
+    train(_cfg(concept_images, out, checkpoint_every=2), pipe=tiny_pipe, progress=False)
+    assert step_path(out, 2).is_file() and step_path(out, 4).is_file() and not step_path(out, 6).exists()
+    assert Concept.load(step_path(out, 2)).name == "mycat"
+
+
+def test_resume_refuses_another_run(tiny_pipe, concept_images, tmp_path):
+    out = tmp_path / "c.safetensors"
+    train(_cfg(concept_images, out, steps=2), pipe=tiny_pipe, progress=False)
+    with pytest.raises(ValueError, match="class_phrase='cat'"):
+        train(_cfg(concept_images, out, steps=4, class_phrase="dog", resume="auto"), pipe=tiny_pipe, progress=False)
+    with pytest.raises(FileNotFoundError):
+        train(_cfg(concept_images, out, resume=str(tmp_path / "missing.safetensors")), pipe=tiny_pipe, progress=False)
+
+
+def test_odd_images_are_handled(tiny_pipe, tmp_path):
+    from infusion.training.data import load_concept_images
+
+    d = tmp_path / "odd"
+    d.mkdir()
+    rgb = (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)
+    PIL.Image.fromarray(rgb).convert("L").save(d / "gray.png")
+    PIL.Image.fromarray(rgb).convert("RGBA").save(d / "rgba.png")
+    PIL.Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
+    PIL.Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(d / "sixteen.png")
+    PIL.Image.fromarray(rgb).convert("P").save(d / "palette.gif")
+    exif = PIL.Image.fromarray(rgb)
+    ex = exif.getexif()
+    ex[0x0112] = 6  # rotated 90 degrees
+    exif.save(d / "exif.jpg", exif=ex)
+    PIL.Image.fromarray(rgb[:8, :8]).save(d / "tiny.png")
+    (d / "broken.png").write_bytes(b"\x89PNG broken")
+    PIL.Image.fromarray(np.zeros((3000, 2000, 3), np.uint8)).save(d / "huge.png")
+    with pytest.warns(UserWarning) as rec:
+        x = load_concept_images(d, 16)
+    assert x.shape == (7, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    msgs = " ".join(str(r.message) for r in rec)
+    assert "tiny.png" in msgs and "broken.png" in msgs
+
+
+def test_bad_inputs(tiny_pipe, tmp_path, concept_images):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no images in"):
+        train(_cfg(empty, tmp_path / "c.safetensors"), pipe=tiny_pipe, progress=False)
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        train(_cfg(tmp_path / "nope", tmp_path / "c.safetensors"), pipe=tiny_pipe, progress=False)
+    with pytest.raises(ValueError, match="--name"):
+        _cfg(concept_images, "x", name="my cat")
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        train(_cfg(concept_images, tmp_path / "c.safetensors", method="nope"), pipe=tiny_pipe, progress=False)
+    with pytest.raises(FloatingPointError, match="lower --lr"):
+        train(_cfg(concept_images, tmp_path / "c.safetensors", lr=1e25, steps=20), pipe=tiny_pipe, progress=False)
+
+
+def test_cli_train_then_generate(tmp_path, concept_images, capsys):
+    from infusion.cli import main
+    from infusion.images import read_png_params
+
+    out = tmp_path / "c.safetensors"
+    assert main(["train", "--model", "tiny", "--images", str(concept_images), "--name", "mybox",
+                 "--class-phrase", "box", "--out", str(out), "--steps", "3", "--batch-size", "2"]) == 0
+    assert out.is_file()
+    gen = tmp_path / "gen"
+    assert main(["generate", "--model", "tiny", "--concept", str(out), "--prompt", "a <mybox> on the snow",
+                 "--num-images", "2", "--steps", "2", "--seed", "7", "--out", str(gen), "--show-base"]) == 0
+    assert sorted(p.name for p in gen.iterdir()) == ["000-base.png", "000.png", "001-base.png", "001.png", "grid.png"]
+    params = read_png_params(gen / "001.png")
+    assert params["seed"] == 8 and params["prompt"] == "a <mybox> on the snow" and params["steps"] == 2
+    assert main(["generate", "--model", "tiny", "--concept", str(out), "--prompt", "a <nope>", "--out", str(gen)]) == 2
+    assert "unknown concept <nope>" in capsys.readouterr().err
