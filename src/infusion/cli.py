@@ -10,6 +10,7 @@ import sys
 
 COMMAND_MODULES = [
     "infusion.commands.train",
+    "infusion.commands.mlm",
     "infusion.commands.generate",
     "infusion.commands.demo",
 ]
