@@ -120,7 +120,9 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
     method = method_cls(pipe, cfg)
     method.to(accelerator.device)
     captions = [t.format(f"<{cfg.name}>") for t in CAPTION_TEMPLATES]
-    text_cache = method.encode_captions(captions) if method.cache_text else None
+    prior = method.prior_data()  # DreamBooth-style class prior examples, or None
+    all_captions = captions + (prior.captions if prior is not None else [])
+    text_cache = method.encode_captions(all_captions) if method.cache_text else None
     params = method.trainable_parameters()
     if not params:
         raise ValueError(f"method {cfg.method!r} has no trainable parameters")
@@ -144,15 +146,26 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(0, T, (cfg.batch_size,), generator=g)
         z_t = noise_sched.add_noise(z0, noise, t)
+        if prior is not None:  # the same number of class-prior rows, drawn after the instance rows
+            pidx = torch.randint(len(prior.mean), (cfg.batch_size,), generator=g)
+            pz0 = (prior.mean[pidx] + prior.std[pidx] * torch.randn(prior.mean[pidx].shape, generator=g)) * scaling
+            pnoise = torch.randn(pz0.shape, generator=g)
+            pt = torch.randint(0, T, (cfg.batch_size,), generator=g)
+            z0, noise, t = torch.cat([z0, pz0]), torch.cat([noise, pnoise]), torch.cat([t, pt])
+            z_t = torch.cat([z_t, noise_sched.add_noise(pz0, pnoise, pt)])
+            cap = torch.cat([cap, len(captions) + pidx])
         if noise_sched.config.prediction_type == "v_prediction":
             target = noise_sched.get_velocity(z0, noise, t)
         else:
             target = noise
-        text = text_cache.select(cap) if text_cache is not None else method.encode_captions([captions[i] for i in cap])
+        text = text_cache.select(cap) if text_cache is not None else method.encode_captions([all_captions[i] for i in cap])
         z_t, t, target = z_t.to(device, pipe.unet.dtype), t.to(device), target.to(device)
         with accelerator.autocast():
             pred = model(z_t, t, text.to(device))
-        loss = F.mse_loss(pred.float(), target.float())
+        B = cfg.batch_size
+        loss = F.mse_loss(pred[:B].float(), target[:B].float())
+        if prior is not None:
+            loss = loss + prior.weight * F.mse_loss(pred[B:].float(), target[B:].float())
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {step}: lower --lr (now {method.learning_rate()}) or use "

@@ -61,6 +61,20 @@ class TextBatch:
         return TextBatch(self.states.to(device), self.spans, None if self.ids is None else self.ids.to(device))
 
 
+@dataclass
+class PriorData:
+    """Class-prior examples mixed into every step (DreamBooth's prior preservation, Eq. 2).
+
+    mean, std: cached VAE posteriors [M, 4, h, w]; captions: the prompt of each example (M);
+    weight: the prior loss weight lambda.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    captions: list[str]
+    weight: float = 1.0
+
+
 class Method(nn.Module):
     """Base class of a customisation method.
 
@@ -72,6 +86,7 @@ class Method(nn.Module):
     default_lr: ClassVar[float] = 1e-4
     weight_decay: ClassVar[float] = 0.0
     cache_text: ClassVar[bool] = True  # captions' text states are frozen: encode once
+    out_help: ClassVar[str] = "a safetensors file"  # what --out is for this method (shown by --help)
 
     def __init__(self, pipe, cfg):
         super().__init__()
@@ -90,6 +105,10 @@ class Method(nn.Module):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Named trainable tensors (for resume checkpoints)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def prior_data(self) -> PriorData | None:
+        """Class-prior examples for the trainer to mix into each step; ``None``: no prior loss."""
+        return None
 
     def encode_captions(self, captions: list[str]) -> TextBatch:
         raise NotImplementedError

@@ -1,0 +1,78 @@
+"""Learned token embeddings without touching the text encoder (TI, P+, Custom Diffusion, Perfusion).
+
+A prompt writes ``<name>``; we put a single-token stand-in word in its place, tokenize, and a
+forward hook on the text encoder's token-embedding layer swaps the stand-in's input embedding for
+the learned vector. The text encoder's weights (and the tokenizer) stay bit-identical, and
+gradients reach the learned vector only. Hand-written rather than diffusers' add-token-and-resize
+(``load_textual_inversion``) so that training never mutates the base model; the exported files
+are still in diffusers' textual-inversion format, and tests check that both routes give the same
+text states.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ...prompts import ConceptSpan, parse_prompt
+
+STAND_IN = "sks"  # one BPE token in the CLIP vocabulary; its embedding is always replaced
+
+
+def input_embedding(text_encoder) -> torch.nn.Embedding:
+    return text_encoder.get_input_embeddings()
+
+
+def phrase_embedding(text_encoder, tokenizer, phrase: str) -> torch.Tensor:
+    """Mean input embedding of ``phrase``'s tokens -> [H] (TI's initialisation from a word)."""
+    ids = tokenizer(phrase, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"phrase {phrase!r} has no tokens")
+    weight = input_embedding(text_encoder).weight
+    return weight[torch.tensor(ids, device=weight.device)].detach().float().mean(0)
+
+
+def locate(prompts: list[str], name: str, tokenizer) -> tuple[list[str], list[list[ConceptSpan]]]:
+    """Replace ``<name>`` by the stand-in token; -> (texts, spans with one position each)."""
+    parsed = [parse_prompt(p, {name: STAND_IN}, tokenizer) for p in prompts]
+    return [p.text for p in parsed], [p.spans for p in parsed]
+
+
+@contextmanager
+def injected(text_encoder, mask: torch.Tensor, vectors: torch.Tensor):
+    """While active, input embeddings at ``mask`` (B, L) bool become ``vectors`` (B, H) (one per row)."""
+    layer = input_embedding(text_encoder)
+
+    def hook(module, args, out):  # out (B, L, H)
+        m = mask.to(out.device)[..., None]  # (B, L, 1)
+        v = vectors.to(out.device, out.dtype)[:, None, :].expand_as(out)  # (B, L, H)
+        return torch.where(m, v, out)
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def encode_with_token(text_encoder, tokenizer, prompts: list[str], name: str, vectors: torch.Tensor):
+    """Text states of ``prompts`` with ``<name>`` carried by ``vectors``.
+
+    vectors: (H,) one vector for every row, or (B, H) one per row (P+ stacks layers as rows).
+    Returns (states (B, L, C), ids (B, L), spans).
+    """
+    texts, spans = locate(prompts, name, tokenizer)
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(text_encoder.device)  # (B, L)
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for b, row in enumerate(spans):
+        for s in row:
+            mask[b, list(s.positions)] = True
+    if vectors.ndim == 1:
+        vectors = vectors[None].expand(len(prompts), -1)
+    if vectors.shape[0] != len(prompts):
+        raise ValueError(f"{vectors.shape[0]} token vectors for {len(prompts)} prompts")
+    with injected(text_encoder, mask, vectors):
+        states = text_encoder(ids)[0]  # (B, L, C): last hidden state, as SD uses it
+    return states, ids, spans
