@@ -109,10 +109,18 @@ def encode_masked(
     if mask.shape != input_ids.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} differs from input_ids shape {tuple(input_ids.shape)}")
     module = text_encoder.get_input_embeddings()
+    inside_embed_fn = False  # embed_fn may itself look up the embedding table: do not recurse
 
     def swap_masked(_module, args, output):  # output: (B, L, H)
+        nonlocal inside_embed_fn
+        if inside_embed_fn:
+            return None  # keep the plain lookup
         if embed_fn is not None:
-            output = embed_fn(args[0])
+            inside_embed_fn = True
+            try:
+                output = embed_fn(args[0])
+            finally:
+                inside_embed_fn = False
             if output.shape[:2] != input_ids.shape:
                 raise ValueError(f"embed_fn returned shape {tuple(output.shape)}, expected {tuple(input_ids.shape)} + (H,)")
         m = mask.to(output.device)[..., None]  # (B, L, 1)

@@ -160,8 +160,11 @@ def pretrain_contextualizer(
         tensors, meta = read_contextualizer_file(ckpt)
         if meta.get("text_encoder_fingerprint") != fingerprint:
             raise ValueError(f"checkpoint {ckpt} belongs to another text encoder; delete it or drop --resume")
-        if ContextualizerConfig.from_json(meta["config"]) != model_config or json.loads(meta["pretrain"]) != asdict(config):
-            logger.warning("resuming %s with settings that differ from the checkpoint's", ckpt)
+        before = {k: v for k, v in json.loads(meta["pretrain"]).items() if k != "steps"}
+        if ContextualizerConfig.from_json(meta["config"]) != model_config:
+            raise ValueError(f"checkpoint {ckpt} holds a contextualizer of another shape; use its settings or drop --resume")
+        if before != {k: v for k, v in asdict(config).items() if k != "steps"}:
+            logger.warning("resuming %s with settings that differ from the checkpoint's: %s", ckpt, before)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         with torch.no_grad():
             mask_embedding.copy_(tensors["mask_embedding"])
