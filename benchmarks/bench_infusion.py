@@ -1,0 +1,221 @@
+"""Infusion speed and memory, measured side by side in one run (DESIGN section 8).
+
+Ratios (targets from the foundation issue):
+  generation   Infusion / base pipeline, same steps and batch     floor 2.0, target <= 2.05
+  concepts     3 concepts / 1 concept                              floor 1.0, target <= 1.02
+  train step   Infusion / Textual-Inversion-style step             floor ~1.5, target <= 1.6
+  peak memory  Infusion / TI-style training step                   target <= 1.1
+
+Models: the exact SD1.5 UNet config with random weights at a CPU size (``--latent 32`` = 256 px),
+with a small VAE and a 1-layer CLIP text encoder of SD1.5's width 768 (neither is on the
+per-step path), and the tiny test model. Timings are medians of repeated runs, taken
+interleaved. Peak memory is measured in a fresh subprocess per method (CPU: peak RSS growth
+over the loaded model; CUDA: ``max_memory_allocated``).
+
+    python benchmarks/bench_infusion.py [--latent 32] [--steps 4] [--repeats 3] [--out benchmarks/results/infusion.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(kind: str, latent: int):
+    """A StableDiffusionPipeline: ``sd15`` (SD1.5 UNet config) or ``tiny``."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from infusion.tiny import sd15_unet_config, tiny_sd_pipeline
+
+    if kind == "tiny":
+        return tiny_sd_pipeline()
+    torch.manual_seed(0)
+    cfg = sd15_unet_config()
+    cfg["sample_size"] = latent
+    unet = UNet2DConditionModel(**cfg)
+    vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32), latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    base = tiny_sd_pipeline()
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(base.tokenizer), hidden_size=768, intermediate_size=3072,
+                                      num_hidden_layers=1, num_attention_heads=12, max_position_embeddings=77))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=base.tokenizer, unet=unet,
+                                   scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def concepts_for(pipe, n: int):
+    from infusion.concept import Concept
+    from infusion.processor import layer_widths
+
+    g = torch.Generator().manual_seed(0)
+    phrases = ["cat", "dog", "teapot"]
+    return [Concept(f"c{i}", phrases[i], {k: 0.1 * torch.randn(1, d, generator=g) for k, d in layer_widths(pipe.unet).items()})
+            for i in range(n)]
+
+
+def _timeit(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def bench_generation(kind, latent, steps, repeats):
+    from infusion.pipeline import InfusionPipeline
+
+    base = build(kind, latent)
+    pipe = InfusionPipeline.from_pipe(base)
+    one, three = concepts_for(pipe, 1), concepts_for(pipe, 3)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kw = dict(num_inference_steps=steps, guidance_scale=8.0, output_type="latent")
+    runs = {
+        "base": lambda: base("a photo of a cat on the beach", generator=g(), **kw),
+        "infusion_1": lambda: pipe("a photo of <c0> on the beach", concepts=one, generator=g(), **kw),
+        "infusion_3": lambda: pipe("<c0> with <c1> and a <c2> on the beach", concepts=three, generator=g(), **kw),
+    }
+    for f in runs.values():  # warm-up
+        f()
+    times = {k: [] for k in runs}
+    for _ in range(repeats):  # interleaved, so drift hits all alike
+        for k, f in runs.items():
+            times[k] += _timeit(f, 1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "seconds": med,
+        "generation_ratio_infusion_over_base": med["infusion_1"] / med["base"],
+        "concepts_ratio_3_over_1": med["infusion_3"] / med["infusion_1"],
+    }
+
+
+def _train_step_fn(kind, latent, method, batch):
+    """A closure doing one optimisation step of ``method`` ('infusion' or 'ti')."""
+    from infusion.training import TrainConfig
+    from infusion.training.methods import get_method
+
+    pipe = build(kind, latent)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+    z = torch.randn(batch, 4, latent, latent)
+    t = torch.randint(0, 1000, (batch,))
+    noise = torch.randn_like(z)
+    captions = ["a photo of a <c0>"] * batch
+    if method == "infusion":
+        cfg = TrainConfig(model=kind, images=".", name="c0", class_phrase="cat", out="x")
+        m = get_method("infusion")(pipe, cfg)
+        text = m.encode_captions(captions)
+        opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-2)
+
+        def step():
+            loss = torch.nn.functional.mse_loss(m(z, t, text), noise)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    else:  # Textual-Inversion-style: one learnable token embedding, gradient through text encoder and UNet
+        emb = pipe.text_encoder.get_input_embeddings()
+        ids = pipe.tokenizer([c.replace("<c0>", "cat") for c in captions], padding="max_length", max_length=77,
+                             return_tensors="pt").input_ids
+        pos = ids == 2368  # "cat"
+        vec = emb.weight[2368].clone().requires_grad_(True)
+        opt = torch.optim.AdamW([vec], lr=5e-4)
+
+        def put_vec(module, inputs, out):  # the learned row replaces the token's embedding
+            out = out.clone()
+            out[pos] = vec.to(out.dtype)
+            return out
+
+        emb.register_forward_hook(put_vec)
+
+        def step():
+            states = pipe.text_encoder(ids)[0]
+            loss = torch.nn.functional.mse_loss(pipe.unet(z, t, encoder_hidden_states=states).sample, noise)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    return step
+
+
+def bench_training(kind, latent, batch, repeats):
+    steps = {m: _train_step_fn(kind, latent, m, batch) for m in ("infusion", "ti")}
+    for f in steps.values():
+        f()
+    times = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, f in steps.items():
+            times[k] += _timeit(f, 1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"seconds": med, "train_step_ratio_infusion_over_ti": med["infusion"] / med["ti"]}
+
+
+def peak_memory_child(kind, latent, method, batch):
+    """Run in a subprocess: peak memory of 2 steps, above the memory after model load and step 1."""
+    step = _train_step_fn(kind, latent, method, batch)
+    if torch.cuda.is_available():
+        raise SystemExit("CUDA path not wired in this script yet")
+    step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import psutil
+
+    rss0 = psutil.Process().memory_info().rss / 1024
+    step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_growth_kb": max(after, before) - rss0}))
+
+
+def bench_memory(kind, latent, batch):
+    res = {}
+    for method in ("infusion", "ti"):
+        out = subprocess.run([sys.executable, __file__, "--child-memory", kind, str(latent), method, str(batch)],
+                             capture_output=True, text=True, check=True)
+        res[method] = json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_kb"] / 1024
+    return {"peak_step_mb": res, "memory_ratio_infusion_over_ti": res["infusion"] / res["ti"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latent", type=int, default=32, help="SD1.5 UNet latent size (32 = 256 px)")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1, help="training batch")
+    ap.add_argument("--models", default="tiny,sd15")
+    ap.add_argument("--out", default="benchmarks/results/infusion.json")
+    ap.add_argument("--child-memory", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_memory:
+        kind, latent, method, batch = args.child_memory
+        return peak_memory_child(kind, int(latent), method, int(batch))
+    torch.manual_seed(0)
+    results = {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
+               "machine": platform.platform(), "torch": torch.__version__, "args": vars(args), "models": {}}
+    for kind in args.models.split(","):
+        r = {}
+        r["generation"] = bench_generation(kind, args.latent, args.steps, args.repeats)
+        r["training"] = bench_training(kind, args.latent, args.batch, args.repeats)
+        r["memory"] = bench_memory(kind, args.latent, args.batch)
+        results["models"][kind] = r
+        print(f"[{kind}] generation Infusion/base = {r['generation']['generation_ratio_infusion_over_base']:.3f} "
+              f"(floor 2.0, target <= 2.05); 3 concepts/1 = {r['generation']['concepts_ratio_3_over_1']:.3f} "
+              f"(target <= 1.02); train step Infusion/TI = {r['training']['train_step_ratio_infusion_over_ti']:.3f} "
+              f"(target <= 1.6); peak memory Infusion/TI = {r['memory']['memory_ratio_infusion_over_ti']:.3f} "
+              f"(target <= 1.1)", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
