@@ -2,7 +2,7 @@
 
 from .base import Method, TextBatch, available_methods, get_method, register_method
 
-BUILTIN_MODULES = ["infusion"]
+BUILTIN_MODULES = ["infusion", "ti", "pplus", "dreambooth", "lora", "custom_diffusion", "perfusion"]
 
 
 def _load_builtin() -> None:

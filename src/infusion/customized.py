@@ -1,0 +1,273 @@
+"""One generator for any method's file: ``load_customized(model, files) -> CustomizedModel``.
+
+>>> model = load_customized("world", ["mycat.safetensors"])      # any method's --out
+>>> out = model(["a photo of <mycat> on the beach"], generator=torch.Generator().manual_seed(0))
+>>> out.images, out.base_images, model.method, model.storage_bytes
+
+Prompts use the ``<name>`` syntax for every method; each method maps ``<name>`` to what it needs:
+Infusion: the class phrase + Deltas (``InfusionPipeline``, base images for free); TI: the learned
+token; P+: one learned token per cross-attention layer; DreamBooth / LoRA: ``"sks <class>"``;
+Custom Diffusion: ``"<name> <class>"`` (modifier token); Perfusion: the learned token, whose key
+is locked to the class phrase's.
+
+``CustomizedModel.eps(z_t, t, prompts)`` is the customised noise predictor (an
+``infusion.metrics.eps.EpsPredictor``), for metrics such as the latent Fisher divergence.
+Base images (``return_base=True``) are free for Infusion; other methods run the base model a
+second time with ``<name>`` replaced by the class phrase.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .prompts import find_placeholders, substitute
+
+
+class Customization:
+    """One loaded customization (a trained file or folder) attached to a pipeline.
+
+    Subclasses (one per method, beside the method's training code) override ``attach``,
+    ``phrase``, and where needed ``encode`` (text states, plus per-layer states for P+) and
+    ``disabled`` (a context in which the pipeline is the base model again).
+    """
+
+    method: str = ""
+    composable: bool = False  # several files of this method can be loaded together
+    owns_pipeline: bool = False  # the file is a whole model (DreamBooth): attach returns it
+    layer_states_key: str | None = None  # cross_attention_kwargs key for per-layer text states
+
+    def __init__(self, path: str | os.PathLike, meta: dict[str, str]):
+        from .training.methods.files import storage_bytes
+
+        self.path = Path(path)
+        self.meta = meta
+        self.name = meta["name"]
+        self.class_phrase = meta["class_phrase"]
+        self.storage_bytes = storage_bytes(path)
+
+    def attach(self, pipe):
+        """Load onto ``pipe`` (in place); return the pipeline to generate with."""
+        return pipe
+
+    def phrase(self) -> str:
+        """The text that replaces ``<name>`` in prompts."""
+        return self.class_phrase
+
+    def encode(self, pipe, prompts: list[str]) -> tuple[torch.Tensor, dict | None]:
+        """Prompts with ``<name>`` -> (text states (B, L, C), per-layer states {layer: (B, L, C)} or None)."""
+        texts = [substitute(p, {self.name: self.phrase()})[0] for p in prompts]
+        return encode_texts(pipe, texts), None
+
+    def disabled(self, pipe):
+        """Context in which ``pipe`` generates as the base model."""
+        return nullcontext()
+
+
+def encode_texts(pipe, texts: list[str]) -> torch.Tensor:
+    """Plain prompts -> text states (B, L, C) with the pipeline's tokenizer and text encoder."""
+    ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids.to(pipe.text_encoder.device)
+    return pipe.text_encoder(ids)[0]
+
+
+@dataclass
+class CustomizedOutput:
+    """images: customised; base_images: the base model's for the same noise (or None)."""
+
+    images: object
+    base_images: object = None
+
+
+class CustomizedModel:
+    """Generates with a base model plus one or more loaded customizations (see module docstring)."""
+
+    def __init__(self, pipe, customizations: list[Customization], method: str, base_loader=None, concepts=None):
+        self.pipe = pipe
+        self.customizations = customizations
+        self.method = method
+        self._base_loader = base_loader
+        self._base_pipe = None
+        self._concepts = concepts  # Infusion Concept objects
+
+    @property
+    def storage_bytes(self) -> int:
+        """Bytes on disk of the loaded customization files (folders: every file in them)."""
+        return sum(c.storage_bytes for c in self.customizations)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.customizations]
+
+    @property
+    def class_phrases(self) -> dict[str, str]:
+        return {c.name: c.class_phrase for c in self.customizations}
+
+    def _check_prompts(self, prompts: list[str]) -> None:
+        for p in prompts:
+            substitute(p, self.class_phrases)  # ValueError naming an unknown <name>
+
+    # -- text ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, dict | None]:
+        """Customised text conditioning of ``prompts``: (states (B, L, C), per-layer states or None)."""
+        self._check_prompts(prompts)
+        used = [c for c in self.customizations if any(c.name in find_placeholders(p) for p in prompts)]
+        if len(used) <= 1:
+            return (used or self.customizations)[0].encode(self.pipe, prompts)
+        # Several composable concepts (TI): substitute each one's phrase, then encode once.
+        texts = [substitute(p, {c.name: c.phrase() for c in self.customizations})[0] for p in prompts]
+        return encode_texts(self.pipe, texts), None
+
+    def _kwargs(self, layers: dict | None):
+        key = self.customizations[0].layer_states_key
+        return None if layers is None else {key: layers}
+
+    # -- noise prediction (metrics) ---------------------------------------------------------
+    @torch.no_grad()
+    def eps(self, z_t: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Customised eps: z_t (B, 4, h, w), t (B,), prompts (B) -> (B, 4, h, w)."""
+        if self.method == "infusion":
+            from .metrics.eps import InfusionEps
+
+            return InfusionEps.from_pipeline(self.pipe, self._concepts)(z_t, t, list(prompts))
+        states, layers = self.encode(list(prompts))
+        unet = self.pipe.unet
+        return unet(z_t.to(unet.dtype), t, encoder_hidden_states=states.to(unet.dtype),
+                    cross_attention_kwargs=self._kwargs(layers)).sample
+
+    # -- generation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 8.0,
+        output_type: str = "pil",
+        height: int | None = None,
+        width: int | None = None,
+        latents: torch.Tensor | None = None,
+        return_base: bool = False,
+    ) -> CustomizedOutput:
+        """Generate one image per prompt; ``return_base`` adds the base model's images (same noise)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("prompts must be a non-empty string or list of strings")
+        if negative_prompt is None:
+            negatives = [""] * len(prompts)
+        else:
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negatives) != len(prompts):
+                raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+        common = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
+                      width=width, generator=generator, output_type=output_type)
+        if self.method == "infusion":
+            out = self.pipe(prompts, negative_prompt=negatives, latents=latents, return_base=return_base, **common)
+            return CustomizedOutput(out.images, out.base_images)
+        self._check_prompts(prompts + negatives)
+        images = self._generate(self.pipe, prompts, negatives, latents, common)
+        base = self._base_images(prompts, negatives, latents, common) if return_base else None
+        return CustomizedOutput(images, base)
+
+    def _generate(self, pipe, prompts, negatives, latents, common):
+        pos, pos_layers = self.encode(prompts)
+        neg, neg_layers = self.encode(negatives)
+        layers = None
+        if pos_layers is not None:
+            cfg = common["guidance_scale"] > 1.0
+            layers = {k: torch.cat([neg_layers[k], v]) if cfg else v for k, v in pos_layers.items()}
+        if latents is not None and isinstance(common["generator"], list):
+            common = {**common, "generator": None}  # explicit latents: no noise is drawn
+        return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, cross_attention_kwargs=self._kwargs(layers),
+                    latents=latents, **common).images
+
+    def _base_images(self, prompts, negatives, latents, common):
+        phrases = self.class_phrases
+        pos = [substitute(p, phrases)[0] for p in prompts]
+        neg = [substitute(p, phrases)[0] for p in negatives]
+        if latents is None and common["generator"] is not None:  # re-seed: same noise as the customised images
+            gens = common["generator"] if isinstance(common["generator"], list) else [common["generator"]]
+            common = {**common, "generator": [torch.Generator(g.device).manual_seed(g.initial_seed()) for g in gens]}
+        if any(c.owns_pipeline for c in self.customizations):
+            if self._base_pipe is None:
+                if self._base_loader is None:
+                    raise ValueError("base images need the base model: pass load_customized(model=<base model>)")
+                self._base_pipe = self._base_loader()
+            pipe, contexts = self._base_pipe, []
+        else:
+            pipe, contexts = self.pipe, [c.disabled(self.pipe) for c in self.customizations]
+        with ExitStack() as stack:
+            for ctx in contexts:
+                stack.enter_context(ctx)
+            return pipe(prompt=pos, negative_prompt=neg, latents=latents, **common).images
+
+
+def _customization_class(meta: dict[str, str], path) -> type[Customization]:
+    from .training.methods import get_method
+
+    method = meta.get("method")
+    if not method:
+        raise ValueError(f"{path}: no 'method' in its metadata; is it a file written by `infusion train`?")
+    cls = getattr(get_method(method), "customization_cls", None)
+    if cls is None:
+        raise ValueError(f"{path}: method {method!r} has no generation loader")
+    return cls
+
+
+def load_customized(model, files: Sequence[str | os.PathLike], model_config: str | None = None) -> CustomizedModel:
+    """A generator for the customization(s) in ``files`` on base ``model``.
+
+    model: a base model id/path/'tiny'/'world' (loaded here) or a loaded ``StableDiffusionPipeline``
+    (customizations are attached to it in place). files: outputs of ``infusion train``, all of one
+    method; several at once only for methods that compose (Infusion, Textual Inversion).
+    """
+    from .models import load_base_pipeline
+    from .training.methods.files import read_metadata
+
+    files = [Path(f) for f in files]
+    if not files:
+        raise ValueError("load_customized needs at least one customization file")
+    metas = [read_metadata(f) for f in files]
+    methods = {m.get("method") for m in metas}
+    if len(methods) != 1:
+        raise ValueError(f"all files must be of one method, got {sorted(map(str, methods))}")
+    method = methods.pop()
+    names = [m.get("name") for m in metas]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two files define the same concept name: {names}")
+
+    def base_loader():
+        return load_base_pipeline(model, config=model_config) if isinstance(model, str) else model
+
+    if method == "infusion":
+        from .concept import Concept
+        from .pipeline import InfusionPipeline
+
+        pipe = model if not isinstance(model, str) else load_base_pipeline(model, InfusionPipeline, config=model_config)
+        if not isinstance(pipe, InfusionPipeline):
+            pipe = InfusionPipeline.from_pipe(pipe)
+        concepts = [pipe.load_concept(Concept.load(f)) for f in files]
+        custom = [Customization(f, m) for f, m in zip(files, metas)]
+        for c in custom:
+            c.method = "infusion"
+        return CustomizedModel(pipe, custom, method, base_loader, concepts)
+
+    classes = [_customization_class(m, f) for f, m in zip(files, metas)]
+    if len(files) > 1 and not classes[0].composable:
+        raise ValueError(f"method {method!r} loads one concept at a time; got {len(files)} files")
+    custom = [cls(f, m) for cls, f, m in zip(classes, files, metas)]
+    if custom[0].owns_pipeline:
+        pipe = custom[0].attach(None)
+    else:
+        pipe = base_loader()
+        for c in custom:
+            pipe = c.attach(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    return CustomizedModel(pipe, custom, method, base_loader)

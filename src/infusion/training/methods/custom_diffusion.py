@@ -1,0 +1,150 @@
+"""Custom Diffusion (Kumari et al. 2023): fine-tune the cross-attention key and value projections
+(``attn2.to_k``, ``attn2.to_v``) plus a modifier token ``<name>`` written before the class phrase
+("a photo of <name> cat").
+
+Defaults follow the paper / diffusers' ``train_custom_diffusion.py``: lr 1e-5 scaled by the batch
+size (paper: 8e-5 at batch 8), weight decay 1e-2, modifier token initialised from ``ktn`` (the
+script's ``initializer_token``), no gradient through the BOS token's key/value (as diffusers'
+``CustomDiffusionAttnProcessor`` does), prior preservation on with lambda 1. The paper
+regularises with ~200 *retrieved real* images; offline we generate ``num_class_images`` (default
+8) with the base model instead.
+
+Output (``--out FOLDER``): ``pytorch_custom_diffusion_weights.safetensors`` (diffusers' processor
+layout, loadable by ``pipe.unet.load_attn_procs(FOLDER, weight_name=..., _pipeline=pipe)``: without
+``_pipeline`` diffusers 0.42 silently installs nothing) and ``learned_embeds.safetensors``
+(``pipe.load_textual_inversion``), plus ``infusion.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
+from torch import nn
+
+from ...customized import Customization
+from ...io import save_safetensors_atomic
+from ...processor import cross_attention_layers
+from .base import Method, TextBatch, register_method
+from .dreambooth import PriorPreservationMixin
+from .files import customization_metadata, write_folder_metadata
+from .tokens import encode_with_token, phrase_embedding
+
+WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
+EMBEDS = "learned_embeds.safetensors"
+
+
+class KVTrainProcessor:
+    """``attn2`` during training: SDPA attention whose BOS key/value carry no gradient
+    (Custom Diffusion's detach trick). hidden (B, N, C), text (B, L, C_text) -> (B, N, C)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        if encoder_hidden_states is None or hidden_states.ndim != 3 or attention_mask is not None:
+            return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        residual = hidden_states
+        ehs = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+        B, H = hidden_states.shape[0], attn.heads
+        q, k, v = attn.to_q(hidden_states), attn.to_k(ehs), attn.to_v(ehs)  # (B, N, D), (B, L, D), (B, L, D)
+        k = torch.cat([k[:, :1].detach(), k[:, 1:]], dim=1)
+        v = torch.cat([v[:, :1].detach(), v[:, 1:]], dim=1)
+        D = k.shape[-1]
+        q, k, v = (x.view(B, -1, H, D // H).transpose(1, 2) for x in (q, k, v))  # (B, H, *, d)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, -1, D)  # (B, N, D)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+class CustomDiffusionCustomization(Customization):
+    """K/V weights as diffusers' ``CustomDiffusionAttnProcessor`` + the modifier token;
+    ``<name>`` -> ``"<name> <class>"``."""
+
+    method = "custom-diffusion"
+
+    def attach(self, pipe):
+        pipe.load_textual_inversion(str(self.path / EMBEDS), token=f"<{self.name}>")
+        pipe.unet.load_attn_procs(str(self.path), weight_name=WEIGHTS, _pipeline=pipe)
+        return pipe
+
+    def phrase(self) -> str:
+        return f"<{self.name}> {self.class_phrase}"
+
+    def disabled(self, pipe):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def ctx():
+            saved = pipe.unet.attn_processors
+            pipe.unet.set_attn_processor(AttnProcessor2_0())
+            try:
+                yield
+            finally:
+                pipe.unet.set_attn_processor(saved)
+
+        return ctx()
+
+
+@register_method
+class CustomDiffusion(PriorPreservationMixin, Method):
+    name = "custom-diffusion"
+    default_lr = 1e-5  # x batch size (paper: 8e-5 at batch 8; diffusers --scale_lr)
+    weight_decay = 1e-2
+    cache_text = False  # the modifier token changes every step
+    out_help = "a folder: pytorch_custom_diffusion_weights.safetensors + learned_embeds.safetensors + infusion.json"
+    customization_cls = CustomDiffusionCustomization
+
+    def __init__(self, pipe, cfg):
+        super().__init__(pipe, cfg)
+        self._setup_prior(pipe, cfg)  # base model still intact here
+        self.unet = pipe.unet
+        self.text_encoder = pipe.text_encoder
+        self.layers = cross_attention_layers(self.unet)  # name -> Attention
+        for attn in self.layers.values():
+            attn.to_k.weight.requires_grad_(True)
+            attn.to_v.weight.requires_grad_(True)
+        self.unet.set_attn_processor({
+            k: KVTrainProcessor() if k[: -len(".processor")] in self.layers else AttnProcessor2_0()
+            for k in self.unet.attn_processors
+        })
+        init = cfg.method_args.get("initializer_token", "ktn")
+        self.token = nn.Parameter(phrase_embedding(pipe.text_encoder, pipe.tokenizer, init).clone())  # (H,)
+        if cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+
+    def learning_rate(self) -> float:
+        return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size
+
+    def encode_captions(self, captions: list[str]) -> TextBatch:
+        from ...prompts import substitute
+
+        # "<name>" -> "<name> <class>": the modifier token stays a placeholder for the injector.
+        texts = [substitute(c, {self.cfg.name: f"<{self.cfg.name}> {self.cfg.class_phrase}"})[0] for c in captions]
+        states, ids, spans = encode_with_token(self.text_encoder, self.tokenizer, texts, self.cfg.name, self.token)
+        return TextBatch(states, spans, ids)
+
+    def forward(self, noisy_latents, timesteps, text: TextBatch):
+        """noisy_latents (B, 4, h, w), timesteps (B,) -> eps (B, 4, h, w)."""
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=text.states).sample
+
+    def export(self, path, fingerprint: str) -> Path:
+        path = Path(path)
+        weights = {}
+        for key in self.unet.attn_processors:  # diffusers' layout: every processor, empty for untrained ones
+            name = key[: -len(".processor")]
+            if name in self.layers:
+                weights[f"{key}.to_k_custom_diffusion.weight"] = self.layers[name].to_k.weight.detach().float().cpu()
+                weights[f"{key}.to_v_custom_diffusion.weight"] = self.layers[name].to_v.weight.detach().float().cpu()
+            else:
+                weights[key] = torch.empty(0)
+        token = self.token.detach().float().cpu()[None]  # (1, H)
+        for k, v in [*weights.items(), ("token", token)]:
+            if not torch.isfinite(v).all():
+                raise ValueError(f"refusing to save: {k} is not finite (NaN/inf)")
+        meta = customization_metadata(self.cfg, self.name, "diffusers-custom-diffusion", fingerprint)
+        save_safetensors_atomic(weights, path / WEIGHTS, {"format": "pt", "method": self.name})
+        save_safetensors_atomic({f"<{self.cfg.name}>": token}, path / EMBEDS, {"format": "pt", "method": self.name})
+        write_folder_metadata(path, meta)
+        return path

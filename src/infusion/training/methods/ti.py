@@ -1,0 +1,74 @@
+"""Textual Inversion (Gal et al. 2022): learn one input word embedding for ``<name>``.
+
+Defaults follow diffusers' ``textual_inversion.py``: AdamW, lr 5e-4 scaled by the batch size
+(``--scale_lr``), weight decay 1e-2; the new token starts from the class phrase's embedding
+(``--initializer_token``; mean over its tokens for a multi-token phrase). Only the new vector is trained: the text encoder,
+UNet and VAE stay bit-identical.
+
+File (``--out x.safetensors``): diffusers' ``learned_embeds.safetensors`` layout,
+``{"<name>": [1, H]}`` (fp32), plus our metadata; ``pipe.load_textual_inversion(path)`` loads it
+and prompts then write ``<name>`` literally.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...customized import Customization
+from ...io import save_safetensors_atomic
+from .base import Method, TextBatch, register_method
+from .files import customization_metadata
+from .tokens import encode_with_token, phrase_embedding
+
+
+class TokenCustomization(Customization):
+    """A learned token loaded with diffusers' ``load_textual_inversion``; ``<name>`` stays literal."""
+
+    method = "ti"
+    composable = True
+
+    def attach(self, pipe):
+        pipe.load_textual_inversion(str(self.path), token=f"<{self.name}>")
+        return pipe
+
+    def phrase(self) -> str:
+        return f"<{self.name}>"
+
+
+@register_method
+class TextualInversion(Method):
+    name = "ti"
+    default_lr = 5e-4  # diffusers textual_inversion.py, multiplied by the batch size (scale_lr)
+    weight_decay = 1e-2  # diffusers' adam_weight_decay
+    cache_text = False  # the learned token changes every step
+    out_help = "a learned_embeds-style .safetensors file ({'<name>': [1, H]}), loadable by load_textual_inversion"
+    customization_cls = TokenCustomization
+
+    def __init__(self, pipe, cfg):
+        super().__init__(pipe, cfg)
+        self.text_encoder = pipe.text_encoder
+        self.unet = pipe.unet
+        if cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        init = phrase_embedding(pipe.text_encoder, pipe.tokenizer, cfg.class_phrase)  # (H,)
+        self.token = nn.Parameter(init.clone())  # (H,)
+
+    def learning_rate(self) -> float:
+        return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size
+
+    def encode_captions(self, captions: list[str]) -> TextBatch:
+        states, ids, spans = encode_with_token(self.text_encoder, self.tokenizer, captions, self.cfg.name, self.token)
+        return TextBatch(states, spans, ids)
+
+    def forward(self, noisy_latents, timesteps, text: TextBatch):
+        """noisy_latents (B, 4, h, w), timesteps (B,) -> eps (B, 4, h, w)."""
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=text.states).sample
+
+    def export(self, path, fingerprint: str) -> dict[str, torch.Tensor]:
+        tensors = {f"<{self.cfg.name}>": self.token.detach().float().cpu()[None]}  # (1, H)
+        if not torch.isfinite(tensors[f"<{self.cfg.name}>"]).all():
+            raise ValueError("refusing to save: the learned embedding is not finite (NaN/inf)")
+        meta = customization_metadata(self.cfg, self.name, "diffusers-textual-inversion", fingerprint)
+        save_safetensors_atomic(tensors, path, meta)
+        return tensors
