@@ -159,7 +159,7 @@ def read_contextualizer_file(path: str | os.PathLike) -> tuple[dict[str, torch.T
 def load_contextualizer(
     path: str | os.PathLike, text_encoder=None, fingerprint: str | None = None
 ) -> tuple[Contextualizer, torch.Tensor, dict[str, str]]:
-    """Load ``(contextualizer, mask_embedding (H,), metadata)``.
+    """Load ``(contextualizer in eval mode, mask_embedding (H,), metadata)``.
 
     With ``text_encoder``: its width must match (ValueError); a different ``fingerprint`` (the
     text encoder the file was trained on) is a warning.
@@ -185,4 +185,4 @@ def load_contextualizer(
             f"{path} was pretrained on text encoder {stored}, this one is {fingerprint}: L_MLM will be less meaningful",
             stacklevel=2,
         )
-    return model, mask, meta
+    return model.eval(), mask, meta

@@ -202,13 +202,13 @@ def pretrain_contextualizer(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(_step_seed(config.seed, step))  # dropout
                 loss = mlm_loss(text_encoder, model, mask_embedding, batch, g, config.mask_rate)
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(loss.item()):
                 raise ValueError(f"non-finite MLM loss at step {step}; lower --lr (the last checkpoint is kept)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             done = step + 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
                 save(ckpt, done, with_optimizer=True)
