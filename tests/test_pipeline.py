@@ -108,3 +108,27 @@ def test_errors(tiny_pipe):
         pipe.load_concept(other)
     with pytest.raises(ValueError, match="tokenizes to 2 tokens"):
         _run(pipe, "<mycat>ish", [c])  # "catish" merges into other BPE pieces
+
+
+def test_sd2_style_unet_linear_projection_and_v_prediction(concept_images, tmp_path):
+    """SD2.x traits: per-block head dims, linear projections in transformers, v-prediction."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from infusion.tiny import tiny_sd_pipeline
+    from infusion.training import TrainConfig, train
+
+    base = tiny_sd_pipeline()
+    torch.manual_seed(0)
+    base.unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+    )
+    base.scheduler = DDIMScheduler.from_config(base.scheduler.config, prediction_type="v_prediction")
+    concept = train(TrainConfig(model="tiny-sd2", images=str(concept_images), name="mycat", class_phrase="cat",
+                                out=str(tmp_path / "c.safetensors"), steps=3, batch_size=2), pipe=base, progress=False)
+    assert len(concept.deltas) == 7  # every attn2: 2 down + 1 mid + 2 x 2 up
+    pipe = InfusionPipeline.from_pipe(base)
+    out = _run(pipe, "a photo of <mycat>", [concept])
+    assert out.images.shape == (1, 16, 16, 3) and np.isfinite(out.images).all()
