@@ -72,12 +72,14 @@ def test_prompt_categories_balanced():
 
 
 def test_world_set_uses_given_word_lists_and_only_its_categories():
-    pset = world_prompt_set(backgrounds=("lava",), objects=("apple", "kettle"), colours=("teal",), sizes=("tiny",), positions=("up top",))
+    pset = world_prompt_set(backgrounds=("on lava",), objects=("apple", "kettle"), colours=("teal",), sizes=("tiny",),
+                            positions=("up top",), prefixes=("a photo of",))
     prompts = pset.generate(len(pset), seed=0)
     assert len(prompts) == len(pset) == len(set(prompts))
     assert pset.categories == ["backgrounds", "relations"]
-    assert all("lava" in p or "kettle" in p or "apple" in p for p in prompts)
-    assert "a <concept> and a teal apple on a lava background" in prompts
+    assert all("on lava" in p for p in prompts)
+    assert "a photo of a <concept> and a tiny teal apple on lava" in prompts
+    assert len(world_prompt_set()) > 1000  # the world's own word lists
     orange = world_prompt_set(colours=("orange",)).generate(50, seed=0)
     assert any("an orange" in p for p in orange) and not any("a orange" in p for p in orange)
     with pytest.raises(ValueError, match="cannot draw"):

@@ -136,6 +136,10 @@ def test_cli_prompts_and_pretrain(text_encoder, tmp_path, capsys):
     world = capsys.readouterr().out.splitlines()
     assert len(world) == 7 and all(" dog " in p and "<concept>" not in p for p in world)
 
+    assert main(["mlm", "captions", "--n", "3", "--seed", "2"]) == 0
+    corpus = capsys.readouterr().out.splitlines()
+    assert len(corpus) == 3 and all(corpus)
+
     model = tmp_path / "model"
     text_encoder.save_pretrained(str(model / "text_encoder"))  # no tokenizer/: the packaged one is used
     caps = tmp_path / "captions.txt"

@@ -27,6 +27,15 @@ def register(sub) -> None:
     pr.add_argument("--count", action="store_true", help="print the number of distinct prompts per category instead")
     pr.set_defaults(func=run_prompts)
 
+    cp = mlm_sub.add_parser(
+        "captions",
+        help="print captions of the built-in world's scenes (a corpus for 'mlm pretrain')",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    cp.add_argument("--n", type=int, default=20000, help="how many captions")
+    cp.add_argument("--seed", type=int, default=0, help="first scene seed")
+    cp.set_defaults(func=run_captions)
+
     from ..mlm.pretrain import PretrainConfig
 
     pt = mlm_sub.add_parser(
@@ -59,6 +68,14 @@ def run_prompts(args) -> int:
         return 0
     for prompt in pset.generate(args.n, seed=args.seed):
         print(prompt if args.fill is None else prompt.replace(args.placeholder, args.fill))
+    return 0
+
+
+def run_captions(args) -> int:
+    from ..mlm.pretrain import world_captions
+
+    for caption in world_captions(args.n, args.seed):
+        print(caption)
     return 0
 
 

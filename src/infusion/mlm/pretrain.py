@@ -77,6 +77,15 @@ def read_captions(path: str | os.PathLike) -> list[str]:
     return captions
 
 
+def world_captions(n: int, seed: int = 0) -> list[str]:
+    """``n`` captions of the built-in world's scenes (the corpus its text encoder was trained on)."""
+    from ..world.scenes import caption_scene, sample_scene
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return [caption_scene(sample_scene(seed + i), seed + i + 7919).text for i in range(n)]
+
+
 def load_text_side(model):
     """``(text_encoder, tokenizer)`` of a pipeline object, ``"tiny"``, ``"world"``, or a diffusers
     folder with ``text_encoder/`` (and ``tokenizer/``; the packaged CLIP tokenizer otherwise)."""

@@ -137,25 +137,46 @@ EVERYDAY_TEMPLATES: dict[str, tuple[str, ...]] = {
 
 # --- the built-in world's vocabulary -------------------------------------------------------------
 
-# Placeholder lists until ``infusion.world`` exposes its vocabulary: pass the world's own lists to
-# ``world_prompt_set`` (every argument is a parameter) and these defaults stop mattering.
+# Used only if ``infusion.world.scenes`` cannot be imported; otherwise its word lists are used.
 WORLD_PLACEHOLDER_WORDS: dict[str, tuple[str, ...]] = {
-    "background": ("grass", "sand", "snow", "water", "brick wall", "wooden floor", "sky", "night"),
-    "obj": ("ball", "cube", "tree", "house", "cat", "dog", "car", "flower", "cup", "chair"),
-    "color": ("red", "green", "blue", "yellow", "purple", "orange", "white", "black"),
+    "background": ("on the grass", "on the sand", "in the snow", "at night"),
+    "obj": ("ball", "box", "tree", "house"),
+    "color": ("red", "green", "blue", "yellow"),
     "size": ("small", "large"),
-    "position": ("on the left", "on the right", "at the top", "at the bottom", "in the center"),
+    "position": ("on the left", "on the right", "in the center"),
 }
 
+# The world's caption grammar ("a photo of a small red ball in the top left corner on the grass",
+# "on the sand, a mug and a blue star"): contexts are backgrounds, places in the image and other
+# objects. The world has no outfits, verbs or styles: those categories are empty here.
 WORLD_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "backgrounds": ("a {c} on a {background} background", "a {c} {position} on a {background} background"),
-    "relations": (
-        "a {c} and a {color} {obj} on a {background} background",
-        "a {c} {position} and a {size} {color} {obj}",
-        "a {size} {color} {obj} and a {c} {position} on a {background} background",
+    "backgrounds": (
+        "{prefix} a {c} {background}",
+        "{prefix} a {c} {position} {background}",
+        "{background}, a {c} {position}",
     ),
-    # the world has no outfits, verbs or styles: those categories are empty here
+    "relations": (
+        "{prefix} a {c} and a {size} {color} {obj} {background}",
+        "{prefix} a {color} {obj} {position} and a {c} {background}",
+        "{background}, a {size} {color} {obj} and a {c} {position}",
+    ),
 }
+
+
+def world_words() -> dict[str, tuple[str, ...]]:
+    """Word lists of the built-in world (``infusion.world.scenes``), phrases as its captions say them."""
+    try:
+        from ..world import scenes
+    except ImportError:
+        return dict(WORLD_PLACEHOLDER_WORDS, prefix=("a photo of", "a picture of"))
+    return {
+        "background": tuple(p for phrases in scenes.BACKGROUND_PHRASES.values() for p in phrases),
+        "obj": tuple(scenes.CLASSES),
+        "color": tuple(scenes.COLORS),
+        "size": tuple(scenes.SIZES),
+        "position": tuple(p for phrases in scenes.POSITION_PHRASES.values() for p in phrases),
+        "prefix": tuple(p for p in scenes._PREFIXES if p),
+    }
 
 
 def _slots(template: str) -> tuple[str, ...]:
@@ -275,20 +296,24 @@ def everyday_prompt_set(placeholder: str = DEFAULT_PLACEHOLDER) -> ContextPrompt
 
 
 def world_prompt_set(
-    backgrounds: Sequence[str] = WORLD_PLACEHOLDER_WORDS["background"],
-    objects: Sequence[str] = WORLD_PLACEHOLDER_WORDS["obj"],
-    colours: Sequence[str] = WORLD_PLACEHOLDER_WORDS["color"],
-    sizes: Sequence[str] = WORLD_PLACEHOLDER_WORDS["size"],
-    positions: Sequence[str] = WORLD_PLACEHOLDER_WORDS["position"],
+    backgrounds: Sequence[str] | None = None,
+    objects: Sequence[str] | None = None,
+    colours: Sequence[str] | None = None,
+    sizes: Sequence[str] | None = None,
+    positions: Sequence[str] | None = None,
+    prefixes: Sequence[str] | None = None,
     templates: Mapping[str, Sequence[str]] = WORLD_TEMPLATES,
     placeholder: str = DEFAULT_PLACEHOLDER,
 ) -> ContextPromptSet:
     """The set in the built-in world's vocabulary (backgrounds and relations to objects only).
 
-    The defaults are placeholder lists; pass the world's own word lists (and caption grammar as
-    ``templates``) once ``infusion.world`` exposes them.
+    Every word list left ``None`` comes from ``infusion.world.scenes`` (``world_words()``);
+    backgrounds and positions are phrases ("on the grass", "in the top left corner").
     """
-    words = {"background": backgrounds, "obj": objects, "color": colours, "size": sizes, "position": positions}
+    given = {"background": backgrounds, "obj": objects, "color": colours, "size": sizes, "position": positions,
+             "prefix": prefixes}
+    defaults = world_words()
+    words = {k: tuple(v) if v is not None else defaults[k] for k, v in given.items()}
     return ContextPromptSet(templates, words, placeholder)
 
 
