@@ -1,0 +1,11 @@
+"""The built-in world: procedural scenes, a small Stable Diffusion trained on them, probes, concepts."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def model_dir() -> Path:
+    """The packaged world model (diffusers layout: ``StableDiffusionPipeline.from_pretrained(model_dir())``)."""
+    return Path(str(resources.files("infusion") / "world" / "model"))
