@@ -50,7 +50,10 @@ class InfusionPlan:
     c_source:  LongTensor [n_c], the F row each C row derives its maps and F output from.
     positions: LongTensor [n_c, T], token positions receiving a residual (padding: 0).
     slots:     per C row, per padded token, ``(concept name, Delta row)`` or ``None`` for padding.
-    records:   layer name -> (core_F [n_c, N, D], maps [n_c, H, N, T]) filled in record mode.
+    records:   layer name -> (core_F [n_c, N, D], maps [n_a, H, N, T]) filled in record mode.
+
+    Only the ``n_a`` *active* C rows (those with at least one concept token) need F's maps and get
+    a residual; the others (e.g. ``C_uncond``) are copies of their F row.
     """
 
     mode: str
@@ -69,6 +72,15 @@ class InfusionPlan:
     @property
     def n_c(self) -> int:
         return int(self.c_source.shape[0])
+
+    @property
+    def active(self) -> torch.Tensor:
+        """LongTensor [n_a]: C rows that inject at least one concept token."""
+        if not hasattr(self, "_active"):
+            self._active = torch.tensor(
+                [i for i, row in enumerate(self.slots) if any(s is not None for s in row)], dtype=torch.long
+            )
+        return self._active
 
     @classmethod
     def build(cls, mode: str, n_f: int, c_source: list[int], spans: list[list[ConceptSpan]]) -> "InfusionPlan":
@@ -137,7 +149,7 @@ class InfusionAttnProcessor:
             n_f = plan.n_f if plan.mode == "fused" else hidden_states.shape[0]
             core_f, maps = self._f_core(
                 attn, hidden_states[:n_f], encoder_hidden_states[:n_f], attention_mask, plan
-            )  # (n_f, N, D), (n_c, H, N, T)
+            )  # (n_f, N, D), (n_a, H, N, T)
             core_src = core_f[plan.c_source]  # (n_c, N, D)
             if plan.mode == "record":
                 plan.records[self.layer_name] = (core_src, maps)
@@ -155,7 +167,7 @@ class InfusionAttnProcessor:
     def _f_core(self, attn, hs, ehs, attention_mask, plan):
         """F rows exactly as ``AttnProcessor2_0`` up to W_O, plus F's maps at the concept columns.
 
-        hs (B, N, C), ehs (B, L, C_text) -> core (B, N, D), maps (n_c, H, N, T) for C rows' sources.
+        hs (B, N, C), ehs (B, L, C_text) -> core (B, N, D), maps (n_a, H, N, T) for the active C rows.
         """
         B, L = ehs.shape[0], ehs.shape[1]
         if attention_mask is not None:
@@ -177,27 +189,32 @@ class InfusionAttnProcessor:
         core = core.transpose(1, 2).reshape(B, -1, D).to(q.dtype)  # (B, N, D)
 
         # Explicit softmax over all L keys, kept only at the concept columns: M_F[h, :, obj].
-        src = plan.c_source.to(q.device)
-        qs, ks = q[src].float(), k[src].float()  # (n_c, H, N, d), (n_c, H, L, d)
-        scores = qs @ ks.transpose(-1, -2) * attn.scale  # (n_c, H, N, L)
+        active = plan.active.to(q.device)
+        src = plan.c_source.to(q.device)[active]
+        qs, ks = q[src].float(), k[src].float()  # (n_a, H, N, d), (n_a, H, L, d)
+        scores = qs @ ks.transpose(-1, -2) * attn.scale  # (n_a, H, N, L)
         if attention_mask is not None:
             scores = scores + attention_mask[src].float()
         probs = scores.softmax(dim=-1)
-        pos = plan.positions.to(q.device)[:, None, None, :].expand(-1, H, probs.shape[2], -1)  # (n_c, H, N, T)
-        maps = probs.gather(-1, pos).to(q.dtype)  # (n_c, H, N, T)
+        pos = plan.positions.to(q.device)[active][:, None, None, :].expand(-1, H, probs.shape[2], -1)  # (n_a, H, N, T)
+        maps = probs.gather(-1, pos).to(q.dtype)  # (n_a, H, N, T)
         return core, maps
 
     def _c_core(self, attn, core_src, maps, plan):
         """C rows: core_F + M_F[:, :, obj] @ Delta, per head. core_src (n_c, N, D) -> (n_c, N, D)."""
         n_c, N, D = core_src.shape
-        H = attn.heads
-        delta = self._stacked_deltas(plan, D, core_src)  # (n_c, T, D)
-        delta = delta.view(n_c, -1, H, D // H).transpose(1, 2)  # (n_c, H, T, d)
-        upd = maps.to(delta.dtype) @ delta  # (n_c, H, N, d)
-        return core_src + upd.transpose(1, 2).reshape(n_c, N, D).to(core_src.dtype)
+        active = plan.active.to(core_src.device)
+        if active.numel() == 0:
+            return core_src
+        H, n_a = attn.heads, active.numel()
+        delta = self._stacked_deltas(plan, D, core_src)  # (n_a, T, D)
+        delta = delta.view(n_a, -1, H, D // H).transpose(1, 2)  # (n_a, H, T, d)
+        upd = maps.to(delta.dtype) @ delta  # (n_a, H, N, d)
+        upd = upd.transpose(1, 2).reshape(n_a, N, D).to(core_src.dtype)  # (n_a, N, D)
+        return core_src.index_add(0, active, upd)  # inactive rows: exact copies of F
 
     def _stacked_deltas(self, plan: InfusionPlan, D: int, like: torch.Tensor) -> torch.Tensor:
-        """Gather this layer's Delta rows for every (C row, padded token) slot -> (n_c, T, D)."""
+        """Gather this layer's Delta rows for every (active C row, padded token) slot -> (n_a, T, D)."""
         names = sorted(plan.concepts_used())
         missing = [n for n in names if n not in self.deltas]
         if missing:
@@ -212,10 +229,10 @@ class InfusionAttnProcessor:
             table.append(delta.to(device=like.device, dtype=like.dtype))
         table = torch.cat(table, dim=0)  # (1 + sum n_tokens, D)
         index = torch.tensor(
-            [[0 if s is None else offset[s[0]] + s[1] for s in row] for row in plan.slots],
+            [[0 if s is None else offset[s[0]] + s[1] for s in plan.slots[i]] for i in plan.active.tolist()],
             dtype=torch.long,
             device=like.device,
-        )  # (n_c, T)
+        )  # (n_a, T)
         return table[index]
 
 
