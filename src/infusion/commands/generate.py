@@ -10,7 +10,8 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="generate images with trained concepts",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="base model (diffusers folder, .safetensors, hub id, world, tiny)")
-    p.add_argument("--concept", action="append", default=[], help="concept file (repeatable)")
+    p.add_argument("--concept", action="append", default=[],
+                   help="output of `infusion train`, any method: file or folder (repeatable for infusion and ti)")
     p.add_argument("--prompt", required=True, help='e.g. "a photo of <mycat> on the beach"')
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--num-images", type=int, default=1)
@@ -29,22 +30,26 @@ def run(args) -> int:
     import torch
 
     from ..images import make_grid, save_png
+    from ..customized import load_customized
     from ..models import load_base_pipeline
     from ..pipeline import InfusionPipeline
 
     if args.num_images < 1:
         raise ValueError("--num-images must be >= 1")
     for c in args.concept:
-        if not Path(c).is_file():
+        if not Path(c).exists():
             raise FileNotFoundError(f"concept file not found: {c}")
-    pipe = load_base_pipeline(args.model, pipeline_cls=InfusionPipeline, config=args.model_config)
-    for c in args.concept:
-        pipe.load_concept(c)
     gens = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
-    out = pipe(
-        [args.prompt] * args.num_images, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-        guidance_scale=args.guidance, generator=gens, height=args.height, width=args.width, return_base=True,
-    )
+    common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gens, height=args.height,
+                  width=args.width)
+    if args.concept:
+        model = load_customized(args.model, args.concept, model_config=args.model_config)
+        out = model([args.prompt] * args.num_images, negative_prompt=args.negative_prompt, return_base=args.show_base,
+                    **common)
+        pipe = model.pipe
+    else:  # no concept: the base model (the Infusion pipeline runs it unchanged)
+        pipe = load_base_pipeline(args.model, pipeline_cls=InfusionPipeline, config=args.model_config)
+        out = pipe([args.prompt] * args.num_images, negative_prompt=args.negative_prompt, return_base=True, **common)
     folder = Path(args.out)
     params = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "model": args.model,
               "concepts": [str(c) for c in args.concept], "steps": args.steps, "guidance": args.guidance,

@@ -26,7 +26,10 @@ def register(sub) -> None:
     p.add_argument("--images", required=True, help=helps["images"])
     p.add_argument("--name", required=True, help=helps["name"])
     p.add_argument("--class-phrase", required=True, help=helps["class_phrase"])
-    p.add_argument("--out", required=True, help=helps["out"])
+    from ..training.methods import get_method
+
+    out_help = "; ".join(f"{m}: {get_method(m).out_help}" for m in available_methods())
+    p.add_argument("--out", required=True, help=f"output, per method: {out_help}")
     p.add_argument("--method", default="infusion", choices=available_methods(), help=helps["method"])
     p.add_argument("--steps", type=int, default=500, help=helps["steps"])
     p.add_argument("--lr", type=float, default=None, help=helps["lr"])

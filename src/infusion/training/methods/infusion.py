@@ -23,6 +23,7 @@ def _key(layer: str) -> str:  # ParameterDict keys may not contain "."
 class InfusionMethod(Method):
     name = "infusion"
     default_lr = 1e-2  # paper 5.1: AdamW, lr 0.01, batch 4
+    out_help = "an Infusion concept .safetensors file (one Delta per attn2 layer)"
 
     def __init__(self, pipe, cfg):
         super().__init__(pipe, cfg)

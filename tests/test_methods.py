@@ -1,0 +1,272 @@
+"""Every customization method from one table of cases (peft's TEST_CASES pattern): training on the
+tiny model changes only the intended parameters, the file loads back through diffusers' own
+loaders (or ours) to the same model, generation runs, storage is reported."""
+
+import re
+
+import pytest
+import torch
+
+from infusion.customized import load_customized
+from infusion.tiny import tiny_sd_pipeline
+from infusion.training import TrainConfig, train
+from infusion.training.methods import get_method
+
+SMALL_PRIOR = {"num_class_images": 2, "prior_steps": 2}
+
+# method, --out name, regexes of state-dict keys allowed (and expected) to change, new keys allowed, method args
+CASES = [
+    ("infusion", "c.safetensors", [], None, {}),
+    ("ti", "c.safetensors", [], None, {}),
+    ("pplus", "c.safetensors", [], None, {}),
+    ("perfusion", "c.safetensors", [], None, {}),
+    ("custom-diffusion", "c", [r"^unet\..*\.attn2\.to_[kv]\.weight$"], None, SMALL_PRIOR),
+    ("lora", "c.safetensors", [], r"^unet\..*\.lora_[AB]\.default\.weight$", {}),
+    ("dreambooth", "c", [r"^unet\."], None, SMALL_PRIOR),
+]
+IDS = [c[0] for c in CASES]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared CPU: one thread is ~10x faster than two fighting a background job."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(images, out, method, args, **kw):
+    base = dict(model="tiny", images=str(images), name="mycat", class_phrase="teddy bear", out=str(out),
+                method=method, steps=2, batch_size=2, method_args=dict(args))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _snapshot(pipe):
+    """Full state dicts of unet, text encoder, vae; peft's ``.base_layer`` renaming undone."""
+    return {f"{m}.{k.replace('.base_layer', '')}": v.detach().clone()
+            for m in ("unet", "vae", "text_encoder") for k, v in getattr(pipe, m).state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train every case once: method -> (trained method module, pipe, out path, before, after)."""
+    import numpy as np
+    import PIL.Image
+
+    root = tmp_path_factory.mktemp("methods")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        a = np.full((32, 32, 3), 220, np.uint8)
+        a[8:24, 8:24] = (200, 40, 40)
+        PIL.Image.fromarray(np.clip(a + rng.integers(-8, 8, a.shape), 0, 255).astype(np.uint8)).save(images / f"{i}.png")
+    torch.set_num_threads(1)
+    out = {}
+    import infusion.training.trainer as trainer
+
+    for method, name, _, _, args in CASES:
+        pipe = tiny_sd_pipeline()
+        before = _snapshot(pipe)
+        captured = {}
+        orig = trainer.get_method
+
+        def spy(n, _orig=orig, _cap=captured):  # keep a handle on the trained module
+            cls = _orig(n)
+
+            class Spy(cls):
+                def __init__(self, *a, **k):
+                    super().__init__(*a, **k)
+                    _cap["m"] = self
+                    _cap["init"] = {n: v.detach().clone() for n, v in self.trainable_state().items()}
+
+            Spy.__name__ = cls.__name__
+            return Spy
+
+        trainer.get_method = spy
+        try:
+            path = root / method / name
+            train(_cfg(images, path, method, args), pipe=pipe, progress=False)
+        finally:
+            trainer.get_method = orig
+        out[method] = (captured["m"], pipe, path, before, _snapshot(pipe), images, captured["init"])
+    return out
+
+
+@pytest.mark.parametrize("method, name, allowed, new, args", CASES, ids=IDS)
+def test_only_intended_parameters_change(trained, method, name, allowed, new, args):
+    m, pipe, path, before, after = trained[method][:5]
+    added = sorted(set(after) - set(before))
+    assert set(before) <= set(after)
+    if new is None:
+        assert added == []
+    else:
+        assert added and all(re.match(new, k) for k in added)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    bad = [k for k in changed if not any(re.match(a, k) for a in allowed)]
+    assert bad == [], f"{method} changed parameters it must not touch: {bad[:5]}"
+    for pattern in allowed:  # and every intended group did change
+        hits = [k for k in before if re.match(pattern, k)]
+        assert hits and any(k in changed for k in hits), pattern
+    if method == "custom-diffusion":  # every attn2 K and V, nothing else
+        assert sorted(changed) == sorted(k for k in before if re.match(allowed[0], k))
+    # every trainable tensor of the method moved away from its initial value
+    init = trained[method][6]
+    still = [n for n, v in m.trainable_state().items() if torch.equal(v.detach(), init[n])]
+    assert init and still == [], f"{method}: trainable tensors that did not change: {still[:5]}"
+    assert path.exists()
+
+
+def _ddim_with_method(m, sched_config, latents, prompts, steps=2, guidance=4.0):
+    """Sample with the *in-memory* trained module's own forward (the training-time model)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(sched_config)
+    sched.set_timesteps(steps)
+    text = m.encode_captions([""] * len(prompts) + list(prompts))  # rows [uncond, cond], as the pipeline
+    z = latents * sched.init_noise_sigma
+    for t in sched.timesteps:
+        x = sched.scale_model_input(torch.cat([z, z]), t)
+        eps_u, eps_c = m(x, t.expand(x.shape[0]), text).chunk(2)
+        z = sched.step(eps_u + guidance * (eps_c - eps_u), t, z).prev_sample
+    return z
+
+
+@pytest.mark.parametrize("method", IDS)
+def test_file_gives_the_trained_model(trained, method):
+    """load_customized(file) on a fresh base == the in-memory trained module: eps and whole sampling."""
+    m, _, path = trained[method][:3]
+    m.eval()
+    model = load_customized("tiny", [path])
+    assert model.method == method and model.names == ["mycat"]
+    g = torch.Generator().manual_seed(1)
+    prompts = ["a photo of <mycat> on a beach", "a drawing of a dog"]
+    z = torch.randn(2, 4, 8, 8, generator=g)
+    t = torch.tensor([500, 100])
+    with torch.no_grad():
+        ours = m(z, t, m.encode_captions(prompts))
+        theirs = model.eps(z, t, prompts)
+        torch.testing.assert_close(theirs, ours, atol=2e-5, rtol=1e-4)
+        lat = torch.randn(1, 4, 8, 8, generator=g)
+        ref = _ddim_with_method(m, model.pipe.scheduler.config, lat, prompts[:1])
+    gen = model(prompts[:1], latents=lat.clone(), num_inference_steps=2, guidance_scale=4.0, output_type="latent")
+    torch.testing.assert_close(gen.images, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", IDS)
+def test_generation_and_storage(trained, method):
+    path = trained[method][2]
+    model = load_customized("tiny", [path])
+    gens = [torch.Generator().manual_seed(0)]
+    out = model(["a photo of <mycat>"], generator=gens, num_inference_steps=2, output_type="np", return_base=True)
+    assert out.images.shape == (1, 16, 16, 3) and out.base_images.shape == (1, 16, 16, 3)
+    assert model.storage_bytes > 0
+    with pytest.raises(ValueError, match="unknown concept <nobody>"):
+        model(["a photo of <nobody>"], num_inference_steps=1)
+
+
+def test_textual_inversion_file_is_diffusers_format(trained):
+    """pipe.load_textual_inversion(path) with no token argument: the key is the token; only a new row."""
+    m, _, path = trained["ti"][:3]
+    pipe = tiny_sd_pipeline()
+    old = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    pipe.load_textual_inversion(str(path))
+    tid = pipe.tokenizer.convert_tokens_to_ids("<mycat>")
+    new = pipe.text_encoder.get_input_embeddings().weight.detach()
+    assert tid == old.shape[0] and new.shape[0] == old.shape[0] + 1
+    assert torch.equal(new[: old.shape[0]], old)
+    assert torch.equal(new[tid], m.token.detach())
+    init = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer("teddy bear", add_special_tokens=False)
+                                                           ["input_ids"]].mean(0)
+    assert not torch.allclose(new[tid], init)  # it learned
+
+
+def test_lora_and_custom_diffusion_files_load_with_diffusers(trained):
+    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor
+    from safetensors.torch import load_file
+
+    lora_path, after = trained["lora"][2], trained["lora"][4]
+    pipe = tiny_sd_pipeline()
+    pipe.load_lora_weights(str(lora_path))
+    sd = pipe.unet.state_dict()
+    loaded = {k: v for k, v in sd.items() if ".lora_" in k}
+    assert len(loaded) == len([k for k in after if ".lora_" in k]) > 0
+    for k, v in loaded.items():  # adapter "default_0" here, "default" in the trained model
+        assert torch.equal(v, after["unet." + k.replace("default_0", "default")]), k
+
+    cd_path, after = trained["custom-diffusion"][2], trained["custom-diffusion"][4]
+    pipe = tiny_sd_pipeline()
+    pipe.unet.load_attn_procs(str(cd_path), weight_name="pytorch_custom_diffusion_weights.safetensors", _pipeline=pipe)
+    procs = {k: p for k, p in pipe.unet.attn_processors.items() if isinstance(p, CustomDiffusionAttnProcessor)}
+    assert procs and all(("attn2" in k) == p.train_kv for k, p in procs.items())
+    for k, p in procs.items():
+        if p.train_kv:
+            layer = k[: -len(".processor")]
+            assert torch.equal(p.to_k_custom_diffusion.weight, after[f"unet.{layer}.to_k.weight"])
+    assert set(load_file(str(cd_path / "learned_embeds.safetensors"))) == {"<mycat>"}
+
+
+def test_dreambooth_folder_is_a_diffusers_pipeline_and_prior_is_cached(trained):
+    from diffusers import StableDiffusionPipeline
+
+    path, after, images = trained["dreambooth"][2], trained["dreambooth"][4], trained["dreambooth"][5]
+    loaded = StableDiffusionPipeline.from_pretrained(str(path))
+    for k, v in loaded.unet.state_dict().items():
+        assert torch.equal(v, after["unet." + k]), k
+    prior = path.with_name(path.stem + ".prior")
+    pngs = sorted(prior.glob("*.png"))
+    assert len(pngs) == 2
+    stamp = [p.stat().st_mtime_ns for p in pngs]
+    m = get_method("dreambooth")(tiny_sd_pipeline(), _cfg(images, path, "dreambooth", SMALL_PRIOR))
+    assert [p.stat().st_mtime_ns for p in pngs] == stamp  # reused, not regenerated
+    assert m.prior_data().mean.shape[0] == 2 and m.prior_data().weight == 1.0
+
+
+@pytest.mark.parametrize("method", ["ti", "perfusion"])
+def test_resume_reproduces_an_uninterrupted_run(trained, tmp_path, method):
+    from safetensors.torch import load_file
+
+    images = trained["ti"][5]
+    full = tmp_path / "full.safetensors"
+    part = tmp_path / "part.safetensors"
+    train(_cfg(images, full, method, {}, steps=3), pipe=tiny_sd_pipeline(), progress=False)
+    train(_cfg(images, part, method, {}, steps=1), pipe=tiny_sd_pipeline(), progress=False)
+    train(_cfg(images, part, method, {}, steps=3, resume="auto"), pipe=tiny_sd_pipeline(), progress=False)
+    a, b = load_file(str(full)), load_file(str(part))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+def test_perfusion_gate_locks_the_key_to_the_class():
+    """Eq. 3 at x = i*: W' i* = sigmoid((1 - beta)/tau) o*, whatever W; far from i* the edit is off."""
+    from infusion.training.methods.perfusion import RankOneEdit
+
+    g = torch.Generator().manual_seed(0)
+    C = torch.randn(6, 6, generator=g)
+    cov_inv = torch.linalg.inv(C @ C.T + 6 * torch.eye(6))
+    i = torch.randn(6, generator=g)
+    W, target = torch.randn(5, 6, generator=g), torch.randn(5, generator=g)
+    edit = RankOneEdit(i, None, cov_inv @ i, {}, beta=0.75, tau=0.1)
+    x = torch.stack([i, torch.zeros(6)])[None]  # (1, 2, 6)
+    out = edit.project(x, W, x @ W.T, target)
+    torch.testing.assert_close(out[0, 0], torch.sigmoid(torch.tensor(2.5)) * target)
+    torch.testing.assert_close(out[0, 1], torch.sigmoid(torch.tensor(-7.5)) * target)
+
+
+def test_bad_method_inputs(trained, tmp_path):
+    images = trained["ti"][5]
+    with pytest.raises(ValueError, match="identifier"):
+        get_method("dreambooth")(tiny_sd_pipeline(), _cfg(images, tmp_path / "d", "dreambooth",
+                                                          {"identifier": "two words", "prior_loss_weight": 0}))
+    with pytest.raises(ValueError, match="rank"):
+        get_method("lora")(tiny_sd_pipeline(), _cfg(images, tmp_path / "l.safetensors", "lora", {"rank": 0}))
+    with pytest.raises(ValueError, match="one method"):
+        load_customized("tiny", [trained["ti"][2], trained["pplus"][2]])
+    with pytest.raises(ValueError, match="same concept name"):
+        load_customized("tiny", [trained["pplus"][2], trained["pplus"][2]])
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match="infusion.json"):
+        load_customized("tiny", [tmp_path / "plain"])
