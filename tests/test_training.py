@@ -115,3 +115,32 @@ def test_cli_train_then_generate(tmp_path, concept_images, capsys):
     assert params["seed"] == 8 and params["prompt"] == "a <mybox> on the snow" and params["steps"] == 2
     assert main(["generate", "--model", "tiny", "--concept", str(out), "--prompt", "a <nope>", "--out", str(gen)]) == 2
     assert "unknown concept <nope>" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_gives_the_same_result(concept_images, tmp_path):
+    from infusion.tiny import tiny_sd_pipeline
+
+    plain = train(_cfg(concept_images, tmp_path / "a.safetensors", steps=3), pipe=tiny_sd_pipeline(), progress=False)
+    ckpt = train(_cfg(concept_images, tmp_path / "b.safetensors", steps=3, gradient_checkpointing=True),
+                 pipe=tiny_sd_pipeline(), progress=False)
+    for k in plain.deltas:
+        torch.testing.assert_close(plain.deltas[k], ckpt.deltas[k], rtol=1e-4, atol=1e-6)
+
+
+def test_diffusers_folder_round_trip(tiny_pipe, concept_images, tmp_path):
+    """A model saved with save_pretrained trains and generates by path (CLI) and loads as InfusionPipeline."""
+    from infusion.cli import main
+    from infusion.pipeline import InfusionPipeline
+
+    folder = tmp_path / "sd"
+    tiny_pipe.save_pretrained(folder)
+    out = tmp_path / "c.safetensors"
+    assert main(["train", "--model", str(folder), "--images", str(concept_images), "--name", "mycat",
+                 "--class-phrase", "cat", "--out", str(out), "--steps", "2", "--batch-size", "1"]) == 0
+    pipe = InfusionPipeline.from_pretrained(folder)
+    c = pipe.load_concept(out)
+    assert c.base_model == str(folder)
+    res = pipe("<mycat> on the moon", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert res.images.shape == (1, 16, 16, 3)
+    with pytest.raises(ValueError, match="not a diffusers pipeline folder"):
+        train(_cfg(concept_images, tmp_path / "x.safetensors", model=str(tmp_path)), progress=False)

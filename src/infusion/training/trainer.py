@@ -36,8 +36,10 @@ def step_path(out: str | Path, step: int) -> Path:
     return out.with_name(f"{out.stem}-step{step}{out.suffix}")
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def _step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """Randomness of one step on one process: a function of (seed, step, rank) only, so resuming
+    is exact and each GPU of ``accelerate launch`` draws its own batch."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
 
 
 def save_state(path: Path, method, optimizer, step: int, cfg: TrainConfig) -> None:
@@ -139,7 +141,7 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
     device = accelerator.device
     loss_ema = None
     for step in bar:
-        g = _step_generator(cfg.seed, step)
+        g = _step_generator(cfg.seed, step, accelerator.process_index)
         idx = torch.randint(len(mean), (cfg.batch_size,), generator=g)
         cap = torch.randint(len(captions), (cfg.batch_size,), generator=g)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling
