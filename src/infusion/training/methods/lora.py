@@ -97,6 +97,7 @@ class DreamBoothLoRA(DreamBooth):
         from diffusers import StableDiffusionPipeline
 
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         layers = {k: v.detach().float().cpu() for k, v in self.lora_state_dict().items()}
         for k, v in layers.items():
             if not torch.isfinite(v).all():
