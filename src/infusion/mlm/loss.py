@@ -64,6 +64,8 @@ class MLMRegularizer:
     ``concept_text`` is how the method writes its concept in a prompt (``"<mycat>"`` for TI,
     ``"sks cat"`` for DreamBooth, ``"<new1> cat"`` for Custom Diffusion); every one of its tokens
     is protected from masking. ``prompts`` hold ``placeholder`` where the concept goes.
+    P+ learns one embedding per UNet layer but the text encoder runs once here: its ``embed_fn``
+    supplies one of them (or their mean) at the concept token.
     """
 
     def __init__(
