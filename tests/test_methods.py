@@ -270,3 +270,25 @@ def test_bad_method_inputs(trained, tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(ValueError, match="infusion.json"):
         load_customized("tiny", [tmp_path / "plain"])
+
+
+def test_dreambooth_can_train_the_text_encoder(trained, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    images = trained["ti"][5]
+    pipe = tiny_sd_pipeline()
+    before = _snapshot(pipe)
+    out = tmp_path / "db"
+    train(_cfg(images, out, "dreambooth", {"train_text_encoder": True, "prior_loss_weight": 0}, steps=1),
+          pipe=pipe, progress=False)
+    after = _snapshot(pipe)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"unet", "text_encoder"}
+    loaded = StableDiffusionPipeline.from_pretrained(str(out))
+    for k, v in loaded.text_encoder.state_dict().items():
+        assert torch.equal(v, after["text_encoder." + k]), k
+
+
+def test_other_base_weights_warn(trained):
+    with pytest.warns(UserWarning, match="other base weights"):
+        load_customized(tiny_sd_pipeline(seed=1), [trained["ti"][2]])

@@ -221,6 +221,21 @@ def _customization_class(meta: dict[str, str], path) -> type[Customization]:
     return cls
 
 
+def _warn_on_other_base(pipe, custom: list[Customization]) -> None:
+    """A customization trained on other base weights still loads, with a warning (DESIGN section 3)."""
+    import warnings
+
+    from .concept import base_fingerprint
+
+    here = base_fingerprint(pipe.unet, pipe.text_encoder)
+    for c in custom:
+        theirs = c.meta.get("base_fingerprint")
+        if theirs and theirs != here:
+            warnings.warn(f"<{c.name}> ({c.path}) was trained on other base weights ({c.meta.get('base_model')}, "
+                          f"fingerprint {theirs}; this model: {here}): it will load, but results may differ",
+                          UserWarning, stacklevel=3)
+
+
 def load_customized(model, files: Sequence[str | os.PathLike], model_config: str | None = None) -> CustomizedModel:
     """A generator for the customization(s) in ``files`` on base ``model``.
 
@@ -267,6 +282,7 @@ def load_customized(model, files: Sequence[str | os.PathLike], model_config: str
         pipe = custom[0].attach(None)
     else:
         pipe = base_loader()
+        _warn_on_other_base(pipe, custom)
         for c in custom:
             pipe = c.attach(pipe)
     pipe.set_progress_bar_config(disable=True)
