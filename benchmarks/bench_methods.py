@@ -41,10 +41,12 @@ OUT_NAME = {"custom-diffusion": "out", "dreambooth": "out"}
 def make_method(name: str, pipe, tmp: Path):
     from infusion.training import TrainConfig, get_method
 
+    cls = get_method(name)
+    args = {"prior_loss_weight": 0} if "prior_loss_weight" in (cls.method_args_help or {}) else {}
     cfg = TrainConfig(model="bench", images=str(tmp), name="mycat", class_phrase="cat",
                       out=str(tmp / name / OUT_NAME.get(name, "out.safetensors")), method=name, batch_size=1,
-                      method_args={"prior_loss_weight": 0})
-    return get_method(name)(pipe, cfg)
+                      method_args=args)
+    return cls(pipe, cfg)
 
 
 def step_fn(method, pipe, latent: int):

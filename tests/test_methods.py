@@ -263,6 +263,8 @@ def test_bad_method_inputs(trained, tmp_path):
                                                           {"identifier": "two words", "prior_loss_weight": 0}))
     with pytest.raises(ValueError, match="rank"):
         get_method("lora")(tiny_sd_pipeline(), _cfg(images, tmp_path / "l.safetensors", "lora", {"rank": 0}))
+    with pytest.warns(UserWarning, match=r"ignores --method-arg \['rnak'\]"):
+        get_method("lora")(tiny_sd_pipeline(), _cfg(images, tmp_path / "l.safetensors", "lora", {"rnak": 8}))
     with pytest.raises(ValueError, match="one method"):
         load_customized("tiny", [trained["ti"][2], trained["pplus"][2]])
     with pytest.raises(ValueError, match="same concept name"):

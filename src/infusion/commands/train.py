@@ -42,8 +42,10 @@ def register(sub) -> None:
     p.add_argument("--resume", nargs="?", const="auto", default=None, help=helps["resume"])
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not add mirrored copies")
     p.add_argument("--model-config", default=None, help=helps["model_config"])
+    arg_help = "; ".join(f"{m}: " + ", ".join(f"{k} ({h})" for k, h in get_method(m).method_args_help.items())
+                         for m in available_methods() if get_method(m).method_args_help)
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="method-specific setting (repeatable), value parsed as JSON when possible")
+                   help="method-specific setting (repeatable), value parsed as JSON when possible. " + arg_help)
     p.set_defaults(func=run)
 
 

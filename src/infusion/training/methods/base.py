@@ -87,6 +87,7 @@ class Method(nn.Module):
     weight_decay: ClassVar[float] = 0.0
     cache_text: ClassVar[bool] = True  # captions' text states are frozen: encode once
     out_help: ClassVar[str] = "a safetensors file"  # what --out is for this method (shown by --help)
+    method_args_help: ClassVar[dict[str, str] | None] = None  # --method-arg keys it reads (None: not declared)
 
     def __init__(self, pipe, cfg):
         super().__init__()
@@ -95,6 +96,19 @@ class Method(nn.Module):
         for m in (pipe.unet, pipe.vae, pipe.text_encoder):
             m.requires_grad_(False)
             m.eval()
+        self._check_method_args(cfg.method_args)
+
+    def _check_method_args(self, args: dict) -> None:
+        """Warn about --method-arg keys this method does not read (a typo would otherwise pass silently)."""
+        if self.method_args_help is None:
+            return
+        unknown = sorted(set(args) - set(self.method_args_help))
+        if unknown:
+            import warnings
+
+            known = ", ".join(sorted(self.method_args_help)) or "none"
+            warnings.warn(f"method {self.name!r} ignores --method-arg {unknown}; it reads: {known}", UserWarning,
+                          stacklevel=3)
 
     def learning_rate(self) -> float:
         return self.cfg.lr if self.cfg.lr is not None else self.default_lr

@@ -28,7 +28,7 @@ from ...customized import Customization
 from ...io import save_safetensors_atomic
 from ...processor import cross_attention_layers
 from .base import Method, TextBatch, register_method
-from .dreambooth import PriorPreservationMixin
+from .dreambooth import PRIOR_ARGS, PriorPreservationMixin
 from .files import customization_metadata, write_folder_metadata
 from .tokens import encode_with_token, phrase_embedding
 
@@ -95,6 +95,7 @@ class CustomDiffusion(PriorPreservationMixin, Method):
     cache_text = False  # the modifier token changes every step
     out_help = "a folder: pytorch_custom_diffusion_weights.safetensors + learned_embeds.safetensors + infusion.json"
     customization_cls = CustomDiffusionCustomization
+    method_args_help = {**PRIOR_ARGS, "initializer_token": "word the modifier token starts from (default ktn)"}
 
     def __init__(self, pipe, cfg):
         super().__init__(pipe, cfg)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from ...customized import Customization
 from ...io import save_safetensors_atomic
 from .base import register_method
-from .dreambooth import DreamBooth, PriorPreservationMixin, identifier_phrase
+from .dreambooth import PRIOR_ARGS, DreamBooth, PriorPreservationMixin, identifier_phrase
 from .files import customization_metadata
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -64,6 +64,7 @@ class DreamBoothLoRA(DreamBooth):
     weight_decay = 1e-2
     out_help = "a pytorch_lora_weights-style .safetensors file, loadable by load_lora_weights"
     customization_cls = LoRACustomization
+    method_args_help = {**PRIOR_ARGS, "identifier": "rare token (default sks)", "rank": "LoRA rank (default 4)"}
     default_prior_weight = 0.0  # off by default, as in train_dreambooth_lora.py
 
     def __init__(self, pipe, cfg):

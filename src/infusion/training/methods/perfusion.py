@@ -165,6 +165,7 @@ class Perfusion(Method):
     cache_text = False  # the concept token changes every step
     out_help = "a .safetensors file (format infusion-perfusion): token, i*, i_class, C^-1 i*, per-layer value targets"
     customization_cls = PerfusionCustomization
+    method_args_help = {"beta": "gate threshold (default 0.75)", "temperature": "gate temperature (default 0.1)"}
     ema_decay = 0.99  # paper / perfusion-pytorch input_decay
 
     def __init__(self, pipe, cfg):

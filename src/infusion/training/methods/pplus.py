@@ -103,6 +103,7 @@ class PPlus(Method):
     cache_text = False
     out_help = "a .safetensors file (format infusion-pplus): one [1, H] token per attn2 layer"
     customization_cls = PPlusCustomization
+    method_args_help = {}
 
     def __init__(self, pipe, cfg):
         super().__init__(pipe, cfg)

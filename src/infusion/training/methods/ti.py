@@ -44,6 +44,7 @@ class TextualInversion(Method):
     cache_text = False  # the learned token changes every step
     out_help = "a learned_embeds-style .safetensors file ({'<name>': [1, H]}), loadable by load_textual_inversion"
     customization_cls = TokenCustomization
+    method_args_help = {}
 
     def __init__(self, pipe, cfg):
         super().__init__(pipe, cfg)
