@@ -13,6 +13,8 @@ COMMAND_MODULES = [
     "infusion.commands.mlm",
     "infusion.commands.generate",
     "infusion.commands.demo",
+    "infusion.commands.evaluate",
+    "infusion.commands.toy",
 ]
 
 

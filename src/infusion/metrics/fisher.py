@@ -33,8 +33,8 @@ class LFDResult:
 
 
 def _check_inputs(latents, prompts, scheduler):
-    if latents.ndim != 4:
-        raise ValueError(f"latents must be [N, C, h, w], got shape {tuple(latents.shape)}")
+    if latents.ndim < 2:
+        raise ValueError(f"latents must be [N, ...] (SD: [N, 4, h, w]), got shape {tuple(latents.shape)}")
     if len(prompts) != latents.shape[0]:
         raise ValueError(f"need one caption per latent: {latents.shape[0]} latents, {len(prompts)} prompts")
     if latents.shape[0] == 0:
@@ -56,7 +56,7 @@ def latent_fisher_divergence(
 ) -> LFDResult:
     """Estimate Def. 3.1 between two eps predictors (see ``metrics.eps``).
 
-    latents [N, 4, h, w] (VAE latents already scaled by ``vae.config.scaling_factor``) with their
+    latents [N, ...] (SD: [N, 4, h, w] VAE latents already scaled by ``vae.config.scaling_factor``) with their
     captions; each pair is used ``repeats`` times with fresh (t, noise). ``seed`` fixes t and noise,
     so the estimate is deterministic and identical for every pair of models compared.
     """
@@ -70,9 +70,11 @@ def latent_fisher_divergence(
     for start in tqdm(range(0, len(order), batch_size), desc="latent Fisher divergence", disable=not progress):
         idx = order[start : start + batch_size]
         z0 = latents[idx].float()
-        noise = torch.randn(z0.shape, generator=gen)
-        t = ts[start : start + batch_size]
-        z_t = scheduler.add_noise(z0, noise, t)  # (b, 4, h, w)
+        noise = torch.randn(z0.shape, generator=gen).to(z0.device)
+        t = ts[start : start + batch_size].to(z0.device)
+        # Contiguous: a channels-last input (e.g. fresh from a VAE) picks other conv kernels, and
+        # two predictors that copy their input differently would differ by round-off.
+        z_t = scheduler.add_noise(z0, noise, t).contiguous()  # (b, 4, h, w)
         caps = [prompts[i] for i in idx.tolist()]
         a = eps_a(z_t, t, caps).double().cpu()
         b = eps_b(z_t, t, caps).double().cpu()
