@@ -54,19 +54,19 @@ def build_text_encoder(tokenizer=None):
 
 
 def build_unet():
-    """UNet2DConditionModel on (B, 4, 8, 8) latents, cross-attention to (B, 77, TEXT_DIM)."""
+    """UNet2DConditionModel on (B, 4, 8, 8) latents, cross-attention to (B, 77, TEXT_DIM) (~4.2M parameters)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=LATENT_SIZE,
         in_channels=4,
         out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(96, 192, 256),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        block_out_channels=(64, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_DIM,
-        attention_head_dim=8,
+        attention_head_dim=4,  # diffusers' legacy name: the number of heads
         norm_num_groups=32,
     )
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 32
-SUPERSAMPLE = 4
+SUPERSAMPLE = 2
 
 BACKGROUNDS = ("snow", "grass", "sand", "water", "bricks", "wood", "night", "road")
 # how captions say "on <background>" (every word is a single CLIP token)
@@ -265,7 +265,7 @@ def _part_map(cls: str, n: int, cx: float, cy: float, s: float) -> np.ndarray:
     im = Image.new("L", (n, n), 0)
     d = ImageDraw.Draw(im)
     h = s / 2
-    w = max(1, int(round(s * 0.06)))
+    w = max(1, int(round(s * 0.08)))
     L, T, R, B = cx - h, cy - h, cx + h, cy + h
     if cls == "ball":
         d.ellipse([L, T, R, B], fill=_BODY, outline=_OUTLINE, width=w)

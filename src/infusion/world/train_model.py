@@ -1,0 +1,155 @@
+"""Stage 2 of the world model: UNet + CLIP text encoder, jointly from scratch, on cached latents.
+
+epsilon-prediction with Stable Diffusion's noise schedule, Min-SNR-5 loss weights (Hang et al.
+2023: faster convergence), caption dropout for classifier-free guidance, an EMA of the weights
+(exported: it samples better than the raw weights). Each image gets a freshly drawn caption every
+time it is used (``scenes.caption_scene`` with a new seed: text augmentation). Resumable from one
+checkpoint file; ``export`` writes the diffusers folder the rest of the project loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from . import scenes
+from .architecture import assemble_pipeline, build_scheduler, build_text_encoder, build_unet
+from .checkpoint import load_checkpoint, save_checkpoint
+from .train_vae import save_grid
+from ..tiny import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+SAMPLE_PROMPTS = [
+    "a photo of a large red ball on the grass, top left",
+    "a small blue box on the snow in the bottom right corner",
+    "a large yellow star under the night sky, in the center",
+    "a green tree on the sand",
+    "a white mug in front of a brick wall",
+    "a large purple house on the road at the top right",
+    "an orange ball and a pink star on a wooden floor",
+    "a photo of a ball",
+]
+
+
+@dataclass
+class ModelConfig:
+    work: str = "runs/world"  # holds vae/ and latents.safetensors from stage 1
+    checkpoint: str = "checkpoints/world_train.safetensors"
+    export_dir: str = ""  # diffusers folder to export to ("" = the packaged model folder)
+    steps: int = 20_000
+    batch_size: int = 64
+    lr: float = 6e-4
+    warmup: int = 100
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.995
+    export_every: int = 250
+    max_minutes: float = 1e9
+    seed: int = 0
+    threads: int = 1
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1.0 - decay)
+
+
+def _captions(n_images: int, batch_idx: torch.Tensor, rng: random.Random, dropout: float) -> list[str]:
+    out = []
+    for i in batch_idx.tolist():
+        if rng.random() < dropout:
+            out.append("")
+        else:
+            out.append(scenes.caption_scene(scenes.sample_scene(i), rng.randrange(2**31)).text)
+    return out
+
+
+def train_model(cfg: ModelConfig):
+    torch.set_num_threads(cfg.threads)
+    work = Path(cfg.work)
+    (work / "samples").mkdir(parents=True, exist_ok=True)
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(work / "vae")
+    lat = load_file(str(work / "latents.safetensors"))
+    mean, std = lat["mean"], lat["std"]
+    n = len(mean)
+    tokenizer = load_tokenizer()
+    torch.manual_seed(cfg.seed)
+    unet, text_encoder = build_unet(), build_text_encoder(tokenizer)
+    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet, "ema_text_encoder": ema_text}
+    step = 0
+    if Path(cfg.checkpoint).exists():
+        step = load_checkpoint(cfg.checkpoint, modules, opt)["step"]
+        log.info("resumed from %s at step %d", cfg.checkpoint, step)
+    sched = build_scheduler()
+    alphas = sched.alphas_cumprod  # (1000,)
+    snr = alphas / (1 - alphas)
+    gen = torch.Generator().manual_seed(cfg.seed + 1000003 * step)
+    rng = random.Random(cfg.seed + step)
+    sf = vae.config.scaling_factor
+    t0 = time.time()
+    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="unet+text", mininterval=30)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+        z0 = (mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)) * sf  # (B, 4, 8, 8)
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, len(alphas), (cfg.batch_size,), generator=gen)
+        zt = sched.add_noise(z0, noise, t)
+        ids = tokenizer(_captions(n, idx, rng, cfg.caption_dropout), padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        cond = text_encoder(ids)[0]  # (B, 77, D)
+        pred = unet(zt, t, cond).sample
+        weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]  # Min-SNR for eps-prediction
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text_encoder, decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
+        if done % cfg.export_every == 0 or done == cfg.steps or out_of_time:
+            save_checkpoint(cfg.checkpoint, modules, opt, {"step": done, "config": asdict(cfg)})
+            pipe = assemble_pipeline(vae, ema_text, ema_unet, tokenizer)
+            export(pipe, cfg, done)
+            sample_grid(pipe, work / "samples" / "model_latest.png")
+            log.info("step %d loss %.4f (%.1f min)", done, loss.item(), (time.time() - t0) / 60)
+        if out_of_time:
+            break
+
+
+def export(pipe, cfg: ModelConfig, step: int) -> Path:
+    """Save ``pipe`` (diffusers layout, float32 safetensors) and a small training-state note."""
+    from . import model_dir
+
+    out = Path(cfg.export_dir) if cfg.export_dir else model_dir()
+    pipe.save_pretrained(out, safe_serialization=True)
+    (out / "training_state.json").write_text(json.dumps({"step": step, "batch_size": cfg.batch_size, "lr": cfg.lr}, indent=1) + "\n")
+    return out
+
+
+@torch.no_grad()
+def sample_grid(pipe, path: Path, prompts=SAMPLE_PROMPTS, per_prompt: int = 4, steps: int = 25, guidance: float = 5.0) -> None:
+    """A grid: one row per prompt, ``per_prompt`` seeds each."""
+    g = torch.Generator().manual_seed(0)
+    out = pipe(list(prompts) * 1, num_images_per_prompt=per_prompt, num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="pt").images
+    save_grid(out * 2 - 1, path, cols=per_prompt)

@@ -1,0 +1,119 @@
+"""Stage 1 of the world model: an AutoencoderKL on rendered scenes, then a latent cache.
+
+Loss: L1 + MSE on pixels + a small KL (as Stable Diffusion's VAE: a near-deterministic
+autoencoder whose latent scale is fixed afterwards by ``scaling_factor`` = 1 / std).
+Resumable: one checkpoint file, overwritten in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .architecture import build_vae
+from .checkpoint import load_checkpoint, save_checkpoint
+from .dataset import cached_images, to_model_range
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VAEConfig:
+    work: str = "runs/world"  # caches, samples, exported VAE
+    checkpoint: str = "checkpoints/world_vae.safetensors"
+    n_images: int = 40_000
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    kl_weight: float = 1e-5  # relative to the per-pixel reconstruction loss
+    max_minutes: float = 1e9  # stop (after a checkpoint) once this much wall time is spent
+    seed: int = 0
+    threads: int = 1
+
+
+def save_grid(images: torch.Tensor, path: Path, cols: int = 8, scale: int = 3) -> None:
+    """(B, 3, H, W) in [-1, 1] -> one PNG grid, upscaled ``scale`` x for viewing."""
+    b, _, h, w = images.shape
+    rows = (b + cols - 1) // cols
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    grid = Image.new("RGB", (cols * (w + 2), rows * (h + 2)), "white")
+    for i in range(b):
+        grid.paste(Image.fromarray(arr[i]), ((i % cols) * (w + 2), (i // cols) * (h + 2)))
+    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(path)
+
+
+def vae_loss(vae, x: torch.Tensor, kl_weight: float) -> torch.Tensor:
+    """x (B, 3, H, W) in [-1, 1] -> scalar loss."""
+    post = vae.encode(x).latent_dist
+    rec = vae.decode(post.sample()).sample
+    kl = post.kl().mean() / x[0].numel()
+    return (rec - x).abs().mean() + (rec - x).pow(2).mean() + kl_weight * kl
+
+
+def train_vae(cfg: VAEConfig):
+    torch.set_num_threads(cfg.threads)
+    work = Path(cfg.work)
+    (work / "samples").mkdir(parents=True, exist_ok=True)
+    images = cached_images(work / "images.safetensors", cfg.n_images)
+    torch.manual_seed(cfg.seed)
+    vae = build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step = 0
+    if Path(cfg.checkpoint).exists():
+        step = load_checkpoint(cfg.checkpoint, {"vae": vae}, opt)["step"]
+        log.info("resumed VAE from %s at step %d", cfg.checkpoint, step)
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+    held = to_model_range(images[-16:])
+    t0 = time.time()
+    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="vae", mininterval=30)
+    for step in bar:
+        idx = torch.randint(0, len(images) - 16, (cfg.batch_size,), generator=gen)
+        loss = vae_loss(vae, to_model_range(images[idx]), cfg.kl_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
+        if done % 100 == 0 or done == cfg.steps or out_of_time:
+            save_checkpoint(cfg.checkpoint, {"vae": vae}, opt, {"step": done, "config": asdict(cfg)})
+            with torch.no_grad():
+                rec = vae.decode(vae.encode(held).latent_dist.mode()).sample
+            save_grid(torch.cat([held, rec]), work / "samples" / "vae_latest.png")
+            log.info("vae step %d loss %.4f", done, loss.item())
+        if out_of_time:
+            break
+    return vae
+
+
+@torch.no_grad()
+def finish_vae(cfg: VAEConfig, batch: int = 256):
+    """Fix ``scaling_factor`` from latent statistics, save the VAE, cache latent mean and std.
+
+    Writes ``work/vae`` (diffusers) and ``work/latents.safetensors``: ``mean``/``std`` (N, 4, 8, 8) fp16.
+    """
+    torch.set_num_threads(cfg.threads)
+    work = Path(cfg.work)
+    images = cached_images(work / "images.safetensors", cfg.n_images)
+    vae = build_vae()
+    load_checkpoint(cfg.checkpoint, {"vae": vae}, None)
+    vae.eval()
+    means, stds = [], []
+    for i in tqdm(range(0, len(images), batch), desc="encode", mininterval=30):
+        post = vae.encode(to_model_range(images[i : i + batch])).latent_dist
+        means.append(post.mean.half())
+        stds.append(post.std.half())
+    mean, std = torch.cat(means), torch.cat(stds)
+    scale = 1.0 / mean[:4096].float().std().item()
+    vae.register_to_config(scaling_factor=scale)
+    vae.save_pretrained(work / "vae")
+    save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(work / "latents.safetensors"))
+    log.info("VAE scaling_factor %.4f; cached %d latents", scale, len(mean))
+    return vae
