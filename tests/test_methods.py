@@ -294,3 +294,19 @@ def test_dreambooth_can_train_the_text_encoder(trained, tmp_path):
 def test_other_base_weights_warn(trained):
     with pytest.warns(UserWarning, match="other base weights"):
         load_customized(tiny_sd_pipeline(seed=1), [trained["ti"][2]])
+
+
+def test_cli_train_and_generate_a_baseline(trained, tmp_path):
+    """Two-step CLI smoke test: `infusion train --method pplus` then `infusion generate --show-base`."""
+    from infusion.cli import main
+    from infusion.images import read_png_params
+
+    images = trained["ti"][5]
+    out = tmp_path / "p.safetensors"
+    assert main(["train", "--model", "tiny", "--images", str(images), "--name", "mycat", "--class-phrase", "cat",
+                 "--out", str(out), "--method", "pplus", "--steps", "1", "--batch-size", "1"]) == 0
+    gen = tmp_path / "gen"
+    assert main(["generate", "--model", "tiny", "--concept", str(out), "--prompt", "a photo of <mycat>",
+                 "--steps", "1", "--out", str(gen), "--show-base"]) == 0
+    assert (gen / "grid.png").is_file() and (gen / "000-base.png").is_file()
+    assert read_png_params(gen / "000.png")["concepts"] == [str(out)]
