@@ -116,7 +116,7 @@ def test_run_schema_metrics_and_resume(setup, tmp_path):
 
 
 def test_deterministic_across_runs(setup, tmp_path):
-    kw = dict(checkpoints=False, lfd_samples=0)
+    kw = dict(checkpoints=False, lfd_samples=0, max_prompts=1)
     run_evaluation(_cfg(setup, tmp_path / "a", **kw), SCORERS, progress=False)
     run_evaluation(_cfg(setup, tmp_path / "b", **kw), SCORERS, progress=False)
     a = json.loads((tmp_path / "a" / "per_image.json").read_text())

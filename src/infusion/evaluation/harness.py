@@ -206,8 +206,12 @@ def load_generator(model: str, path: str | None, base_pipe=None):
         pipe.set_progress_bar_config(disable=True)
         return BaseGenerator(pipe)
     from ..customized import load_customized
+    from ..training.methods.files import read_metadata
 
-    gen = load_customized(model, [path])
+    # Infusion never changes base weights: it can share an already loaded base pipeline. Other
+    # methods attach to their pipeline in place, so they get a fresh one.
+    shared = base_pipe is not None and read_metadata(path).get("method") == "infusion"
+    gen = load_customized(base_pipe if shared else model, [path])
     gen.pipe.set_progress_bar_config(disable=True)
     return gen
 
@@ -351,15 +355,21 @@ def run_evaluation(cfg: EvalConfig, scorers: list = (), progress: bool = True) -
         log.info("evaluate: %d images planned, %d already done, %d to generate", len(jobs), len(jobs) - len(todo), len(todo))
 
     base_pipe = None
+
+    def base():
+        nonlocal base_pipe
+        if base_pipe is None:
+            base_pipe = load_base_pipeline(cfg.model).to(state.device)
+        return base_pipe
+
     with state.split_between_processes(todo) as mine:
         bar = tqdm(total=len(mine), desc=f"images (process {state.process_index})", disable=not progress)
         for (label, path), group in _groups(mine).items():
             if path is None:
-                base_pipe = base_pipe or load_base_pipeline(cfg.model)
-                gen = load_generator(cfg.model, None, base_pipe)
+                gen = load_generator(cfg.model, None, base())
                 refs = []
             else:
-                gen = load_generator(cfg.model, path)
+                gen = load_generator(cfg.model, path, base())
                 refs = references_for(cfg, group[0].entry) if scorers else []
             gen.pipe.to(state.device)
             _generate_group(cfg, gen, group, scorers, refs, out, store, bar)
@@ -371,20 +381,18 @@ def run_evaluation(cfg: EvalConfig, scorers: list = (), progress: bool = True) -
     lfd_done = lfd_store.read()
     lfd_todo = [e for e in entries if f"{e.label}|{e.path}" not in lfd_done]
     if lfd_todo and cfg.lfd_samples:
-        base_pipe = base_pipe or load_base_pipeline(cfg.model)
-        base_pipe.to(state.device)
-        data = lfd_dataset(cfg, base_pipe)
+        data = lfd_dataset(cfg, base())
         if data is None:
             if state.is_main_process:
                 log.warning("no data for the latent Fisher divergence: pass --lfd-data (images + metadata.jsonl); LFD skipped")
         else:
             latents, captions = data
-            base_eps = UNetEps.from_pipeline(base_pipe)
+            base_eps = UNetEps.from_pipeline(base())
             with state.split_between_processes(lfd_todo) as mine:
                 for e in tqdm(mine, desc="latent Fisher divergence", disable=not progress):
-                    gen = load_generator(cfg.model, e.path)
+                    gen = load_generator(cfg.model, e.path, base())
                     gen.pipe.to(state.device)
-                    r = latent_fisher_divergence(base_eps, gen.eps, latents.to(state.device), captions, base_pipe.scheduler,
+                    r = latent_fisher_divergence(base_eps, gen.eps, latents.to(state.device), captions, base().scheduler,
                                                  repeats=cfg.lfd_repeats, seed=cfg.seed, progress=False)
                     lfd_store.append([{"key": f"{e.label}|{e.path}", "label": e.label, "file": e.path, "step": e.step,
                                        "concept": e.name, "lfd": r.mean, "lfd_se": r.stderr, "n": r.n}])
