@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "infusion.commands.mlm",
     "infusion.commands.generate",
     "infusion.commands.demo",
+    "infusion.commands.world",
     "infusion.commands.evaluate",
     "infusion.commands.toy",
 ]

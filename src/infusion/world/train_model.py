@@ -124,7 +124,7 @@ def train_model(cfg: ModelConfig):
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text_encoder, decay)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         done = step + 1
         out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
         if done % cfg.export_every == 0 or done == cfg.steps or out_of_time:

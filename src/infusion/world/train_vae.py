@@ -79,7 +79,7 @@ def train_vae(cfg: VAEConfig):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         done = step + 1
         out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
         if done % 100 == 0 or done == cfg.steps or out_of_time:

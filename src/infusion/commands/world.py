@@ -1,0 +1,157 @@
+"""``infusion world ...``: render scenes, train the world model and its probes, sample, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("world", help="the built-in world: scenes, model, probes, concepts")
+    sub = p.add_subparsers(dest="world_command", required=True, metavar="ACTION")
+
+    r = sub.add_parser("render", help="render scenes (PNG) with captions and ground truth (JSON lines)")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--n", type=int, default=16)
+    r.add_argument("--seed", type=int, default=0, help="first scene seed")
+    r.set_defaults(func=_render)
+
+    c = sub.add_parser("concept-images", help="write a built-in concept's training images")
+    c.add_argument("name", help="built-in concept name (see `infusion world concepts`)")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_concept_images)
+
+    ls = sub.add_parser("concepts", help="list built-in concepts and their evaluation prompts")
+    ls.set_defaults(func=_concepts)
+
+    t = sub.add_parser("train", help="train (or resume) a stage of the world model: vae, model (UNet + text encoder) or probes")
+    t.add_argument("stage", choices=("vae", "model", "probes"))
+    t.add_argument("--max-minutes", type=float, default=1e9, help="stop after a checkpoint once this much time is spent")
+    t.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the stage's)")
+    t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("sample", help="generate images with the world model")
+    s.add_argument("prompt", nargs="+")
+    s.add_argument("--out", required=True, help="PNG grid path")
+    s.add_argument("--model", default=None, help="diffusers folder (default: the packaged world model)")
+    s.add_argument("--n", type=int, default=4, help="images per prompt")
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--guidance", type=float, default=5.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_sample)
+
+    e = sub.add_parser("probe-eval", help="probe accuracy on held-out rendered scenes")
+    e.add_argument("--n", type=int, default=1000)
+    e.set_defaults(func=_probe_eval)
+
+    q = sub.add_parser("evaluate", help="the base model's quality bar (probes on generated images); writes JSON")
+    q.add_argument("--model", default=None)
+    q.add_argument("--n", type=int, default=500)
+    q.add_argument("--steps", type=int, default=50)
+    q.add_argument("--guidance", type=float, default=5.0)
+    q.add_argument("--out", default=None, help="JSON path (default: <model>/quality.json)")
+    q.set_defaults(func=_evaluate)
+
+
+def _render(args) -> int:
+    from ..world import scenes
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "captions.jsonl", "w") as f:
+        for seed in range(args.seed, args.seed + args.n):
+            image, caption, attrs = scenes.example(seed)
+            image.save(out / f"{seed:08d}.png")
+            f.write(json.dumps({"file": f"{seed:08d}.png", "caption": caption.text, "named": caption.named, "attributes": attrs}) + "\n")
+    print(f"wrote {args.n} scenes to {out}")
+    return 0
+
+
+def _concept_images(args) -> int:
+    from ..world.concepts import write_concept_images
+
+    paths = write_concept_images(args.name, args.out)
+    print(f"wrote {len(paths)} images of <{args.name}> to {args.out}")
+    return 0
+
+
+def _concepts(args) -> int:
+    from ..world.concepts import CONCEPTS, eval_prompts
+
+    for name, c in CONCEPTS.items():
+        o = c.obj
+        print(f"<{name}>  class {c.class_phrase!r}: {o.color} with {o.color2} {o.pattern}; trained {o.size}, {o.position}, on {c.background}")
+        print(f"    {len(eval_prompts(name))} eval prompts, e.g. {eval_prompts(name)[-1]!r}")
+    return 0
+
+
+def _train(args) -> int:
+    if args.stage == "vae":
+        from ..world.train_vae import VAEConfig, finish_vae, train_vae
+
+        cfg = VAEConfig(max_minutes=args.max_minutes, threads=args.threads, **({"steps": args.steps} if args.steps else {}))
+        train_vae(cfg)
+        finish_vae(cfg)
+    elif args.stage == "model":
+        from ..world.train_model import ModelConfig, train_model
+
+        train_model(ModelConfig(max_minutes=args.max_minutes, threads=args.threads, **({"steps": args.steps} if args.steps else {})))
+    else:
+        from ..world.probes import ProbeConfig, train_probes
+
+        train_probes(ProbeConfig(threads=args.threads, **({"steps": args.steps} if args.steps else {})))
+    return 0
+
+
+def _load_pipe(model):
+    from diffusers import StableDiffusionPipeline
+
+    from ..world import model_dir
+
+    path = Path(model) if model else model_dir()
+    if not (path / "model_index.json").exists():
+        raise FileNotFoundError(f"no diffusers model at {path} (model_index.json missing); train it with `infusion world train model`")
+    pipe = StableDiffusionPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, path
+
+
+def _sample(args) -> int:
+    import torch
+
+    from ..world.train_model import sample_grid
+
+    pipe, _ = _load_pipe(args.model)
+    torch.manual_seed(args.seed)
+    sample_grid(pipe, Path(args.out), prompts=args.prompt, per_prompt=args.n, steps=args.steps, guidance=args.guidance)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _probe_eval(args) -> int:
+    from ..world.probes import load_probes
+    from ..world.quality import probe_accuracy
+
+    scene_probe, object_probe = load_probes()
+    acc = probe_accuracy(scene_probe, object_probe, n=args.n)
+    for k, v in acc.items():
+        print(f"{k:>16}: {100 * v:.1f}%")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from ..world.probes import load_probes
+    from ..world.quality import evaluate_base
+
+    pipe, path = _load_pipe(args.model)
+    scene_probe, _ = load_probes()
+    res = evaluate_base(pipe, scene_probe, n=args.n, steps=args.steps, guidance=args.guidance)
+    out = Path(args.out) if args.out else path / "quality.json"
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res, indent=1))
+    return 0

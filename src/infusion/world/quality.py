@@ -1,0 +1,123 @@
+"""How good is the world model? Probe accuracy on rendered scenes and the base model's quality bar.
+
+Quality bar (issue 3): on >= 500 images from held-out captions, the share of named attributes
+shown: background and colour >= 80%, class and position >= 70%; for class-only prompts the
+backgrounds and positions must vary (entropy of the probe's readings, in bits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import scenes
+from .dataset import HELD_OUT_SEED
+from .fidelity import NamedAttributes, judge, locate, read_scenes
+
+ATTRS = ("background", "cls", "color", "size", "position")
+
+
+def _to_tensor(pil_images) -> torch.Tensor:
+    arr = np.stack([np.asarray(im.convert("RGB")) for im in pil_images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _full_named(scene: scenes.Scene) -> NamedAttributes:
+    return NamedAttributes(scene.background, [{"cls": o.cls, "color": o.color, "size": o.size, "position": o.position} for o in scene.objects])
+
+
+def _accumulate(total: dict, res: dict) -> None:
+    for k, v in res.items():
+        total.setdefault(k, []).extend(v)
+
+
+def _summary(flags: dict) -> dict:
+    return {k: (sum(v) / len(v) if v else float("nan")) for k, v in flags.items()}
+
+
+@torch.no_grad()
+def probe_accuracy(scene_probe, object_probe=None, n: int = 1000, batch: int = 250) -> dict[str, float]:
+    """Accuracy of the probes on ``n`` held-out rendered scenes (every attribute named)."""
+    flags: dict = {}
+    obj_flags: dict = {}
+    for start in range(0, n, batch):
+        seeds = range(HELD_OUT_SEED + start, HELD_OUT_SEED + min(n, start + batch))
+        sc = [scenes.sample_scene(s) for s in seeds]
+        x = _to_tensor([scenes.render(s) for s in sc])
+        for r, s in zip(read_scenes(scene_probe, x), sc):
+            _accumulate(flags, judge(r, _full_named(s)))
+        if object_probe is not None:
+            from .probes import COLOR2_OR_NONE, COLOR_NAMES, crop_object
+
+            objs = [s.objects[0] for s in sc]
+            out = object_probe(crop_object(x, [scenes.object_box(o) for o in objs]))
+            pred = {k: v.argmax(-1).tolist() for k, v in out.items()}
+            truth = {
+                "cls": [scenes.CLASSES.index(o.cls) for o in objs],
+                "color": [COLOR_NAMES.index(o.color) for o in objs],
+                "pattern": [scenes.PATTERNS.index(o.pattern) for o in objs],
+                "color2": [COLOR2_OR_NONE.index(o.color2 or "none") for o in objs],
+            }
+            _accumulate(obj_flags, {f"object_{k}": [a == b for a, b in zip(pred[k], truth[k])] for k in truth})
+    return {**_summary(flags), **_summary(obj_flags)}
+
+
+def heldout_captions(n: int) -> list[str]:
+    """``n`` captions of held-out scenes (seeds from ``HELD_OUT_SEED``), attributes dropped as in training."""
+    return [scenes.caption_scene(scenes.sample_scene(HELD_OUT_SEED + i), HELD_OUT_SEED + 7919 + i).text for i in range(n)]
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, seed: int = 0, batch: int = 50) -> torch.Tensor:
+    """(N, 3, 32, 32) images in [-1, 1], one per prompt."""
+    out = []
+    g = torch.Generator().manual_seed(seed)
+    for i in tqdm(range(0, len(prompts), batch), desc="generate", mininterval=30):
+        imgs = pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="pt").images
+        out.append(imgs * 2 - 1)
+    return torch.cat(out)
+
+
+def entropy_bits(values: list) -> float:
+    counts = Counter(values)
+    n = len(values)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+@torch.no_grad()
+def evaluate_base(pipe, scene_probe, n: int = 500, per_class: int = 20, steps: int = 50, guidance: float = 5.0, seed: int = 0) -> dict:
+    """Quality-bar figures of ``pipe``: attribute accuracies on ``n`` held-out captions, and the
+    entropy of background and position over ``per_class`` images of each class-only prompt."""
+    from .fidelity import parse_caption, text_fidelity
+
+    captions = heldout_captions(n)
+    images = generate(pipe, captions, steps, guidance, seed)
+    flags: dict = {}
+    tf = []
+    for r, c in zip(read_scenes(scene_probe, images), captions):
+        named = parse_caption(c)
+        _accumulate(flags, judge(r, named))
+        tf.append(text_fidelity(r, named))
+    result = {"n_images": n, "steps": steps, "guidance": guidance, "accuracy": _summary(flags), "text_fidelity": sum(tf) / len(tf)}
+    bgs, poss, found = [], [], []
+    class_prompts = [f"a photo of a {c}" for c in scenes.CLASSES for _ in range(per_class)]
+    cimgs = generate(pipe, class_prompts, steps, guidance, seed + 1)
+    for r, p in zip(read_scenes(scene_probe, cimgs), class_prompts):
+        cls = p.split()[-1]
+        s = locate(r, {"cls": cls})
+        bgs.append(r.background)
+        poss.append(s)
+        found.append(r.cls[s] == cls)
+    result["class_only"] = {
+        "n_images": len(class_prompts),
+        "class_shown": sum(found) / len(found),
+        "background_entropy_bits": entropy_bits(bgs),
+        "background_entropy_max": math.log2(len(scenes.BACKGROUNDS)),
+        "position_entropy_bits": entropy_bits(poss),
+        "position_entropy_max": math.log2(len(scenes.POSITIONS)),
+    }
+    return result
