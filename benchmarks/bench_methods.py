@@ -7,7 +7,7 @@ Per method, on one model:
              safetensors, i.e. the part it fine-tunes; the folder also holds the VAE and text encoder)
   step       median seconds of one training step (forward, backward, AdamW), batch 1, prior
              preservation off (with it, DreamBooth and Custom Diffusion run twice the rows), and the
-             ratio to Infusion's step measured in the same run (Infusion timed first and last)
+             ratio to Infusion's step timed alternately with it (same load on a shared CPU)
 
 Models: ``sd15`` is the exact SD1.5 UNet config with random weights at ``--latent`` (32 = 256 px),
 a 1-layer CLIP text encoder of SD1.5's width 768 and a small VAE (``bench_infusion.build``): file
@@ -78,31 +78,39 @@ def file_bytes(name: str, method, pipe) -> tuple[int, str]:
 
 
 def run_model(kind: str, latent: int, steps: int, methods: list[str]) -> list[dict]:
-    """Methods one after the other (one SD1.5-sized model in memory at a time); Infusion is timed
-    first and again last, and its mean is the reference, to bracket drift of a shared CPU."""
-    order = ["infusion"] + [m for m in methods if m != "infusion"] + ["infusion"]
-    rows, times = {}, {}
+    """One method at a time beside a resident Infusion model (two SD1.5-sized models in memory at
+    most), their steps alternated, so that each ratio compares steps taken under the same load of
+    a shared CPU."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name in order:
+        ref_pipe = build(kind, latent)
+        ref = make_method("infusion", ref_pipe, tmp)
+        ref_step = step_fn(ref, ref_pipe, ref_pipe.unet.config.sample_size)
+        ref_step()  # warm-up
+        size, how = file_bytes("infusion", ref, ref_pipe)
+        rows = [{"model": kind, "method": "infusion", "params": sum(p.numel() for p in ref.trainable_parameters()),
+                 "file_bytes": size, "file": how, "times": []}]
+        for name in [m for m in methods if m != "infusion"]:
             pipe = build(kind, latent)
             m = make_method(name, pipe, tmp)
             step = step_fn(m, pipe, pipe.unet.config.sample_size)
             step()  # warm-up (and the Perfusion EMA's first step, so that it can export)
+            mine, theirs = [], []
             for _ in range(steps):
-                t0 = time.perf_counter()
-                step()
-                times.setdefault(name, []).append(time.perf_counter() - t0)
-            if name not in rows:
-                size, how = file_bytes(name, m, pipe)
-                rows[name] = {"model": kind, "method": name, "params": sum(p.numel() for p in m.trainable_parameters()),
-                              "file_bytes": size, "file": how}
+                for fn, acc in ((ref_step, theirs), (step, mine)):
+                    t0 = time.perf_counter()
+                    fn()
+                    acc.append(time.perf_counter() - t0)
+            size, how = file_bytes(name, m, pipe)
+            rows.append({"model": kind, "method": name, "params": sum(p.numel() for p in m.trainable_parameters()),
+                         "file_bytes": size, "file": how, "step_s": statistics.median(mine),
+                         "infusion_step_s": statistics.median(theirs),
+                         "step_vs_infusion": statistics.median(mine) / statistics.median(theirs)})
+            rows[0]["times"] += theirs
             del pipe, m, step
-    ref = statistics.median(times["infusion"])
-    for r in rows.values():
-        r["step_s"] = statistics.median(times[r["method"]])
-        r["step_vs_infusion"] = r["step_s"] / ref
-    return list(rows.values())
+    rows[0]["step_s"] = statistics.median(rows[0].pop("times"))
+    rows[0]["step_vs_infusion"] = 1.0
+    return rows
 
 
 def main(argv=None) -> int:
