@@ -1,7 +1,8 @@
 """``infusion evaluate``: concepts x prompts x seeds -> per-image scores, LFD, W2, tables, grids, curves.
 
-Resumable (re-running skips finished images); ``accelerate launch -m infusion.cli evaluate ...``
-splits the work across processes.
+Resumable (re-running skips finished images); ``accelerate launch --multi_gpu --num_processes N
+-m infusion.cli evaluate ...`` splits the work across processes (on a CPU-only machine too: the
+processes then join a gloo group).
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from accelerate import PartialState
-
     from ..evaluation import EvalConfig, build_scorers, run_evaluation
+    from ..evaluation.harness import process_state
 
     refs = {}
     for item in args.references:
@@ -52,10 +52,10 @@ def run(args) -> int:
         guidance=args.guidance, batch_size=args.batch_size, checkpoints=args.checkpoints, references=refs,
         lfd_data=args.lfd_data, lfd_samples=args.lfd_samples, lfd_repeats=args.lfd_repeats,
     )
-    device = args.device or str(PartialState().device)
+    device = args.device or str(process_state().device)
     scorers = build_scorers(args.model, args.clip, args.dino, device, probes=False if args.no_probes else None)
     summary = run_evaluation(cfg, scorers)
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         from pathlib import Path
 
         print((Path(args.out) / "table.md").read_text())

@@ -291,6 +291,18 @@ def lfd_dataset(cfg: EvalConfig, pipe) -> tuple[torch.Tensor, list[str]] | None:
 # ----------------------------------------------------------------------------- the run
 
 
+def process_state():
+    """accelerate's ``PartialState``. Without a GPU it must be told ``cpu=True``, or processes
+    started by ``accelerate launch`` / ``torchrun`` would not join one CPU (gloo) group and each
+    would do all the work."""
+    import os
+
+    from accelerate import PartialState
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
 def _groups(jobs: list[Job]) -> dict[tuple, list[Job]]:
     """Jobs by model to load (label, path): each model is loaded once per process."""
     out: dict[tuple, list[Job]] = {}
@@ -337,11 +349,9 @@ def run_evaluation(cfg: EvalConfig, scorers: list = (), progress: bool = True) -
 
     Returns the summary (also ``summary.json``).
     """
-    from accelerate import PartialState
-
     from ..models import load_base_pipeline
 
-    state = PartialState()
+    state = process_state()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if state.is_main_process:

@@ -71,10 +71,9 @@ def summarise(entries, records: dict[str, dict], lfd: dict[str, dict], roles: di
 
 def markdown_table(rows: list[dict], finals: set[str], roles: dict[str, str]) -> str:
     """Per method, mean over concepts of the final files (not checkpoints)."""
-    names = {"text": roles.get("text", "text fidelity"), "image": roles.get("image", "image fidelity"),
-             "dino": roles.get("dino", "DINO")}
-    head = (f"| method | concepts | images | text fidelity ({names['text']}) | image fidelity ({names['image']}) "
-            f"| DINO ({names['dino']}) | storage | LFD | W2^2 |")
+    name = lambda role, title: f"{title} ({roles[role]})" if role in roles else title  # noqa: E731
+    head = (f"| method | concepts | images | {name('text', 'text fidelity')} | {name('image', 'image fidelity')} "
+            f"| {name('dino', 'DINO')} | storage | LFD | W2^2 |")
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     labels = sorted({r["label"] for r in rows if r["file"] in finals})
     fmt = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"  # noqa: E731
