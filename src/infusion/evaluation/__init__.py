@@ -27,12 +27,9 @@ def build_scorers(model: str, clip: str | None = None, dino: str | None = None, 
 
 def world_probe_scorer():
     """The built-in world's probes as a Scorer (text fidelity, concept fidelity)."""
-    try:
-        from ..world import probes
-    except ImportError as e:
-        raise ValueError("this version has no built-in world probes; pass --clip/--dino instead") from e
-    if hasattr(probes, "scorer"):
-        return probes.scorer()
-    from ..metrics.scorers import FunctionScorer
+    from .world_scorer import WorldProbeScorer
 
-    return FunctionScorer("world", text_fn=probes.text_fidelity, image_fn=probes.concept_fidelity)
+    try:
+        return WorldProbeScorer()
+    except FileNotFoundError as e:
+        raise ValueError(f"the world's probes are not trained in this install ({e}); pass --no-probes or --clip/--dino") from e

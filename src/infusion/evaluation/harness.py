@@ -245,9 +245,15 @@ def references_for(cfg: EvalConfig, entry: Entry) -> list:
         from ..training.methods.files import read_metadata
 
         folder = json.loads(read_metadata(entry.path).get("training") or "{}").get("images")
-    if folder is None or not Path(folder).is_dir():
+    if folder is not None and Path(folder).is_dir():
+        return load_images(folder)
+    try:  # a built-in world concept: its training images
+        from ..world.concepts import concept_images, get_concept
+
+        get_concept(entry.name)
+        return concept_images(entry.name)
+    except (ImportError, ValueError):
         return []
-    return load_images(folder)
 
 
 @torch.no_grad()
@@ -321,9 +327,10 @@ def _generate_group(cfg, gen, jobs: list[Job], scorers, refs, out: Path, store: 
         pooled = pool_latents(latents.float(), cfg.w2_pool)  # (b, 4*p*p) float64
         scores: dict[str, np.ndarray] = {}
         if batch[0].entry is not None:  # base images are W2's reference only: not scored
-            texts = scoring_texts([j.prompt for j in batch], {batch[0].entry.name: batch[0].entry.class_phrase})
+            e = batch[0].entry
+            texts = scoring_texts([j.prompt for j in batch], {e.name: e.class_phrase})
             for s in scorers:
-                scores.update(s.score(images, texts, refs))
+                scores.update(s.score(images, texts, refs, class_phrase=e.class_phrase))
         records = []
         for i, (j, im) in enumerate(zip(batch, images)):
             rel = image_path(j)

@@ -72,8 +72,11 @@ def prompts_for(name: str, class_phrase: str, prompt_set: str = "dreambench") ->
 
 def world_prompts(name: str, class_phrase: str) -> list[str]:
     """The built-in world's evaluation prompts for a concept (from ``infusion.world``)."""
-    try:
-        from ..world import eval_prompts
-    except ImportError as e:
-        raise ValueError("this version has no built-in world evaluation prompts; use --prompts dreambench") from e
-    return list(eval_prompts(name, class_phrase))
+    from ..world.concepts import CONCEPTS, eval_prompts
+
+    if name not in CONCEPTS:
+        raise ValueError(
+            f"--prompts world has prompts for the built-in world concepts ({', '.join(CONCEPTS)}), not <{name}>; "
+            "use --prompts FILE with one prompt per line containing {}"
+        )
+    return list(eval_prompts(name))

@@ -21,15 +21,17 @@ import torch
 class Scorer(Protocol):
     """Per-image scores for a batch of generated images.
 
-    ``score(images, texts, references)``: images (N PIL), texts (N prompts with class phrases in
-    place of placeholders), references (reference PIL images of the concept, may be empty) ->
+    ``score(images, texts, references, class_phrase)``: images (N PIL), texts (N prompts with
+    class phrases in place of placeholders), references (reference PIL images of the concept, may
+    be empty), the concept's class phrase (for scorers that look for the object) ->
     ``{score name: array [N]}``. ``roles`` maps "text" / "image" / "dino" to score names.
     """
 
     name: str
     roles: dict[str, str]
 
-    def score(self, images: Sequence, texts: Sequence[str], references: Sequence = ()) -> dict[str, np.ndarray]: ...
+    def score(self, images: Sequence, texts: Sequence[str], references: Sequence = (),
+              class_phrase: str | None = None) -> dict[str, np.ndarray]: ...
 
 
 def scoring_texts(prompts: Sequence[str], class_phrases: dict[str, str]) -> list[str]:
@@ -93,7 +95,7 @@ class CLIPScorer:
 
         return _batched(run, list(texts), self.batch_size)
 
-    def score(self, images, texts, references=()):
+    def score(self, images, texts, references=(), class_phrase=None):
         if len(images) != len(texts):
             raise ValueError(f"need one text per image: {len(images)} images, {len(texts)} texts")
         img = self.embed_images(images)
@@ -126,7 +128,7 @@ class DINOScorer:
 
         return _batched(run, list(images), self.batch_size)
 
-    def score(self, images, texts, references=()):
+    def score(self, images, texts, references=(), class_phrase=None):
         img = self.embed_images(images)
         ref = self.embed_images(references) if len(references) else torch.zeros(0, img.shape[1], dtype=img.dtype)
         return {"dino_i": mean_cosine_to_references(img, ref)}
@@ -156,7 +158,7 @@ class FunctionScorer:
         if image_fn is not None:
             self.roles["image"] = image_key
 
-    def score(self, images, texts, references=()):
+    def score(self, images, texts, references=(), class_phrase=None):
         out = {}
         if self.text_fn is not None:
             out[self.text_key] = np.asarray(self.text_fn(list(images), list(texts)), dtype=np.float64)
