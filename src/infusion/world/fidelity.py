@@ -143,3 +143,46 @@ def concept_fidelity(object_probe, images: torch.Tensor, readings: list[SceneRea
     """(B,) cosine similarity of each image's ``cls`` object to ``reference`` (128,) (a normalised mean embedding)."""
     boxes = [slot_box(r, locate(r, {"cls": cls})) for r in readings]
     return object_embeddings(object_probe, images, boxes) @ F.normalize(reference, dim=0)
+
+
+class WorldScorer:
+    """Both scores for images generated from world prompts, with the packaged probes.
+
+    ``scorer(images, prompts, concept=None)``: images (B, 3, 32, 32) in [-1, 1] or PIL images;
+    prompts are the *substituted* texts (class phrases in place of ``<name>``). Returns one dict
+    per image: ``text_fidelity`` and, when ``concept`` (a built-in concept name) is given,
+    ``concept_fidelity``.
+    """
+
+    def __init__(self, probes_path=None):
+        from .probes import load_probes
+
+        self.scene_probe, self.object_probe = load_probes(probes_path)
+        self._refs: dict[str, torch.Tensor] = {}
+
+    def reference(self, concept: str) -> torch.Tensor:
+        """(128,) mean appearance embedding of a built-in concept's training images."""
+        if concept not in self._refs:
+            from .concepts import reference_tensor
+
+            x, boxes = reference_tensor(concept)
+            self._refs[concept] = object_embeddings(self.object_probe, x, boxes).mean(0)
+        return self._refs[concept]
+
+    @torch.no_grad()
+    def __call__(self, images, prompts: list[str], concept: str | None = None) -> list[dict]:
+        if not isinstance(images, torch.Tensor):
+            from .quality import _to_tensor
+
+            images = _to_tensor(images)
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+        readings = read_scenes(self.scene_probe, images)
+        out = [{"text_fidelity": text_fidelity(r, parse_caption(p))} for r, p in zip(readings, prompts)]
+        if concept is not None:
+            from .concepts import get_concept
+
+            cf = concept_fidelity(self.object_probe, images, readings, get_concept(concept).class_phrase, self.reference(concept))
+            for d, v in zip(out, cf.tolist()):
+                d["concept_fidelity"] = v
+        return out

@@ -1,0 +1,74 @@
+"""The world's scenes: determinism, captions that agree with the ground truth, clear errors."""
+
+import numpy as np
+import pytest
+
+from infusion.world import scenes
+from infusion.world.fidelity import parse_caption
+
+
+def test_same_seed_same_image_caption_and_attributes():
+    a, b = scenes.example(123), scenes.example(123)
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    assert a[1].text == b[1].text and a[2] == b[2]
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(scenes.example(124)[0]))
+
+
+def test_image_size_and_mode():
+    img = scenes.render(scenes.sample_scene(5), size=32)
+    assert img.size == (32, 32) and img.mode == "RGB"
+    assert scenes.render(scenes.sample_scene(5), size=48).size == (48, 48)
+
+
+def test_world_has_the_promised_variety():
+    assert len(scenes.BACKGROUNDS) >= 8 and len(scenes.CLASSES) >= 6 and len(scenes.COLORS) >= 8
+    assert len(scenes.SIZES) == 2 and len(scenes.POSITIONS) >= 5
+    seen = {"bg": set(), "cls": set(), "n": set()}
+    for s in range(400):
+        sc = scenes.sample_scene(s)
+        seen["bg"].add(sc.background)
+        seen["cls"].update(o.cls for o in sc.objects)
+        seen["n"].add(len(sc.objects))
+    assert seen["bg"] == set(scenes.BACKGROUNDS) and seen["cls"] == set(scenes.CLASSES) and seen["n"] == {1, 2}
+
+
+@pytest.mark.parametrize("seed", range(0, 2000, 7))
+def test_caption_names_only_true_attributes_and_parses_back(seed):
+    scene = scenes.sample_scene(seed)
+    cap = scenes.caption_scene(scene, seed)
+    truth = scene.attributes()
+    if "background" in cap.named:
+        assert cap.named["background"] == truth["background"]
+    for named, obj in zip(cap.named["objects"], truth["objects"]):
+        assert all(obj[k] == v for k, v in named.items())
+    parsed = parse_caption(cap.text)
+    assert parsed.background == cap.named.get("background")
+    assert parsed.objects == cap.named["objects"]
+
+
+def test_caption_words_are_known_to_the_clip_tokenizer():
+    from infusion.tiny import load_tokenizer
+
+    tok = load_tokenizer()
+    words = set()
+    for s in range(300):
+        words.update(scenes.caption_scene(scenes.sample_scene(s), s).text.replace(",", " ").split())
+    unk = [w for w in words if len(tok.tokenize(w)) != 1]
+    assert unk == []
+
+
+def test_dropping_nothing_names_everything():
+    scene = scenes.sample_scene(9)
+    cap = scenes.caption_scene(scene, 1, drop={"background": 0, "size": 0, "color": 0, "position": 0})
+    assert cap.named["background"] == scene.background
+    assert [set(o) for o in cap.named["objects"]] == [{"cls", "size", "color", "position"}] * len(scene.objects)
+
+
+def test_bad_attributes_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown class 'dragon'"):
+        scenes.WorldObject("dragon", "red", "small", "center")
+    with pytest.raises(ValueError, match="different positions"):
+        o = scenes.WorldObject("ball", "red", "small", "center")
+        scenes.Scene("snow", (o, o))
+    with pytest.raises(ValueError, match="needs color2"):
+        scenes.WorldObject("ball", "red", "small", "center", pattern="dots")
