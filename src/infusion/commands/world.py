@@ -55,6 +55,7 @@ def register(subparsers) -> None:
     q.add_argument("--steps", type=int, default=50)
     q.add_argument("--guidance", type=float, default=5.0)
     q.add_argument("--out", default=None, help="JSON path (default: <model>/quality.json)")
+    q.add_argument("--readme", action="store_true", help="also write the figures into <model>/README.md")
     q.set_defaults(func=_evaluate)
 
 
@@ -92,7 +93,14 @@ def _concepts(args) -> int:
 
 def _train(args) -> int:
     if args.stage == "vae":
+        from ..world.train_model import ModelConfig
         from ..world.train_vae import VAEConfig, finish_vae, train_vae
+
+        if Path(ModelConfig.checkpoint).exists():
+            raise ValueError(
+                f"the UNet stage has started ({ModelConfig.checkpoint} exists) and trains on this VAE's latents: "
+                "the VAE is frozen now. Delete that checkpoint to start the world model over."
+            )
 
         cfg = VAEConfig(max_minutes=args.max_minutes, threads=args.threads, **({"steps": args.steps} if args.steps else {}))
         train_vae(cfg)
@@ -154,4 +162,14 @@ def _evaluate(args) -> int:
     out = Path(args.out) if args.out else path / "quality.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
+    if args.readme:
+        from ..world.probes import load_probes as _lp
+        from ..world.quality import probe_accuracy, readme_text
+
+        sp, op = _lp()
+        state_file = path / "training_state.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else None
+        sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20 for d in sorted(path.iterdir()) if d.is_dir()}
+        (path / "README.md").write_text(readme_text(res, probe_accuracy(sp, op), state, sizes))
+        print(f"wrote {path / 'README.md'}")
     return 0

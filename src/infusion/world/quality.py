@@ -121,3 +121,48 @@ def evaluate_base(pipe, scene_probe, n: int = 500, per_class: int = 20, steps: i
         "position_entropy_max": math.log2(len(scenes.POSITIONS)),
     }
     return result
+
+
+BAR = {"background": 0.8, "color": 0.8, "cls": 0.7, "position": 0.7}
+
+
+def readme_text(quality: dict, probe_acc: dict | None, state: dict | None, sizes: dict[str, float]) -> str:
+    """The model folder's README.md: what the model is, how it was trained, what the probes measure."""
+    acc = quality["accuracy"]
+    co = quality["class_only"]
+    rows = "\n".join(
+        f"| {k} | {100 * acc[k]:.1f}% | {('>= ' + str(int(100 * BAR[k])) + '%') if k in BAR else '-'} | "
+        f"{('met' if acc[k] >= BAR[k] else 'NOT met') if k in BAR else ''} |"
+        for k in ATTRS
+    )
+    probe = ""
+    if probe_acc:
+        probe = "\n## Probe accuracy (1,000 held-out rendered scenes)\n\n" + "\n".join(f"- {k}: {100 * v:.1f}%" for k, v in probe_acc.items()) + "\n"
+    st = state or {}
+    return f"""# The built-in world model
+
+A small Stable Diffusion (diffusers layout) trained from scratch by `infusion world train` on the
+procedural world of `infusion.world.scenes`: 32 px images, AutoencoderKL to 4x8x8 latents, a CLIP
+text encoder (width 64, 4 layers) over the real CLIP vocabulary (49,408 tokens), a UNet with
+cross-attention (2 levels, 64/128 channels), DDIM scheduler. float32 safetensors, no download:
+
+    StableDiffusionPipeline.from_pretrained(infusion.world.model_dir())
+
+Sizes (MiB): {", ".join(f"{k} {v:.1f}" for k, v in sizes.items())}.
+Training state: step {st.get("step", "?")} of the UNet + text encoder stage, batch {st.get("batch_size", "?")}
+(EMA weights exported). Training continues from `checkpoints/world_train.safetensors`.
+
+## Quality (probes on {quality["n_images"]} images from held-out captions, DDIM {quality["steps"]} steps, guidance {quality["guidance"]})
+
+| attribute named in the prompt | shown | bar | |
+|---|---|---|---|
+{rows}
+
+Text fidelity (mean share of named attributes shown): {quality["text_fidelity"]:.3f}.
+
+Class-only prompts ("a photo of a <class>", {co["n_images"]} images): class shown {100 * co["class_shown"]:.1f}%;
+background entropy {co["background_entropy_bits"]:.2f} bits (max {co["background_entropy_max"]:.2f}),
+position entropy {co["position_entropy_bits"]:.2f} bits (max {co["position_entropy_max"]:.2f}).
+{probe}
+Reproduce: `infusion world evaluate` (writes quality.json), `infusion world probe-eval`.
+"""

@@ -81,7 +81,11 @@ def train_model(cfg: ModelConfig):
     (work / "samples").mkdir(parents=True, exist_ok=True)
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(work / "vae")
+    vae = AutoencoderKL.from_pretrained(_frozen_vae_dir(work))
+    if not (work / "latents.safetensors").exists():  # a fresh machine: re-render and re-encode once
+        from .train_vae import VAEConfig, encode_latents
+
+        encode_latents(vae, VAEConfig(work=str(work)))
     lat = load_file(str(work / "latents.safetensors"))
     mean, std = lat["mean"], lat["std"]
     n = len(mean)
@@ -135,6 +139,16 @@ def train_model(cfg: ModelConfig):
             log.info("step %d loss %.4f (%.1f min)", done, loss.item(), (time.time() - t0) / 60)
         if out_of_time:
             break
+
+
+def _frozen_vae_dir(work: Path) -> Path:
+    """The VAE stage 2 trains on: ``work/vae`` from stage 1, else the packaged model's VAE (resume on a fresh machine)."""
+    from . import model_dir
+
+    for d in (work / "vae", model_dir() / "vae"):
+        if (d / "config.json").exists():
+            return d
+    raise FileNotFoundError(f"no trained VAE in {work / 'vae'} or {model_dir() / 'vae'}: run `infusion world train vae` first")
 
 
 def export(pipe, cfg: ModelConfig, step: int) -> Path:

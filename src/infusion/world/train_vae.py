@@ -29,8 +29,8 @@ class VAEConfig:
     work: str = "runs/world"  # caches, samples, exported VAE
     checkpoint: str = "checkpoints/world_vae.safetensors"
     n_images: int = 40_000
-    steps: int = 1500
-    batch_size: int = 64
+    steps: int = 4000
+    batch_size: int = 32
     lr: float = 1e-3
     kl_weight: float = 1e-5  # relative to the per-pixel reconstruction loss
     max_minutes: float = 1e9  # stop (after a checkpoint) once this much wall time is spent
@@ -100,10 +100,17 @@ def finish_vae(cfg: VAEConfig, batch: int = 256):
     Writes ``work/vae`` (diffusers) and ``work/latents.safetensors``: ``mean``/``std`` (N, 4, 8, 8) fp16.
     """
     torch.set_num_threads(cfg.threads)
-    work = Path(cfg.work)
-    images = cached_images(work / "images.safetensors", cfg.n_images)
     vae = build_vae()
     load_checkpoint(cfg.checkpoint, {"vae": vae}, None)
+    encode_latents(vae, cfg, set_scale=True)
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(vae, cfg: VAEConfig, batch: int = 256, set_scale: bool = False) -> None:
+    """Cache latent mean/std of the rendered images; with ``set_scale`` also fix and save the VAE."""
+    work = Path(cfg.work)
+    images = cached_images(work / "images.safetensors", cfg.n_images)
     vae.eval()
     means, stds = [], []
     for i in tqdm(range(0, len(images), batch), desc="encode", mininterval=30):
@@ -111,9 +118,10 @@ def finish_vae(cfg: VAEConfig, batch: int = 256):
         means.append(post.mean.half())
         stds.append(post.std.half())
     mean, std = torch.cat(means), torch.cat(stds)
-    scale = 1.0 / mean[:4096].float().std().item()
-    vae.register_to_config(scaling_factor=scale)
-    vae.save_pretrained(work / "vae")
+    if set_scale:
+        scale = 1.0 / mean[:4096].float().std().item()
+        vae.register_to_config(scaling_factor=scale)
+        vae.save_pretrained(work / "vae")
+        log.info("VAE scaling_factor %.4f", scale)
     save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(work / "latents.safetensors"))
-    log.info("VAE scaling_factor %.4f; cached %d latents", scale, len(mean))
-    return vae
+    log.info("cached %d latents in %s", len(mean), work / "latents.safetensors")
