@@ -310,3 +310,11 @@ def test_cli_train_and_generate_a_baseline(trained, tmp_path):
                  "--steps", "1", "--out", str(gen), "--show-base"]) == 0
     assert (gen / "grid.png").is_file() and (gen / "000-base.png").is_file()
     assert read_png_params(gen / "000.png")["concepts"] == [str(out)]
+
+
+@pytest.mark.filterwarnings("ignore:.*other base weights")
+@pytest.mark.parametrize("method", ["pplus", "perfusion"])
+def test_our_formats_refuse_another_architecture(trained, method):
+    """A model with other text width: a ValueError naming the mismatch, not a shape error mid-generation."""
+    with pytest.raises(ValueError, match="width|wide"):
+        load_customized(tiny_sd_pipeline(cross_dim=16), [trained[method][2]])

@@ -127,6 +127,15 @@ class PerfusionCustomization(Customization):
         if set(targets) != set(layers):
             raise ValueError(f"Perfusion file {self.path} does not fit this UNet: layers missing "
                              f"{sorted(set(layers) - set(targets))[:3]}, unknown {sorted(set(targets) - set(layers))[:3]}")
+        width = pipe.text_encoder.config.hidden_size
+        if t["concept_input"].shape[-1] != width:
+            raise ValueError(f"Perfusion file {self.path} was trained with text states {t['concept_input'].shape[-1]} "
+                             f"wide; this text encoder's are {width} (trained on {self.meta.get('base_model')})")
+        attns = cross_attention_layers(pipe.unet)
+        for k, v in targets.items():
+            if v.shape[-1] != attns[k].to_v.out_features:
+                raise ValueError(f"Perfusion file {self.path}: layer {k} has width {v.shape[-1]} in the file, "
+                                 f"{attns[k].to_v.out_features} in the model")
         device = pipe.unet.device
         self.edit = RankOneEdit(t["concept_input"].to(device), t["superclass_input"].to(device),
                                 t["cov_inv_concept"].to(device), {k: v.to(device) for k, v in targets.items()},
