@@ -106,6 +106,8 @@ def test_errors(tiny_pipe):
     other.base_fingerprint = "0000000000000000"
     with pytest.warns(UserWarning, match="trained on other base weights"):
         pipe.load_concept(other)
+    with pytest.raises(ValueError, match="two concepts are named <mycat>"):
+        _run(pipe, "a <mycat>", [c, random_concept(pipe, seed=3)])
     with pytest.raises(ValueError, match="tokenizes to 2 tokens"):
         _run(pipe, "<mycat>ish", [c])  # "catish" merges into other BPE pieces
 

@@ -86,15 +86,15 @@ class InfusionPipeline(StableDiffusionPipeline):
         return dict(self._concepts)
 
     def _use_concepts(self, extra: Sequence[Concept | str | os.PathLike] | None) -> dict[str, Concept]:
+        """Loaded concepts plus this call's ``concepts=`` (which are loaded too, replacing same names)."""
         self._ensure_state()
-        active = dict(self._concepts)
+        seen: set[str] = set()
         for c in extra or []:
-            c = c if isinstance(c, Concept) else Concept.load(c)
-            if c.name in active and active[c.name] is not c and c.name not in self._concepts:
+            c = self.load_concept(c)
+            if c.name in seen:
                 raise ValueError(f"two concepts are named <{c.name}>; names must be unique in one call")
-            self.load_concept(c)
-            active[c.name] = c
-        return active
+            seen.add(c.name)
+        return dict(self._concepts)
 
     def _set_deltas(self, concepts: dict[str, Concept]) -> None:
         procs = install_processors(self.unet)
