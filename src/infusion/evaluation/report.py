@@ -38,10 +38,21 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _json_safe(x):
+    """NaN -> None (strict JSON has no NaN), recursively."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
 def write_per_image(out: Path, records: list[dict]) -> None:
     """``per_image.json`` (everything) and ``per_image.csv`` (without the pooled latents)."""
     records = sorted(records, key=lambda r: r["key"])
-    (out / "per_image.json").write_text(json.dumps(records, indent=1))
+    (out / "per_image.json").write_text(json.dumps(_json_safe(records), indent=1, allow_nan=False))
     keys = sorted({k for r in records for k in r if k != "latent_pooled"})
     with open(out / "per_image.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -173,5 +184,5 @@ def write_reports(out: Path, entries, records: dict[str, dict], lfd: dict[str, d
     curves = write_curves(out, rows, roles)
     summary = {"roles": roles, "models": rows, "grids": [str(p.relative_to(out)) for p in grids],
                "curves": [str(p.relative_to(out)) for p in curves]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1, default=str, allow_nan=False))
     return summary

@@ -8,8 +8,9 @@ toward a linear distribution by three methods:
 - ``infusion``: frozen model, F's maps reused, a residual on the concept token's value (Eq. 7).
 
 ``agnostic`` (Fig. 4): four concepts, one peak each; the top-left one learns a diagonal line.
-Measured on the three *other* concepts: latent Fisher divergence (Def. 3.1) and the area their
-samples cover, sqrt(det cov), relative to the base model (the paper's "shrinking").
+Measured on the three *other* concepts: latent Fisher divergence (Def. 3.1), and relative to the
+base model the area their samples cover, sqrt(det cov), and their std along the narrowest
+direction (the paper's "shrinking", Fig. 4).
 ``specific`` (Fig. 5): one class with 25 modes; the customisation data shows lines at only 5 of
 them. Measured: modes kept, line shape (std_x / std_y inside kept modes), W2^2 to the base
 model's samples of the class, and LFD on a second, non-customised concept.
@@ -141,6 +142,11 @@ def toy_lfd(base, model, setting: Setting, n: int = 1000, seed: int = 0):
     )
 
 
+def _minor_std(x: torch.Tensor) -> float:
+    """Std along the narrowest direction of points [n, 2] (sqrt of cov's smallest eigenvalue)."""
+    return float(torch.linalg.eigvalsh(torch.cov(x.T.double()))[0].clamp_min(0).sqrt())
+
+
 def _area(x: torch.Tensor) -> float:
     """sqrt(det(cov)) of points [n, 2]: the area a distribution covers (0 for a line)."""
     return float(torch.linalg.det(torch.cov(x.T.double())).clamp_min(0).sqrt())
@@ -174,6 +180,7 @@ def evaluate(base, model, setting: Setting, method: str, step: int, base_samples
     m = {"lfd": lfd.mean, "lfd_se": lfd.stderr, "w2": wasserstein2(base_samples[c], samples[c])}
     others = [i for i in samples if i != c]
     m["area_ratio"] = sum(_area(samples[i]) / _area(base_samples[i]) for i in others) / len(others)
+    m["minor_ratio"] = sum(_minor_std(samples[i]) / _minor_std(base_samples[i]) for i in others) / len(others)
     if setting.name == "specific":
         centres = data.grid_centres()
         m["modes_kept"] = data.count_modes(samples[c], centres)

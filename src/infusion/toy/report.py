@@ -70,6 +70,7 @@ def plot_field(base, models: dict, concept: int, path: Path, t: int = 100, lim: 
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.suptitle(f"score field -eps(x, t={t}) of a non-customised concept after customisation (Fig. 6)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -78,7 +79,7 @@ def plot_field(base, models: dict, concept: int, path: Path, t: int = 100, lim: 
 def plot_curves(all_results: dict, path: Path) -> None:
     """Figs. 9-10 for the toy: LFD (agnostic) and W2 / modes kept (specific) against step."""
     plt = _plt()
-    panels = [("agnostic", "lfd", "LFD on non-customised concepts"), ("agnostic", "area_ratio", "area of non-customised / base"),
+    panels = [("agnostic", "lfd", "LFD on non-customised concepts"), ("agnostic", "minor_ratio", "narrowest std of non-customised / base"),
               ("specific", "modes_kept", "modes kept (of 25)"), ("specific", "w2", "W2^2 to base samples of the class")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
     for ax, (s, key, title) in zip(axes, panels):
@@ -97,7 +98,7 @@ def plot_curves(all_results: dict, path: Path) -> None:
 def _table(all_results) -> str:
     lines = []
     for s, results in all_results.items():
-        keys = ["lfd", "area_ratio", "w2"] + (["modes_kept", "line_shape"] if s == "specific" else [])
+        keys = ["lfd", "area_ratio", "minor_ratio", "w2"] + (["modes_kept", "line_shape"] if s == "specific" else [])
         lines += [f"\n### {s}\n", "| method | step | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
         for method in METHODS:
             for cp in results[method]:
