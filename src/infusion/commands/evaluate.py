@@ -16,7 +16,8 @@ def register(sub) -> None:
     p.add_argument("files", nargs="+", help="customisation files/folders written by `infusion train` (any method)")
     p.add_argument("--model", required=True, help="base model (diffusers folder, hub id, world, tiny)")
     p.add_argument("--out", required=True, help="output folder (re-run with the same folder to resume)")
-    p.add_argument("--prompts", default="dreambench", help="dreambench | dreambench-object | dreambench-live | world | FILE ({} = concept)")
+    p.add_argument("--prompts", default="auto",
+                   help="auto (world on --model world, else dreambench) | dreambench | dreambench-object | dreambench-live | world | FILE ({} = concept)")
     p.add_argument("--images-per-prompt", type=int, default=4, help="seeds per prompt (the paper: 5)")
     p.add_argument("--max-prompts", type=int, default=0, help="only the first N prompts (0: all 25)")
     p.add_argument("--seed", type=int, default=0, help="image k of each prompt uses seed + k")

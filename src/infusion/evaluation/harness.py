@@ -44,7 +44,7 @@ class EvalConfig:
     model: str = field(metadata={"help": "base model: diffusers folder, hub id, 'world' or 'tiny'"})
     files: list[str] = field(metadata={"help": "customisation files/folders written by `infusion train`"})
     out: str = field(metadata={"help": "output folder"})
-    prompts: str = field(default="dreambench", metadata={"help": "dreambench | dreambench-object | dreambench-live | world | FILE"})
+    prompts: str = field(default="auto", metadata={"help": "auto (world on the world model, else dreambench) | dreambench | dreambench-object | dreambench-live | world | FILE"})
     images_per_prompt: int = field(default=4, metadata={"help": "seeds per prompt (the paper: 5)"})
     max_prompts: int = field(default=0, metadata={"help": "use only the first N prompts (0: all)"})
     seed: int = field(default=0, metadata={"help": "image k of every prompt uses seed + k"})
@@ -141,8 +141,9 @@ def step_tag(step: int | None) -> str:
 
 def build_jobs(cfg: EvalConfig, entries: list[Entry]) -> list[Job]:
     jobs, base_keys = [], set()
+    prompt_set = cfg.prompts if cfg.prompts != "auto" else ("world" if cfg.model == "world" else "dreambench")
     for e in entries:
-        prompts = prompts_for(e.name, e.class_phrase, cfg.prompts)
+        prompts = prompts_for(e.name, e.class_phrase, prompt_set)
         if cfg.max_prompts:
             prompts = prompts[: cfg.max_prompts]
         for i, p in enumerate(prompts):
