@@ -369,6 +369,7 @@ def run_evaluation(cfg: EvalConfig, scorers: list = (), progress: bool = True) -
     store = RecordStore(out / "records", state.process_index)
     done = store.read()
     todo = [j for j in jobs if j.key not in done]
+    state.wait_for_everyone()  # every process reads the same records before any appends: same split
     if state.is_main_process:
         log.info("evaluate: %d images planned, %d already done, %d to generate", len(jobs), len(jobs) - len(todo), len(todo))
 
@@ -395,8 +396,10 @@ def run_evaluation(cfg: EvalConfig, scorers: list = (), progress: bool = True) -
         bar.close()
 
     # Latent Fisher divergence per model (Def. 3.1), against the base model, same (z, t, eps).
+    state.wait_for_everyone()
     lfd_store = RecordStore(out / "lfd", state.process_index)
     lfd_done = lfd_store.read()
+    state.wait_for_everyone()
     lfd_todo = [e for e in entries if f"{e.label}|{e.path}" not in lfd_done]
     if lfd_todo and cfg.lfd_samples:
         data = lfd_dataset(cfg, base())
