@@ -42,6 +42,12 @@ def register(sub) -> None:
     p.add_argument("--resume", nargs="?", const="auto", default=None, help=helps["resume"])
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not add mirrored copies")
     p.add_argument("--model-config", default=None, help=helps["model_config"])
+    from ..training.methods import mlm_methods
+
+    g = p.add_argument_group("diverse-context MLM regulariser", f"methods: {', '.join(mlm_methods())}")
+    g.add_argument("--mlm-lambda", type=float, default=0.0, help=helps["mlm_lambda"])
+    g.add_argument("--mlm-prompts", default="everyday", metavar="everyday|world|FILE", help=helps["mlm_prompts"])
+    g.add_argument("--contextualizer", default=None, metavar="PATH", help=helps["contextualizer"])
     arg_help = "; ".join(f"{m}: " + ", ".join(f"{k} ({h})" for k, h in get_method(m).method_args_help.items())
                          for m in available_methods() if get_method(m).method_args_help)
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -70,7 +76,8 @@ def run(args) -> int:
         method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size, resolution=args.resolution,
         seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, resume=args.resume, flip=args.flip, model_config=args.model_config,
-        method_args=_method_args(args.method_arg),
+        method_args=_method_args(args.method_arg), mlm_lambda=args.mlm_lambda, mlm_prompts=args.mlm_prompts,
+        contextualizer=args.contextualizer,
     )
     train(cfg)
     print(f"wrote {Path(cfg.out)}")

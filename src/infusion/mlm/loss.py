@@ -125,9 +125,10 @@ class MLMRegularizer:
         prompts = pset.generate(min(n_prompts, len(pset)), seed=prompt_seed)
         return cls(contextualizer, mask, tokenizer, concept_text, prompts, **kwargs)
 
-    def sample_batch(self) -> MLMBatch:
-        """``batch_size`` prompts drawn uniformly with the regulariser's own generator, tokenised."""
-        idx = torch.randint(len(self.prompts), (self.batch_size,), generator=self.generator).tolist()
+    def sample_batch(self, generator: torch.Generator | None = None) -> MLMBatch:
+        """``batch_size`` prompts drawn uniformly (with ``generator``, else the regulariser's own), tokenised."""
+        g = self.generator if generator is None else generator
+        idx = torch.randint(len(self.prompts), (self.batch_size,), generator=g).tolist()
         rows = [self._tokenized(i) for i in idx]
         return make_batch([r[0] for r in rows], self.tokenizer, [r[1] for r in rows])
 
@@ -138,13 +139,16 @@ class MLMRegularizer:
             self._cache[i] = (b.input_ids[0, :n].tolist(), [p for p in range(n) if not b.maskable[0, p]])
         return self._cache[i]
 
-    def loss(self, text_encoder, embed_fn: EmbedFn | None = None) -> torch.Tensor:
-        """Unweighted L_MLM on a fresh batch (scalar)."""
+    def loss(self, text_encoder, embed_fn: EmbedFn | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Unweighted L_MLM on a fresh batch (scalar). ``generator`` (CPU): draw the prompts and the mask
+        from it instead of the regulariser's own stream (a trainer passes its per-step generator, so
+        a resumed run draws the same batches)."""
+        g = self.generator if generator is None else generator
         device = text_encoder.get_input_embeddings().weight.device
         if self.contextualizer.head.weight.device != device:
             self.contextualizer.to(device)
-        batch = self.sample_batch().to(device)
-        mask_gen = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
+        batch = self.sample_batch(g).to(device)
+        mask_gen = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
         out = mlm_loss(text_encoder, self.contextualizer, self.mask_embedding, batch, mask_gen, self.mask_rate, embed_fn)
         if torch.is_grad_enabled() and not out.requires_grad:
             raise ValueError(
@@ -154,6 +158,6 @@ class MLMRegularizer:
         self.last_loss = float(out.detach())
         return out
 
-    def __call__(self, text_encoder, embed_fn: EmbedFn | None = None) -> torch.Tensor:
+    def __call__(self, text_encoder, embed_fn: EmbedFn | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """``weight * L_MLM`` (scalar), ready to add to the diffusion loss."""
-        return self.weight * self.loss(text_encoder, embed_fn)
+        return self.weight * self.loss(text_encoder, embed_fn, generator)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MLM_VOCABS = ("everyday", "world")  # built-in context-rich prompt sets (infusion.mlm.prompts)
 
 
 @dataclass
@@ -28,6 +32,13 @@ class TrainConfig:
     flip: bool = field(default=True, metadata={"help": "add horizontally flipped copies of the images"})
     model_config: str | None = field(default=None, metadata={"help": "configs for a single-file checkpoint (local folder)"})
     method_args: dict = field(default_factory=dict, metadata={"help": "method-specific settings"})
+    mlm_lambda: float = field(default=0.0, metadata={"help": (
+        "weight of the diverse-context MLM regulariser, L = L_diff + lambda * L_MLM (0: off); paper: ti 1e-5..5e-5, "
+        "pplus 2.5e-4, dreambooth and custom-diffusion 1e-4..1e-3")})
+    mlm_prompts: str = field(default="everyday", metadata={"help": (
+        "MLM prompt set: everyday | world | a UTF-8 text file, one prompt per line, each writing the concept as <name>")})
+    contextualizer: str | None = field(default=None, metadata={"help": (
+        "pretrained contextualizer for this text encoder (infusion mlm pretrain); required when --mlm-lambda > 0")})
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-\.]*", self.name or ""):
@@ -46,6 +57,26 @@ class TrainConfig:
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.checkpoint_every < 0:
             raise ValueError("--checkpoint-every must be >= 0")
+        self._check_mlm()
+
+    def _check_mlm(self) -> None:
+        if not (math.isfinite(self.mlm_lambda) and self.mlm_lambda >= 0):
+            raise ValueError(f"--mlm-lambda must be a finite number >= 0, got {self.mlm_lambda}")
+        if self.mlm_lambda == 0:
+            return
+        from .methods import get_method, mlm_methods, supports_mlm
+
+        if not supports_mlm(get_method(self.method)):
+            raise ValueError(f"--mlm-lambda applies to methods with text-side learnables ({', '.join(mlm_methods())}); "
+                             f"{self.method!r} has none: drop --mlm-lambda or pick one of those")
+        if not self.contextualizer:
+            raise ValueError("--mlm-lambda > 0 needs --contextualizer PATH: a contextualizer pretrained on this model's "
+                             "text encoder (infusion mlm pretrain --model MODEL --captions ... --out ctx.safetensors)")
+        if not Path(self.contextualizer).is_file():
+            raise ValueError(f"--contextualizer {self.contextualizer}: no such file (make one with infusion mlm pretrain)")
+        if self.mlm_prompts not in MLM_VOCABS and not Path(self.mlm_prompts).is_file():
+            raise ValueError(f"--mlm-prompts {self.mlm_prompts!r}: use {' or '.join(MLM_VOCABS)}, or the path of a text "
+                             f"file of prompts writing the concept as <{self.name}>")
 
     def to_dict(self) -> dict:
         return asdict(self)

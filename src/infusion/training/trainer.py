@@ -1,7 +1,8 @@
 """One trainer for every method: data, caching, accelerate, checkpoints/resume, progress.
 
 Randomness is drawn from a generator seeded by (seed, step), so a resumed run follows exactly
-the trajectory of an uninterrupted one.
+the trajectory of an uninterrupted one. With ``--mlm-lambda > 0`` the loss gains the diverse-context
+MLM term (``regularizer.py``), its batch drawn from the same step generator after the diffusion batch.
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def load_state(path: Path, method, optimizer, cfg: TrainConfig) -> int:
     if "step" not in meta:
         raise ValueError(f"{path} is not an infusion training state file")
     saved = json.loads(meta["config"])
-    for key in ("method", "name", "class_phrase", "model", "batch_size", "seed"):
-        if saved.get(key) != getattr(cfg, key):
+    defaults = {"mlm_lambda": 0.0, "mlm_prompts": "everyday"}  # state files older than these fields
+    for key in ("method", "name", "class_phrase", "model", "batch_size", "seed", "mlm_lambda", "mlm_prompts"):
+        if saved.get(key, defaults.get(key)) != getattr(cfg, key):
             raise ValueError(
-                f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, this run has "
-                f"{key}={getattr(cfg, key)!r}"
+                f"cannot resume from {path}: it was trained with {key}={saved.get(key, defaults.get(key))!r}, this run "
+                f"has {key}={getattr(cfg, key)!r}"
             )
     params = method.trainable_state()
     for name, p in params.items():
@@ -125,6 +127,12 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
     prior = method.prior_data()  # DreamBooth-style class prior examples, or None
     all_captions = captions + (prior.captions if prior is not None else [])
     text_cache = method.encode_captions(all_captions) if method.cache_text else None
+    mlm_side = reg = None
+    if cfg.mlm_lambda > 0:  # frozen contextualizer; the method says what L_MLM reaches
+        from .regularizer import build_regularizer
+
+        mlm_side = method.mlm_text_side()
+        reg = build_regularizer(cfg, mlm_side, pipe.tokenizer, base_fingerprint(pipe.text_encoder))
     params = method.trainable_parameters()
     if not params:
         raise ValueError(f"method {cfg.method!r} has no trainable parameters")
@@ -168,6 +176,11 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         loss = F.mse_loss(pred[:B].float(), target[:B].float())
         if prior is not None:
             loss = loss + prior.weight * F.mse_loss(pred[B:].float(), target[B:].float())
+        if reg is not None:  # lambda * L_MLM, its prompts and mask drawn from this step's generator
+            from .regularizer import mlm_term
+
+            with accelerator.autocast():
+                loss = loss + mlm_term(reg, mlm_side, g)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {step}: lower --lr (now {method.learning_rate()}) or use "
@@ -177,7 +190,7 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
-        bar.set_postfix(loss=f"{loss_ema:.4f}")
+        bar.set_postfix(loss=f"{loss_ema:.4f}", **({"mlm": f"{reg.last_loss:.3f}"} if reg is not None else {}))
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             if accelerator.is_main_process:

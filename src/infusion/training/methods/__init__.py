@@ -1,6 +1,6 @@
 """Customisation methods, one module each; they register themselves with ``register_method``."""
 
-from .base import Method, TextBatch, available_methods, get_method, register_method
+from .base import Method, MLMTextSide, TextBatch, available_methods, get_method, mlm_methods, register_method, supports_mlm
 
 BUILTIN_MODULES = ["infusion", "ti", "pplus", "dreambooth", "lora", "custom_diffusion", "perfusion"]
 
@@ -12,4 +12,6 @@ def _load_builtin() -> None:
         importlib.import_module(f"{__name__}.{mod}")
 
 
-__all__ = ["Method", "TextBatch", "available_methods", "get_method", "register_method"]
+__all__ = [
+    "MLMTextSide", "Method", "TextBatch", "available_methods", "get_method", "mlm_methods", "register_method", "supports_mlm",
+]

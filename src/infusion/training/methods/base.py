@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -75,6 +75,32 @@ class PriorData:
     weight: float = 1.0
 
 
+@dataclass
+class MLMTextSide:
+    """What the diverse-context MLM regulariser (DESIGN section 7) needs from a method.
+
+    concept_text: how the method writes its concept in a prompt (``"sks"`` stand-in for TI,
+        ``"sks cat"`` for DreamBooth and Custom Diffusion); all its tokens are protected from masking.
+    text_encoder: the encoder L_MLM runs through.
+    embed_fn: ``input_ids (B, L) -> input embeddings (B, L, H)`` when the learned vector lives outside
+        the embedding matrix (the stand-in's rows replaced); ``None``: the plain lookup.
+    """
+
+    concept_text: str
+    text_encoder: nn.Module
+    embed_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def supports_mlm(method_cls: type["Method"]) -> bool:
+    """Whether ``method_cls`` declares a text side for ``--mlm-lambda`` (overrides ``mlm_text_side``)."""
+    return method_cls.mlm_text_side is not Method.mlm_text_side
+
+
+def mlm_methods() -> list[str]:
+    """Names of the registered methods that accept ``--mlm-lambda > 0``."""
+    return [m for m in available_methods() if supports_mlm(get_method(m))]
+
+
 class Method(nn.Module):
     """Base class of a customisation method.
 
@@ -122,6 +148,11 @@ class Method(nn.Module):
 
     def prior_data(self) -> PriorData | None:
         """Class-prior examples for the trainer to mix into each step; ``None``: no prior loss."""
+        return None
+
+    def mlm_text_side(self) -> MLMTextSide | None:
+        """The text-side learnables L_MLM regularises; the base class has none (``--mlm-lambda`` is then
+        refused). Override in methods that learn token embeddings or the text encoder."""
         return None
 
     def encode_captions(self, captions: list[str]) -> TextBatch:

@@ -27,10 +27,10 @@ from torch import nn
 from ...customized import Customization
 from ...io import save_safetensors_atomic
 from ...processor import cross_attention_layers
-from .base import Method, TextBatch, register_method
+from .base import Method, MLMTextSide, TextBatch, register_method
 from .dreambooth import PRIOR_ARGS, PriorPreservationMixin
 from .files import customization_metadata, write_folder_metadata
-from .tokens import encode_with_token, phrase_embedding
+from .tokens import STAND_IN, encode_with_token, phrase_embedding, stand_in_embed_fn
 
 WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
 EMBEDS = "learned_embeds.safetensors"
@@ -117,6 +117,12 @@ class CustomDiffusion(PriorPreservationMixin, Method):
 
     def learning_rate(self) -> float:
         return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size
+
+    def mlm_text_side(self) -> MLMTextSide:
+        """L_MLM reaches the modifier token: the concept is "<stand-in> <class>" (both protected), the
+        stand-in carried by ``self.token``; the K/V weights get no gradient from it."""
+        return MLMTextSide(f"{STAND_IN} {self.cfg.class_phrase}", self.text_encoder,
+                           stand_in_embed_fn(self.text_encoder, self.tokenizer, lambda: self.token))
 
     def encode_captions(self, captions: list[str]) -> TextBatch:
         from ...prompts import substitute

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ...customized import Customization
 from ...prompts import substitute
-from .base import Method, TextBatch, register_method
+from .base import Method, MLMTextSide, TextBatch, register_method
 from .files import customization_metadata, write_folder_metadata
 from .prior import class_prior
 
@@ -102,6 +102,13 @@ class DreamBooth(PriorPreservationMixin, Method):
 
     def phrase(self) -> str:
         return f"{self.identifier} {self.cfg.class_phrase}"
+
+    def mlm_text_side(self) -> MLMTextSide:
+        """L_MLM reaches the fine-tuned text encoder; the concept is "sks <class>" (both protected)."""
+        if not self.train_text_encoder:
+            raise ValueError("DreamBooth's MLM regulariser acts on the text encoder: add --method-arg "
+                             "train_text_encoder=true, or drop --mlm-lambda")
+        return MLMTextSide(self.phrase(), self.text_encoder)
 
     def encode_captions(self, captions: list[str]) -> TextBatch:
         texts = [substitute(c, {self.cfg.name: self.phrase()})[0] for c in captions]

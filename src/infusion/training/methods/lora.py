@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from ...customized import Customization
 from ...io import save_safetensors_atomic
-from .base import register_method
+from .base import Method, register_method
 from .dreambooth import PRIOR_ARGS, DreamBooth, PriorPreservationMixin, identifier_phrase
 from .files import customization_metadata
 
@@ -66,6 +66,7 @@ class DreamBoothLoRA(DreamBooth):
     customization_cls = LoRACustomization
     method_args_help = {**PRIOR_ARGS, "identifier": "rare token (default sks)", "rank": "LoRA rank (default 4)"}
     default_prior_weight = 0.0  # off by default, as in train_dreambooth_lora.py
+    mlm_text_side = Method.mlm_text_side  # UNet LoRA factors only: no text side for --mlm-lambda
 
     def __init__(self, pipe, cfg):
         from peft import LoraConfig

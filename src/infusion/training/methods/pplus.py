@@ -20,9 +20,9 @@ from torch import nn
 from ...customized import Customization
 from ...io import save_safetensors_atomic
 from ...processor import cross_attention_layers
-from .base import Method, TextBatch, register_method
+from .base import Method, MLMTextSide, TextBatch, register_method
 from .files import customization_metadata
-from .tokens import encode_with_token, phrase_embedding
+from .tokens import STAND_IN, encode_with_token, phrase_embedding, stand_in_embed_fn
 
 FORMAT = "infusion-pplus"
 KWARG = "layer_states"
@@ -117,6 +117,17 @@ class PPlus(Method):
 
     def learning_rate(self) -> float:
         return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size
+
+    def mlm_text_side(self) -> MLMTextSide:
+        """L_MLM runs the text encoder once, with the *mean* of the per-layer tokens at the concept.
+
+        Why the mean: the paper's P+ variant regularises one text-encoder pass; the mean gives every
+        layer's token the same gradient (1/n of it), so MLM pulls the tokens' shared part towards
+        the context while the diffusion loss keeps their per-layer differences. One pass per layer
+        would cost n_layers text-encoder runs per step for the same signal.
+        """
+        return MLMTextSide(STAND_IN, self.text_encoder,
+                           stand_in_embed_fn(self.text_encoder, self.tokenizer, lambda: self.tokens.mean(0)))
 
     def encode_captions(self, captions: list[str]) -> TextBatch:
         """-> TextBatch whose states are per layer: (B, n_layers, L, C)."""

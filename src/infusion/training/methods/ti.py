@@ -17,9 +17,9 @@ from torch import nn
 
 from ...customized import Customization
 from ...io import save_safetensors_atomic
-from .base import Method, TextBatch, register_method
+from .base import Method, MLMTextSide, TextBatch, register_method
 from .files import customization_metadata
-from .tokens import encode_with_token, phrase_embedding
+from .tokens import STAND_IN, encode_with_token, phrase_embedding, stand_in_embed_fn
 
 
 class TokenCustomization(Customization):
@@ -57,6 +57,10 @@ class TextualInversion(Method):
 
     def learning_rate(self) -> float:
         return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size
+
+    def mlm_text_side(self) -> MLMTextSide:
+        """L_MLM reaches the learned token: the concept is the stand-in, carried by ``self.token``."""
+        return MLMTextSide(STAND_IN, self.text_encoder, stand_in_embed_fn(self.text_encoder, self.tokenizer, lambda: self.token))
 
     def encode_captions(self, captions: list[str]) -> TextBatch:
         states, ids, spans = encode_with_token(self.text_encoder, self.tokenizer, captions, self.cfg.name, self.token)

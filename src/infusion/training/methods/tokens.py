@@ -12,6 +12,7 @@ text states.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 
@@ -76,3 +77,18 @@ def encode_with_token(text_encoder, tokenizer, prompts: list[str], name: str, ve
     with injected(text_encoder, mask, vectors):
         states = text_encoder(ids)[0]  # (B, L, C): last hidden state, as SD uses it
     return states, ids, spans
+
+
+def stand_in_embed_fn(text_encoder, tokenizer, vector: Callable[[], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Input embeddings for L_MLM (``infusion.mlm``'s ``embed_fn``): the plain lookup, with every
+    stand-in token carried by ``vector()`` (H,), read at call time so the current value is used.
+    ids (B, L) -> (B, L, H). Prompts write the concept as the stand-in (it is protected from masking)."""
+    layer = input_embedding(text_encoder)
+    (stand_in,) = tokenizer(STAND_IN, add_special_tokens=False)["input_ids"]
+
+    def embed(ids: torch.Tensor) -> torch.Tensor:
+        out = layer(ids)  # (B, L, H)
+        v = vector().to(out.device, out.dtype)  # (H,)
+        return torch.where((ids == stand_in)[..., None], v, out)
+
+    return embed

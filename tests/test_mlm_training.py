@@ -1,0 +1,181 @@
+"""Training with the diverse-context MLM regulariser (DESIGN section 7): ``--mlm-lambda``."""
+
+import pytest
+import torch
+
+from infusion.cli import main
+from infusion.mlm import Contextualizer, ContextualizerConfig, PretrainConfig, pretrain_contextualizer, save_contextualizer
+from infusion.mlm.prompts import world_prompt_set
+from infusion.tiny import tiny_sd_pipeline
+from infusion.training import TrainConfig, train
+from infusion.training.methods import get_method
+from infusion.training.methods.tokens import STAND_IN
+from infusion.training.regularizer import build_regularizer, mlm_term
+
+
+@pytest.fixture(scope="module")
+def ctx_path(tmp_path_factory):
+    """A contextualizer pretrained for a few steps on the tiny text encoder (width 32)."""
+    pipe = tiny_sd_pipeline(seed=0)
+    captions = [p.replace("<concept>", "cat") for p in world_prompt_set().generate(64, seed=0)]
+    out = tmp_path_factory.mktemp("ctx") / "ctx.safetensors"
+    cfg = ContextualizerConfig(32, vocab_size=len(pipe.tokenizer), n_layers=1, n_heads=2, dropout=0.0)
+    pretrain_contextualizer(pipe.text_encoder, pipe.tokenizer, captions, out,
+                            PretrainConfig(steps=3, batch_size=8, lr=3e-3, warmup=1, checkpoint_every=0, seed=1), cfg,
+                            progress=False)
+    return out
+
+
+NO_PRIOR = {"prior_loss_weight": 0}
+# method, method_args, trainable names L_MLM must reach (prefixes), trainable names it must not reach
+CASES = [
+    ("ti", {}, ["token"], []),
+    ("pplus", {}, ["tokens"], []),
+    ("custom-diffusion", NO_PRIOR, ["token"], ["layers."]),
+    ("dreambooth", {**NO_PRIOR, "train_text_encoder": True}, ["text_encoder."], ["unet."]),
+]
+
+
+def _cfg(images, out, ctx=None, **kw):
+    base = dict(model="tiny", images=str(images), name="mycat", class_phrase="cat", out=str(out), steps=4,
+                batch_size=2, method="ti", contextualizer=None if ctx is None else str(ctx))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("method,args,reached,unreached", CASES, ids=[c[0] for c in CASES])
+def test_mlm_gradient_reaches_only_the_text_side(method, args, reached, unreached, ctx_path, concept_images, tmp_path):
+    pipe = tiny_sd_pipeline(seed=0)
+    cfg = _cfg(concept_images, tmp_path / "o", ctx_path, method=method, method_args=args, mlm_lambda=1.0)
+    m = get_method(method)(pipe, cfg)
+    side = m.mlm_text_side()
+    reg = build_regularizer(cfg, side, pipe.tokenizer)
+    mlm_term(reg, side, torch.Generator().manual_seed(0)).backward()
+    grads = {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
+    hit = [n for n, g in grads.items() if any(n.startswith(r) for r in reached)]
+    assert hit and all(grads[n] is not None for n in hit)
+    assert sum(float(grads[n].abs().sum()) for n in hit) > 0
+    for n, g in grads.items():
+        if any(n.startswith(u) for u in unreached) or not any(n.startswith(r) for r in reached):
+            assert g is None or not g.any(), n  # the UNet side learns from L_diff only
+    assert all(p.grad is None for p in pipe.unet.parameters() if not p.requires_grad)
+    assert all(p.grad is None for p in reg.contextualizer.parameters())  # frozen
+    assert not any(p.requires_grad for p in reg.contextualizer.parameters())
+    if method == "pplus":  # one pass with the mean token: every layer's token gets the same 1/n share
+        assert torch.equal(m.tokens.grad, m.tokens.grad[:1].expand_as(m.tokens.grad))
+
+
+def test_masking_never_touches_concept_or_class_tokens(ctx_path, concept_images, tmp_path, monkeypatch):
+    import infusion.mlm.loss as loss_mod
+
+    seen = []
+    real = loss_mod.sample_mask
+
+    def spy(maskable, rate=0.15, generator=None):
+        mask = real(maskable, rate, generator)
+        seen.append(mask)
+        return mask
+
+    real_mlm = loss_mod.mlm_loss
+
+    def spy_loss(text_encoder, contextualizer, mask_embedding, batch, *a, **k):
+        seen.append(batch)
+        return real_mlm(text_encoder, contextualizer, mask_embedding, batch, *a, **k)
+
+    monkeypatch.setattr(loss_mod, "sample_mask", spy)
+    monkeypatch.setattr(loss_mod, "mlm_loss", spy_loss)
+    pipe = tiny_sd_pipeline(seed=0)
+    train(_cfg(concept_images, tmp_path / "cd", ctx_path, method="custom-diffusion", method_args=NO_PRIOR, steps=3,
+               mlm_lambda=1e-3), pipe=pipe, progress=False)
+    assert len(seen) == 6  # (ids, mask) per step
+    sks = pipe.tokenizer(STAND_IN, add_special_tokens=False)["input_ids"][0]
+    (cat,) = pipe.tokenizer("cat", add_special_tokens=False)["input_ids"]
+    for batch, mask in zip(seen[0::2], seen[1::2]):
+        assert mask.any()
+        for row, m, real in zip(batch.input_ids, mask, batch.attention_mask):
+            (pos,) = (row == sks).nonzero()[:, 0].tolist()  # the concept, written "sks cat", once per prompt
+            assert row[pos + 1] == cat
+            assert not m[pos] and not m[pos + 1]
+            assert not m[0] and not m[real.sum() - 1] and not m[real == 0].any()  # BOS, EOS, padding
+
+
+def _ti_token(images, out, ctx, **kw):
+    return train(_cfg(images, out, ctx, **kw), pipe=tiny_sd_pipeline(seed=0), progress=False)["<mycat>"]
+
+
+def test_lambda_zero_is_the_plain_run_and_lambda_changes_it(ctx_path, concept_images, tmp_path):
+    plain = _ti_token(concept_images, tmp_path / "a.safetensors", None)
+    zero = _ti_token(concept_images, tmp_path / "b.safetensors", ctx_path, mlm_lambda=0.0, mlm_prompts="world")
+    assert torch.equal(plain, zero)
+    reg = _ti_token(concept_images, tmp_path / "c.safetensors", ctx_path, mlm_lambda=1.0)
+    assert not torch.allclose(plain, reg)
+
+
+def test_resume_of_a_regularised_run_is_exact(ctx_path, concept_images, tmp_path):
+    kw = dict(method="custom-diffusion", method_args=NO_PRIOR, mlm_lambda=0.5, mlm_prompts="world")
+    full = train(_cfg(concept_images, tmp_path / "full", ctx_path, **kw), pipe=tiny_sd_pipeline(seed=0), progress=False)
+    part = tmp_path / "part"
+    train(_cfg(concept_images, part, ctx_path, steps=2, **kw), pipe=tiny_sd_pipeline(seed=0), progress=False)
+    with pytest.raises(ValueError, match="mlm_lambda=0.5"):
+        train(_cfg(concept_images, part, ctx_path, resume="auto", **{**kw, "mlm_lambda": 0.25}),
+              pipe=tiny_sd_pipeline(seed=0), progress=False)
+    resumed = train(_cfg(concept_images, part, ctx_path, resume="auto", **kw), pipe=tiny_sd_pipeline(seed=0),
+                    progress=False)
+    from safetensors.torch import load_file
+
+    for name in ("learned_embeds.safetensors", "pytorch_custom_diffusion_weights.safetensors"):
+        a, b = load_file(str(full / name)), load_file(str(resumed / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_prompt_file(ctx_path, concept_images, tmp_path):
+    good = tmp_path / "p.txt"
+    good.write_text("a <mycat> on a red sofa\n\na <mycat> next to a green car\n", encoding="utf-8")
+    token = _ti_token(concept_images, tmp_path / "t.safetensors", ctx_path, steps=2, mlm_lambda=1.0, mlm_prompts=str(good))
+    assert torch.isfinite(token).all()
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a <mycat> on a sofa\na cat on a sofa\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="prompt 2 .* <mycat>"):
+        _ti_token(concept_images, tmp_path / "u.safetensors", ctx_path, steps=1, mlm_lambda=1.0, mlm_prompts=str(bad))
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(mlm_lambda=1e-4), "needs --contextualizer"),
+    (dict(mlm_lambda=-1.0), "finite number >= 0"),
+    (dict(mlm_lambda=float("nan")), "finite number >= 0"),
+    (dict(mlm_lambda=1e-4, method="lora", ctx=True), "custom-diffusion, dreambooth, pplus, ti"),
+    (dict(mlm_lambda=1e-4, method="infusion", ctx=True), "'infusion' has none"),
+    (dict(mlm_lambda=1e-4, method="perfusion", ctx=True), "'perfusion' has none"),
+    (dict(mlm_lambda=1e-4, ctx=True, mlm_prompts="nowhere.txt"), "everyday or world"),
+    (dict(mlm_lambda=1e-4, contextualizer="missing.safetensors"), "no such file"),
+])
+def test_bad_flags_are_refused_up_front(kw, match, ctx_path, concept_images, tmp_path):
+    ctx = ctx_path if kw.pop("ctx", False) else None
+    with pytest.raises(ValueError, match=match):
+        _cfg(concept_images, tmp_path / "o", ctx, **kw)
+
+
+def test_bad_text_side_is_refused(ctx_path, concept_images, tmp_path):
+    narrow = tmp_path / "narrow.safetensors"  # a contextualizer for a width-16 text encoder
+    save_contextualizer(narrow, Contextualizer(ContextualizerConfig(16, vocab_size=49408, n_layers=1, n_heads=2)),
+                        torch.zeros(16))
+    with pytest.raises(ValueError, match="width 16, this one has width 32"):
+        _ti_token(concept_images, tmp_path / "w.safetensors", narrow, mlm_lambda=1e-4)
+    with pytest.raises(ValueError, match="train_text_encoder=true"):
+        train(_cfg(concept_images, tmp_path / "db", ctx_path, method="dreambooth", method_args=NO_PRIOR, mlm_lambda=1e-4),
+              pipe=tiny_sd_pipeline(seed=0), progress=False)
+
+
+def test_cli_flags(ctx_path, concept_images, tmp_path, capsys):
+    out = tmp_path / "cli.safetensors"
+    rc = main(["train", "--model", "tiny", "--images", str(concept_images), "--name", "mycat", "--class-phrase", "cat",
+               "--out", str(out), "--method", "ti", "--steps", "1", "--batch-size", "1", "--mlm-lambda", "1e-5",
+               "--mlm-prompts", "world", "--contextualizer", str(ctx_path)])
+    assert rc == 0 and out.is_file()
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        training = json.loads(f.metadata()["training"])
+    assert training["mlm_lambda"] == 1e-5 and training["contextualizer"] == str(ctx_path)
