@@ -214,7 +214,7 @@ def load_probes(path=None) -> tuple[SceneProbe, ObjectProbe]:
     """The trained probes (eval mode); raises ``FileNotFoundError`` if they were never trained."""
     path = Path(path or probes_path())
     if not path.exists():
-        raise FileNotFoundError(f"no probe weights at {path}; train them with `infusion world train-probes`")
+        raise FileNotFoundError(f"no probe weights at {path}; train them with `infusion world train probes`")
     scene_probe, object_probe = SceneProbe(), ObjectProbe()
     with safe_open(str(path), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}

@@ -53,7 +53,7 @@ class ModelConfig:
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.995
-    export_every: int = 250
+    export_every: int = 100
     max_minutes: float = 1e9
     seed: int = 0
     threads: int = 1
