@@ -54,6 +54,7 @@ class ModelConfig:
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.995
     export_every: int = 100
+    samples: bool = True  # write a sample grid (work/samples/model_latest.png) at every export
     max_minutes: float = 1e9
     seed: int = 0
     threads: int = 1
@@ -135,7 +136,8 @@ def train_model(cfg: ModelConfig):
             save_checkpoint(cfg.checkpoint, modules, opt, {"step": done, "config": asdict(cfg)})
             pipe = assemble_pipeline(vae, ema_text, ema_unet, tokenizer)
             export(pipe, cfg, done)
-            sample_grid(pipe, work / "samples" / "model_latest.png")
+            if cfg.samples:
+                sample_grid(pipe, work / "samples" / "model_latest.png")
             log.info("step %d loss %.4f (%.1f min)", done, loss.item(), (time.time() - t0) / 60)
         if out_of_time:
             break

@@ -1,0 +1,37 @@
+"""The world model's training stages run, checkpoint, resume and export (tiny settings)."""
+
+import json
+
+import torch
+
+from infusion.world.checkpoint import load_checkpoint
+
+
+def test_vae_then_model_stage_resume_and_export(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from infusion.world.architecture import build_vae
+    from infusion.world.train_model import ModelConfig, train_model
+    from infusion.world.train_vae import VAEConfig, finish_vae, train_vae
+
+    work = tmp_path / "work"
+    vcfg = VAEConfig(work=str(work), checkpoint=str(tmp_path / "vae.safetensors"), n_images=24, steps=2, batch_size=4)
+    train_vae(vcfg)
+    vcfg.steps = 3
+    train_vae(vcfg)  # resumes at step 2
+    vae = build_vae()
+    assert load_checkpoint(vcfg.checkpoint, {"vae": vae}, None)["step"] == 3
+    finish_vae(vcfg)
+    assert (work / "vae" / "config.json").exists() and (work / "latents.safetensors").exists()
+
+    mcfg = ModelConfig(work=str(work), checkpoint=str(tmp_path / "train.safetensors"), export_dir=str(tmp_path / "model"),
+                       steps=2, batch_size=4, export_every=2, samples=False)
+    train_model(mcfg)
+    first = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
+    mcfg.steps = 3
+    train_model(mcfg)
+    assert json.loads((tmp_path / "model" / "training_state.json").read_text())["step"] == 3
+    second = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
+    w1, w2 = first.unet.conv_out.weight, second.unet.conv_out.weight
+    assert w1.dtype == torch.float32 and not torch.equal(w1, w2)  # training went on from the checkpoint
+    assert second.vae.config.scaling_factor == first.vae.config.scaling_factor != 1.0
