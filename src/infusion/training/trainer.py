@@ -127,12 +127,15 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
     prior = method.prior_data()  # DreamBooth-style class prior examples, or None
     all_captions = captions + (prior.captions if prior is not None else [])
     text_cache = method.encode_captions(all_captions) if method.cache_text else None
-    mlm_side = reg = None
+    reg = mlm = None
     if cfg.mlm_lambda > 0:  # frozen contextualizer; the method says what L_MLM reaches
-        from .regularizer import build_regularizer
+        from functools import partial
+
+        from .regularizer import build_regularizer, mlm_term
 
         mlm_side = method.mlm_text_side()
         reg = build_regularizer(cfg, mlm_side, pipe.tokenizer, base_fingerprint(pipe.text_encoder))
+        mlm = partial(mlm_term, reg, mlm_side)  # generator -> lambda * L_MLM
     params = method.trainable_parameters()
     if not params:
         raise ValueError(f"method {cfg.method!r} has no trainable parameters")
@@ -176,11 +179,9 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         loss = F.mse_loss(pred[:B].float(), target[:B].float())
         if prior is not None:
             loss = loss + prior.weight * F.mse_loss(pred[B:].float(), target[B:].float())
-        if reg is not None:  # lambda * L_MLM, its prompts and mask drawn from this step's generator
-            from .regularizer import mlm_term
-
+        if mlm is not None:  # lambda * L_MLM, its prompts and mask drawn from this step's generator
             with accelerator.autocast():
-                loss = loss + mlm_term(reg, mlm_side, g)
+                loss = loss + mlm(g)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {step}: lower --lr (now {method.learning_rate()}) or use "
