@@ -102,7 +102,7 @@ def test_file_round_trip_and_checks(text_encoder, tokenizer, captions, tmp_path)
     with pytest.raises(ValueError, match="not a contextualizer file"):
         load_contextualizer(other)
     (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ValueError, match="not a readable safetensors"):
+    with pytest.raises(ValueError, match="not a safetensors file"):
         load_contextualizer(tmp_path / "junk.safetensors")
 
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from .io import save_safetensors_atomic
+from .io import read_safetensors, save_safetensors_atomic
 
 from . import __version__
 
@@ -105,14 +104,7 @@ class Concept:
     def load(cls, path: str | os.PathLike) -> "Concept":
         """Read a concept file; ``ValueError`` if it is not one."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"concept file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for non-safetensors files
-            raise ValueError(f"{path} is not a safetensors file: {e}") from e
+        tensors, meta = read_safetensors(path, "concept file")
         if meta.get("format") != FORMAT_NAME:
             raise ValueError(
                 f"{path} is not an Infusion concept file (format={meta.get('format')!r}, "

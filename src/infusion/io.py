@@ -26,3 +26,21 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.Pat
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def read_safetensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file.
+
+    ``FileNotFoundError`` when missing, ``ValueError`` when it is not a safetensors file; ``what``
+    names the expected kind of file in the messages ("concept file", "training state", ...).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for other files
+        raise ValueError(f"{path} is not a safetensors file ({what} expected): {e}") from None

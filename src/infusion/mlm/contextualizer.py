@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
+
+from ..io import read_safetensors, save_safetensors_atomic
 
 FORMAT_NAME = "infusion-mlm-contextualizer"
 FORMAT_VERSION = "1"
@@ -100,22 +99,6 @@ def new_mask_embedding(text_encoder) -> torch.Tensor:
     return weight.float().mean(0).clone()
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def save_contextualizer(
     path: str | os.PathLike,
     contextualizer: Contextualizer,
@@ -140,20 +123,13 @@ def save_contextualizer(
         "library_version": __version__,
     }
     meta.update(extra_metadata or {})
-    return _atomic_save(tensors, Path(path), meta)
+    return save_safetensors_atomic(tensors, path, meta)
 
 
 def read_contextualizer_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors and metadata of a contextualizer (or checkpoint) file; ValueError if not one."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no contextualizer file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for non-safetensors files
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    tensors, meta = read_safetensors(path, "contextualizer file")
     if meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a contextualizer file (format {meta.get('format')!r}, expected {FORMAT_NAME!r})")
     return tensors, meta

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from ..io import save_safetensors_atomic
+from ..io import read_safetensors, save_safetensors_atomic
 from ..models import load_base_pipeline
 from .config import TrainConfig
 from .data import CAPTION_TEMPLATES, encode_latent_stats, load_concept_images
@@ -58,9 +57,7 @@ def save_state(path: Path, method, optimizer, step: int, cfg: TrainConfig) -> No
 
 def load_state(path: Path, method, optimizer, cfg: TrainConfig) -> int:
     """Restore a state written by ``save_state``; returns the step to continue from."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = read_safetensors(path, "training state")
     if "step" not in meta:
         raise ValueError(f"{path} is not an infusion training state file")
     saved = json.loads(meta["config"])

@@ -26,11 +26,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
-from safetensors import safe_open
 from torch import nn
 
 from ...customized import Customization
-from ...io import save_safetensors_atomic
+from ...io import read_safetensors, save_safetensors_atomic
 from ...processor import cross_attention_layers
 from ..data import CAPTION_TEMPLATES
 from .base import Method, TextBatch, register_method
@@ -120,8 +119,7 @@ class PerfusionCustomization(Customization):
     method = "perfusion"
 
     def attach(self, pipe):
-        with safe_open(str(self.path), framework="pt") as f:
-            t = {k: f.get_tensor(k) for k in f.keys()}
+        t, _ = read_safetensors(self.path, "Perfusion file")
         layers = list(cross_attention_layers(pipe.unet))
         targets = {k[: -len(".value_target")]: v for k, v in t.items() if k.endswith(".value_target")}
         if set(targets) != set(layers):

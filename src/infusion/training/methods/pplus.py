@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
-from safetensors import safe_open
 from torch import nn
 
 from ...customized import Customization
-from ...io import save_safetensors_atomic
+from ...io import read_safetensors, save_safetensors_atomic
 from ...processor import cross_attention_layers
 from .base import Method, MLMTextSide, TextBatch, register_method
 from .files import customization_metadata
@@ -69,8 +68,7 @@ class PPlusCustomization(Customization):
     layer_states_key = KWARG
 
     def attach(self, pipe):
-        with safe_open(str(self.path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors, _ = read_safetensors(self.path, "P+ file")
         self.layers = install_layer_states(pipe.unet)
         missing, extra = sorted(set(self.layers) - set(tensors)), sorted(set(tensors) - set(self.layers))
         if missing or extra:
