@@ -144,3 +144,33 @@ def test_diffusers_folder_round_trip(tiny_pipe, concept_images, tmp_path):
     assert res.images.shape == (1, 16, 16, 3)
     with pytest.raises(ValueError, match="not a diffusers pipeline folder"):
         train(_cfg(concept_images, tmp_path / "x.safetensors", model=str(tmp_path)), progress=False)
+
+
+def test_single_file_checkpoint(tiny_pipe, concept_images, tmp_path):
+    """An original-layout single-file .safetensors (diffusers' from_single_file) trains and generates
+    exactly like the diffusers folder it was made from."""
+    from safetensors.torch import save_file
+
+    from infusion.cli import main
+    from infusion.models import load_base_pipeline
+    from infusion.pipeline import InfusionPipeline
+    from ldm_format import pipeline_to_ldm
+
+    folder, single = tmp_path / "sd", tmp_path / "sd.safetensors"
+    tiny_pipe.save_pretrained(folder)
+    save_file(pipeline_to_ldm(tiny_pipe), str(single))
+    loaded = load_base_pipeline(str(single), pipeline_cls=InfusionPipeline, config=str(folder))
+    for name in ("unet", "vae", "text_encoder"):
+        ref, got = getattr(tiny_pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k].reshape(ref[k].shape)) for k in ref)
+    out = tmp_path / "c.safetensors"
+    assert main(["train", "--model", str(single), "--model-config", str(folder), "--images", str(concept_images),
+                 "--name", "mycat", "--class-phrase", "cat", "--out", str(out), "--steps", "2", "--batch-size", "1"]) == 0
+    a = loaded("<mycat> on the moon", concepts=[out], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+               output_type="np")
+    b = InfusionPipeline.from_pretrained(folder)("<mycat> on the moon", concepts=[out], num_inference_steps=2,
+                                                 generator=torch.Generator().manual_seed(0), output_type="np")
+    assert np.array_equal(a.images, b.images)
+    (tmp_path / "model.ckpt").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="only .safetensors single-file"):
+        load_base_pipeline(str(tmp_path / "model.ckpt"))
