@@ -96,10 +96,16 @@ def train_model(cfg: ModelConfig):
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet, "ema_text_encoder": ema_text}
+    # The EMA weights are what `export` writes; the (committed) checkpoint holds only the raw
+    # weights and bf16 Adam moments, and takes the EMA back from the exported folder.
+    modules = {"unet": unet, "text_encoder": text_encoder}
     step = 0
     if Path(cfg.checkpoint).exists():
-        step = load_checkpoint(cfg.checkpoint, modules, opt)["step"]
+        meta = load_checkpoint(cfg.checkpoint, {**modules, "ema_unet": ema_unet, "ema_text_encoder": ema_text}, opt,
+                               optional=("ema_unet", "ema_text_encoder"))
+        step = meta["step"]
+        if meta["missing"]:
+            _load_exported_ema(cfg, step, ema_unet, ema_text, unet, text_encoder)
         log.info("resumed from %s at step %d", cfg.checkpoint, step)
     sched = build_scheduler()
     alphas = sched.alphas_cumprod  # (1000,)
@@ -133,7 +139,7 @@ def train_model(cfg: ModelConfig):
         done = step + 1
         out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
         if done % cfg.export_every == 0 or done == cfg.steps or out_of_time:
-            save_checkpoint(cfg.checkpoint, modules, opt, {"step": done, "config": asdict(cfg)})
+            save_checkpoint(cfg.checkpoint, modules, opt, {"step": done, "config": asdict(cfg)}, moments_dtype=torch.bfloat16)
             pipe = assemble_pipeline(vae, ema_text, ema_unet, tokenizer)
             export(pipe, cfg, done)
             if cfg.samples:
@@ -141,6 +147,24 @@ def train_model(cfg: ModelConfig):
             log.info("step %d loss %.4f (%.1f min)", done, loss.item(), (time.time() - t0) / 60)
         if out_of_time:
             break
+
+
+def _load_exported_ema(cfg: ModelConfig, step: int, ema_unet, ema_text, unet, text_encoder) -> None:
+    """EMA weights from the exported folder when it was written at ``step``; else the raw weights."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from . import model_dir
+
+    out = Path(cfg.export_dir) if cfg.export_dir else model_dir()
+    state = out / "training_state.json"
+    if state.exists() and json.loads(state.read_text()).get("step") == step:
+        ema_unet.load_state_dict(UNet2DConditionModel.from_pretrained(out / "unet").state_dict())
+        ema_text.load_state_dict(CLIPTextModel.from_pretrained(out / "text_encoder").state_dict())
+    else:
+        log.warning("no exported EMA weights of step %d in %s: the EMA restarts from the current weights", step, out)
+        ema_unet.load_state_dict(unet.state_dict())
+        ema_text.load_state_dict(text_encoder.state_dict())
 
 
 def _frozen_vae_dir(work: Path) -> Path:

@@ -1,0 +1,63 @@
+"""The committed world model loads with plain diffusers and makes images; checkpoints round-trip."""
+
+import json
+
+import pytest
+import torch
+
+from infusion.world import model_dir
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusionPipeline
+
+    p = StableDiffusionPipeline.from_pretrained(str(model_dir()))
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_model_folder_is_diffusers_layout_and_small():
+    d = model_dir()
+    index = json.loads((d / "model_index.json").read_text())
+    assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
+    size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20, f"world model is {size / 2**20:.1f} MiB"
+    assert not list(d.rglob("*.bin")), "weights must be safetensors"
+
+
+def test_loads_float32_with_the_real_clip_vocabulary(pipe):
+    assert all(p.dtype == torch.float32 for p in pipe.unet.parameters())
+    assert pipe.text_encoder.get_input_embeddings().weight.shape[0] == len(pipe.tokenizer) == 49408
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+
+
+def test_generates_images_of_the_right_shape_and_range(pipe):
+    g = torch.Generator().manual_seed(0)
+    out = pipe(["a red ball on the snow", "a photo of a house"], num_inference_steps=4, guidance_scale=5.0, generator=g, output_type="np").images
+    assert out.shape == (2, 32, 32, 3)
+    assert out.min() >= 0.0 and out.max() <= 1.0 and out.std() > 0.01
+    g = torch.Generator().manual_seed(0)
+    again = pipe(["a red ball on the snow", "a photo of a house"], num_inference_steps=4, guidance_scale=5.0, generator=g, output_type="np").images
+    assert (out == again).all()
+
+
+def test_checkpoint_round_trip_restores_weights_and_optimizer(tmp_path):
+    from infusion.world.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c.safetensors", {"net": net}, opt, {"step": 7})
+    net2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=1e-2)
+    meta = load_checkpoint(tmp_path / "c.safetensors", {"net": net2}, opt2)
+    assert meta["step"] == 7
+    assert torch.equal(net.weight, net2.weight)
+    s1, s2 = opt.state_dict()["state"][0], opt2.state_dict()["state"][0]
+    assert torch.equal(s1["exp_avg"], s2["exp_avg"]) and torch.equal(s1["exp_avg_sq"], s2["exp_avg_sq"])
+    with pytest.raises(ValueError, match="no weights for 'other'"):
+        load_checkpoint(tmp_path / "c.safetensors", {"other": net2}, None)
