@@ -19,14 +19,14 @@ second time with ``<name>`` replaced by the class phrase.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .prompts import find_placeholders, substitute
+from .prompts import find_placeholders, prompt_lists, substitute
 
 
 class Customization:
@@ -67,6 +67,20 @@ class Customization:
     def disabled(self, pipe):
         """Context in which ``pipe`` generates as the base model."""
         return nullcontext()
+
+
+@contextmanager
+def stock_attention(pipe):
+    """Context in which every attention layer of ``pipe.unet`` runs diffusers' stock SDPA processor
+    (the base model, for methods that customise through attention processors)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    saved = pipe.unet.attn_processors
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    try:
+        yield
+    finally:
+        pipe.unet.set_attn_processor(saved)
 
 
 def encode_texts(pipe, texts: list[str]) -> torch.Tensor:
@@ -157,15 +171,7 @@ class CustomizedModel:
         return_base: bool = False,
     ) -> CustomizedOutput:
         """Generate one image per prompt; ``return_base`` adds the base model's images (same noise)."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("prompts must be a non-empty string or list of strings")
-        if negative_prompt is None:
-            negatives = [""] * len(prompts)
-        else:
-            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-            if len(negatives) != len(prompts):
-                raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+        prompts, negatives = prompt_lists(prompts, negative_prompt)
         common = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
                       width=width, generator=generator, output_type=output_type)
         if self.method == "infusion":

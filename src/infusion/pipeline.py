@@ -22,7 +22,7 @@ from diffusers.utils import BaseOutput
 
 from .concept import Concept, base_fingerprint
 from .processor import InfusionPlan, infusion_processors, install_processors
-from .prompts import ParsedPrompt, parse_prompt
+from .prompts import ParsedPrompt, parse_prompt, prompt_lists
 
 
 @dataclass
@@ -143,15 +143,7 @@ class InfusionPipeline(StableDiffusionPipeline):
         ``return_base``) or, with ``return_dict=False``, ``(images, base_images)``.
         """
         active = self._use_concepts(concepts)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("prompt must be a non-empty string or list of strings")
-        if negative_prompt is None:
-            negatives = [""] * len(prompts)
-        else:
-            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-            if len(negatives) != len(prompts):
-                raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+        prompts, negatives = prompt_lists(prompt, negative_prompt)
         pos = self.parse(prompts, active)
         neg = self.parse(negatives, active)
         common = dict(

@@ -110,3 +110,16 @@ def phrase_token_count(phrase: str, tokenizer) -> int:
     if len(ids) == 0:
         raise ValueError(f"class phrase {phrase!r} has no tokens")
     return len(ids)
+
+
+def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str] | None) -> tuple[list[str], list[str]]:
+    """``(prompts, negatives)`` as equal-length lists (negatives default to ""); ``ValueError`` otherwise."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("prompt must be a non-empty string or list of strings")
+    if negative_prompt is None:
+        return prompts, [""] * len(prompts)
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != len(prompts):
+        raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+    return prompts, negatives

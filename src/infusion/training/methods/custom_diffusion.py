@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from ...customized import Customization
+from ...customized import Customization, stock_attention
 from ...io import save_safetensors_atomic
 from ...processor import cross_attention_layers
 from .base import Method, MLMTextSide, TextBatch, register_method
@@ -73,18 +73,7 @@ class CustomDiffusionCustomization(Customization):
         return f"<{self.name}> {self.class_phrase}"
 
     def disabled(self, pipe):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def ctx():
-            saved = pipe.unet.attn_processors
-            pipe.unet.set_attn_processor(AttnProcessor2_0())
-            try:
-                yield
-            finally:
-                pipe.unet.set_attn_processor(saved)
-
-        return ctx()
+        return stock_attention(pipe)
 
 
 @register_method

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from ...customized import Customization
+from ...customized import Customization, stock_attention
 from ...io import read_safetensors, save_safetensors_atomic
 from ...processor import cross_attention_layers
 from ..data import CAPTION_TEMPLATES
@@ -147,18 +147,7 @@ class PerfusionCustomization(Customization):
         return encode_with_token(pipe.text_encoder, pipe.tokenizer, prompts, self.name, token)[0], None
 
     def disabled(self, pipe):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def ctx():
-            saved = pipe.unet.attn_processors
-            pipe.unet.set_attn_processor(AttnProcessor2_0())
-            try:
-                yield
-            finally:
-                pipe.unet.set_attn_processor(saved)
-
-        return ctx()
+        return stock_attention(pipe)
 
 
 def _key(layer: str) -> str:  # ParameterDict keys may not contain "."
