@@ -19,6 +19,11 @@ from ...prompts import ConceptSpan
 _REGISTRY: dict[str, type["Method"]] = {}
 
 
+def param_key(layer: str) -> str:
+    """A module name as a ``ParameterDict`` key (keys may not contain ".")."""
+    return layer.replace(".", "__")
+
+
 def register_method(cls: type["Method"]) -> type["Method"]:
     """Class decorator: make a method available to ``infusion train --method NAME``."""
     if not getattr(cls, "name", None):

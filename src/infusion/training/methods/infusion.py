@@ -12,11 +12,8 @@ from torch import nn
 from ...concept import Concept
 from ...processor import InfusionPlan, install_processors, layer_widths
 from ...prompts import parse_prompt, phrase_token_count
-from .base import Method, TextBatch, register_method
+from .base import Method, TextBatch, register_method, param_key
 
-
-def _key(layer: str) -> str:  # ParameterDict keys may not contain "."
-    return layer.replace(".", "__")
 
 
 @register_method
@@ -35,10 +32,10 @@ class InfusionMethod(Method):
         self.layers = layer_widths(self.unet)  # layer name -> D
         # Zero init: at step 0 C == F exactly.
         self.deltas = nn.ParameterDict(
-            {_key(n): nn.Parameter(torch.zeros(n_tokens, d, device=self.unet.device)) for n, d in self.layers.items()}
+            {param_key(n): nn.Parameter(torch.zeros(n_tokens, d, device=self.unet.device)) for n, d in self.layers.items()}
         )
         for layer, proc in install_processors(self.unet).items():
-            proc.deltas = {cfg.name: self.deltas[_key(layer)]}
+            proc.deltas = {cfg.name: self.deltas[param_key(layer)]}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.deltas.items()}
@@ -68,7 +65,7 @@ class InfusionMethod(Method):
         concept = Concept(
             name=self.cfg.name,
             class_phrase=self.cfg.class_phrase,
-            deltas={n: self.deltas[_key(n)].detach().float().cpu() for n in self.layers},
+            deltas={n: self.deltas[param_key(n)].detach().float().cpu() for n in self.layers},
             base_model=str(self.cfg.model),
             base_fingerprint=fingerprint,
             method=self.name,

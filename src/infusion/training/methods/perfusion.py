@@ -32,7 +32,7 @@ from ...customized import Customization, stock_attention
 from ...io import read_safetensors, save_safetensors_atomic
 from ...processor import cross_attention_layers
 from ..data import CAPTION_TEMPLATES
-from .base import Method, TextBatch, register_method
+from .base import Method, TextBatch, register_method, param_key
 from .files import customization_metadata
 from .tokens import encode_with_token, phrase_embedding
 
@@ -150,9 +150,6 @@ class PerfusionCustomization(Customization):
         return stock_attention(pipe)
 
 
-def _key(layer: str) -> str:  # ParameterDict keys may not contain "."
-    return layer.replace(".", "__")
-
 
 @register_method
 class Perfusion(Method):
@@ -181,7 +178,7 @@ class Perfusion(Method):
         self.layers = cross_attention_layers(self.unet)
         with torch.no_grad():
             self.value_targets = nn.ParameterDict({
-                _key(n): nn.Parameter(F.linear(superclass, a.to_v.weight).clone()) for n, a in self.layers.items()
+                param_key(n): nn.Parameter(F.linear(superclass, a.to_v.weight).clone()) for n, a in self.layers.items()
             })  # o*_V = W_V i_class: at init the concept's value is the class's
         self.edit = RankOneEdit(self.concept_input, superclass, None, {}, self.beta, self.tau)
         install_perfusion(self.unet, self.edit)
@@ -222,7 +219,7 @@ class Perfusion(Method):
         self.edit.concept_input = concept_input
         self.edit.superclass_input = self.superclass_input
         self.edit.cov_inv_concept = self.cov_inv @ concept_input  # (C_t,)
-        self.edit.value_targets = {n: self.value_targets[_key(n)] for n in self.layers}
+        self.edit.value_targets = {n: self.value_targets[param_key(n)] for n in self.layers}
 
     def forward(self, noisy_latents, timesteps, text: TextBatch):
         """noisy_latents (B, 4, h, w), timesteps (B,) -> eps (B, 4, h, w)."""
@@ -238,7 +235,7 @@ class Perfusion(Method):
                 "concept_input": self.concept_input,
                 "superclass_input": self.superclass_input,
                 "cov_inv_concept": self.cov_inv @ self.concept_input,
-                **{f"{n}.value_target": self.value_targets[_key(n)].detach() for n in self.layers},
+                **{f"{n}.value_target": self.value_targets[param_key(n)].detach() for n in self.layers},
             }
             tensors = {k: v.float().cpu().contiguous() for k, v in tensors.items()}
         for k, v in tensors.items():
