@@ -5,7 +5,7 @@ import torch
 
 from infusion.world import scenes
 from infusion.world.fidelity import NamedAttributes, SceneReading, judge, parse_caption, text_fidelity
-from infusion.world.probes import CLASS_OR_NONE, SLOTS, probes_path
+from infusion.world.probes import CLASS_OR_NONE, SLOTS
 
 
 def _reading(bg, objects):
@@ -27,9 +27,14 @@ def test_judge_counts_exactly_the_named_attributes():
     assert named.count() == 5
     assert text_fidelity(r, named) == 1.0
     assert text_fidelity(r, parse_caption("a small blue ball in the top left corner, on the grass")) == pytest.approx(3 / 5)
-    # wrong place: the class is shown, the position and the attributes read there are not
+    # wrong place: the class and its colour are shown (read where the ball is), the position is not
     res = judge(r, parse_caption("a red ball at the bottom right"))
-    assert res["cls"] == [True] and res["position"] == [False] and res["color"] == [False]
+    assert res["cls"] == [True] and res["position"] == [False] and res["color"] == [True]
+    res = judge(r, parse_caption("a large blue ball at the bottom right"))
+    assert res["color"] == [False] and res["size"] == [False]
+    # no object of the class anywhere: neither the class nor its attributes show
+    res = judge(r, parse_caption("a red box at the top left"))
+    assert res["cls"] == [False] and res["position"] == [False] and res["color"] == [False]
     # no position named: the object is found where it is
     assert text_fidelity(r, parse_caption("a photo of a red ball")) == 1.0
     assert text_fidelity(r, NamedAttributes()) == 1.0
@@ -57,22 +62,22 @@ def test_probes_read_held_out_renders(probes):
         assert acc[k] >= 0.9, (k, acc)
 
 
-def test_concept_fidelity_prefers_the_concept_over_other_looks():
-    from infusion.world.concepts import CONCEPTS, concept_scene
-    from infusion.world.fidelity import WorldScorer
-    from infusion.world.quality import _to_tensor
+def test_concept_fidelity_prefers_the_concept_over_other_looks(probes):
+    from infusion.evaluation.world_scorer import WorldProbeScorer
+    from infusion.world.concepts import concept_images, concept_scene
 
-    scorer = WorldScorer()
+    scorer = WorldProbeScorer(*probes)
     name = "sunball"
+    refs = concept_images(name)  # the concept in its narrow training context
     moved = [scenes.render(concept_scene(name, 10 + i, background="snow", position="top left")) for i in range(4)]
     plain = [scenes.render(scenes.Scene("snow", (scenes.WorldObject("ball", c, "large", "top left"),), i)) for i, c in enumerate(["red", "yellow", "blue", "white"])]
     prompts = ["a ball in the top left corner, on the snow"] * 4
-    s_moved = scorer(_to_tensor(moved), prompts, concept=name)
-    s_plain = scorer(plain, prompts, concept=name)
-    assert min(d["concept_fidelity"] for d in s_moved) > max(d["concept_fidelity"] for d in s_plain)
-    assert all(d["text_fidelity"] == 1.0 for d in s_moved)
-    with pytest.raises(ValueError, match="2 images for 4 prompts"):
-        scorer(moved[:2], prompts)
+    s_moved = scorer.score(moved, prompts, refs, class_phrase="ball")
+    s_plain = scorer.score(plain, prompts, refs, class_phrase="ball")
+    assert s_moved["concept_fidelity"].min() > s_plain["concept_fidelity"].max()
+    assert (s_moved["text_fidelity"] == 1.0).all()
+    with pytest.raises(ValueError, match="one text per image"):
+        scorer.score(moved[:2], prompts, refs, class_phrase="ball")
 
 
 def test_missing_probe_file_is_a_clear_error(tmp_path):

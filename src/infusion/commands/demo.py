@@ -42,8 +42,8 @@ def run(args) -> int:
     from ..models import load_base_pipeline
     from ..pipeline import InfusionPipeline
     from ..training import TrainConfig, train
-    from ..world.concepts import eval_prompts, get_concept, write_concept_images
-    from ..world.fidelity import WorldScorer
+    from ..evaluation.world_scorer import WorldProbeScorer
+    from ..world.concepts import concept_images, eval_prompts, get_concept, write_concept_images
 
     if args.prompts < 1:
         raise ValueError(f"--prompts must be >= 1, got {args.prompts}")
@@ -74,10 +74,9 @@ def run(args) -> int:
         base_imgs.append(res.base_images[0])
         cust_imgs.append(res.images[0])
     texts = [p.replace(f"<{concept.name}>", concept.class_phrase) for p in prompts]
-    scorer = WorldScorer()
-    s_base = scorer(base_imgs, texts, concept=concept.name)
-    s_cust = scorer(cust_imgs, texts, concept=concept.name)
-    refs = [im.resize((96, 96)) for im in _ref_images(concept.name)]
+    scorer, references = WorldProbeScorer(), concept_images(concept.name)
+    s_base, s_cust = (_per_image(scorer.score(ims, texts, references, concept.class_phrase)) for ims in (base_imgs, cust_imgs))
+    refs = [im.resize((96, 96)) for im in references]
     grid = make_grid([[b, c] for b, c in zip(base_imgs, cust_imgs)], ["base", "customised"], prompts, cell=96)
     grid.save(out / "grid.png")
     make_grid([refs], None, None, cell=96).save(out / "concept-images.png")
@@ -86,10 +85,9 @@ def run(args) -> int:
     return 0
 
 
-def _ref_images(name):
-    from ..world.concepts import concept_images
-
-    return concept_images(name)
+def _per_image(scores: dict) -> list[dict]:
+    """{score name: (N,) array} -> one {score name: float} per image."""
+    return [dict(zip(scores, map(float, values))) for values in zip(*scores.values())]
 
 
 def _report(concept, prompts, s_base, s_cust, cfile, t_train, t_all, args) -> str:

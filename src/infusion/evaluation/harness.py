@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from . import data
 from .experiment import METHODS, Checkpoint, customise, settings, train_foundation
 
 TITLES = {"full": "full fine-tuning (DreamBooth-like)", "kv": "K/V fine-tuning (Custom-Diffusion-like)", "infusion": "Infusion"}

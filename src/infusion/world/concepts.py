@@ -12,9 +12,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from . import scenes
 
 
@@ -82,14 +79,6 @@ def write_concept_images(name: str, directory: str | Path, n: int = N_TRAIN_IMAG
         im.save(p)
         paths.append(p)
     return paths
-
-
-def reference_tensor(name: str, n: int = N_TRAIN_IMAGES) -> tuple[torch.Tensor, list]:
-    """(n, 3, 32, 32) training images in [-1, 1] and the object box of each (for concept fidelity)."""
-    imgs = np.stack([np.asarray(im) for im in concept_images(name, n)])
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
-    box = scenes.object_box(get_concept(name).obj)
-    return x, [box] * n
 
 
 def eval_prompts(name: str) -> list[str]:

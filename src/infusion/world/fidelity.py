@@ -5,6 +5,9 @@ text fidelity:    share of the attributes a prompt names (background; per object
 concept fidelity: cosine similarity between the ObjectProbe embedding of the generated object
                   (the slot where the prompt's concept class is found) and the mean embedding of
                   the concept's reference images.
+
+The scorer built on these for the evaluation harness and the demo is
+``infusion.evaluation.world_scorer.WorldProbeScorer``.
 """
 
 from __future__ import annotations
@@ -103,8 +106,10 @@ def locate(reading: SceneReading, obj: dict) -> int:
 def judge(reading: SceneReading, named: NamedAttributes) -> dict[str, list[bool]]:
     """Per attribute kind, whether each named attribute shows: ``{"background": [..], "cls": [..], ...}``.
 
-    Position counts as shown when the named class stands in the named slot; an object's colour
-    and size are read at the slot where it was located.
+    Each attribute is judged on its own: position counts as shown when the named class stands in
+    the named slot; an object's colour and size are read where the object stands (its named slot
+    when the class is there, else the slot most likely to hold its class), so a red ball drawn in
+    the wrong corner still shows "red" and misses only "top left".
     """
     res: dict[str, list[bool]] = {k: [] for k in ("background", "cls", "color", "size", "position")}
     if named.background is not None:
@@ -114,10 +119,13 @@ def judge(reading: SceneReading, named: NamedAttributes) -> dict[str, list[bool]
         there = reading.cls[s] == obj["cls"]
         if "position" in obj:
             res["position"].append(there)
-        res["cls"].append(there or obj["cls"] in reading.cls)
+        if not there:
+            s = locate(reading, {"cls": obj["cls"]})
+        found = reading.cls[s] == obj["cls"]
+        res["cls"].append(found or obj["cls"] in reading.cls)
         for k in ("color", "size"):
             if k in obj:
-                res[k].append(there and getattr(reading, k)[s] == obj[k])
+                res[k].append(found and getattr(reading, k)[s] == obj[k])
     return res
 
 
@@ -143,46 +151,3 @@ def concept_fidelity(object_probe, images: torch.Tensor, readings: list[SceneRea
     """(B,) cosine similarity of each image's ``cls`` object to ``reference`` (128,) (a normalised mean embedding)."""
     boxes = [slot_box(r, locate(r, {"cls": cls})) for r in readings]
     return object_embeddings(object_probe, images, boxes) @ F.normalize(reference, dim=0)
-
-
-class WorldScorer:
-    """Both scores for images generated from world prompts, with the packaged probes.
-
-    ``scorer(images, prompts, concept=None)``: images (B, 3, 32, 32) in [-1, 1] or PIL images;
-    prompts are the *substituted* texts (class phrases in place of ``<name>``). Returns one dict
-    per image: ``text_fidelity`` and, when ``concept`` (a built-in concept name) is given,
-    ``concept_fidelity``.
-    """
-
-    def __init__(self, probes_path=None):
-        from .probes import load_probes
-
-        self.scene_probe, self.object_probe = load_probes(probes_path)
-        self._refs: dict[str, torch.Tensor] = {}
-
-    def reference(self, concept: str) -> torch.Tensor:
-        """(128,) mean appearance embedding of a built-in concept's training images."""
-        if concept not in self._refs:
-            from .concepts import reference_tensor
-
-            x, boxes = reference_tensor(concept)
-            self._refs[concept] = object_embeddings(self.object_probe, x, boxes).mean(0)
-        return self._refs[concept]
-
-    @torch.no_grad()
-    def __call__(self, images, prompts: list[str], concept: str | None = None) -> list[dict]:
-        if not isinstance(images, torch.Tensor):
-            from .quality import _to_tensor
-
-            images = _to_tensor(images)
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
-        readings = read_scenes(self.scene_probe, images)
-        out = [{"text_fidelity": text_fidelity(r, parse_caption(p))} for r, p in zip(readings, prompts)]
-        if concept is not None:
-            from .concepts import get_concept
-
-            cf = concept_fidelity(self.object_probe, images, readings, get_concept(concept).class_phrase, self.reference(concept))
-            for d, v in zip(out, cf.tolist()):
-                d["concept_fidelity"] = v
-        return out

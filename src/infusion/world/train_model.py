@@ -5,6 +5,11 @@ epsilon-prediction with Stable Diffusion's noise schedule, Min-SNR-5 loss weight
 (exported: it samples better than the raw weights). Each image gets a freshly drawn caption every
 time it is used (``scenes.caption_scene`` with a new seed: text augmentation). Resumable from one
 checkpoint file; ``export`` writes the diffusers folder the rest of the project loads.
+
+The text encoder trains jointly until ``freeze_text_encoder_at``, then stays frozen at its EMA
+weights while the UNet goes on: what is built on the text encoder's hidden states (the MLM
+contextualizer of ``infusion.mlm``, concept files' fingerprints) stays valid as the UNet improves,
+and a step without the text encoder's backward pass and Adam update is cheaper.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class ModelConfig:
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.995
+    freeze_text_encoder_at: int = 1300  # from this step on, the text encoder is its EMA, frozen
     export_every: int = 100
     samples: bool = True  # write a sample grid (work/samples/model_latest.png) at every export
     max_minutes: float = 1e9
@@ -107,6 +113,8 @@ def train_model(cfg: ModelConfig):
         if meta["missing"]:
             _load_exported_ema(cfg, step, ema_unet, ema_text, unet, text_encoder)
         log.info("resumed from %s at step %d", cfg.checkpoint, step)
+    if step >= cfg.freeze_text_encoder_at:
+        _freeze_text_encoder(text_encoder, ema_text)
     sched = build_scheduler()
     alphas = sched.alphas_cumprod  # (1000,)
     snr = alphas / (1 - alphas)
@@ -116,6 +124,9 @@ def train_model(cfg: ModelConfig):
     t0 = time.time()
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="unet+text", mininterval=30)
     for step in bar:
+        if step == cfg.freeze_text_encoder_at:
+            _freeze_text_encoder(text_encoder, ema_text)
+        text_frozen = step >= cfg.freeze_text_encoder_at
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
@@ -124,7 +135,8 @@ def train_model(cfg: ModelConfig):
         t = torch.randint(0, len(alphas), (cfg.batch_size,), generator=gen)
         zt = sched.add_noise(z0, noise, t)
         ids = tokenizer(_captions(n, idx, rng, cfg.caption_dropout), padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        cond = text_encoder(ids)[0]  # (B, 77, D)
+        with torch.set_grad_enabled(not text_frozen):
+            cond = text_encoder(ids)[0]  # (B, 77, D)
         pred = unet(zt, t, cond).sample
         weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]  # Min-SNR for eps-prediction
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
@@ -134,7 +146,8 @@ def train_model(cfg: ModelConfig):
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
-        _ema_update(ema_text, text_encoder, decay)
+        if not text_frozen:
+            _ema_update(ema_text, text_encoder, decay)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         done = step + 1
         out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
@@ -147,6 +160,13 @@ def train_model(cfg: ModelConfig):
             log.info("step %d loss %.4f (%.1f min)", done, loss.item(), (time.time() - t0) / 60)
         if out_of_time:
             break
+
+
+def _freeze_text_encoder(text_encoder: torch.nn.Module, ema_text: torch.nn.Module) -> None:
+    """Train on (and export) the EMA text encoder from now on; no gradients reach it (AdamW skips it)."""
+    text_encoder.load_state_dict(ema_text.state_dict())
+    text_encoder.requires_grad_(False)
+    log.info("text encoder frozen at its EMA weights")
 
 
 def _load_exported_ema(cfg: ModelConfig, step: int, ema_unet, ema_text, unet, text_encoder) -> None:
