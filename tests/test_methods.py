@@ -318,3 +318,13 @@ def test_our_formats_refuse_another_architecture(trained, method):
     """A model with other text width: a ValueError naming the mismatch, not a shape error mid-generation."""
     with pytest.raises(ValueError, match="width|wide"):
         load_customized(tiny_sd_pipeline(cross_dim=16), [trained[method][2]])
+
+
+@pytest.mark.parametrize("method", IDS)
+def test_every_method_honours_gradient_checkpointing(trained, tmp_path, method):
+    images, args = trained["dreambooth"][5], dict(next(c[4] for c in CASES if c[0] == method))
+    for flag in (False, True):
+        pipe = tiny_sd_pipeline()
+        get_method(method)(pipe, _cfg(images, trained["dreambooth"][2] if method == "dreambooth" else tmp_path / "o",
+                                      method, args, gradient_checkpointing=flag))
+        assert pipe.unet.is_gradient_checkpointing == flag

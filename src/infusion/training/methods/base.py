@@ -127,6 +127,8 @@ class Method(nn.Module):
         for m in (pipe.unet, pipe.vae, pipe.text_encoder):
             m.requires_grad_(False)
             m.eval()
+        if cfg.gradient_checkpointing:  # every method backpropagates through the UNet
+            pipe.unet.enable_gradient_checkpointing()
         self._check_method_args(cfg.method_args)
 
     def _check_method_args(self, args: dict) -> None:

@@ -101,8 +101,6 @@ class CustomDiffusion(PriorPreservationMixin, Method):
         })
         init = cfg.method_args.get("initializer_token", "ktn")
         self.token = nn.Parameter(phrase_embedding(pipe.text_encoder, pipe.tokenizer, init).clone())  # (H,)
-        if cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
 
     def learning_rate(self) -> float:
         return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size

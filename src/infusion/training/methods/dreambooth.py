@@ -97,8 +97,6 @@ class DreamBooth(PriorPreservationMixin, Method):
         if self.train_text_encoder:
             self.text_encoder.requires_grad_(True).train()
         self.cache_text = not self.train_text_encoder
-        if cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
 
     def phrase(self) -> str:
         return f"{self.identifier} {self.cfg.class_phrase}"

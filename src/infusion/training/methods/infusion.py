@@ -26,8 +26,6 @@ class InfusionMethod(Method):
         super().__init__(pipe, cfg)
         self.unet = pipe.unet
         self.text_encoder = pipe.text_encoder
-        if cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
         n_tokens = phrase_token_count(cfg.class_phrase, pipe.tokenizer)
         self.layers = layer_widths(self.unet)  # layer name -> D
         # Zero init: at step 0 C == F exactly.

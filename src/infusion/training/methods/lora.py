@@ -85,8 +85,6 @@ class DreamBoothLoRA(DreamBooth):
             raise ValueError(f"--method-arg rank must be >= 1, got {self.rank}")
         self.unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.rank, init_lora_weights="gaussian",
                                          target_modules=TARGET_MODULES))  # peft marks only lora_A/B trainable
-        if cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """UNet LoRA factors in diffusers' key layout (``...to_q.lora.down.weight``)."""

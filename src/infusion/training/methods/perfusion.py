@@ -164,8 +164,6 @@ class Perfusion(Method):
     def __init__(self, pipe, cfg):
         super().__init__(pipe, cfg)
         self.unet, self.text_encoder = pipe.unet, pipe.text_encoder
-        if cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
         self.beta = float(cfg.method_args.get("beta", 0.75))
         self.tau = float(cfg.method_args.get("temperature", 0.1))
         tok, te = pipe.tokenizer, pipe.text_encoder

@@ -107,8 +107,6 @@ class PPlus(Method):
         super().__init__(pipe, cfg)
         self.unet = pipe.unet
         self.text_encoder = pipe.text_encoder
-        if cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
         self.layers = install_layer_states(self.unet)
         init = phrase_embedding(pipe.text_encoder, pipe.tokenizer, cfg.class_phrase)  # (H,)
         self.tokens = nn.Parameter(init[None].repeat(len(self.layers), 1))  # (n_layers, H)

@@ -50,8 +50,6 @@ class TextualInversion(Method):
         super().__init__(pipe, cfg)
         self.text_encoder = pipe.text_encoder
         self.unet = pipe.unet
-        if cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
         init = phrase_embedding(pipe.text_encoder, pipe.tokenizer, cfg.class_phrase)  # (H,)
         self.token = nn.Parameter(init.clone())  # (H,)
 
