@@ -36,11 +36,11 @@ from pathlib import Path
 METHODS = {"ti": ("ti", "Textual Inversion"), "custom-diffusion": ("custom_diffusion", "Custom Diffusion")}
 
 
-def world_available() -> str | None:
-    """None when the world model and its probes are installed, else why not."""
+def world_available(model: str) -> str | None:
+    """None when the world model (``world`` or a folder of it) and its probes are installed, else why not."""
     from infusion.world import model_dir
 
-    root = model_dir()
+    root = model_dir() if model == "world" else Path(model)
     if not (root / "model_index.json").is_file():
         return (f"the built-in world model is not installed ({root} has no model_index.json): train it first "
                 "(src/infusion/world/train_model.py, issue 4), then rerun this script")
@@ -105,7 +105,7 @@ def evaluate(args, files: list[str]) -> dict:
     cfg = EvalConfig(model=args.model, files=files, out=str(Path(args.out) / "eval"), prompts="world",
                      images_per_prompt=args.images_per_prompt, max_prompts=args.max_prompts, seed=args.seed,
                      steps=args.eval_steps, batch_size=args.eval_batch_size, lfd_samples=0)
-    scorers = build_scorers(args.model, probes=args.model == "world")
+    scorers = build_scorers(args.model, probes=args.model != "tiny")
     return run_evaluation(cfg, scorers, progress=not args.quiet)
 
 
@@ -149,14 +149,24 @@ def table(args, runs: dict[str, tuple[str, str, bool]], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(args, text: str, seconds: float) -> None:
+def _ctx_summary(ctx: Path) -> str:
+    """Where the contextualizer came from, read from its file: steps, captions, final MLM loss."""
+    from infusion.mlm.contextualizer import read_contextualizer_file
+
+    _, meta = read_contextualizer_file(ctx)
+    steps = json.loads(meta.get("pretrain", "{}")).get("steps", "?")
+    return (f"`{ctx.name}`, pretrained on {meta.get('n_captions', '?')} world captions for {steps} steps "
+            f"(final MLM loss {meta.get('final_loss', '?')})")
+
+
+def write_doc(args, text: str, seconds: float, ctx: Path) -> None:
     cmd = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
     doc = f"""# Diverse-context MLM on the built-in world (issue 6, part 4)
 
 Textual Inversion and Custom Diffusion, each built-in world concept trained without and with the
 MLM regulariser (`L = L_diff + lambda * L_MLM`, DESIGN section 7), same seed ({args.seed}), steps
 ({args.steps}), batch size ({args.batch_size}) and diffusion batches; MLM prompts: the world
-prompt set; contextualizer pretrained on world captions ({args.ctx_steps} steps). Evaluation: the
+prompt set; contextualizer {_ctx_summary(ctx)}. Evaluation: the
 held-out world prompts{f' (first {args.max_prompts})' if args.max_prompts else ''}, {args.images_per_prompt}
 seed(s) each, {args.eval_steps} DDIM steps, scored by the world probes (text fidelity: share of
 the prompt's attributes shown; concept fidelity: appearance similarity to the concept's images).
@@ -185,7 +195,8 @@ def main(argv=None) -> int:
     from infusion.world.concepts import CONCEPTS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="world", help="world (the measurement) or tiny (plumbing smoke run, no probes)")
+    ap.add_argument("--model", default="world", help="world (the measurement), a folder holding a snapshot of the world "
+                    "model (its text encoder must be the packaged one's), or tiny (plumbing smoke run, no probes)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--concepts", nargs="+", default=list(CONCEPTS), choices=list(CONCEPTS))
     ap.add_argument("--steps", type=int, default=400, help="training steps per run")
@@ -195,7 +206,8 @@ def main(argv=None) -> int:
                     help="override the paper's reference weight (infusion.mlm.REFERENCE_WEIGHTS: ti 1e-5, custom-diffusion 1e-4)")
     ap.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", help="passed to every method")
     ap.add_argument("--checkpoint-every", type=int, default=100)
-    ap.add_argument("--ctx", default=None, help="contextualizer file (default OUT/contextualizer.safetensors, pretrained if missing)")
+    ap.add_argument("--ctx", default=None, help="contextualizer file (default: the packaged world one for the world, "
+                    "else OUT/contextualizer.safetensors, pretrained if missing)")
     ap.add_argument("--ctx-steps", type=int, default=2000, help="contextualizer pretraining steps when it is missing")
     ap.add_argument("--ctx-captions", type=int, default=20000)
     ap.add_argument("--images-per-prompt", type=int, default=2)
@@ -211,23 +223,23 @@ def main(argv=None) -> int:
 
     args.method_arg = _method_args(args.method_arg)
 
-    if args.model == "world":
-        why = world_available()
+    if args.model != "tiny":
+        why = world_available(args.model)
         if why:
             print(f"mlm_world: cannot measure: {why}", file=sys.stderr)
             return 2
-    elif args.model != "tiny":
-        raise SystemExit("--model must be world or tiny")
     t0 = time.time()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    ctx = ensure_contextualizer(args.model, Path(args.ctx or Path(args.out) / "contextualizer.safetensors"),
-                                args.ctx_steps, args.ctx_captions, args.seed)
+    from infusion.world import contextualizer_path
+
+    default_ctx = contextualizer_path() if args.model != "tiny" and contextualizer_path().is_file() else Path(args.out) / "contextualizer.safetensors"
+    ctx = ensure_contextualizer(args.model, Path(args.ctx) if args.ctx else default_ctx, args.ctx_steps, args.ctx_captions, args.seed)
     runs = train_runs(args, ctx)
     summary = evaluate(args, list(runs))
     text = table(args, runs, summary)
     (Path(args.out) / "mlm_table.json").write_text(json.dumps({"runs": runs, "table": text}, indent=1))
     print(text)
-    write_doc(args, text, time.time() - t0)
+    write_doc(args, text, time.time() - t0, ctx)
     return 0
 
 

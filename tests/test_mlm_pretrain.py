@@ -157,3 +157,15 @@ def test_cli_prompts_and_pretrain(text_encoder, tmp_path, capsys):
     assert "holds no captions" in capsys.readouterr().err
     assert main(["mlm", "pretrain", "--model", str(tmp_path), "--captions", str(caps), "--out", str(out)]) == 2
     assert "text_encoder/ subfolder" in capsys.readouterr().err
+
+    # --captions world: the world's corpus; --save-dtype float16: half the file, loads back as float32
+    half = tmp_path / "half.safetensors"
+    assert main(argv[:5] + ["world", "--out", str(half), "--save-dtype", "float16"] + argv[8:]) == 0
+    with safe_open(str(half), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+        assert json.loads(f.metadata()["pretrain"])["save_dtype"] == "float16" and f.metadata()["n_captions"] == "20000"
+    model16, mask16, _ = load_contextualizer(half, text_encoder)
+    assert mask16.dtype == torch.float32 and all(v.dtype == torch.float32 for v in model16.state_dict().values())
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    with pytest.raises(ValueError, match="save_dtype must be float32 or float16"):
+        PretrainConfig(save_dtype="bfloat16")

@@ -46,7 +46,8 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     pt.add_argument("--model", required=True, help="diffusers model folder (text_encoder/, tokenizer/), 'world' or 'tiny'")
-    pt.add_argument("--captions", required=True, help="UTF-8 text file, one caption per line")
+    pt.add_argument("--captions", required=True, help="UTF-8 text file, one caption per line, or 'world' "
+                    "(20,000 captions of the built-in world's scenes, as `infusion mlm captions` prints them)")
     pt.add_argument("--out", required=True, help="output .safetensors (checkpoint beside it: NAME.ckpt.safetensors)")
     for f in dataclasses.fields(PretrainConfig):
         pt.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"])
@@ -81,9 +82,9 @@ def run_captions(args) -> int:
 
 def run_pretrain(args) -> int:
     from ..mlm.contextualizer import ContextualizerConfig
-    from ..mlm.pretrain import PretrainConfig, load_text_side, pretrain_contextualizer, read_captions
+    from ..mlm.pretrain import PretrainConfig, load_text_side, pretrain_contextualizer, read_captions, world_captions
 
-    captions = read_captions(args.captions)
+    captions = world_captions(20000) if args.captions == "world" else read_captions(args.captions)
     config = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
     text_encoder, tokenizer = load_text_side(args.model)
     width = text_encoder.get_input_embeddings().weight.shape[1]

@@ -106,12 +106,18 @@ def save_contextualizer(
     text_encoder_fingerprint: str = "",
     extra_metadata: dict[str, str] | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``model.*`` tensors, ``mask_embedding`` (H,) and metadata atomically (safetensors)."""
+    """Write ``model.*`` tensors, ``mask_embedding`` (H,) and metadata atomically (safetensors).
+
+    ``dtype``: storage dtype of the weights (float16 halves the file; they load back as float32).
+    """
     from .. import __version__
 
     tensors = {f"model.{k}": v for k, v in contextualizer.state_dict().items()}
     tensors["mask_embedding"] = mask_embedding
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     tensors.update(extra_tensors or {})
     meta = {
         "format": FORMAT_NAME,
@@ -150,7 +156,7 @@ def load_contextualizer(
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: contextualizer weights do not match its config (missing {missing}, unexpected {unexpected})")
-    mask = tensors["mask_embedding"]
+    mask = tensors["mask_embedding"].float()  # float16 files load as float32, like the weights
     if text_encoder is not None:
         width = text_encoder.get_input_embeddings().weight.shape[1]
         if width != config.text_hidden_size or mask.shape != (width,):

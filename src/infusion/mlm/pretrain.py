@@ -46,6 +46,8 @@ class PretrainConfig:
     mask_rate: float = field(default=0.15, metadata={"help": "share of maskable tokens replaced by [MASK]"})
     seed: int = field(default=0, metadata={"help": "seed of batches, masks, dropout and init"})
     checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints (0: only at the end)"})
+    save_dtype: str = field(default="float32", metadata={"help": "dtype of the output file's weights: float32 or float16 "
+                                                                 "(half the size; checkpoints stay float32)"})
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.warmup < 0 or self.checkpoint_every < 0:
@@ -54,6 +56,8 @@ class PretrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 < self.mask_rate <= 1.0:
             raise ValueError(f"mask_rate must be in (0, 1], got {self.mask_rate}")
+        if self.save_dtype not in ("float32", "float16"):
+            raise ValueError(f"save_dtype must be float32 or float16, got {self.save_dtype!r}")
 
 
 def checkpoint_path(out: str | os.PathLike) -> Path:
@@ -196,7 +200,8 @@ def pretrain_contextualizer(
             meta["optimizer_groups"] = groups
         if loss is not None:
             meta["final_loss"] = f"{loss:.6g}"
-        save_contextualizer(path, model, mask_embedding, fingerprint, meta, extra)
+        dtype = None if with_optimizer else getattr(torch, config.save_dtype)
+        save_contextualizer(path, model, mask_embedding, fingerprint, meta, extra, dtype=dtype)
 
     losses: list[float] = []
     done = start  # steps completed

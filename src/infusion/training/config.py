@@ -38,7 +38,8 @@ class TrainConfig:
     mlm_prompts: str = field(default="everyday", metadata={"help": (
         "MLM prompt set: everyday | world | a UTF-8 text file, one prompt per line, each writing the concept as <name>")})
     contextualizer: str | None = field(default=None, metadata={"help": (
-        "pretrained contextualizer for this text encoder (infusion mlm pretrain); required when --mlm-lambda > 0")})
+        "pretrained contextualizer for this text encoder (infusion mlm pretrain), or 'world' (the packaged one of the "
+        "built-in world model); required when --mlm-lambda > 0")})
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-\.]*", self.name or ""):
@@ -72,6 +73,10 @@ class TrainConfig:
         if not self.contextualizer:
             raise ValueError("--mlm-lambda > 0 needs --contextualizer PATH: a contextualizer pretrained on this model's "
                              "text encoder (infusion mlm pretrain --model MODEL --captions ... --out ctx.safetensors)")
+        if self.contextualizer == "world":
+            from ..world import contextualizer_path
+
+            self.contextualizer = str(contextualizer_path())
         if not Path(self.contextualizer).is_file():
             raise ValueError(f"--contextualizer {self.contextualizer}: no such file (make one with infusion mlm pretrain)")
         if self.mlm_prompts not in MLM_VOCABS and not Path(self.mlm_prompts).is_file():

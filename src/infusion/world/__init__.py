@@ -9,3 +9,8 @@ from pathlib import Path
 def model_dir() -> Path:
     """The packaged world model (diffusers layout: ``StableDiffusionPipeline.from_pretrained(model_dir())``)."""
     return Path(str(resources.files("infusion") / "world" / "model"))
+
+
+def contextualizer_path() -> Path:
+    """The MLM contextualizer pretrained for the world model's (frozen) text encoder (``--contextualizer world``)."""
+    return Path(str(resources.files("infusion") / "world" / "contextualizer.safetensors"))
