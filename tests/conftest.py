@@ -29,19 +29,38 @@ def tokenizer():
     return load_tokenizer()
 
 
-@pytest.fixture
-def concept_images(tmp_path):
-    """Five small images of a striped square, written as PNGs."""
-    folder = tmp_path / "images"
-    folder.mkdir()
+def write_square_images(folder, n: int = 5, size: int = 48, stripes: bool = True):
+    """``n`` noisy PNGs of a red square (blue stripes on it with ``stripes``) on grey, in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    for i in range(5):
-        a = np.full((48, 48, 3), 220, np.uint8)
-        a[12:36, 12:36] = (200, 40, 40)
-        a[12:36:4, 12:36] = (30, 30, 200)
+    lo, hi = size // 4, 3 * size // 4
+    for i in range(n):
+        a = np.full((size, size, 3), 220, np.uint8)
+        a[lo:hi, lo:hi] = (200, 40, 40)
+        if stripes:
+            a[lo:hi:4, lo:hi] = (30, 30, 200)
         a = np.clip(a.astype(int) + rng.integers(-8, 8, a.shape), 0, 255).astype(np.uint8)
         PIL.Image.fromarray(a).save(folder / f"{i}.png")
     return folder
+
+
+@pytest.fixture
+def concept_images(tmp_path):
+    """Five small images of a striped square, written as PNGs."""
+    return write_square_images(tmp_path / "images")
+
+
+def tiny_text_encoder(tokenizer, width: int = 32):
+    """A tiny random CLIP text encoder (2 layers, seeded) over the real vocabulary, in eval mode."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(cfg).eval()
 
 
 def random_concept(pipe, name="mycat", class_phrase="cat", scale=1.0, seed=0):

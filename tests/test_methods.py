@@ -12,6 +12,8 @@ from infusion.tiny import tiny_sd_pipeline
 from infusion.training import TrainConfig, train
 from infusion.training.methods import get_method
 
+from conftest import write_square_images
+
 SMALL_PRIOR = {"num_class_images": 2, "prior_steps": 2}
 
 # method, --out name, regexes of state-dict keys allowed (and expected) to change, new keys allowed, method args
@@ -52,17 +54,8 @@ def _snapshot(pipe):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Train every case once: method -> (trained method module, pipe, out path, before, after)."""
-    import numpy as np
-    import PIL.Image
-
     root = tmp_path_factory.mktemp("methods")
-    images = root / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        a = np.full((32, 32, 3), 220, np.uint8)
-        a[8:24, 8:24] = (200, 40, 40)
-        PIL.Image.fromarray(np.clip(a + rng.integers(-8, 8, a.shape), 0, 255).astype(np.uint8)).save(images / f"{i}.png")
+    images = write_square_images(root / "images", n=3, size=32, stripes=False)
     torch.set_num_threads(1)
     out = {}
     import infusion.training.trainer as trainer

@@ -21,21 +21,15 @@ from infusion.mlm import (
 from infusion.mlm.prompts import ContextPromptSet
 from infusion.prompts import parse_prompt
 
+from conftest import tiny_text_encoder
+
 WIDTH = 32
 
 
 @pytest.fixture(scope="module")
 def text_encoder(tokenizer):
     """A tiny random CLIP text encoder over the real vocabulary (frozen)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    cfg = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(cfg).eval().requires_grad_(False)
+    return tiny_text_encoder(tokenizer, WIDTH).requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

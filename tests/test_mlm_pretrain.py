@@ -14,20 +14,14 @@ from infusion.mlm.masking import tokenize_captions
 from infusion.mlm.pretrain import checkpoint_path
 from infusion.mlm.prompts import world_prompt_set
 
+from conftest import tiny_text_encoder
+
 WIDTH = 32
 
 
 @pytest.fixture(scope="module")
 def text_encoder(tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    cfg = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(cfg).eval()
+    return tiny_text_encoder(tokenizer, WIDTH)
 
 
 @pytest.fixture(scope="module")
