@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
@@ -30,32 +29,20 @@ from ...processor import cross_attention_layers
 from .base import Method, MLMTextSide, TextBatch, register_method
 from .dreambooth import PRIOR_ARGS, PriorPreservationMixin
 from .files import customization_metadata, write_folder_metadata
+from .kv_attention import KeyValueProcessor
 from .tokens import STAND_IN, encode_with_token, phrase_embedding, stand_in_embed_fn
 
 WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
 EMBEDS = "learned_embeds.safetensors"
 
 
-class KVTrainProcessor:
-    """``attn2`` during training: SDPA attention whose BOS key/value carry no gradient
-    (Custom Diffusion's detach trick). hidden (B, N, C), text (B, L, C_text) -> (B, N, C)."""
+class KVTrainProcessor(KeyValueProcessor):
+    """``attn2`` during training: attention whose BOS key/value carry no gradient (Custom
+    Diffusion's detach trick, as diffusers' ``CustomDiffusionAttnProcessor``)."""
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
-        if encoder_hidden_states is None or hidden_states.ndim != 3 or attention_mask is not None:
-            return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        residual = hidden_states
-        ehs = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-        B, H = hidden_states.shape[0], attn.heads
-        q, k, v = attn.to_q(hidden_states), attn.to_k(ehs), attn.to_v(ehs)  # (B, N, D), (B, L, D), (B, L, D)
-        k = torch.cat([k[:, :1].detach(), k[:, 1:]], dim=1)
-        v = torch.cat([v[:, :1].detach(), v[:, 1:]], dim=1)
-        D = k.shape[-1]
-        q, k, v = (x.view(B, -1, H, D // H).transpose(1, 2) for x in (q, k, v))  # (B, H, *, d)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, -1, D)  # (B, N, D)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+    def keys_values(self, attn, text):
+        k, v = attn.to_k(text), attn.to_v(text)  # (B, L, D)
+        return torch.cat([k[:, :1].detach(), k[:, 1:]], dim=1), torch.cat([v[:, :1].detach(), v[:, 1:]], dim=1)
 
 
 class CustomDiffusionCustomization(Customization):

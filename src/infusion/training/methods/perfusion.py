@@ -34,6 +34,7 @@ from ...processor import cross_attention_layers
 from ..data import CAPTION_TEMPLATES
 from .base import Method, TextBatch, register_method, param_key
 from .files import customization_metadata
+from .kv_attention import KeyValueProcessor
 from .tokens import encode_with_token, phrase_embedding
 
 FORMAT = "infusion-perfusion"
@@ -63,29 +64,20 @@ class RankOneEdit:
         return out - s[..., None] * F.linear(i, weight) + gate * target.to(x.dtype)
 
 
-class PerfusionProcessor:
+class PerfusionProcessor(KeyValueProcessor):
     """``attn2``: K and V through the gated rank-one edit, then SDPA attention (as ``AttnProcessor2_0``)."""
 
     def __init__(self, layer: str, edit: RankOneEdit | None = None):
         self.layer, self.edit = layer, edit
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
-        if self.edit is None or encoder_hidden_states is None or hidden_states.ndim != 3 or attention_mask is not None:
-            return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        residual = hidden_states
-        x = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+    def keys_values(self, attn, text):
         e = self.edit
-        key_target = F.linear(e.superclass_input.to(x.dtype), attn.to_k.weight)  # (D,): locked to the class
-        k = e.project(x, attn.to_k.weight, attn.to_k(x), key_target)  # (B, L, D)
-        v = e.project(x, attn.to_v.weight, attn.to_v(x), e.value_targets[self.layer])  # (B, L, D)
-        q = attn.to_q(hidden_states)  # (B, N, D)
-        B, H, D = q.shape[0], attn.heads, k.shape[-1]
-        q, k, v = (t.view(B, -1, H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, *, d)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, -1, D)  # (B, N, D)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        if e is None:
+            return None
+        key_target = F.linear(e.superclass_input.to(text.dtype), attn.to_k.weight)  # (D,): locked to the class
+        k = e.project(text, attn.to_k.weight, attn.to_k(text), key_target)  # (B, L, D)
+        v = e.project(text, attn.to_v.weight, attn.to_v(text), e.value_targets[self.layer])  # (B, L, D)
+        return k, v
 
 
 def install_perfusion(unet, edit: RankOneEdit) -> list[str]:
