@@ -25,7 +25,7 @@ def test_vae_then_model_stage_resume_and_export(tmp_path):
     assert (work / "vae" / "config.json").exists() and (work / "latents.safetensors").exists()
 
     mcfg = ModelConfig(work=str(work), checkpoint=str(tmp_path / "train.safetensors"), export_dir=str(tmp_path / "model"),
-                       steps=2, batch_size=4, export_every=2, samples=False)
+                       steps=2, batch_size=4, export_every=2, samples=False, freeze_text_encoder_at=2)
     train_model(mcfg)
     first = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
     mcfg.steps = 3
@@ -34,4 +34,7 @@ def test_vae_then_model_stage_resume_and_export(tmp_path):
     second = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
     w1, w2 = first.unet.conv_out.weight, second.unet.conv_out.weight
     assert w1.dtype == torch.float32 and not torch.equal(w1, w2)  # training went on from the checkpoint
+    # from step 2 on the text encoder is frozen at its EMA: the export keeps it bit for bit
+    for (k, a), b in zip(first.text_encoder.state_dict().items(), second.text_encoder.state_dict().values()):
+        assert torch.equal(a, b), k
     assert second.vae.config.scaling_factor == first.vae.config.scaling_factor != 1.0
