@@ -52,15 +52,10 @@ def concept_images(tmp_path):
 
 def tiny_text_encoder(tokenizer, width: int = 32):
     """A tiny random CLIP text encoder (2 layers, seeded) over the real vocabulary, in eval mode."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from infusion.tiny import clip_text_encoder
 
     torch.manual_seed(0)
-    cfg = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(cfg).eval()
+    return clip_text_encoder(width, layers=2, heads=2, ff_mult=2, tokenizer=tokenizer).eval()
 
 
 def random_concept(pipe, name="mycat", class_phrase="cat", scale=1.0, seed=0):

@@ -23,6 +23,53 @@ def load_tokenizer():
     return CLIPTokenizer.from_pretrained(str(tokenizer_dir()))
 
 
+def clip_text_encoder(width: int, layers: int, heads: int, ff_mult: int = 4, tokenizer=None, vocab_size: int | None = None):
+    """A randomly initialised CLIPTextModel of ``width`` over the CLIP vocabulary (the packaged tokenizer's ids)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tokenizer or load_tokenizer()
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size or len(tokenizer),
+            hidden_size=width,
+            intermediate_size=ff_mult * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def ddim_scheduler():
+    """DDIM with Stable Diffusion 1.x's scaled-linear betas."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+    )
+
+
+def assemble_pipeline(vae, text_encoder, unet, tokenizer=None, scheduler=None):
+    """A StableDiffusionPipeline of the given parts (DDIM by default; no safety checker, no progress bar)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer or load_tokenizer(),
+        unet=unet,
+        scheduler=scheduler or ddim_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_sd_pipeline(seed: int = 0, sample_size: int = 8, cross_dim: int = 32, text_vocab: int | None = None):
     """A StableDiffusionPipeline small enough to run many times a second on a CPU.
 
@@ -30,8 +77,7 @@ def tiny_sd_pipeline(seed: int = 0, sample_size: int = 8, cross_dim: int = 32, t
     channels, 2x downsampling (images are ``2*sample_size`` px); CLIP text encoder: 2 layers of
     width ``cross_dim`` over the real tokenizer's vocabulary; DDIM scheduler.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     tokenizer = load_tokenizer()
     torch.manual_seed(seed)
@@ -57,34 +103,8 @@ def tiny_sd_pipeline(seed: int = 0, sample_size: int = 8, cross_dim: int = 32, t
         norm_num_groups=8,
         sample_size=2 * sample_size,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=text_vocab or len(tokenizer),
-            hidden_size=cross_dim,
-            intermediate_size=2 * cross_dim,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    text_encoder = clip_text_encoder(cross_dim, layers=2, heads=2, ff_mult=2, tokenizer=tokenizer, vocab_size=text_vocab)
+    return assemble_pipeline(vae, text_encoder, unet, tokenizer)
 
 
 def sd15_unet_config() -> dict:

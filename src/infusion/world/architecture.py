@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tiny import load_tokenizer
+from ..tiny import assemble_pipeline, clip_text_encoder, ddim_scheduler  # noqa: F401  (assemble_pipeline: re-exported)
 
 IMAGE_SIZE = 32
 LATENT_SIZE = 8
@@ -35,22 +35,7 @@ def build_vae():
 
 def build_text_encoder(tokenizer=None):
     """CLIPTextModel of width ``TEXT_DIM`` over the full CLIP vocabulary; last hidden state (B, 77, 64)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = tokenizer or load_tokenizer()
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_DIM,
-            intermediate_size=4 * TEXT_DIM,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    return clip_text_encoder(TEXT_DIM, layers=4, heads=4, ff_mult=4, tokenizer=tokenizer)
 
 
 def build_unet():
@@ -71,36 +56,7 @@ def build_unet():
     )
 
 
-def build_scheduler():
-    """DDIM with Stable Diffusion 1.x's scaled-linear betas."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-
-
-def assemble_pipeline(vae, text_encoder, unet, tokenizer=None):
-    """A StableDiffusionPipeline of the given parts (no safety checker)."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer or load_tokenizer(),
-        unet=unet,
-        scheduler=build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+build_scheduler = ddim_scheduler  # the world model's scheduler: SD1.x's DDIM
 
 
 def n_params(module: torch.nn.Module) -> int:
