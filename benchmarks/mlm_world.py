@@ -67,9 +67,15 @@ def ensure_contextualizer(model: str, path: Path, steps: int, n_captions: int, s
     return path
 
 
-def train_runs(args, ctx: Path) -> dict[str, tuple[str, str, bool]]:
-    """Train every (method, concept, MLM off/on); -> {output path: (method, concept, mlm)}."""
+def weights(args, method: str) -> list[float]:
+    """MLM weights of ``method``'s runs: 0 (the baseline), then ``--mlm-lambda`` or the paper's reference weight."""
     from infusion.mlm import REFERENCE_WEIGHTS
+
+    return [0.0, *args.mlm_lambda.get(method, [REFERENCE_WEIGHTS[METHODS[method][0]]])]
+
+
+def train_runs(args, ctx: Path) -> dict[str, tuple[str, str, float]]:
+    """Train every (method, concept, MLM weight); -> {output path: (method, concept, weight)}."""
     from infusion.training import TrainConfig, train
     from infusion.world.concepts import get_concept, write_concept_images
 
@@ -80,16 +86,16 @@ def train_runs(args, ctx: Path) -> dict[str, tuple[str, str, bool]]:
         if not images.is_dir():
             write_concept_images(concept, images)
         for method in args.methods:
-            weight = args.mlm_lambda.get(method, REFERENCE_WEIGHTS[METHODS[method][0]])
-            for mlm in (False, True):
+            for weight in weights(args, method):
+                mlm = weight > 0
                 suffix = ".safetensors" if method == "ti" else ""
-                out = Path(args.out) / "train" / method / f"{concept}{'-mlm' if mlm else ''}{suffix}"
-                runs[str(out)] = (method, concept, mlm)
+                out = Path(args.out) / "train" / method / f"{concept}{f'-mlm{weight:g}' if mlm else ''}{suffix}"
+                runs[str(out)] = (method, concept, weight)
                 if out.exists():
                     continue
                 cfg = TrainConfig(model=args.model, images=str(images), name=concept, class_phrase=c.class_phrase,
                                   out=str(out), method=method, steps=args.steps, batch_size=args.batch_size,
-                                  seed=args.seed, mlm_lambda=weight if mlm else 0.0, mlm_prompts="world",
+                                  seed=args.seed, mlm_lambda=weight, mlm_prompts="world",
                                   contextualizer=str(ctx) if mlm else None, checkpoint_every=args.checkpoint_every,
                                   resume="auto", method_args=dict(args.method_arg))
                 t0 = time.time()
@@ -109,8 +115,8 @@ def evaluate(args, files: list[str]) -> dict:
     return run_evaluation(cfg, scorers, progress=not args.quiet)
 
 
-def _fmt(x: float) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+def _fmt(x: float, sign: bool = False) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else (f"{x:+.3f}" if sign else f"{x:.3f}")
 
 
 def _mean(xs) -> float:
@@ -118,35 +124,34 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def table(args, runs: dict[str, tuple[str, str, bool]], summary: dict) -> str:
-    """Markdown: per (method, MLM) means over concepts, the MLM - baseline difference, per-concept rows."""
+def table(args, runs: dict[str, tuple[str, str, float]], summary: dict) -> str:
+    """Markdown: per (method, MLM weight) means over concepts and the difference to the baseline; per-concept rows."""
     rows = {}
     for r in summary["models"]:
         if r["file"] in runs and r["step"] == args.steps:
             rows[runs[r["file"]]] = r
     roles = summary.get("roles", {})
     lines = [f"| method | MLM lambda | concepts | images | text fidelity ({roles.get('text', '-')}) "
-             f"| concept fidelity ({roles.get('image', '-')}) |", "|---|---:|---:|---:|---:|---:|"]
-    from infusion.mlm import REFERENCE_WEIGHTS
-
+             f"| concept fidelity ({roles.get('image', '-')}) | text - baseline | concept - baseline |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method in args.methods:
-        weight = args.mlm_lambda.get(method, REFERENCE_WEIGHTS[METHODS[method][0]])
-        means = {}
-        for mlm in (False, True):
-            sel = [rows[k] for k in rows if k[0] == method and k[2] == mlm]
-            means[mlm] = (_mean([r["text"] for r in sel]), _mean([r["image"] for r in sel]))
-            lines.append(f"| {METHODS[method][1]} | {'%g' % weight if mlm else 0} | {len(sel)} | "
-                         f"{sum(r['images'] for r in sel)} | {_fmt(means[mlm][0])} | {_fmt(means[mlm][1])} |")
-        lines.append(f"| {METHODS[method][1]}: MLM - baseline | | | | {_fmt(means[True][0] - means[False][0])} "
-                     f"| {_fmt(means[True][1] - means[False][1])} |")
-    lines += ["", "Per concept (text fidelity / concept fidelity):", "",
-              "| method | concept | without MLM | with MLM |", "|---|---|---:|---:|"]
+        base = None
+        for weight in weights(args, method):
+            sel = [rows[k] for k in rows if k[0] == method and k[2] == weight]
+            text, image = _mean([r["text"] for r in sel]), _mean([r["image"] for r in sel])
+            base = base or (text, image)
+            diff = ("", "") if weight == 0 else (_fmt(text - base[0], sign=True), _fmt(image - base[1], sign=True))
+            lines.append(f"| {METHODS[method][1]} | {weight:g} | {len(sel)} | {sum(r['images'] for r in sel)} | "
+                         f"{_fmt(text)} | {_fmt(image)} | {diff[0]} | {diff[1]} |")
+    lines += ["", "Per concept (text fidelity / concept fidelity):", ""]
     for method in args.methods:
+        ws = weights(args, method)
+        lines += [f"| {METHODS[method][1]} | " + " | ".join(f"lambda {w:g}" for w in ws) + " |", "|---|" + "---:|" * len(ws)]
         for concept in args.concepts:
-            cell = lambda mlm: rows.get((method, concept, mlm))  # noqa: E731
-            fmt = lambda r: "-" if r is None else f"{_fmt(r['text'])} / {_fmt(r['image'])}"  # noqa: E731
-            lines.append(f"| {METHODS[method][1]} | {concept} | {fmt(cell(False))} | {fmt(cell(True))} |")
-    return "\n".join(lines) + "\n"
+            cells = [rows.get((method, concept, w)) for w in ws]
+            lines.append(f"| {concept} | " + " | ".join("-" if r is None else f"{_fmt(r['text'])} / {_fmt(r['image'])}" for r in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _ctx_summary(ctx: Path) -> str:
@@ -181,13 +186,18 @@ Command: `{cmd}`
     print(f"wrote {args.doc}")
 
 
-def _lambdas(pairs: list[str]) -> dict[str, float]:
+def _lambdas(pairs: list[str]) -> dict[str, list[float]]:
+    """["ti=1e-5,1e-4", ...] -> {"ti": [1e-5, 1e-4]}."""
     out = {}
     for p in pairs:
-        method, _, value = p.partition("=")
-        if method not in METHODS or not value:
-            raise SystemExit(f"--mlm-lambda expects METHOD=VALUE with METHOD in {', '.join(METHODS)}, got {p!r}")
-        out[method] = float(value)
+        method, _, values = p.partition("=")
+        try:
+            ws = [float(v) for v in values.split(",")] if values else []
+        except ValueError:
+            ws = []
+        if method not in METHODS or not ws or not all(w > 0 and math.isfinite(w) for w in ws):
+            raise SystemExit(f"--mlm-lambda expects METHOD=VALUE[,VALUE...] (positive) with METHOD in {', '.join(METHODS)}, got {p!r}")
+        out[method] = ws
     return out
 
 
@@ -202,8 +212,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=400, help="training steps per run")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--mlm-lambda", action="append", default=[], metavar="METHOD=VALUE",
-                    help="override the paper's reference weight (infusion.mlm.REFERENCE_WEIGHTS: ti 1e-5, custom-diffusion 1e-4)")
+    ap.add_argument("--mlm-lambda", action="append", default=[], metavar="METHOD=VALUE[,VALUE...]",
+                    help="MLM weights to run besides 0 (default: the paper's reference weight, infusion.mlm.REFERENCE_WEIGHTS: "
+                    "ti 1e-5, custom-diffusion 1e-4); several values make a sweep")
     ap.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", help="passed to every method")
     ap.add_argument("--checkpoint-every", type=int, default=100)
     ap.add_argument("--ctx", default=None, help="contextualizer file (default: the packaged world one for the world, "
