@@ -150,9 +150,15 @@ cross-attention (2 levels, 64/128 channels), DDIM scheduler. float32 safetensors
 
 Sizes (MiB): {", ".join(f"{k} {v:.1f}" for k, v in sizes.items())}.
 Training state: step {st.get("step", "?")} of the UNet + text encoder stage, batch {st.get("batch_size", "?")}
-(EMA weights exported). Training continues from `checkpoints/world_train.safetensors`.
+(EMA weights exported; the text encoder is frozen at its step-1,300 EMA from then on, so the packaged MLM
+contextualizer `../contextualizer.safetensors` stays valid). Training continues from
+`checkpoints/world_train.safetensors`.
 
 ## Quality (probes on {quality["n_images"]} images from held-out captions, DDIM {quality["steps"]} steps, guidance {quality["guidance"]})
+
+Each attribute a caption names is judged on its own by the scene probe: background; class (the class
+appears); position (the class stands in the named slot); colour and size (read where the object stands:
+its named slot when the class is there, else where the class is found).
 
 | attribute named in the prompt | shown | bar | |
 |---|---|---|---|
