@@ -73,6 +73,21 @@ def test_entries_and_jobs(setup, tmp_path):
     cfg = _cfg(setup, tmp_path)
     entries = discover_entries(cfg)
     assert [(e.method, e.step) for e in entries] == [("infusion", 4), ("infusion", 2)]
+    # two runs (folders, as Custom Diffusion writes) whose names differ only after a dot: two labels,
+    # each with its own checkpoint
+    runs = tmp_path / "runs"
+    meta = json.dumps({"method": "custom-diffusion", "name": "mycat", "class_phrase": "cat", "training": json.dumps({"steps": 4})})
+    for name in ("mycat-lambda0.001", "mycat-lambda0.0001"):
+        for suffix in ("", "-step2"):
+            (runs / (name + suffix)).mkdir(parents=True)
+            (runs / (name + suffix) / "infusion.json").write_text(meta)
+    dotted = discover_entries(_cfg(setup, tmp_path, files=[str(runs / "mycat-lambda0.001"), str(runs / "mycat-lambda0.0001")]))
+    assert sorted((e.label, Path(e.path).name, e.step) for e in dotted) == [
+        ("custom-diffusion:mycat-lambda0.0001", "mycat-lambda0.0001", 4),
+        ("custom-diffusion:mycat-lambda0.0001", "mycat-lambda0.0001-step2", 2),
+        ("custom-diffusion:mycat-lambda0.001", "mycat-lambda0.001", 4),
+        ("custom-diffusion:mycat-lambda0.001", "mycat-lambda0.001-step2", 2),
+    ]
     jobs = build_jobs(cfg, entries)
     # 2 models x 2 prompts x 2 seeds, plus base images of the 2 class-phrase prompts x 2 seeds
     assert len(jobs) == 8 + 4 and len({j.key for j in jobs}) == 12

@@ -174,3 +174,20 @@ def test_single_file_checkpoint(tiny_pipe, concept_images, tmp_path):
     (tmp_path / "model.ckpt").write_bytes(b"pickle")
     with pytest.raises(ValueError, match="only .safetensors single-file"):
         load_base_pipeline(str(tmp_path / "model.ckpt"))
+
+
+def test_dots_in_output_names_are_not_extensions(tmp_path):
+    """Runs named by a float (``cd-lambda0.001``, ``cd-lambda0.0001``) keep distinct state, step and prior paths."""
+    from infusion.training.methods.files import output_parts
+    from infusion.training.methods.prior import prior_folder
+
+    assert output_parts(tmp_path / "mycat.safetensors") == ("mycat", ".safetensors")
+    assert output_parts(tmp_path / "v1.5.safetensors") == ("v1.5", ".safetensors")
+    assert output_parts(tmp_path / "cd-lambda0.001") == ("cd-lambda0.001", "")
+    a, b = tmp_path / "cd-lambda0.001", tmp_path / "cd-lambda0.0001"
+    for f in (state_path, prior_folder, lambda p: step_path(p, 100)):
+        assert f(a) != f(b)
+    assert state_path(a).name == "cd-lambda0.001.state.safetensors"
+    assert step_path(a, 100).name == "cd-lambda0.001-step100"
+    assert step_path(tmp_path / "v1.5.safetensors", 100).name == "v1.5-step100.safetensors"
+    assert prior_folder(a).name == "cd-lambda0.001.prior"

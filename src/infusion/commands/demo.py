@@ -17,6 +17,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="train an Infusion concept on the built-in world and show base | customised images")
     p.add_argument("--out", default="demo", help="output folder")
     p.add_argument("--concept", default="sunball", help="built-in world concept (see `infusion world concepts`)")
+    p.add_argument("--model", default="world", help="the built-in world model, or a folder holding a snapshot of it")
     p.add_argument("--steps", type=int, default=300, help="Infusion training steps")
     p.add_argument("--prompts", type=int, default=DEMO_PROMPTS, help="how many held-out prompts to show")
     p.add_argument("--guidance", type=float, default=5.0)
@@ -55,11 +56,11 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     write_concept_images(concept.name, out / "concept-images")
-    base = load_base_pipeline("world")
+    base = load_base_pipeline(args.model)
     base.set_progress_bar_config(disable=True)
     cfile = out / f"{concept.name}.safetensors"
     trained = train(
-        TrainConfig(model="world", images=str(out / "concept-images"), name=concept.name, class_phrase=concept.class_phrase,
+        TrainConfig(model=args.model, images=str(out / "concept-images"), name=concept.name, class_phrase=concept.class_phrase,
                     out=str(cfile), steps=args.steps, seed=args.seed, flip=False),  # no flips: the world has left and right
         pipe=base,
     )

@@ -90,7 +90,7 @@ def _training_steps(meta: dict) -> int | None:
 def discover_entries(cfg: EvalConfig) -> list[Entry]:
     """The files (and checkpoints) to evaluate, labelled by method (plus the file stem when a
     method appears with several files of the same concept)."""
-    from ..training.methods.files import read_metadata, storage_bytes
+    from ..training.methods.files import output_parts, read_metadata, storage_bytes
 
     entries = []
     for f in cfg.files:
@@ -99,23 +99,24 @@ def discover_entries(cfg: EvalConfig) -> list[Entry]:
         method, name, phrase = meta.get("method", "?"), meta.get("name", ""), meta.get("class_phrase", "")
         if not name or not phrase:
             raise ValueError(f"{path}: metadata lacks the concept's name/class_phrase")
-        stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+        stem, ext = output_parts(path)
         paths = [(path, _training_steps(meta))]
         if cfg.checkpoints:
             for sib in sorted(path.parent.iterdir()):
-                m = STEP_FILE.match(sib.name[: -len(sib.suffix)] if sib.suffix else sib.name)
-                if m and m["stem"] == stem and sib != path and sib.suffix == path.suffix:
+                sib_stem, sib_ext = output_parts(sib)
+                m = STEP_FILE.match(sib_stem)
+                if m and m["stem"] == stem and sib != path and sib_ext == ext:
                     paths.append((sib, int(m["step"])))
         for p, step in paths:
             entries.append(Entry(method, method, str(p), step, name, phrase, storage_bytes(p)))
     # Two files of one method and one concept (e.g. two runs): tell them apart by stem.
     seen: dict[tuple, set] = {}
     for e in entries:
-        seen.setdefault((e.method, e.name, e.step), set()).add(Path(e.path).parent / STEP_FILE.sub(r"\g<stem>", Path(e.path).stem))
+        seen.setdefault((e.method, e.name, e.step), set()).add(Path(e.path).parent / STEP_FILE.sub(r"\g<stem>", output_parts(e.path)[0]))
     out = []
     for e in entries:
         if len(seen[(e.method, e.name, e.step)]) > 1:
-            stem = STEP_FILE.sub(r"\g<stem>", Path(e.path).stem)
+            stem = STEP_FILE.sub(r"\g<stem>", output_parts(e.path)[0])
             e = Entry(f"{e.method}:{stem}", e.method, e.path, e.step, e.name, e.class_phrase, e.storage_bytes)
         out.append(e)
     return out

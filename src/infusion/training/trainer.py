@@ -20,6 +20,7 @@ from ..models import load_base_pipeline
 from .config import TrainConfig
 from .data import CAPTION_TEMPLATES, encode_latent_stats, load_concept_images
 from .methods import get_method
+from .methods.files import output_parts
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +28,14 @@ logger = logging.getLogger(__name__)
 def state_path(out: str | Path) -> Path:
     """Resume state beside the output: ``mycat.safetensors`` -> ``mycat.state.safetensors``."""
     out = Path(out)
-    return out.with_name(out.stem + ".state.safetensors")
+    return out.with_name(output_parts(out)[0] + ".state.safetensors")
 
 
 def step_path(out: str | Path, step: int) -> Path:
     """Intermediate result: ``mycat.safetensors`` -> ``mycat-step100.safetensors``."""
     out = Path(out)
-    return out.with_name(f"{out.stem}-step{step}{out.suffix}")
+    stem, ext = output_parts(out)
+    return out.with_name(f"{stem}-step{step}{ext}")
 
 
 def _step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:

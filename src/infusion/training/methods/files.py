@@ -15,6 +15,17 @@ from safetensors import safe_open
 from ... import __version__
 
 FOLDER_META = "infusion.json"
+FILE_EXT = ".safetensors"
+
+
+def output_parts(out: str | os.PathLike) -> tuple[str, str]:
+    """An output's name without its file extension, and the extension: ``mycat.safetensors`` ->
+    ``("mycat", ".safetensors")``; anything else (a folder such as ``cd-lambda0.001``) keeps its
+    whole name -> ``("cd-lambda0.001", "")``. Dots inside names are not extensions."""
+    name = Path(out).name
+    if name.endswith(FILE_EXT) and len(name) > len(FILE_EXT):
+        return name[: -len(FILE_EXT)], FILE_EXT
+    return name, ""
 
 
 def customization_metadata(cfg, method: str, file_format: str, fingerprint: str, **extra: str) -> dict[str, str]:

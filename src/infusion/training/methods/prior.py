@@ -16,12 +16,13 @@ import torch
 from ...images import read_png_params, save_png
 from ..data import CAPTION_TEMPLATES, encode_latent_stats, load_rgb, prepare_image
 from .base import PriorData
+from .files import output_parts
 
 
 def prior_folder(out: str | Path) -> Path:
     """``runs/mycat.safetensors`` -> ``runs/mycat.prior/``."""
     out = Path(out)
-    return out.with_name(out.stem + ".prior")
+    return out.with_name(output_parts(out)[0] + ".prior")
 
 
 def prior_prompts(class_phrase: str, n: int) -> list[str]:
