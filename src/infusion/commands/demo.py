@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--concept", default="sunball", help="built-in world concept (see `infusion world concepts`)")
     p.add_argument("--model", default="world", help="the built-in world model, or a folder holding a snapshot of it")
     p.add_argument("--steps", type=int, default=300, help="Infusion training steps")
+    p.add_argument("--lr", type=float, default=None, help="Infusion learning rate (default: the method's, 0.01 as in the paper)")
     p.add_argument("--prompts", type=int, default=DEMO_PROMPTS, help="how many held-out prompts to show")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
@@ -61,7 +62,7 @@ def run(args) -> int:
     cfile = out / f"{concept.name}.safetensors"
     trained = train(
         TrainConfig(model=args.model, images=str(out / "concept-images"), name=concept.name, class_phrase=concept.class_phrase,
-                    out=str(cfile), steps=args.steps, seed=args.seed, flip=False),  # no flips: the world has left and right
+                    out=str(cfile), steps=args.steps, lr=args.lr, seed=args.seed, flip=False),  # no flips: the world has left and right
         pipe=base,
     )
     t_train = time.time() - t0
