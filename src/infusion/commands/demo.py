@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 DEMO_PROMPTS = 6  # held-out prompts shown (of the concept's 22)
+DEMO_LR = 0.2  # see --lr
 
 
 def register(sub) -> None:
@@ -19,7 +20,10 @@ def register(sub) -> None:
     p.add_argument("--concept", default="sunball", help="built-in world concept (see `infusion world concepts`)")
     p.add_argument("--model", default="world", help="the built-in world model, or a folder holding a snapshot of it")
     p.add_argument("--steps", type=int, default=300, help="Infusion training steps")
-    p.add_argument("--lr", type=float, default=None, help="Infusion learning rate (default: the method's, 0.01 as in the paper)")
+    p.add_argument("--lr", type=float, default=DEMO_LR,
+                   help="Infusion learning rate. The paper's 0.01 is for SD; the world model gives the class token "
+                        "~2-9%% of the attention mass, so its value residual needs larger steps (measured: concept "
+                        "fidelity 0.504 base -> 0.504 at lr 0.01, 0.561 at 0.05, 0.621 at 0.2, 300 steps)")
     p.add_argument("--prompts", type=int, default=DEMO_PROMPTS, help="how many held-out prompts to show")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
@@ -100,7 +104,7 @@ def _report(concept, prompts, s_base, s_cust, cfile, t_train, t_all, args) -> st
         "",
         f"Concept `<{concept.name}>`: a {o.cls} in {o.color} with a {o.color2} {o.pattern} pattern (no word names it), "
         f"learnt from 5 images ({o.size}, {o.position}, {concept.background}; `concept-images.png`) with Infusion, "
-        f"{args.steps} steps in {t_train:.0f} s (demo total {t_all:.0f} s). Concept file: `{cfile.name}` "
+        f"{args.steps} steps at lr {args.lr:g} in {t_train:.0f} s (demo total {t_all:.0f} s). Concept file: `{cfile.name}` "
         f"({cfile.stat().st_size:,} bytes).",
         "",
         "Scores by the world's probes (DESIGN section 4): **text fidelity** = share of the attributes the prompt names "
