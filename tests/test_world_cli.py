@@ -28,3 +28,18 @@ def test_unknown_concept_is_one_clear_line(tmp_path, capsys):
 def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["world", "sample", "a ball", "--out", str(tmp_path / "x.png"), "--model", str(tmp_path)]) == 2
     assert "model_index.json missing" in capsys.readouterr().err
+
+
+def test_demo_writes_grid_and_report_and_says_where(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "2", "--prompts", "2", "--lr", "0.05"]) == 0
+    said = capsys.readouterr().out
+    assert str(out / "grid.png") in said and str(out / "report.md") in said
+    grid = Image.open(out / "grid.png")
+    assert grid.height >= 2 * 96  # two prompt rows of 96 px cells
+    report = (out / "report.md").read_text()
+    assert "2 steps at lr 0.05" in report and report.count("| a ") + report.count("| a photo") >= 2
+    assert main(["demo", "--out", str(out), "--prompts", "0"]) == 2
+    assert "--prompts must be >= 1" in capsys.readouterr().err
