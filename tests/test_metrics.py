@@ -116,6 +116,22 @@ def test_lfd_is_deterministic_under_seed(pipe):
     np.testing.assert_allclose(r1.per_sample, 1.28, rtol=1e-5)
 
 
+def test_lfd_converts_v_prediction_to_eps(pipe):
+    """A v shift of 0.1 is an eps shift of 0.1 * sqrt(alpha_bar_t): 1.28 * alpha_bar_t per sample."""
+    from diffusers import DDIMScheduler
+
+    v_sched = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    other = copy.deepcopy(pipe)
+    with torch.no_grad():
+        other.unet.conv_out.bias.add_(0.1)
+    a, b = UNetEps.from_pipeline(pipe), UNetEps.from_pipeline(other)
+    r = latent_fisher_divergence(a, b, _latents(), PROMPTS, v_sched, repeats=2, seed=3, progress=False)
+    ts = torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(3))  # the estimator's t draw
+    np.testing.assert_allclose(r.per_sample, 1.28 * v_sched.alphas_cumprod[ts].double().numpy(), rtol=1e-4)
+    with pytest.raises(ValueError, match="not 'sample'"):
+        latent_fisher_divergence(a, b, _latents(), PROMPTS, DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="sample"), progress=False)
+
+
 def test_lfd_input_errors(pipe):
     e = UNetEps.from_pipeline(pipe)
     with pytest.raises(ValueError, match="one caption per latent"):

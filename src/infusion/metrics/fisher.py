@@ -6,7 +6,9 @@ over real latents z with their captions c_bar of *non-customised* concepts, t un
 training timesteps, eps ~ N(0, I). Both models see the same (z, t, eps) per sample (common random
 numbers), so the estimate's variance comes only from the sample, and a model compared with itself
 gives exactly 0. The squared norm is summed over all latent dimensions (Def. 3.1); divide by
-C*h*w for a per-dimension figure.
+C*h*w for a per-dimension figure. The predictors return what their UNet predicts; for a
+v-prediction scheduler (SD 2.x, the world model) it is converted to eps first,
+eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) z_t, so figures are comparable across parametrisations.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ def _check_inputs(latents, prompts, scheduler):
         raise ValueError("scheduler must be a diffusers noise scheduler (add_noise, config.num_train_timesteps)")
 
 
+def as_epsilon(pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, scheduler) -> torch.Tensor:
+    """A UNet's prediction [B, C, h, w] at (z_t, t [B]) as eps, for the scheduler's ``prediction_type``."""
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        return pred
+    if kind != "v_prediction":
+        raise ValueError(f"latent Fisher divergence supports epsilon and v_prediction UNets, not {kind!r}")
+    ab = scheduler.alphas_cumprod.to(pred.device, torch.float64)[t].view(-1, *([1] * (pred.ndim - 1)))
+    return (ab.sqrt() * pred.double() + (1 - ab).sqrt() * z_t.double()).to(pred.dtype)
+
+
 def latent_fisher_divergence(
     eps_a,
     eps_b,
@@ -76,8 +89,8 @@ def latent_fisher_divergence(
         # two predictors that copy their input differently would differ by round-off.
         z_t = scheduler.add_noise(z0, noise, t).contiguous()  # (b, 4, h, w)
         caps = [prompts[i] for i in idx.tolist()]
-        a = eps_a(z_t, t, caps).double().cpu()
-        b = eps_b(z_t, t, caps).double().cpu()
+        a = as_epsilon(eps_a(z_t, t, caps), z_t, t, scheduler).double().cpu()
+        b = as_epsilon(eps_b(z_t, t, caps), z_t, t, scheduler).double().cpu()
         values.append(0.5 * (a - b).pow(2).flatten(1).sum(1))  # (b,)
     per = torch.cat(values).numpy()
     n = len(per)

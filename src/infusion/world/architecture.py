@@ -2,14 +2,19 @@
 
 32 px RGB images <-> (4, 8, 8) VAE latents; a CLIP text encoder of width ``TEXT_DIM`` over the
 real CLIP vocabulary (49,408 rows: the embedding table is most of its size); a UNet with
-cross-attention of the same width; DDIM scheduler with SD1.x's beta schedule.
+cross-attention of the same width; DDIM scheduler with SD1.x's betas rescaled to zero terminal
+SNR, v-prediction and trailing timesteps (Lin et al. 2024, "Common Diffusion Noise Schedules and
+Sample Steps are Flawed"). Why: with SD1.x's schedule an (8, 8) latent keeps some signal at
+t = 999 (sqrt(alpha_bar) = 0.068), the model learns to read the layout from it, and at sampling
+pure noise's chance fluctuations decide where objects stand (measured: the first DDIM step's
+x0-prediction put the object in the same slot for all 5 position prompts 85% of the time).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..tiny import assemble_pipeline, clip_text_encoder, ddim_scheduler  # noqa: F401  (assemble_pipeline: re-exported)
+from ..tiny import assemble_pipeline, clip_text_encoder  # noqa: F401  (assemble_pipeline: re-exported)
 
 IMAGE_SIZE = 32
 LATENT_SIZE = 8
@@ -56,7 +61,15 @@ def build_unet():
     )
 
 
-build_scheduler = ddim_scheduler  # the world model's scheduler: SD1.x's DDIM
+def build_scheduler(prediction_type: str = "v_prediction", zero_terminal_snr: bool = True):
+    """DDIM with SD1.x's scaled-linear betas; by default rescaled to zero terminal SNR, v-prediction, trailing spacing."""
+    from diffusers import DDIMScheduler
+
+    extra = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing") if zero_terminal_snr else dict(steps_offset=1)
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        prediction_type=prediction_type, **extra,
+    )
 
 
 def n_params(module: torch.nn.Module) -> int:

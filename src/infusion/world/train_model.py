@@ -1,7 +1,9 @@
 """Stage 2 of the world model: UNet + CLIP text encoder, jointly from scratch, on cached latents.
 
-epsilon-prediction with Stable Diffusion's noise schedule, Min-SNR-5 loss weights (Hang et al.
-2023: faster convergence), caption dropout for classifier-free guidance, an EMA of the weights
+v-prediction on Stable Diffusion's betas rescaled to zero terminal SNR (``architecture.build_scheduler``
+says why; steps up to 8,101 were trained with epsilon-prediction on the plain schedule and the
+UNet was then fine-tuned), Min-SNR-5 loss weights (Hang et al. 2023: faster convergence; in x0
+terms min(SNR + 1, 5) for v, so that t = T with SNR 0 still counts), caption dropout for classifier-free guidance, an EMA of the weights
 (exported: it samples better than the raw weights). Each image gets a freshly drawn caption every
 time it is used (``scenes.caption_scene`` with a new seed: text augmentation). Resumable from one
 checkpoint file; ``export`` writes the diffusers folder the rest of the project loads.
@@ -59,6 +61,8 @@ class ModelConfig:
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.995
     freeze_text_encoder_at: int = 1300  # from this step on, the text encoder is its EMA, frozen
+    prediction_type: str = "v_prediction"  # or "epsilon" (steps <= 8,101 of the shipped model)
+    zero_terminal_snr: bool = True
     export_every: int = 100
     samples: bool = True  # write a sample grid (work/samples/model_latest.png) at every export
     max_minutes: float = 1e9
@@ -115,7 +119,7 @@ def train_model(cfg: ModelConfig):
         log.info("resumed from %s at step %d", cfg.checkpoint, step)
     if step >= cfg.freeze_text_encoder_at:
         _freeze_text_encoder(text_encoder, ema_text)
-    sched = build_scheduler()
+    sched = build_scheduler(cfg.prediction_type, cfg.zero_terminal_snr)
     alphas = sched.alphas_cumprod  # (1000,)
     snr = alphas / (1 - alphas)
     gen = torch.Generator().manual_seed(cfg.seed + 1000003 * step)
@@ -138,8 +142,13 @@ def train_model(cfg: ModelConfig):
         with torch.set_grad_enabled(not text_frozen):
             cond = text_encoder(ids)[0]  # (B, 77, D)
         pred = unet(zt, t, cond).sample
-        weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]  # Min-SNR for eps-prediction
-        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        if cfg.prediction_type == "v_prediction":
+            target = sched.get_velocity(z0, noise, t)
+            weight = torch.clamp(snr[t] + 1, max=cfg.min_snr_gamma) / (snr[t] + 1)
+        else:
+            target = noise
+            weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]  # Min-SNR for eps-prediction
+        loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -153,7 +162,7 @@ def train_model(cfg: ModelConfig):
         out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
         if done % cfg.export_every == 0 or done == cfg.steps or out_of_time:
             save_checkpoint(cfg.checkpoint, modules, opt, {"step": done, "config": asdict(cfg)}, moments_dtype=torch.bfloat16)
-            pipe = assemble_pipeline(vae, ema_text, ema_unet, tokenizer)
+            pipe = assemble_pipeline(vae, ema_text, ema_unet, tokenizer, scheduler=sched)
             export(pipe, cfg, done)
             if cfg.samples:
                 sample_grid(pipe, work / "samples" / "model_latest.png")
