@@ -25,7 +25,7 @@ def test_vae_then_model_stage_resume_and_export(tmp_path):
     assert (work / "vae" / "config.json").exists() and (work / "latents.safetensors").exists()
 
     mcfg = ModelConfig(work=str(work), checkpoint=str(tmp_path / "train.safetensors"), export_dir=str(tmp_path / "model"),
-                       steps=2, batch_size=4, export_every=2, samples=False, freeze_text_encoder_at=2)
+                       steps=2, batch_size=4, export_every=2, samples=False, text_encoder_trains=((0, 2),))
     train_model(mcfg)
     first = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
     mcfg.steps = 3

@@ -32,6 +32,7 @@ def register(subparsers) -> None:
     t.add_argument("--max-minutes", type=float, default=1e9, help="stop after a checkpoint once this much time is spent")
     t.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the stage's)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
+    t.add_argument("--export-dir", default="", help="model stage: diffusers folder to export to (default: the packaged model folder)")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images with the world model")
@@ -107,7 +108,8 @@ def _train(args) -> int:
     elif args.stage == "model":
         from ..world.train_model import ModelConfig, train_model
 
-        train_model(ModelConfig(max_minutes=args.max_minutes, threads=args.threads, **({"steps": args.steps} if args.steps else {})))
+        train_model(ModelConfig(max_minutes=args.max_minutes, threads=args.threads, export_dir=args.export_dir,
+                                **({"steps": args.steps} if args.steps else {})))
     else:
         from ..world.probes import ProbeConfig, train_probes
 
