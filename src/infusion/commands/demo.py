@@ -12,6 +12,7 @@ from pathlib import Path
 
 DEMO_PROMPTS = 6  # held-out prompts shown (of the concept's 22)
 DEMO_LR = 0.2  # see --lr
+DEMO_STEPS = 300
 
 
 def register(sub) -> None:
@@ -19,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo", help="output folder")
     p.add_argument("--concept", default="sunball", help="built-in world concept (see `infusion world concepts`)")
     p.add_argument("--model", default="world", help="the built-in world model, or a folder holding a snapshot of it")
-    p.add_argument("--steps", type=int, default=300, help="Infusion training steps")
+    p.add_argument("--steps", type=int, default=DEMO_STEPS, help="Infusion training steps")
     p.add_argument("--lr", type=float, default=DEMO_LR,
                    help="Infusion learning rate. The paper's 0.01 is for SD; the world model gives the class token "
                         "~2-9%% of the attention mass, so its value residual needs larger steps (measured: concept "
@@ -45,11 +46,7 @@ def run(args) -> int:
     import torch
 
     from ..images import make_grid
-    from ..models import load_base_pipeline
-    from ..pipeline import InfusionPipeline
-    from ..training import TrainConfig, train
-    from ..evaluation.world_scorer import WorldProbeScorer
-    from ..world.concepts import concept_images, eval_prompts, get_concept, write_concept_images
+    from ..world.concepts import concept_images, get_concept
 
     if args.prompts < 1:
         raise ValueError(f"--prompts must be >= 1, got {args.prompts}")
@@ -58,37 +55,63 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     concept = get_concept(args.concept)
     out = Path(args.out)
+    t0 = time.time()
+    res = train_and_compare(concept.name, out, model=args.model, steps=args.steps, lr=args.lr, n_prompts=args.prompts,
+                            guidance=args.guidance, seed=args.seed)
+    refs = [im.resize((96, 96)) for im in concept_images(concept.name)]
+    grid = make_grid([[b, c] for b, c in zip(res["base_images"], res["images"])], ["base", "customised"], res["prompts"], cell=96)
+    grid.save(out / "grid.png")
+    make_grid([refs], None, None, cell=96).save(out / "concept-images.png")
+    (out / "report.md").write_text(_report(concept, res["prompts"], res["base_scores"], res["scores"], res["concept_file"],
+                                           res["train_seconds"], time.time() - t0, args))
+    print(f"demo: trained <{concept.name}> in {res['train_seconds']:.0f} s; wrote {out / 'grid.png'} and {out / 'report.md'}")
+    return 0
+
+
+def train_and_compare(name: str, out: Path, model: str = "world", steps: int = DEMO_STEPS, lr: float = DEMO_LR,
+                      n_prompts: int = DEMO_PROMPTS, guidance: float = 5.0, seed: int = 0, pipe=None) -> dict:
+    """Train Infusion on built-in concept ``name`` and render ``n_prompts`` of its held-out prompts
+    with the base and the customised model (same noise), scored by the world's probes.
+
+    Returns ``{"prompts", "images", "base_images" (PIL lists), "scores", "base_scores" (one
+    {score: float} per image), "concept_file", "train_seconds"}``; writes the concept file and its
+    training images under ``out``. ``pipe``: a loaded base pipeline to reuse (its processors are kept).
+    """
+    import torch
+
+    from ..evaluation.world_scorer import WorldProbeScorer
+    from ..models import load_base_pipeline
+    from ..pipeline import InfusionPipeline
+    from ..training import TrainConfig, train
+    from ..world.concepts import concept_images, eval_prompts, get_concept, write_concept_images
+
+    concept = get_concept(name)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     write_concept_images(concept.name, out / "concept-images")
-    base = load_base_pipeline(args.model)
+    base = pipe if pipe is not None else load_base_pipeline(model)
     base.set_progress_bar_config(disable=True)
     cfile = out / f"{concept.name}.safetensors"
     trained = train(
-        TrainConfig(model=args.model, images=str(out / "concept-images"), name=concept.name, class_phrase=concept.class_phrase,
-                    out=str(cfile), steps=args.steps, lr=args.lr, seed=args.seed, flip=False),  # no flips: the world has left and right
+        TrainConfig(model=model, images=str(out / "concept-images"), name=concept.name, class_phrase=concept.class_phrase,
+                    out=str(cfile), steps=steps, lr=lr, seed=seed, flip=False),  # no flips: the world has left and right
         pipe=base,
     )
     t_train = time.time() - t0
-    pipe = InfusionPipeline.from_pipe(base)
-    pipe.set_progress_bar_config(disable=True)
-    prompts = _pick_prompts(eval_prompts(concept.name), args.prompts)
+    ipipe = InfusionPipeline.from_pipe(base)
+    ipipe.set_progress_bar_config(disable=True)
+    prompts = _pick_prompts(eval_prompts(concept.name), n_prompts)
     base_imgs, cust_imgs = [], []
     for i, prompt in enumerate(prompts):
-        res = pipe(prompt, concepts=[trained], num_inference_steps=50, guidance_scale=args.guidance,
-                   generator=torch.Generator().manual_seed(args.seed + i))
+        res = ipipe(prompt, concepts=[trained], num_inference_steps=50, guidance_scale=guidance,
+                    generator=torch.Generator().manual_seed(seed + i))
         base_imgs.append(res.base_images[0])
         cust_imgs.append(res.images[0])
     texts = [p.replace(f"<{concept.name}>", concept.class_phrase) for p in prompts]
     scorer, references = WorldProbeScorer(), concept_images(concept.name)
     s_base, s_cust = (_per_image(scorer.score(ims, texts, references, concept.class_phrase)) for ims in (base_imgs, cust_imgs))
-    refs = [im.resize((96, 96)) for im in references]
-    grid = make_grid([[b, c] for b, c in zip(base_imgs, cust_imgs)], ["base", "customised"], prompts, cell=96)
-    grid.save(out / "grid.png")
-    make_grid([refs], None, None, cell=96).save(out / "concept-images.png")
-    (out / "report.md").write_text(_report(concept, prompts, s_base, s_cust, cfile, t_train, time.time() - t0, args))
-    print(f"demo: trained <{concept.name}> in {t_train:.0f} s; wrote {out / 'grid.png'} and {out / 'report.md'}")
-    return 0
+    return {"prompts": prompts, "images": cust_imgs, "base_images": base_imgs, "scores": s_cust, "base_scores": s_base,
+            "concept_file": cfile, "train_seconds": t_train}
 
 
 def _per_image(scores: dict) -> list[dict]:
