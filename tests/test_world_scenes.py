@@ -71,4 +71,4 @@ def test_bad_attributes_are_clear_errors():
         o = scenes.WorldObject("ball", "red", "small", "center")
         scenes.Scene("snow", (o, o))
     with pytest.raises(ValueError, match="needs color2"):
-        scenes.WorldObject("ball", "red", "small", "center", pattern="dots")
+        scenes.WorldObject("ball", "red", "small", "center", pattern="core")

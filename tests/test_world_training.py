@@ -38,3 +38,23 @@ def test_vae_then_model_stage_resume_and_export(tmp_path):
     for (k, a), b in zip(first.text_encoder.state_dict().items(), second.text_encoder.state_dict().values()):
         assert torch.equal(a, b), k
     assert second.vae.config.scaling_factor == first.vae.config.scaling_factor != 1.0
+
+
+def test_decoder_finetune_changes_only_the_decoder_and_resumes(tmp_path):
+    """The UNet models the encoder's latents: a decoder fine-tune must leave the encoder bit-identical."""
+    from diffusers import AutoencoderKL
+
+    from infusion.world.architecture import build_vae
+    from infusion.world.train_vae import DecoderConfig, finetune_decoder
+
+    torch.manual_seed(0)
+    build_vae().save_pretrained(tmp_path / "vae0")
+    cfg = DecoderConfig(work=str(tmp_path / "work"), vae=str(tmp_path / "vae0"), checkpoint=str(tmp_path / "dec.safetensors"),
+                        out=str(tmp_path / "vae1"), n_images=24, steps=2, batch_size=4)
+    finetune_decoder(cfg)
+    cfg.steps = 3
+    finetune_decoder(cfg)  # resumes at step 2
+    before, after = AutoencoderKL.from_pretrained(tmp_path / "vae0"), AutoencoderKL.from_pretrained(tmp_path / "vae1")
+    changed = {k for (k, a), b in zip(before.state_dict().items(), after.state_dict().values()) if not torch.equal(a, b)}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), sorted(changed)[:5]
+    assert load_checkpoint(cfg.checkpoint, {"decoder": before.decoder, "post_quant_conv": before.post_quant_conv}, None)["step"] == 3

@@ -27,8 +27,9 @@ def register(subparsers) -> None:
     ls = sub.add_parser("concepts", help="list built-in concepts and their evaluation prompts")
     ls.set_defaults(func=_concepts)
 
-    t = sub.add_parser("train", help="train (or resume) a stage of the world model: vae, model (UNet + text encoder) or probes")
-    t.add_argument("stage", choices=("vae", "model", "probes"))
+    t = sub.add_parser("train", help="train (or resume) a stage of the world model: vae, decoder (VAE decoder only), "
+                                     "model (UNet + text encoder) or probes")
+    t.add_argument("stage", choices=("vae", "decoder", "model", "probes"))
     t.add_argument("--max-minutes", type=float, default=1e9, help="stop after a checkpoint once this much time is spent")
     t.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the stage's)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
@@ -105,6 +106,10 @@ def _train(args) -> int:
         cfg = VAEConfig(max_minutes=args.max_minutes, threads=args.threads, **({"steps": args.steps} if args.steps else {}))
         train_vae(cfg)
         finish_vae(cfg)
+    elif args.stage == "decoder":
+        from ..world.train_vae import DecoderConfig, finetune_decoder
+
+        finetune_decoder(DecoderConfig(max_minutes=args.max_minutes, threads=args.threads, **({"steps": args.steps} if args.steps else {})))
     elif args.stage == "model":
         from ..world.train_model import ModelConfig, train_model
 

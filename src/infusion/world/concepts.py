@@ -35,11 +35,11 @@ def _concept(name, cls, color, pattern, color2, background, size, position):
 CONCEPTS: dict[str, WorldConcept] = {
     c.name: c
     for c in (
-        _concept("sunball", "ball", "yellow", "hstripes", "blue", "grass", "large", "center"),
-        _concept("dotbox", "box", "red", "dots", "white", "wood", "large", "center"),
-        _concept("checkmug", "mug", "green", "checker", "pink", "snow", "large", "bottom left"),
-        _concept("halfstar", "star", "orange", "split", "purple", "night", "large", "top right"),
-        _concept("stripetree", "tree", "purple", "vstripes", "yellow", "sand", "large", "center"),
+        _concept("sunball", "ball", "yellow", "hsplit", "blue", "grass", "large", "center"),
+        _concept("dotbox", "box", "red", "core", "white", "wood", "large", "center"),
+        _concept("checkmug", "mug", "green", "quarters", "pink", "snow", "large", "bottom left"),
+        _concept("halfstar", "star", "orange", "vsplit", "purple", "night", "large", "top right"),
+        _concept("stripetree", "tree", "purple", "band", "yellow", "sand", "large", "center"),
     )
 }
 N_TRAIN_IMAGES = 5

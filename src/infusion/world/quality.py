@@ -125,6 +125,17 @@ def evaluate_base(pipe, scene_probe, n: int = 500, per_class: int = 20, steps: i
 
 BAR = {"background": 0.8, "color": 0.8, "cls": 0.7, "position": 0.7}
 
+HISTORY = """Training history (details and measurements: `docs/world.md`):
+- VAE: 4,000 steps on 40,000 rendered scenes; its decoder alone was fine-tuned for 2,000 steps after the world's
+  patterns were made coarse enough to survive the 4 x 4 px latent cells (the encoder, and so the latent space, is unchanged).
+- UNet + text encoder: steps 0-1,299 jointly (epsilon-prediction, SD1.x schedule); text encoder frozen at its EMA
+  from 1,300; UNet alone to 8,101. From 8,101: v-prediction on the zero-terminal-SNR schedule (trailing DDIM),
+  the text encoder trains again (it had never separated "top" from "bottom"), TokenCompose's token loss (weight 0.1)
+  keeps each class word's cross-attention inside its object; from 8,300 on the re-rendered world (coarse patterns,
+  30% of objects patterned).
+- The packaged MLM contextualizer (`../contextualizer.safetensors`) was pretrained on this text encoder: re-run
+  `infusion mlm pretrain --model world --captions world --save-dtype float16 ...` whenever the text encoder trains."""
+
 
 def readme_text(quality: dict, probe_acc: dict | None, state: dict | None, sizes: dict[str, float]) -> str:
     """The model folder's README.md: what the model is, how it was trained, what the probes measure."""
@@ -150,9 +161,9 @@ cross-attention (2 levels, 64/128 channels), DDIM scheduler. float32 safetensors
 
 Sizes (MiB): {", ".join(f"{k} {v:.1f}" for k, v in sizes.items())}.
 Training state: step {st.get("step", "?")} of the UNet + text encoder stage, batch {st.get("batch_size", "?")}
-(EMA weights exported; the text encoder is frozen at its step-1,300 EMA from then on, so the packaged MLM
-contextualizer `../contextualizer.safetensors` stays valid). Training continues from
-`checkpoints/world_train.safetensors`.
+(EMA weights exported). Training continues from `checkpoints/world_train.safetensors`.
+
+{HISTORY}
 
 ## Quality (probes on {quality["n_images"]} images from held-out captions, DDIM {quality["steps"]} steps, guidance {quality["guidance"]})
 

@@ -125,3 +125,73 @@ def encode_latents(vae, cfg: VAEConfig, batch: int = 256, set_scale: bool = Fals
         log.info("VAE scaling_factor %.4f", scale)
     save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(work / "latents.safetensors"))
     log.info("cached %d latents in %s", len(mean), work / "latents.safetensors")
+
+
+@dataclass
+class DecoderConfig:
+    """Fine-tune only the VAE's decoder: the encoder, and so every cached latent the UNet trained on, stay bit-identical."""
+
+    work: str = "runs/world"
+    vae: str = ""  # diffusers VAE folder to start from ("" = the packaged model's)
+    checkpoint: str = "runs/world/vae_decoder.safetensors"
+    out: str = "runs/world/vae"  # diffusers folder written at every checkpoint (what `world train model` then exports)
+    n_images: int = 40_000
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 3e-4
+    max_minutes: float = 1e9
+    seed: int = 0
+    threads: int = 1
+
+
+def finetune_decoder(cfg: DecoderConfig):
+    """Why: the decoder trained with the first world (fine stripes, dots) blurred every pattern; after
+    the world's patterns became coarse (``scenes.PATTERNS``), a decoder-only fine-tune teaches it to
+    draw them without touching the latent space the UNet models."""
+    from diffusers import AutoencoderKL
+
+    from . import model_dir
+
+    torch.set_num_threads(cfg.threads)
+    work = Path(cfg.work)
+    (work / "samples").mkdir(parents=True, exist_ok=True)
+    images = cached_images(work / "images.safetensors", cfg.n_images)
+    vae = AutoencoderKL.from_pretrained(cfg.vae or str(model_dir() / "vae"))
+    vae.requires_grad_(False)
+    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in trainable:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    modules = {"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv}
+    step = 0
+    if Path(cfg.checkpoint).exists():
+        step = load_checkpoint(cfg.checkpoint, modules, opt)["step"]
+        log.info("resumed decoder from %s at step %d", cfg.checkpoint, step)
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+    held = to_model_range(images[-16:])
+    t0 = time.time()
+    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="decoder", mininterval=30)
+    for step in bar:
+        idx = torch.randint(0, len(images) - 16, (cfg.batch_size,), generator=gen)
+        x = to_model_range(images[idx])
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        done = step + 1
+        out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
+        if done % 100 == 0 or done == cfg.steps or out_of_time:
+            save_checkpoint(cfg.checkpoint, modules, opt, {"step": done, "config": asdict(cfg)})
+            vae.save_pretrained(cfg.out)
+            with torch.no_grad():
+                rec = vae.decode(vae.encode(held).latent_dist.mode()).sample
+            save_grid(torch.cat([held, rec]), work / "samples" / "decoder_latest.png")
+            log.info("decoder step %d loss %.4f", done, loss.item())
+        if out_of_time:
+            break
+    return vae
