@@ -120,12 +120,15 @@ def _per_image(scores: dict) -> list[dict]:
 
 
 def _report(concept, prompts, s_base, s_cust, cfile, t_train, t_all, args) -> str:
+    from ..world import scenes
+
     o = concept.obj
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     lines = [
         "# infusion demo on the built-in world",
         "",
-        f"Concept `<{concept.name}>`: a {o.cls} in {o.color} with a {o.color2} {o.pattern} pattern (no word names it), "
+        f"Concept `<{concept.name}>`: a {o.color} {o.cls} with {scenes.PATTERN_LOOKS[o.pattern].format(o.color2)} (pattern "
+        f"`{o.pattern}`; no word names it), "
         f"learnt from 5 images ({o.size}, {o.position}, {concept.background}; `concept-images.png`) with Infusion, "
         f"{args.steps} steps at lr {args.lr:g} in {t_train:.0f} s (demo total {t_all:.0f} s). Concept file: `{cfile.name}` "
         f"({cfile.stat().st_size:,} bytes).",

@@ -83,11 +83,13 @@ def _concept_images(args) -> int:
 
 
 def _concepts(args) -> int:
+    from ..world import scenes
     from ..world.concepts import CONCEPTS, eval_prompts
 
     for name, c in CONCEPTS.items():
         o = c.obj
-        print(f"<{name}>  class {c.class_phrase!r}: {o.color} with {o.color2} {o.pattern}; trained {o.size}, {o.position}, on {c.background}")
+        print(f"<{name}>  class {c.class_phrase!r}: {o.color} with {scenes.PATTERN_LOOKS[o.pattern].format(o.color2)} ({o.pattern}); "
+              f"trained {o.size}, {o.position}, on {c.background}")
         print(f"    {len(eval_prompts(name))} eval prompts, e.g. {eval_prompts(name)[-1]!r}")
     return 0
 

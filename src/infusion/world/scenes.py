@@ -62,6 +62,10 @@ CORNERS = ("top left", "top right", "bottom left", "bottom right")
 # came back as a mottled blend of the two colours and only a half/half split survived
 # (docs/world.md), so no model, and no customisation method, could ever draw them.
 PATTERNS = ("plain", "hsplit", "vsplit", "diagonal", "quarters", "band", "core")
+PATTERN_LOOKS = {  # for reports: where the second colour ({}) shows (no caption ever says it)
+    "plain": "no pattern", "hsplit": "a {} bottom half", "vsplit": "a {} right half", "diagonal": "a {} lower right triangle",
+    "quarters": "{} 2 x 2 checks", "band": "a wide {} band across the middle", "core": "a large {} central disc",
+}
 
 # part ids in an object's part map
 _BODY, _LIGHT, _DARK, _FIXED, _OUTLINE = 1, 2, 3, 4, 5
