@@ -18,7 +18,7 @@ def scorer():
 
 
 def test_world_scorer_matches_fidelity_functions(scorer):
-    ims = concept_images("checkmug", 3)
+    ims = concept_images("halfmug", 3)
     texts = ["a photo of a red mug on the snow", "a large green mug", "a photo of a"]
     got = scorer.score(ims, texts, ims[:1], class_phrase="mug")
     from infusion.evaluation.world_scorer import _to_tensor
@@ -41,7 +41,7 @@ def test_world_scorer_undefined_concept_fidelity(scorer):
 
 
 def test_world_prompts():
-    ps = prompts_for("checkmug", "mug", "world")
-    assert len(ps) == 22 and all("<checkmug>" in p for p in ps)
+    ps = prompts_for("halfmug", "mug", "world")
+    assert len(ps) == 22 and all("<halfmug>" in p for p in ps)
     with pytest.raises(ValueError, match="built-in world concepts"):
         prompts_for("mycat", "cat", "world")

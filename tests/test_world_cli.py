@@ -14,8 +14,8 @@ def test_render_writes_images_and_ground_truth(tmp_path, capsys):
 
 
 def test_concept_images_and_listing(tmp_path, capsys):
-    assert main(["world", "concept-images", "dotbox", "--out", str(tmp_path)]) == 0
-    assert len(list(tmp_path.glob("dotbox_*.png"))) == 5
+    assert main(["world", "concept-images", "slashbox", "--out", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("slashbox_*.png"))) == 5
     assert main(["world", "concepts"]) == 0
     assert "<sunball>" in capsys.readouterr().out
 
