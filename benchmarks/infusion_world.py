@@ -5,7 +5,7 @@ For every concept x lr: train Infusion (``--steps``), render ``--prompts`` held-
 the base and the customised stream from the same noise, score both with the world's probes.
 Writes OUT/results.json, OUT/table.md and one grid per run (OUT/<concept>-lr<lr>/grid.png).
 
-    python benchmarks/infusion_world.py                       # all concepts, lr 0.02, 1,000 steps
+    python benchmarks/infusion_world.py                       # all concepts, lr 0.01, 1,000 steps
     python benchmarks/infusion_world.py --concepts sunball --lrs 0.01,0.05,0.2
     python benchmarks/infusion_world.py --model tiny --steps 2 --prompts 1 --concepts sunball   # plumbing only
 
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="world")
     ap.add_argument("--concepts", default=",".join(CONCEPTS), help="comma-separated built-in concept names")
-    ap.add_argument("--lrs", default="0.02", help="comma-separated Infusion learning rates")
+    ap.add_argument("--lrs", default="0.01", help="comma-separated Infusion learning rates")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--prompts", type=int, default=8, help="held-out prompts per concept (spread over its list)")
     ap.add_argument("--guidance", type=float, default=5.0)
