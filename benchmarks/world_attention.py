@@ -1,0 +1,84 @@
+"""How localised are a world model's cross-attention maps? Infusion's residual rides on the class
+word's map, so a flat map makes the customised stream repaint the background.
+
+For held-out rendered scenes with their captions, noised to timestep t: the share of each class
+word's attention mass (mean over heads) inside its object's box, per ``attn2`` layer, next to the
+box's share of the image (what a flat map would give). Several models side by side.
+
+    python benchmarks/world_attention.py MODEL_DIR [MODEL_DIR ...] [--n 64] [--t 250,500,750] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def inside_shares(model_dir: str, n: int, timesteps: list[int], seed: int = 0) -> dict:
+    """``{layer: {t: mean inside share}}`` plus ``"_flat"``: the mean box share of the latent grid."""
+    from diffusers import StableDiffusionPipeline
+
+    from infusion.world import scenes
+    from infusion.world.dataset import HELD_OUT_SEED
+    from infusion.world.token_loss import box_mask, class_token_targets, install_recorders
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    unet, tok = pipe.unet, pipe.tokenizer
+    recorders = install_recorders(unet)
+    sc = [scenes.sample_scene(HELD_OUT_SEED + i) for i in range(n)]
+    texts = [scenes.caption_scene(s, HELD_OUT_SEED + 7919 + i).text for i, s in enumerate(sc)]
+    x = torch.from_numpy(np.stack([np.array(scenes.render(s)) for s in sc])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    z0 = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+    cond = pipe.text_encoder(tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids)[0]
+    targets = class_token_targets(texts, sc, tok)
+    rows = torch.tensor([r for r, _, _ in targets])
+    toks = torch.tensor([t for _, t, _ in targets])
+    g = torch.Generator().manual_seed(seed)
+    out: dict = {}
+    flat = []
+    for t in timesteps:
+        tt = torch.full((n,), t, dtype=torch.long)
+        zt = pipe.scheduler.add_noise(z0, torch.randn(z0.shape, generator=g), tt)
+        unet(zt, tt, cond)
+        for name, rec in recorders.items():
+            grid = int(round(rec.maps.shape[2] ** 0.5))
+            a = rec.maps[rows, :, :, toks].mean(dim=1)  # (N, HW)
+            m = torch.stack([box_mask(scenes.object_box(o), scenes.IMAGE_SIZE, grid) for _, _, o in targets])
+            share = ((a * m).sum(-1) / a.sum(-1)).mean().item()
+            out.setdefault(name.replace(".processor", ""), {})[t] = share
+            if t == timesteps[0]:
+                flat.append(m.mean().item())
+    out["_flat"] = float(np.mean(flat))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--t", default="250,500,750")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    ts = [int(v) for v in args.t.split(",")]
+    res = {m: inside_shares(m, args.n, ts) for m in args.models}
+    layers = [k for k in res[args.models[0]] if k != "_flat"]
+    print("class-word attention mass inside its object's box (flat map: "
+          + ", ".join(f"{res[m]['_flat']:.3f}" for m in args.models) + ")")
+    print("| layer | " + " | ".join(f"{Path(m).name} t={t}" for m in args.models for t in ts) + " |")
+    print("|---|" + "---|" * (len(ts) * len(args.models)))
+    for layer in layers:
+        print(f"| {layer} | " + " | ".join(f"{res[m][layer][t]:.3f}" for m in args.models for t in ts) + " |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"n": args.n, "timesteps": ts, "models": res}, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
