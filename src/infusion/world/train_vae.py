@@ -69,27 +69,8 @@ def train_vae(cfg: VAEConfig):
     if Path(cfg.checkpoint).exists():
         step = load_checkpoint(cfg.checkpoint, {"vae": vae}, opt)["step"]
         log.info("resumed VAE from %s at step %d", cfg.checkpoint, step)
-    gen = torch.Generator().manual_seed(cfg.seed + step)
-    held = to_model_range(images[-16:])
-    t0 = time.time()
-    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="vae", mininterval=30)
-    for step in bar:
-        idx = torch.randint(0, len(images) - 16, (cfg.batch_size,), generator=gen)
-        loss = vae_loss(vae, to_model_range(images[idx]), cfg.kl_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        done = step + 1
-        out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
-        if done % 100 == 0 or done == cfg.steps or out_of_time:
-            save_checkpoint(cfg.checkpoint, {"vae": vae}, opt, {"step": done, "config": asdict(cfg)})
-            with torch.no_grad():
-                rec = vae.decode(vae.encode(held).latent_dist.mode()).sample
-            save_grid(torch.cat([held, rec]), work / "samples" / "vae_latest.png")
-            log.info("vae step %d loss %.4f", done, loss.item())
-        if out_of_time:
-            break
+    _autoencoder_loop(cfg, images, vae, {"vae": vae}, opt, step, "vae",
+                      lambda x, gen: vae_loss(vae, x, cfg.kl_weight))
     return vae
 
 
@@ -167,18 +148,29 @@ def finetune_decoder(cfg: DecoderConfig):
     if Path(cfg.checkpoint).exists():
         step = load_checkpoint(cfg.checkpoint, modules, opt)["step"]
         log.info("resumed decoder from %s at step %d", cfg.checkpoint, step)
-    gen = torch.Generator().manual_seed(cfg.seed + step)
-    held = to_model_range(images[-16:])
-    t0 = time.time()
-    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="decoder", mininterval=30)
-    for step in bar:
-        idx = torch.randint(0, len(images) - 16, (cfg.batch_size,), generator=gen)
-        x = to_model_range(images[idx])
+
+    def decoder_loss(x, gen):
         with torch.no_grad():
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         rec = vae.decode(z).sample
-        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean()
+        return (rec - x).abs().mean() + (rec - x).pow(2).mean()
+
+    _autoencoder_loop(cfg, images, vae, modules, opt, step, "decoder", decoder_loss, export=cfg.out)
+    return vae
+
+
+def _autoencoder_loop(cfg, images, vae, modules, opt, step, desc, loss_fn, export: str | None = None) -> None:
+    """Train ``modules`` of ``vae`` from ``step`` to ``cfg.steps`` on random batches of ``images`` (uint8, the
+    last 16 held out for the sample grid); every 100 steps: checkpoint, ``export`` folder, grid ``<desc>_latest.png``."""
+    work = Path(cfg.work)
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+    held = to_model_range(images[-16:])
+    t0 = time.time()
+    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc=desc, mininterval=30)
+    for step in bar:
+        idx = torch.randint(0, len(images) - 16, (cfg.batch_size,), generator=gen)
+        loss = loss_fn(to_model_range(images[idx]), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -187,11 +179,11 @@ def finetune_decoder(cfg: DecoderConfig):
         out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
         if done % 100 == 0 or done == cfg.steps or out_of_time:
             save_checkpoint(cfg.checkpoint, modules, opt, {"step": done, "config": asdict(cfg)})
-            vae.save_pretrained(cfg.out)
+            if export:
+                vae.save_pretrained(export)
             with torch.no_grad():
                 rec = vae.decode(vae.encode(held).latent_dist.mode()).sample
-            save_grid(torch.cat([held, rec]), work / "samples" / "decoder_latest.png")
-            log.info("decoder step %d loss %.4f", done, loss.item())
+            save_grid(torch.cat([held, rec]), work / "samples" / f"{desc}_latest.png")
+            log.info("%s step %d loss %.4f", desc, done, loss.item())
         if out_of_time:
             break
-    return vae
