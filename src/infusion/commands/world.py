@@ -57,6 +57,7 @@ def register(subparsers) -> None:
     q.add_argument("--guidance", type=float, default=5.0)
     q.add_argument("--out", default=None, help="JSON path (default: <model>/quality.json)")
     q.add_argument("--readme", action="store_true", help="also write the figures into <model>/README.md")
+    q.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     q.set_defaults(func=_evaluate)
 
 
@@ -161,9 +162,12 @@ def _probe_eval(args) -> int:
 
 
 def _evaluate(args) -> int:
+    import torch
+
     from ..world.probes import load_probes
     from ..world.quality import evaluate_base
 
+    torch.set_num_threads(args.threads)
     pipe, path = _load_pipe(args.model)
     scene_probe, _ = load_probes()
     res = evaluate_base(pipe, scene_probe, n=args.n, steps=args.steps, guidance=args.guidance)
