@@ -3,7 +3,8 @@ word's map, so a flat map makes the customised stream repaint the background.
 
 For held-out rendered scenes with their captions, noised to timestep t: the share of each class
 word's attention mass (mean over heads) inside its object's box, per ``attn2`` layer, next to the
-box's share of the image (what a flat map would give). Several models side by side.
+box's share of the image (what a flat map would give); and how far apart the text encoder holds
+position words. Several models side by side.
 
     python benchmarks/world_attention.py MODEL_DIR [MODEL_DIR ...] [--n 64] [--t 250,500,750] [--out FILE.json]
 """
@@ -57,6 +58,24 @@ def inside_shares(model_dir: str, n: int, timesteps: list[int], seed: int = 0) -
     return out
 
 
+@torch.no_grad()
+def position_word_cosines(model_dir: str) -> dict[str, float]:
+    """Cosine of the text encoder's last hidden states of "top" vs "bottom" and "left" vs "right" in
+    otherwise equal captions (near 1: the UNet cannot tell the words apart)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(f"{model_dir}/tokenizer")
+    te = CLIPTextModel.from_pretrained(f"{model_dir}/text_encoder").eval()
+
+    def state(text: str, word: str) -> torch.Tensor:
+        ids = tok(text, return_tensors="pt").input_ids
+        return te(ids)[0][0, ids[0].tolist().index(tok.convert_tokens_to_ids(word + "</w>"))]
+
+    pairs = {"top/bottom": ("a photo of a red ball at the {} left", "top", "bottom"),
+             "left/right": ("a photo of a red ball at the top {}", "left", "right")}
+    return {k: torch.cosine_similarity(state(t.format(a), a), state(t.format(b), b), dim=0).item() for k, (t, a, b) in pairs.items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="+")
@@ -74,8 +93,11 @@ def main(argv=None) -> int:
     print("|---|" + "---|" * (len(ts) * len(args.models)))
     for layer in layers:
         print(f"| {layer} | " + " | ".join(f"{res[m][layer][t]:.3f}" for m in args.models for t in ts) + " |")
+    cos = {m: position_word_cosines(m) for m in args.models}
+    for m, c in cos.items():
+        print(f"{Path(m).name}: text-encoder cosine " + ", ".join(f"{k} {v:.3f}" for k, v in c.items()))
     if args.out:
-        Path(args.out).write_text(json.dumps({"n": args.n, "timesteps": ts, "models": res}, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps({"n": args.n, "timesteps": ts, "models": res, "position_word_cosine": cos}, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0
 
