@@ -43,3 +43,10 @@ def test_demo_writes_grid_and_report_and_says_where(tmp_path, capsys):
     assert "2 steps at lr 0.05" in report and report.count("| a ") + report.count("| a photo") >= 2
     assert main(["demo", "--out", str(out), "--prompts", "0"]) == 2
     assert "--prompts must be >= 1" in capsys.readouterr().err
+
+
+def test_bad_thread_counts_are_clear_errors(capsys):
+    for argv in (["world", "train", "decoder", "--threads", "0"], ["world", "train", "model", "--threads", "0"],
+                 ["world", "evaluate", "--threads", "-1"]):
+        assert main(argv) == 2, argv
+        assert "--threads must be >= 1" in capsys.readouterr().err

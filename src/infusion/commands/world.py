@@ -95,7 +95,13 @@ def _concepts(args) -> int:
     return 0
 
 
+def _check_threads(threads: int) -> None:
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+
+
 def _train(args) -> int:
+    _check_threads(args.threads)
     if args.stage == "vae":
         from ..world.train_model import ModelConfig
         from ..world.train_vae import VAEConfig, finish_vae, train_vae
@@ -167,6 +173,7 @@ def _evaluate(args) -> int:
     from ..world.probes import load_probes
     from ..world.quality import evaluate_base
 
+    _check_threads(args.threads)
     torch.set_num_threads(args.threads)
     pipe, path = _load_pipe(args.model)
     scene_probe, _ = load_probes()
