@@ -26,34 +26,29 @@ def inside_shares(model_dir: str, n: int, timesteps: list[int], seed: int = 0) -
 
     from infusion.world import scenes
     from infusion.world.dataset import HELD_OUT_SEED
-    from infusion.world.token_loss import box_mask, class_token_targets, install_recorders
+    from infusion.world.dataset import to_model_range
+    from infusion.world.token_loss import object_mask, class_token_targets, inside_share, install_recorders
 
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)
     unet, tok = pipe.unet, pipe.tokenizer
     recorders = install_recorders(unet)
     sc = [scenes.sample_scene(HELD_OUT_SEED + i) for i in range(n)]
     texts = [scenes.caption_scene(s, HELD_OUT_SEED + 7919 + i).text for i, s in enumerate(sc)]
-    x = torch.from_numpy(np.stack([np.array(scenes.render(s)) for s in sc])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = to_model_range(torch.from_numpy(np.stack([np.array(scenes.render(s)) for s in sc])))
     z0 = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
-    cond = pipe.text_encoder(tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids)[0]
-    targets = class_token_targets(texts, sc, tok)
-    rows = torch.tensor([r for r, _, _ in targets])
-    toks = torch.tensor([t for _, t, _ in targets])
+    ids = tok(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    cond = pipe.text_encoder(ids)[0]
+    targets = class_token_targets(ids, sc, tok)
     g = torch.Generator().manual_seed(seed)
     out: dict = {}
-    flat = []
     for t in timesteps:
         tt = torch.full((n,), t, dtype=torch.long)
         zt = pipe.scheduler.add_noise(z0, torch.randn(z0.shape, generator=g), tt)
         unet(zt, tt, cond)
         for name, rec in recorders.items():
-            grid = int(round(rec.maps.shape[2] ** 0.5))
-            a = rec.maps[rows, :, :, toks].mean(dim=1)  # (N, HW)
-            m = torch.stack([box_mask(scenes.object_box(o), scenes.IMAGE_SIZE, grid) for _, _, o in targets])
-            share = ((a * m).sum(-1) / a.sum(-1)).mean().item()
-            out.setdefault(name.replace(".processor", ""), {})[t] = share
-            if t == timesteps[0]:
-                flat.append(m.mean().item())
+            out.setdefault(name.replace(".processor", ""), {})[t] = inside_share(rec.maps, targets).mean().item()
+    grids = {int(round(rec.maps.shape[2] ** 0.5)) for rec in recorders.values()}
+    flat = [object_mask(o, scenes.IMAGE_SIZE, g).mean().item() for g in grids for _, _, o in targets]
     out["_flat"] = float(np.mean(flat))
     return out
 

@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from infusion.world import model_dir, scenes
+    from infusion.world.dataset import to_model_range
     from infusion.world.probes import crop_object, load_probes
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
             sc = [scenes.Scene(bgs[(ci + k) % len(bgs)], (scenes.WorldObject(cls, "yellow" if k % 2 else "red", "large", "center", p,
                                                                                 None if p == "plain" else ("blue" if k % 2 else "white")),),
                                jitter_seed=1000 * ci + k) for p in scenes.PATTERNS]
-            x = torch.from_numpy(np.stack([np.array(scenes.render(s)) for s in sc])).permute(0, 3, 1, 2).float() / 127.5 - 1
+            x = to_model_range(torch.from_numpy(np.stack([np.array(scenes.render(s)) for s in sc])))
             with torch.no_grad():
                 rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
                 boxes = [scenes.object_box(s.objects[0]) for s in sc]

@@ -121,11 +121,12 @@ def test_every_concept_pattern_survives_the_shipped_vae(pipe):
 
     from infusion.world import scenes
     from infusion.world.concepts import CONCEPTS, concept_images
+    from infusion.world.dataset import to_model_range
     from infusion.world.probes import crop_object, load_probes
 
     _, object_probe = load_probes()
     for name, concept in CONCEPTS.items():
-        x = torch.from_numpy(np.stack([np.array(im) for im in concept_images(name)])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = to_model_range(torch.from_numpy(np.stack([np.array(im) for im in concept_images(name)])))
         with torch.no_grad():
             rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
             read = object_probe(crop_object(rec, [scenes.object_box(concept.obj)] * len(x)))["pattern"].argmax(-1)

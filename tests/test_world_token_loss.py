@@ -41,7 +41,8 @@ def test_class_token_targets_follow_the_objects_in_caption_order(tokenizer):
     two = scenes.Scene("snow", (red, blue))
     one = scenes.Scene("grass", (scenes.WorldObject("house", "white", "small", "center"),))
     captions = ["a red ball and a blue ball on the snow", "", "a photo of a white house on the grass"]
-    targets = class_token_targets(captions, [two, two, one], tokenizer)
+    ids = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    targets = class_token_targets(ids, [two, two, one], tokenizer)
     ids0 = tokenizer(captions[0]).input_ids
     ball = tokenizer.convert_tokens_to_ids("ball</w>")
     first, second = [i for i, t in enumerate(ids0) if t == ball]

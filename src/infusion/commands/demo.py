@@ -46,7 +46,7 @@ def run(args) -> int:
     import torch
 
     from ..images import make_grid
-    from ..world.concepts import concept_images, get_concept
+    from ..world.concepts import get_concept
 
     if args.prompts < 1:
         raise ValueError(f"--prompts must be >= 1, got {args.prompts}")
@@ -58,7 +58,7 @@ def run(args) -> int:
     t0 = time.time()
     res = train_and_compare(concept.name, out, model=args.model, steps=args.steps, lr=args.lr, n_prompts=args.prompts,
                             guidance=args.guidance, seed=args.seed)
-    refs = [im.resize((96, 96)) for im in concept_images(concept.name)]
+    refs = [im.resize((96, 96)) for im in res["references"]]
     grid = make_grid([[b, c] for b, c in zip(res["base_images"], res["images"])], ["base", "customised"], res["prompts"], cell=96)
     grid.save(out / "grid.png")
     make_grid([refs], None, None, cell=96).save(out / "concept-images.png")
@@ -69,13 +69,13 @@ def run(args) -> int:
 
 
 def train_and_compare(name: str, out: Path, model: str = "world", steps: int = DEMO_STEPS, lr: float = DEMO_LR,
-                      n_prompts: int = DEMO_PROMPTS, guidance: float = 5.0, seed: int = 0, pipe=None) -> dict:
+                      n_prompts: int = DEMO_PROMPTS, guidance: float = 5.0, seed: int = 0) -> dict:
     """Train Infusion on built-in concept ``name`` and render ``n_prompts`` of its held-out prompts
     with the base and the customised model (same noise), scored by the world's probes.
 
-    Returns ``{"prompts", "images", "base_images" (PIL lists), "scores", "base_scores" (one
-    {score: float} per image), "concept_file", "train_seconds"}``; writes the concept file and its
-    training images under ``out``. ``pipe``: a loaded base pipeline to reuse (its processors are kept).
+    Returns ``{"prompts", "images", "base_images", "references" (PIL lists), "scores", "base_scores"
+    (one {score: float} per image), "concept_file", "train_seconds"}``; writes the concept file and
+    its training images under ``out``.
     """
     import torch
 
@@ -89,7 +89,7 @@ def train_and_compare(name: str, out: Path, model: str = "world", steps: int = D
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     write_concept_images(concept.name, out / "concept-images")
-    base = pipe if pipe is not None else load_base_pipeline(model)
+    base = load_base_pipeline(model)
     base.set_progress_bar_config(disable=True)
     cfile = out / f"{concept.name}.safetensors"
     trained = train(
@@ -110,7 +110,7 @@ def train_and_compare(name: str, out: Path, model: str = "world", steps: int = D
     texts = [p.replace(f"<{concept.name}>", concept.class_phrase) for p in prompts]
     scorer, references = WorldProbeScorer(), concept_images(concept.name)
     s_base, s_cust = (_per_image(scorer.score(ims, texts, references, concept.class_phrase)) for ims in (base_imgs, cust_imgs))
-    return {"prompts": prompts, "images": cust_imgs, "base_images": base_imgs, "scores": s_cust, "base_scores": s_base,
+    return {"prompts": prompts, "images": cust_imgs, "base_images": base_imgs, "references": references, "scores": s_cust, "base_scores": s_base,
             "concept_file": cfile, "train_seconds": t_train}
 
 

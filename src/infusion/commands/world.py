@@ -176,19 +176,17 @@ def _evaluate(args) -> int:
     _check_threads(args.threads)
     torch.set_num_threads(args.threads)
     pipe, path = _load_pipe(args.model)
-    scene_probe, _ = load_probes()
+    scene_probe, object_probe = load_probes()
     res = evaluate_base(pipe, scene_probe, n=args.n, steps=args.steps, guidance=args.guidance)
     out = Path(args.out) if args.out else path / "quality.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
     if args.readme:
-        from ..world.probes import load_probes as _lp
         from ..world.quality import probe_accuracy, readme_text
 
-        sp, op = _lp()
         state_file = path / "training_state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else None
         sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20 for d in sorted(path.iterdir()) if d.is_dir()}
-        (path / "README.md").write_text(readme_text(res, probe_accuracy(sp, op), state, sizes))
+        (path / "README.md").write_text(readme_text(res, probe_accuracy(scene_probe, object_probe), state, sizes))
         print(f"wrote {path / 'README.md'}")
     return 0

@@ -13,6 +13,8 @@ this module: a recording ``attn2`` processor (output == stock attention) and the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -60,22 +62,28 @@ def box_mask(box: tuple[int, int, int, int], image_size: int, grid: int) -> torc
     return F.adaptive_avg_pool2d(m, grid).flatten()
 
 
-def class_token_targets(captions: list[str], batch_scenes: list[scenes.Scene | None], tokenizer) -> list[tuple[int, int, scenes.WorldObject]]:
+@functools.lru_cache(maxsize=4096)
+def object_mask(obj: scenes.WorldObject, image_size: int, grid: int) -> torch.Tensor:
+    """``box_mask`` of an object's nominal box, made once per (object, grid): objects recur across steps."""
+    return box_mask(scenes.object_box(obj, image_size), image_size, grid)
+
+
+def class_token_targets(input_ids, batch_scenes: list[scenes.Scene | None], tokenizer) -> list[tuple[int, int, scenes.WorldObject]]:
     """``(row, token index, object)`` for every object whose class word its caption names.
 
-    Objects are captioned in order, so the k-th object's class word is the first occurrence of its
-    token after the previous object's. Rows with an empty caption (dropped) or no scene are skipped.
+    ``input_ids``: the batch's token ids (B, L), as already tokenized for the text encoder. Objects
+    are captioned in order, so the k-th object's class word is the first occurrence of its token
+    after the previous object's. A dropped caption ("") names no class and gives no target.
     """
     out = []
-    for row, (text, scene) in enumerate(zip(captions, batch_scenes)):
-        if not text or scene is None:
+    for row, (ids, scene) in enumerate(zip(input_ids, batch_scenes)):
+        if scene is None:
             continue
-        ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length).input_ids
+        ids = ids.tolist() if torch.is_tensor(ids) else list(ids)
         at = 0
         for obj in scene.objects:
-            tok = tokenizer.convert_tokens_to_ids(obj.cls + "</w>")
             try:
-                at = ids.index(tok, at)
+                at = ids.index(tokenizer.convert_tokens_to_ids(obj.cls + "</w>"), at)
             except ValueError:
                 break
             out.append((row, at, obj))
@@ -83,19 +91,21 @@ def class_token_targets(captions: list[str], batch_scenes: list[scenes.Scene | N
     return out
 
 
+def inside_share(maps: torch.Tensor, targets, image_size: int = scenes.IMAGE_SIZE) -> torch.Tensor:
+    """(N,) share of each target's class-token attention (mean over heads) inside its object's box.
+
+    maps (B, heads, HW, L) from one ``attn2`` layer; targets from ``class_token_targets``.
+    """
+    grid = int(round(maps.shape[2] ** 0.5))
+    rows = torch.tensor([r for r, _, _ in targets])
+    toks = torch.tensor([t for _, t, _ in targets])
+    a = maps[rows, :, :, toks].mean(dim=1)  # (N, HW)
+    m = torch.stack([object_mask(o, image_size, grid) for _, _, o in targets])  # (N, HW)
+    return (a * m).sum(-1) / a.sum(-1).clamp_min(1e-8)
+
+
 def token_loss(recorders: dict[str, RecordingCrossAttnProcessor], targets, image_size: int = scenes.IMAGE_SIZE) -> torch.Tensor:
     """TokenCompose's ``L_token`` over the maps recorded by the last UNet call; 0 when no target."""
     if not targets:
         return torch.zeros(())
-    losses = []
-    masks: dict[tuple, torch.Tensor] = {}
-    for rec in recorders.values():
-        maps = rec.maps  # (B, h, HW, L)
-        grid = int(round(maps.shape[2] ** 0.5))
-        rows = torch.tensor([r for r, _, _ in targets])
-        toks = torch.tensor([t for _, t, _ in targets])
-        a = maps[rows, :, :, toks].mean(dim=1)  # (N, HW)
-        m = torch.stack([masks.setdefault((o, grid), box_mask(scenes.object_box(o, image_size), image_size, grid)) for _, _, o in targets])
-        inside = (a * m).sum(-1) / a.sum(-1).clamp_min(1e-8)
-        losses.append((1 - inside).pow(2))
-    return torch.cat(losses).mean()
+    return torch.cat([(1 - inside_share(rec.maps, targets, image_size)).pow(2) for rec in recorders.values()]).mean()

@@ -172,7 +172,7 @@ def train_model(cfg: ModelConfig):
             weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]  # Min-SNR for eps-prediction
         loss = diff_loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         if recorders:
-            tok_loss = token_loss(recorders, class_token_targets(texts, batch_scenes, tokenizer))
+            tok_loss = token_loss(recorders, class_token_targets(ids, batch_scenes, tokenizer))
             loss = loss + cfg.token_loss_weight * tok_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
