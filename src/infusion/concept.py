@@ -1,7 +1,9 @@
 """Concept files (DESIGN section 3): one Delta per ``attn2`` layer, safetensors + string metadata.
 
 File layout: tensor key = diffusers module name of the layer
-(``down_blocks.0.attentions.0.transformer_blocks.0.attn2``), shape ``[n_tokens, D]``; metadata holds
+(``down_blocks.0.attentions.0.transformer_blocks.0.attn2``), shape ``[n_tokens, D]``; a concept of the
+``query`` variant (``processor`` module docstring) adds ``<layer>.query_a`` ``[n_tokens, D, r]`` and
+``<layer>.query_b`` ``[n_tokens, r, D]`` per layer and is written as format version 2; metadata holds
 format name/version, method, name, class phrase, base model id, base fingerprint, training
 settings (JSON) and the library version. Writes are atomic (temp file + rename).
 """
@@ -22,7 +24,9 @@ from .io import read_safetensors, save_safetensors_atomic
 from . import __version__
 
 FORMAT_NAME = "infusion-concept"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "1"  # plain concepts (the paper's Infusion)
+FORMAT_VERSION_QUERY = "2"  # with the query variant's terms
+QUERY_SUFFIXES = (".query_a", ".query_b")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_\-\.]*"
 
 
@@ -46,6 +50,7 @@ class Concept:
     """A trained Infusion concept.
 
     deltas: layer name -> Delta, shape [n_tokens, D] (D = that layer's value width)
+    query:  ``query`` variant only: layer name -> (A [n_tokens, D, r], B [n_tokens, r, D]); empty otherwise
     """
 
     name: str
@@ -55,6 +60,8 @@ class Concept:
     base_fingerprint: str = ""
     method: str = "infusion"
     training: dict = field(default_factory=dict)
+    query: dict = field(default_factory=dict)
+    t_max: float = 1.0  # inject at timesteps t < t_max * T only (1.0: every step, the paper's)
 
     def __post_init__(self):
         import re
@@ -71,18 +78,31 @@ class Concept:
         rows = {t.shape[0] for t in self.deltas.values()}
         if len(rows) != 1 or any(t.ndim != 2 for t in self.deltas.values()):
             raise ValueError(f"every Delta must be [n_tokens, D] with one n_tokens; got rows {sorted(rows)}")
+        if self.query:
+            if set(self.query) != set(self.deltas):
+                raise ValueError("query terms must cover exactly the layers of the Deltas")
+            for layer, (a, b) in self.query.items():
+                n, d = self.deltas[layer].shape
+                if a.ndim != 3 or b.ndim != 3 or a.shape[:2] != (n, d) or b.shape != (n, a.shape[2], d):
+                    raise ValueError(f"query terms of {layer}: want A [{n}, {d}, r] and B [{n}, r, {d}], got "
+                                     f"{tuple(a.shape)} and {tuple(b.shape)}")
+
+    @property
+    def residual(self) -> str:
+        """``"value"`` (the paper's constant Delta) or ``"query"`` (Delta + a per-pixel query term)."""
+        return "query" if self.query else "value"
 
     @property
     def n_tokens(self) -> int:
         return next(iter(self.deltas.values())).shape[0]
 
     def num_parameters(self) -> int:
-        return sum(t.numel() for t in self.deltas.values())
+        return sum(t.numel() for t in self.deltas.values()) + sum(a.numel() + b.numel() for a, b in self.query.values())
 
     def metadata(self) -> dict[str, str]:
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION_QUERY if self.query else FORMAT_VERSION,
             "method": self.method,
             "name": self.name,
             "class_phrase": self.class_phrase,
@@ -90,11 +110,15 @@ class Concept:
             "base_fingerprint": self.base_fingerprint,
             "training": json.dumps(self.training, sort_keys=True, default=str),
             "library_version": __version__,
+            **({"t_max": repr(self.t_max)} if self.t_max != 1.0 else {}),
         }
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
         """Write atomically (temp file in the same folder, then rename). fp16 by default: 2 bytes/value."""
         tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.deltas.items()}
+        for layer, (a, b) in self.query.items():
+            for suffix, t in zip(QUERY_SUFFIXES, (a, b)):
+                tensors[layer + suffix] = t.detach().to("cpu", dtype).contiguous()
         for k, v in tensors.items():
             if not torch.isfinite(v).all():
                 raise ValueError(f"refusing to save concept <{self.name}>: Delta of {k} is not finite (NaN/inf)")
@@ -110,12 +134,19 @@ class Concept:
                 f"{path} is not an Infusion concept file (format={meta.get('format')!r}, "
                 f"method={meta.get('method')!r})"
             )
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in (FORMAT_VERSION, FORMAT_VERSION_QUERY):
             raise ValueError(f"{path}: concept format version {meta.get('format_version')!r} is not supported")
+        deltas = {k: v for k, v in tensors.items() if not k.endswith(QUERY_SUFFIXES)}
+        query = {k: (tensors[k + QUERY_SUFFIXES[0]], tensors[k + QUERY_SUFFIXES[1]])
+                 for k in deltas if k + QUERY_SUFFIXES[0] in tensors and k + QUERY_SUFFIXES[1] in tensors}
+        if len(query) * 2 != len(tensors) - len(deltas):
+            raise ValueError(f"{path}: query terms without their layer's Delta, or A without B")
         return cls(
             name=meta["name"],
             class_phrase=meta["class_phrase"],
-            deltas=tensors,
+            deltas=deltas,
+            query=query,
+            t_max=float(meta.get("t_max", 1.0)),
             base_model=meta.get("base_model", ""),
             base_fingerprint=meta.get("base_fingerprint", ""),
             method=meta.get("method", "infusion"),

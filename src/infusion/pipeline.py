@@ -79,6 +79,7 @@ class InfusionPipeline(StableDiffusionPipeline):
         self._concepts.clear()
         for proc in infusion_processors(self.unet).values():
             proc.deltas = {}
+            proc.query_terms = {}
 
     @property
     def concepts(self) -> dict[str, Concept]:
@@ -101,6 +102,8 @@ class InfusionPipeline(StableDiffusionPipeline):
         dtype, device = self.unet.dtype, self.unet.device
         for layer, proc in procs.items():
             proc.deltas = {n: c.deltas[layer].to(device=device, dtype=dtype) for n, c in concepts.items()}
+            proc.query_terms = {n: tuple(t.to(device=device, dtype=dtype) for t in c.query[layer])
+                                for n, c in concepts.items() if c.query}
 
     # -- prompts ----------------------------------------------------------------------------
     def parse(self, prompts: list[str], concepts: dict[str, Concept]) -> list[ParsedPrompt]:
@@ -190,6 +193,19 @@ class InfusionPipeline(StableDiffusionPipeline):
         text = torch.cat(rows_per_stream * 2)  # (R, L, C): [F_uncond, F_cond, C_uncond, C_cond]
         n_f = text.shape[0] // 2
         plan = InfusionPlan.build("fused", n_f, list(range(n_f)), spans)
+        concepts = self._concepts
+        limits = sorted({c.t_max for n, c in concepts.items() if c.t_max < 1.0})
+        T = self.scheduler.config.num_train_timesteps
+        plans = {}  # concepts with t_max inject only below t_max * T: the plan of each set of live concepts
+
+        def plan_at(t) -> InfusionPlan:
+            if not limits:
+                return plan
+            live = frozenset(n for n, c in concepts.items() if float(t) < c.t_max * T)
+            if live not in plans:
+                plans[live] = InfusionPlan.build("fused", n_f, list(range(n_f)),
+                                                 [[sp for sp in row if sp.name in live] for row in spans])
+            return plans[live]
 
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device)
         bn = len(pos) * n
@@ -202,7 +218,7 @@ class InfusionPipeline(StableDiffusionPipeline):
                 zf, zc = z.chunk(2)
                 x = torch.cat([zf] * reps + [zc] * reps)  # (R, 4, h, w)
                 x = self.scheduler.scale_model_input(x, t)
-                eps = self.unet(x, t, encoder_hidden_states=text, cross_attention_kwargs={"infusion": plan},
+                eps = self.unet(x, t, encoder_hidden_states=text, cross_attention_kwargs={"infusion": plan_at(t)},
                                 return_dict=False)[0]
                 if cfg:
                     fu, fc, cu, cc = eps.chunk(4)

@@ -111,12 +111,14 @@ class InfusionAttnProcessor:
     """``attn2`` processor: F rows as the base model, C rows derived from F (Eq. 7, Eq. 9).
 
     ``deltas`` maps a concept name to this layer's residual, shape [n_tokens, D]; it may hold
-    ``nn.Parameter`` objects (training) or plain tensors (inference).
+    ``nn.Parameter`` objects (training) or plain tensors (inference). ``query_terms`` maps a concept
+    of the ``query`` variant to its ``(A [n_tokens, D, r], B [n_tokens, r, D])``.
     """
 
     def __init__(self, layer_name: str):
         self.layer_name = layer_name
         self.deltas: dict[str, torch.Tensor] = {}
+        self.query_terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._base = AttnProcessor2_0()
 
     def __call__(
@@ -143,8 +145,9 @@ class InfusionAttnProcessor:
 
         plan = infusion
         if plan.mode == "inject":
-            core_src, maps = plan.records[self.layer_name]  # (B, N, D), (B, H, N, T)
-            core = self._c_core(attn, core_src, maps, plan)  # (B, N, D)
+            core_src, maps = plan.records[self.layer_name]  # (B, N, D), (n_a, H, N, T)
+            queries = self._c_queries(attn, hidden_states, plan)  # (n_a, N, D) or None
+            core = self._c_core(attn, core_src, maps, queries, plan)  # (B, N, D)
         else:
             n_f = plan.n_f if plan.mode == "fused" else hidden_states.shape[0]
             core_f, maps = self._f_core(
@@ -155,7 +158,8 @@ class InfusionAttnProcessor:
                 plan.records[self.layer_name] = (core_src, maps)
                 core = core_f
             else:
-                core = torch.cat([core_f, self._c_core(attn, core_src, maps, plan)], dim=0)  # (B, N, D)
+                queries = self._c_queries(attn, hidden_states[n_f:], plan)
+                core = torch.cat([core_f, self._c_core(attn, core_src, maps, queries, plan)], dim=0)  # (B, N, D)
 
         out = attn.to_out[1](attn.to_out[0](core))  # (B, N, C): W_O, b_O, dropout
         if input_ndim == 4:
@@ -200,18 +204,64 @@ class InfusionAttnProcessor:
         maps = probs.gather(-1, pos).to(q.dtype)  # (n_a, H, N, T)
         return core, maps
 
-    def _c_core(self, attn, core_src, maps, plan):
-        """C rows: core_F + M_F[:, :, obj] @ Delta, per head. core_src (n_c, N, D) -> (n_c, N, D)."""
+    def _c_queries(self, attn, hs_c, plan):
+        """The ``query`` variant's input: the active C rows' own queries (n_a, N, D), heads concatenated;
+        None when no concept of the call has query terms. hs_c: the C rows' hidden states (n_c, N, C)."""
+        if not any(n in self.query_terms for n in plan.concepts_used()):
+            return None
+        q = attn.to_q(hs_c[plan.active.to(hs_c.device)])  # (n_a, N, D)
+        if attn.norm_q is not None:
+            H = attn.heads
+            q = attn.norm_q(q.view(q.shape[0], -1, H, q.shape[-1] // H).transpose(1, 2)).transpose(1, 2).flatten(2)
+        return q
+
+    def _c_core(self, attn, core_src, maps, queries, plan):
+        """C rows: core_F + M_F[:, :, obj] @ (Delta + q A B), per head. core_src (n_c, N, D) -> (n_c, N, D)."""
         n_c, N, D = core_src.shape
         active = plan.active.to(core_src.device)
         if active.numel() == 0:
             return core_src
         H, n_a = attn.heads, active.numel()
         delta = self._stacked_deltas(plan, D, core_src)  # (n_a, T, D)
-        delta = delta.view(n_a, -1, H, D // H).transpose(1, 2)  # (n_a, H, T, d)
+        T = delta.shape[1]
+        delta = delta.view(n_a, T, H, D // H).transpose(1, 2)  # (n_a, H, T, d)
         upd = maps.to(delta.dtype) @ delta  # (n_a, H, N, d)
+        if queries is not None:  # the query variant: a per-pixel value residual (n_a, T, N, D)
+            a, b = self._stacked_query_terms(plan, D, core_src)  # (n_a, T, D, r), (n_a, T, r, D)
+            z = torch.einsum("and,atdr->atnr", queries.to(a.dtype), a)  # (n_a, T, N, r)
+            dq = torch.einsum("atnr,atre->atne", z, b)
+            dq = dq.view(n_a, T, N, H, D // H).permute(0, 3, 2, 1, 4)  # (n_a, H, N, T, d)
+            upd = upd + (maps.to(dq.dtype).unsqueeze(-1) * dq).sum(3)  # (n_a, H, N, d)
         upd = upd.transpose(1, 2).reshape(n_a, N, D).to(core_src.dtype)  # (n_a, N, D)
         return core_src.index_add(0, active, upd)  # inactive rows: exact copies of F
+
+    def _slot_index(self, plan: InfusionPlan, names: list[str], sizes: dict[str, int], device) -> torch.Tensor:
+        """(n_a, T) index into a table ``[zero row, rows of names[0], rows of names[1], ...]``."""
+        offset, total = {}, 1
+        for n in names:
+            offset[n], total = total, total + sizes[n]
+        return torch.tensor(
+            [[0 if s is None or s[0] not in offset else offset[s[0]] + s[1] for s in plan.slots[i]]
+             for i in plan.active.tolist()],
+            dtype=torch.long, device=device,
+        )
+
+    def _stacked_query_terms(self, plan: InfusionPlan, D: int, like: torch.Tensor):
+        """This layer's (A, B) for every (active C row, padded token) slot: (n_a, T, D, r), (n_a, T, r, D);
+        zero for padding and for concepts without query terms."""
+        names = sorted(n for n in plan.concepts_used() if n in self.query_terms)
+        r = max(self.query_terms[n][0].shape[-1] for n in names)
+        za, zb = like.new_zeros(1, D, r), like.new_zeros(1, r, D)
+        ta, tb = [za], [zb]
+        for n in names:
+            a, b = (t.to(device=like.device, dtype=like.dtype) for t in self.query_terms[n])
+            if a.shape[1] != D or b.shape[2] != D:
+                raise ValueError(f"{self.layer_name}: query terms of <{n}> have width {a.shape[1]}, layer needs {D}")
+            pad = r - a.shape[-1]  # concepts of different ranks: pad with zeros (exact)
+            ta.append(F.pad(a, (0, pad)))
+            tb.append(F.pad(b, (0, 0, 0, pad)))
+        index = self._slot_index(plan, names, {n: self.query_terms[n][0].shape[0] for n in names}, like.device)
+        return torch.cat(ta)[index], torch.cat(tb)[index]
 
     def _stacked_deltas(self, plan: InfusionPlan, D: int, like: torch.Tensor) -> torch.Tensor:
         """Gather this layer's Delta rows for every (active C row, padded token) slot -> (n_a, T, D)."""

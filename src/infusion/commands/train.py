@@ -40,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", help=helps["gradient_checkpointing"])
     p.add_argument("--checkpoint-every", type=int, default=0, help=helps["checkpoint_every"])
     p.add_argument("--resume", nargs="?", const="auto", default=None, help=helps["resume"])
+    p.add_argument("--flip", dest="flip", action="store_true", default=None, help=helps["flip"])
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not add mirrored copies")
     p.add_argument("--model-config", default=None, help=helps["model_config"])
     from ..training.methods import mlm_methods

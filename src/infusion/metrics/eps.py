@@ -80,6 +80,8 @@ class InfusionEps:
                 )
             for layer, proc in procs.items():
                 proc.deltas[concept.name] = concept.deltas[layer]
+                if concept.query:
+                    proc.query_terms[concept.name] = concept.query[layer]
             self.class_phrases[concept.name] = concept.class_phrase
 
     @classmethod

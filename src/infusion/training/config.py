@@ -29,7 +29,9 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
     checkpoint_every: int = field(default=0, metadata={"help": "write <out>-step<N> and the resume state every N steps (0: only at the end)"})
     resume: str | None = field(default=None, metadata={"help": "resume from this state file, or 'auto' (<out>.state.safetensors if present)"})
-    flip: bool = field(default=True, metadata={"help": "add horizontally flipped copies of the images"})
+    flip: bool | None = field(default=None, metadata={"help": (
+        "add horizontally flipped copies of the images (default: yes, except on the built-in world, whose concepts have "
+        "a left and a right: a mirrored 'pink right half' is a pink left half)")})
     model_config: str | None = field(default=None, metadata={"help": "configs for a single-file checkpoint (local folder)"})
     method_args: dict = field(default_factory=dict, metadata={"help": "method-specific settings"})
     mlm_lambda: float = field(default=0.0, metadata={"help": (
@@ -58,6 +60,10 @@ class TrainConfig:
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.checkpoint_every < 0:
             raise ValueError("--checkpoint-every must be >= 0")
+        if self.flip is None:
+            from ..world import is_world_model
+
+            self.flip = not is_world_model(self.model)
         self._check_mlm()
 
     def _check_mlm(self) -> None:

@@ -29,6 +29,23 @@ CAPTION_TEMPLATES = (
     "a good photo of the {}",
 )
 
+# The built-in world's text encoder only knows its captions' words ("cropped", "clean", "close-up",
+# "bright", "good" never occur there): on the world, captions use its own prefixes (``scenes._PREFIXES``).
+WORLD_CAPTION_TEMPLATES = (
+    "a photo of a {}",
+    "a picture of a {}",
+    "an image of a {}",
+    "a rendering of a {}",
+)
+
+
+def caption_templates(model) -> tuple[str, ...]:
+    """The training caption templates for ``--model``: the world's own words on the world, else Textual Inversion's."""
+    from ..world import is_world_model
+
+    return WORLD_CAPTION_TEMPLATES if is_world_model(model) else CAPTION_TEMPLATES
+
+
 MIN_SIDE = 32  # smaller images carry too little of the concept to learn from
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..io import read_safetensors, save_safetensors_atomic
 from ..models import load_base_pipeline
 from .config import TrainConfig
-from .data import CAPTION_TEMPLATES, encode_latent_stats, load_concept_images
+from .data import caption_templates, encode_latent_stats, load_concept_images
 from .methods import get_method
 from .methods.files import output_parts
 
@@ -53,7 +53,8 @@ def save_state(path: Path, method, optimizer, step: int, cfg: TrainConfig) -> No
         for k, v in st.items():
             if torch.is_tensor(v):
                 tensors[f"optim/{by_id[id(p)]}/{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
-    meta = {"step": str(step), "config": json.dumps(cfg.to_dict(), default=str), "params": json.dumps(names)}
+    meta = {"step": str(step), "config": json.dumps(cfg.to_dict(), default=str), "params": json.dumps(names),
+            "trainable_parameters": str(sum(v.numel() for v in method.trainable_state().values()))}
     save_safetensors_atomic(tensors, path, meta)
 
 
@@ -122,7 +123,7 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
 
     method = method_cls(pipe, cfg)
     method.to(accelerator.device)
-    captions = [t.format(f"<{cfg.name}>") for t in CAPTION_TEMPLATES]
+    captions = [t.format(f"<{cfg.name}>") for t in caption_templates(cfg.model)]
     prior = method.prior_data()  # DreamBooth-style class prior examples, or None
     all_captions = captions + (prior.captions if prior is not None else [])
     text_cache = method.encode_captions(all_captions) if method.cache_text else None
@@ -148,6 +149,7 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method} <{cfg.name}>",
                disable=not (progress and accelerator.is_local_main_process))
     T = noise_sched.config.num_train_timesteps
+    t_hi = method.max_train_timestep(T)  # instance rows' timesteps: [0, t_hi)
     device = accelerator.device
     loss_ema = None
     for step in bar:
@@ -156,7 +158,7 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         cap = torch.randint(len(captions), (cfg.batch_size,), generator=g)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling
         noise = torch.randn(z0.shape, generator=g)
-        t = torch.randint(0, T, (cfg.batch_size,), generator=g)
+        t = torch.randint(0, t_hi, (cfg.batch_size,), generator=g)
         z_t = noise_sched.add_noise(z0, noise, t)
         if prior is not None:  # the same number of class-prior rows, drawn after the instance rows
             pidx = torch.randint(len(prior.mean), (cfg.batch_size,), generator=g)

@@ -109,3 +109,30 @@ def eval_prompts(name: str) -> list[str]:
         p = rng.choice([p for p in scenes.POSITIONS if p != c.obj.position])
         prompts.append(f"a {other_size} {tok} {pos(p)} {bg(rng.choice(other_bgs))}")
     return prompts
+
+
+def validation_prompts(name: str) -> list[str]:
+    """12 prompts with ``<name>`` for choosing settings (a sweep), never any of ``eval_prompts(name)``:
+    the same kinds of change (backgrounds, positions, sizes, a second object), worded with the world's
+    other phrasings ("in the snow", "at the top left") and drawn with another random stream."""
+    c = get_concept(name)
+    rng = random.Random(hash_name(name) + 7_777)
+    tok = f"<{name}>"
+    other_bgs = [b for b in scenes.BACKGROUNDS if b != c.background]
+    bg = lambda b: scenes.BACKGROUND_PHRASES[b][1]  # noqa: E731
+    pos = lambda p: scenes.POSITION_PHRASES[p][1]  # noqa: E731
+    other_size = next(s for s in scenes.SIZES if s != c.obj.size)
+    prompts = [f"a picture of a {tok} {bg(b)}" for b in rng.sample(other_bgs, 4)]
+    for p in rng.sample([p for p in scenes.POSITIONS if p != c.obj.position], 3):
+        prompts.append(f"an image of a {tok} {pos(p)} {bg(rng.choice(other_bgs))}")
+    prompts.append(f"a picture of a {other_size} {tok} {bg(rng.choice(other_bgs))}")
+    corners = [p for p in scenes.CORNERS if p != c.obj.position]
+    for _ in range(2):
+        p1, p2 = rng.sample(corners, 2)
+        other_cls = rng.choice([k for k in scenes.CLASSES if k != c.obj.cls])
+        color = rng.choice(list(scenes.COLORS))
+        other = scenes.object_phrase(scenes.WorldObject(other_cls, color, "small", p2), {"color": color})
+        prompts.append(f"a picture of a {tok} {pos(p1)} and {other} {pos(p2)}")
+    prompts.append(f"an image of a {tok}")
+    prompts.append(f"a picture of a {other_size} {tok} {pos(rng.choice(corners))} {bg(rng.choice(other_bgs))}")
+    return prompts

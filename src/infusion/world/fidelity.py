@@ -151,3 +151,43 @@ def concept_fidelity(object_probe, images: torch.Tensor, readings: list[SceneRea
     """(B,) cosine similarity of each image's ``cls`` object to ``reference`` (128,) (a normalised mean embedding)."""
     boxes = [slot_box(r, locate(r, {"cls": cls})) for r in readings]
     return object_embeddings(object_probe, images, boxes) @ F.normalize(reference, dim=0)
+
+
+@dataclass(frozen=True)
+class ObjectLook:
+    """What the ObjectProbe reads on one object: colour, pattern and second colour (``"none"`` when plain)."""
+
+    color: str
+    pattern: str
+    color2: str
+
+    @classmethod
+    def of(cls, obj: scenes.WorldObject) -> "ObjectLook":
+        return cls(obj.color, obj.pattern, obj.color2 or "none")
+
+    def describe(self) -> str:
+        if self.pattern == "plain":
+            return f"plain {self.color}"
+        return f"{self.color} with {scenes.PATTERN_LOOKS[self.pattern].format(self.color2)}"
+
+
+@torch.no_grad()
+def read_looks(object_probe, images: torch.Tensor, boxes) -> list[ObjectLook]:
+    """(B, 3, 32, 32) images in [-1, 1] and one pixel box each -> the ObjectProbe's reading of each object's look."""
+    from .probes import COLOR2_OR_NONE
+
+    out = object_probe(crop_object(images, boxes))
+    col, pat, col2 = (out[k].argmax(-1).tolist() for k in ("color", "pattern", "color2"))
+    return [ObjectLook(COLOR_NAMES[c], scenes.PATTERNS[p], COLOR2_OR_NONE[c2]) for c, p, c2 in zip(col, pat, col2)]
+
+
+def concept_looks(object_probe, images: torch.Tensor, readings: list[SceneReading], obj: dict) -> list[ObjectLook]:
+    """The look of the object ``obj`` (a named-object dict: ``cls`` and maybe ``position``) in each image,
+    read where it stands (``locate``) in the size the SceneProbe reads there."""
+    boxes = [slot_box(r, locate(r, obj)) for r in readings]
+    return read_looks(object_probe, images, boxes)
+
+
+def has_look(look: ObjectLook, target: ObjectLook) -> bool:
+    """The look rate's test: colour, pattern and second colour all read as the target's."""
+    return look == target

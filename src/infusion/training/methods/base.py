@@ -119,6 +119,8 @@ class Method(nn.Module):
     cache_text: ClassVar[bool] = True  # captions' text states are frozen: encode once
     out_help: ClassVar[str] = "a safetensors file"  # what --out is for this method (shown by --help)
     method_args_help: ClassVar[dict[str, str] | None] = None  # --method-arg keys it reads (None: not declared)
+    # Defaults that replace the paper's on the built-in world (``--model world``), each measured (see the class)
+    world_defaults: ClassVar[dict] = {}
 
     def __init__(self, pipe, cfg):
         super().__init__()
@@ -144,7 +146,11 @@ class Method(nn.Module):
                           stacklevel=3)
 
     def learning_rate(self) -> float:
-        return self.cfg.lr if self.cfg.lr is not None else self.default_lr
+        if self.cfg.lr is not None:
+            return self.cfg.lr
+        from ...world import is_world_model
+
+        return self.world_defaults.get("lr", self.default_lr) if is_world_model(self.cfg.model) else self.default_lr
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -152,6 +158,10 @@ class Method(nn.Module):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Named trainable tensors (for resume checkpoints)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def max_train_timestep(self, num_train_timesteps: int) -> int:
+        """Instance rows draw t uniformly from [0, this); every method but a time-limited Infusion: all of them."""
+        return num_train_timesteps
 
     def prior_data(self) -> PriorData | None:
         """Class-prior examples for the trainer to mix into each step; ``None``: no prior loss."""

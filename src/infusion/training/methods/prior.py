@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ...images import read_png_params, save_png
-from ..data import CAPTION_TEMPLATES, encode_latent_stats, load_rgb, prepare_image
+from ..data import caption_templates, encode_latent_stats, load_rgb, prepare_image
 from .base import PriorData
 from .files import output_parts
 
@@ -25,8 +25,9 @@ def prior_folder(out: str | Path) -> Path:
     return out.with_name(output_parts(out)[0] + ".prior")
 
 
-def prior_prompts(class_phrase: str, n: int) -> list[str]:
-    return [CAPTION_TEMPLATES[i % len(CAPTION_TEMPLATES)].format(class_phrase) for i in range(n)]
+def prior_prompts(class_phrase: str, n: int, model="") -> list[str]:
+    templates = caption_templates(model)
+    return [templates[i % len(templates)].format(class_phrase) for i in range(n)]
 
 
 @torch.no_grad()
@@ -36,7 +37,7 @@ def class_prior(pipe, cfg, fingerprint: str, n: int, steps: int, weight: float, 
         raise ValueError(f"num_class_images must be >= 1 for prior preservation, got {n}")
     folder = prior_folder(cfg.out)
     resolution = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    prompts = prior_prompts(cfg.class_phrase, n)
+    prompts = prior_prompts(cfg.class_phrase, n, cfg.model)
     wanted = {"class_phrase": cfg.class_phrase, "base_fingerprint": fingerprint, "steps": steps,
               "guidance": guidance, "resolution": resolution}
     images = []

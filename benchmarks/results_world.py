@@ -1,0 +1,298 @@
+"""Every method side by side on the built-in world: one resumable command -> docs/results.md.
+
+    python benchmarks/results_world.py                       # the full run (resumes; two processes: add --workers 2)
+    python benchmarks/results_world.py --report-only         # rewrite the doc from the records so far
+    python benchmarks/results_world.py --preset small --model tiny --out /tmp/r --doc /tmp/r/results.md   # plumbing
+
+Work (``infusion.evaluation.world_results``): per concept and row, defaults as ``infusion train`` gives
+them, a learning-rate x steps sweep scored on validation prompts, the chosen point scored on the test
+prompts; then training curves. Every finished unit is a record; the records are also written into the
+results JSON beside the doc, and a later run (another session, a fresh clone) starts from that JSON, so
+only what is missing is trained and scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+METRICS = (  # key, header, format, better
+    ("look_rate", "look rate", "{:.2f}", "high"),
+    ("concept_fidelity", "concept fid.", "{:.3f}", "high"),
+    ("text_fidelity", "text fid. (with concept)", "{:.3f}", "high"),
+    ("agnostic_text_fidelity", "text fid. (without)", "{:.3f}", "high"),
+    ("class_leak", "class leak", "{:.2f}", "low"),
+    ("background_leak", "bg leak", "{:.2f}", "low"),
+    ("position_obedience", "position", "{:.2f}", "high"),
+    ("size_obedience", "size", "{:.2f}", "high"),
+    ("diversity_background_bits", "bg entropy (bits)", "{:.2f}", "high"),
+    ("diversity_position_bits", "pos. entropy (bits)", "{:.2f}", "high"),
+    ("diversity_look_rate", "look, bare prompt", "{:.2f}", "high"),
+    ("lfd", "LFD", "{:.4f}", "low"),
+    ("w2_to_base", "W2 to base", "{:.2f}", "low"),
+)
+COST = (
+    ("trainable_parameters", "trainable params", "{:,.0f}"),
+    ("file_bytes", "file bytes", "{:,.0f}"),
+    ("seconds_per_step", "s / step", "{:.3f}"),
+    ("seconds_per_image", "s / image", "{:.3f}"),
+    ("steps", "steps", "{:.0f}"),
+    ("lr", "lr", "{:g}"),
+)
+
+
+def _worker(args, curves_first: bool) -> None:
+    import torch
+
+    from infusion.evaluation.world_results import PRESETS, ResultsRun
+
+    torch.set_num_threads(1)
+    preset = PRESETS[args.preset]
+    if args.model:
+        preset.model = args.model
+    ResultsRun(args.out, preset, log=lambda m: print(m, flush=True)).run(curves_first=curves_first)
+
+
+def seed_records(out: Path, results_json: Path) -> int:
+    """Records from a committed results JSON that the work folder lacks (resume across sessions)."""
+    from infusion.evaluation.world_results import Records
+
+    if not results_json.is_file():
+        return 0
+    have = Records(out)
+    n = 0
+    for key, value in json.loads(results_json.read_text()).get("records", {}).items():
+        if key.startswith("train/"):
+            continue  # training outputs are not committed: a missing one is trained again when needed
+        if have.get(key) is None:
+            have.put(key, value)
+            n += 1
+    return n
+
+
+def _fmt(fmt: str, v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return fmt.format(v)
+
+
+def _mean(values):
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def build_report(out: Path, preset, doc: Path, wall: dict) -> dict:
+    """Tables, curve figures and grids from the records -> ``doc`` and its JSON; returns the JSON."""
+    from infusion.evaluation.world_results import BASE_ROW, Records
+
+    rec = Records(out).all()
+    rows = [BASE_ROW] + [r.name for r in preset.rows]
+    settings = {BASE_ROW: ["base"]}
+    table = {}  # (row, setting) -> {metric: mean over concepts}, plus n concepts
+    per_concept = {}
+    for row in rows:
+        for setting in settings.get(row, ["default", "tuned"]):
+            vals = {c: rec.get(f"test/{row}/{c}/{setting}") for c in preset.concepts}
+            have = {c: v for c, v in vals.items() if v}
+            if not have:
+                continue
+            per_concept[(row, setting)] = have
+            keys = [m[0] for m in METRICS] + [m[0] for m in COST]
+            table[(row, setting)] = {k: _mean([v.get(k) for v in have.values()]) for k in keys}
+            table[(row, setting)]["n_concepts"] = len(have)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    fig_dir = doc.parent / "results"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    curves = _curve_figures(rec, preset, fig_dir)
+    grids = _grids(out, preset, fig_dir)
+    lines = _doc(preset, table, per_concept, curves, grids, wall, rec)
+    doc.write_text("\n".join(lines) + "\n")
+    data = {"preset": preset.__class__.__name__, "model": preset.model, "wall_seconds": wall,
+            "table": {f"{r}/{s}": v for (r, s), v in table.items()},
+            "per_concept": {f"{r}/{s}": v for (r, s), v in per_concept.items()},
+            "records": rec}
+    (fig_dir / "results.json").write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    return data
+
+
+def _curve_figures(rec: dict, preset, fig_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for key, label in (("text_fidelity", "text fidelity (test prompts with the concept)"),
+                       ("look_rate", "look rate"), ("agnostic_text_fidelity", "text fidelity (prompts without the concept)")):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        drawn = 0
+        for row in preset.rows:
+            pts = sorted((v["step"], v[key]) for k, v in rec.items()
+                         if k.startswith(f"curve/{row.name}/{preset.curve_concept}/step"))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=row.name)
+                drawn += 1
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.set_title(f"<{preset.curve_concept}>: {label}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        name = f"curve_{key}.png"
+        fig.savefig(fig_dir / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def _grids(out: Path, preset, fig_dir: Path) -> list[str]:
+    from PIL import Image
+
+    from infusion.images import make_grid
+    from infusion.evaluation.world_results import grid_prompts
+    from infusion.world.concepts import concept_images
+
+    files = []
+    for c in preset.concepts:
+        d = out / "grids" / c
+        if not d.is_dir():
+            continue
+        cols = ["base"] + [r.name for r in preset.rows]
+        present = [col for col in cols if (d / f"{col}-00.png").is_file()]
+        prompts = grid_prompts(c, preset, 4)
+        rows = []
+        for i in range(len(prompts)):
+            rows.append([Image.open(d / f"{col}-{i:02d}.png").resize((64, 64), Image.NEAREST)
+                         if (d / f"{col}-{i:02d}.png").is_file() else Image.new("RGB", (64, 64), "white") for col in present])
+        refs = [im.resize((64, 64), Image.NEAREST) for im in concept_images(c)]
+        rows.append(refs + [Image.new("RGB", (64, 64), "white")] * (len(present) - len(refs)))
+        make_grid(rows, present, prompts + ["training images"], cell=64).save(fig_dir / f"grid_{c}.png")
+        files.append(f"grid_{c}.png")
+    return files
+
+
+def _doc(preset, table, per_concept, curves, grids, wall, rec) -> list[str]:
+    from infusion.evaluation.world_results import BASE_ROW
+
+    notes = Path(__file__).with_name("results_world_notes.md")
+    n_done = sum(1 for k in rec if k.startswith("done/"))
+    n_units = len(preset.concepts) * (len(preset.rows) + 1) + sum(1 for r in preset.rows if r.mlm_lambda == 0)
+    lines = ["# Every method side by side on the built-in world", "",
+             "Produced by `python benchmarks/results_world.py` (resumable; `--report-only` rewrites this page from the "
+             f"records). Model: `{preset.model}`. Concepts: {', '.join(preset.concepts)}. Work units done: "
+             f"**{n_done} of {n_units}**" + (" (the rest: the next run resumes them)." if n_done < n_units else "."),
+             f"Wall time of the runs that wrote these records: {', '.join(f'{k}: {v / 60:.0f} min' for k, v in wall.items()) or '-'} "
+             "(2-core CPU, one process per core).", ""]
+    if notes.is_file():
+        lines += [notes.read_text().strip(), ""]
+    lines += ["## Table (mean over the concepts done)", "",
+              "`default`: `infusion train --model world --method M` as a new user runs it. `tuned`: the best point of "
+              "the sweep on validation prompts (never the test prompts; `selection_score` = look rate + text fidelity "
+              "+ concept fidelity / 10). Test: 22 held-out prompts x "
+              f"{preset.test_seeds} seeds per concept, DDIM {preset.ddim_steps} steps, guidance {preset.guidance}.", ""]
+    head = ["row", "setting", "n"] + [m[1] for m in METRICS]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (row, setting), v in table.items():
+        lines.append("| " + " | ".join([row, setting, str(v["n_concepts"])] + [_fmt(m[2], v.get(m[0])) for m in METRICS]) + " |")
+    lines += ["", "### Cost", "", "| row | setting | " + " | ".join(c[1] for c in COST) + " |", "|" + "---|" * (len(COST) + 2)]
+    for (row, setting), v in table.items():
+        if row != BASE_ROW:
+            lines.append(f"| {row} | {setting} | " + " | ".join(_fmt(c[2], v.get(c[0])) for c in COST) + " |")
+    lines += ["", "## Curves (paper Figs. 9, 10)", "",
+              f"`<{preset.curve_concept}>`, each row at its tuned learning rate, a checkpoint every {preset.curve_every} "
+              f"steps to {preset.curve_steps}; {preset.curve_prompts} test prompts and {preset.agnostic_prompts} prompts "
+              "without the concept per point.", ""]
+    lines += [f"![{c}](results/{c})" for c in curves] or ["(no curve recorded yet)"]
+    lines += ["", "## Pictures (paper Fig. 11)", "",
+              "Columns: the base model, then each row at its tuned setting; rows: test prompts (seed 0); last row: the "
+              "training images.", ""]
+    lines += [f"![{g}](results/{g})" for g in grids] or ["(no grid yet)"]
+    lines += ["", "## Per concept", ""]
+    for c in preset.concepts:
+        rows = [(k, v[c]) for k, v in per_concept.items() if c in v]
+        if not rows:
+            continue
+        lines += [f"### {c}", "", "| row | setting | " + " | ".join(m[1] for m in METRICS[:8]) + " | steps | lr |",
+                  "|" + "---|" * 12]
+        for (row, setting), v in rows:
+            lines.append(f"| {row} | {setting} | " + " | ".join(_fmt(m[2], v.get(m[0])) for m in METRICS[:8])
+                         + f" | {_fmt('{:.0f}', v.get('steps'))} | {_fmt('{:g}', v.get('lr'))} |")
+        lines.append("")
+    lines += _definitions()
+    return lines
+
+
+def _definitions() -> list[str]:
+    return ["## Definitions", "",
+            "- **look rate**: share of generated concept objects whose colour, pattern and second colour the object "
+            "probe reads as the concept's (the object is read where the scene probe finds the concept's class; "
+            "validated on renders: see the notes above).",
+            "- **concept fidelity** (DINO-I's role): cosine between the object probe's embedding of the generated object "
+            "and the mean embedding of the training images' objects.",
+            "- **text fidelity** (CLIP-T's role): share of the attributes a prompt names (background; class, colour, "
+            "size, position of each object) that the scene probe reads in the image; *with concept*: the test prompts; "
+            "*without*: prompts naming other classes and the concept's class without its placeholder.",
+            "- **class leak** (DreamBooth's language drift): share of the plain `<class>` prompts whose object takes the "
+            "concept's look.",
+            "- **bg leak**: share of test prompts naming another background whose image shows the training background.",
+            "- **position / size**: share of named positions / sizes obeyed on the test prompts.",
+            "- **bg / pos. entropy**: entropy (bits) of the background and of the concept's slot over seeds of the bare "
+            "prompt \"a photo of a <c>\" (max 3.00 / 2.32); **look, bare prompt**: its look rate.",
+            "- **LFD**: latent Fisher divergence (DESIGN 5) between base and customised model on real world latents of "
+            "non-customised captions (v-prediction converted to eps). **W2 to base**: Frechet distance between Gaussians "
+            "fitted to the customised and the base model's test latents (same prompts and seeds; pooled as "
+            "`metrics.wasserstein`).",
+            "- **s / step** includes each run's start-up (model loading, prior images); **s / image** is DDIM "
+            "with CFG at the table's settings, one process on one core.", ""]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="full", choices=["full", "small"])
+    ap.add_argument("--model", default=None, help="override the preset's model (e.g. tiny, or a world snapshot folder)")
+    ap.add_argument("--out", default="runs/results_world", help="work folder (training outputs, records, images)")
+    ap.add_argument("--doc", default="docs/results.md", help="the page to write; its figures and JSON go beside it in results/")
+    ap.add_argument("--workers", type=int, default=1, help="processes (one per core; they share the work list)")
+    ap.add_argument("--curves-first", action="store_true", help="the first worker starts with the curves")
+    ap.add_argument("--report-only", action="store_true", help="only rewrite the doc from the records")
+    args = ap.parse_args(argv)
+
+    from infusion.evaluation.world_results import PRESETS
+
+    preset = PRESETS[args.preset]
+    if args.model:
+        preset.model = args.model
+    out, doc = Path(args.out), Path(args.doc)
+    results_json = doc.parent / "results" / "results.json"
+    wall = json.loads(results_json.read_text()).get("wall_seconds", {}) if results_json.is_file() else {}
+    if not args.report_only:
+        out.mkdir(parents=True, exist_ok=True)
+        n = seed_records(out, results_json)
+        if n:
+            print(f"resuming: {n} records from {results_json}")
+        t0 = time.time()
+        if args.workers <= 1:
+            _worker(args, args.curves_first)
+        else:
+            procs = [mp.get_context("spawn").Process(target=_worker, args=(args, args.curves_first and k == 0))
+                     for k in range(args.workers)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+        wall[time.strftime("%Y-%m-%d %H:%M")] = time.time() - t0
+    build_report(out, preset, doc, wall)
+    print(f"wrote {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
