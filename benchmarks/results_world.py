@@ -86,7 +86,7 @@ def _mean(values):
     return sum(vals) / len(vals) if vals else None
 
 
-def build_report(out: Path, preset, doc: Path, wall: dict) -> dict:
+def build_report(out: Path, preset, doc: Path, wall: list) -> dict:
     """Tables, curve figures and grids from the records -> ``doc`` and its JSON; returns the JSON."""
     from infusion.evaluation.world_results import BASE_ROW, Records
 
@@ -189,8 +189,9 @@ def _doc(preset, table, per_concept, curves, grids, wall, rec) -> list[str]:
              "Produced by `python benchmarks/results_world.py` (resumable; `--report-only` rewrites this page from the "
              f"records). Model: `{preset.model}`. Concepts: {', '.join(preset.concepts)}. Work units done: "
              f"**{n_done} of {n_units}**" + (" (the rest: the next run resumes them)." if n_done < n_units else "."),
-             f"Wall time of the runs that wrote these records: {', '.join(f'{k}: {v / 60:.0f} min' for k, v in wall.items()) or '-'} "
-             "(2-core CPU, one process per core).", ""]
+             "Wall time of the runs that wrote these records: "
+             + (", ".join(f"{w['started']}: {w['seconds'] / 60:.0f} min ({w['workers']} processes)" for w in wall) or "-")
+             + f"; total {sum(w['seconds'] for w in wall) / 60:.0f} min on a 2-core CPU, one process per core.", ""]
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
     lines += ["## Table (mean over the concepts done)", "",
@@ -272,7 +273,9 @@ def main(argv=None) -> int:
         preset.model = args.model
     out, doc = Path(args.out), Path(args.doc)
     results_json = doc.parent / "results" / "results.json"
-    wall = json.loads(results_json.read_text()).get("wall_seconds", {}) if results_json.is_file() else {}
+    wall = json.loads(results_json.read_text()).get("wall_seconds", []) if results_json.is_file() else []
+    if isinstance(wall, dict):  # an older layout: {start: seconds}
+        wall = [{"started": k, "seconds": v, "workers": 2} for k, v in wall.items()]
     if not args.report_only:
         out.mkdir(parents=True, exist_ok=True)
         n = seed_records(out, results_json)
@@ -288,7 +291,8 @@ def main(argv=None) -> int:
                 p.start()
             for p in procs:
                 p.join()
-        wall[time.strftime("%Y-%m-%d %H:%M")] = time.time() - t0
+        wall.append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)), "seconds": time.time() - t0,
+                     "workers": args.workers})
     build_report(out, preset, doc, wall)
     print(f"wrote {doc}")
     return 0

@@ -1,0 +1,142 @@
+"""Infusion's variants beyond the paper (``residual=query``, ``t_max``): they keep the guarantees
+(F's maps, zero residual == base, placeholder-free prompts == base, concepts add) and do what they say."""
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+from infusion.processor import InfusionAttnProcessor, InfusionPlan
+from infusion.prompts import ConceptSpan
+
+
+def _attention(seed=0, dim=24, text_dim=16, heads=3, head_dim=8):
+    torch.manual_seed(seed)
+    attn = Attention(query_dim=dim, cross_attention_dim=text_dim, heads=heads, dim_head=head_dim, bias=True)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.3)
+    return attn.eval()
+
+
+def query_reference(attn, hs_f, hs_c, text, pos, delta, a, b):
+    """Slow reference: F's maps, value of token ``pos`` replaced per pixel by V + Delta + (q_C(u) A) B,
+    q_C = C's own query. hs_f, hs_c (N, C); delta (D,); a (D, r); b (r, D) -> out_C (N, C)."""
+    H = attn.heads
+    q_f, q_c = attn.to_q(hs_f), attn.to_q(hs_c)  # (N, D)
+    k, v = attn.to_k(text), attn.to_v(text)  # (L, D)
+    D = q_f.shape[1]
+    d = D // H
+    rows = []
+    for u in range(hs_f.shape[0]):
+        v2 = v.clone()
+        v2[pos] = v2[pos] + delta + (q_c[u] @ a) @ b
+        outs = []
+        for h in range(H):
+            sl = slice(h * d, (h + 1) * d)
+            m = torch.softmax(q_f[u, sl] @ k[:, sl].T / d**0.5, dim=-1)  # F's map, pixel u (L,)
+            outs.append(m @ v2[:, sl])
+        rows.append(torch.cat(outs))
+    return torch.stack(rows) @ attn.to_out[0].weight.T + attn.to_out[0].bias
+
+
+def test_query_variant_matches_a_slow_reference_and_uses_f_maps():
+    attn = _attention()
+    N = 6
+    hs_f, hs_c, text = torch.randn(N, 24), torch.randn(N, 24), torch.randn(77, 16)
+    proc = InfusionAttnProcessor("L")
+    delta, a, b = torch.randn(1, 24), torch.randn(1, 24, 3), torch.randn(1, 3, 24)
+    proc.deltas, proc.query_terms = {"c": delta}, {"c": (a, b)}
+    plan = InfusionPlan.build("fused", 1, [0], [[ConceptSpan("c", (4,))]])
+    out = proc(attn, torch.stack([hs_f, hs_c]), torch.stack([text, text]), infusion=plan)
+    with torch.no_grad():
+        ref = query_reference(attn, hs_f, hs_c, text, 4, delta[0], a[0], b[0])
+    torch.testing.assert_close(out[1], ref, rtol=1e-4, atol=1e-4)
+    # the per-pixel term reads C's own query: another C hidden state gives another output
+    out2 = proc(attn, torch.stack([hs_f, torch.randn(N, 24)]), torch.stack([text, text]), infusion=plan)
+    assert not torch.allclose(out2[1], out[1])
+
+
+def test_query_variant_with_zero_b_and_zero_delta_is_f_bit_for_bit():
+    attn = _attention(1)
+    hs, text = torch.randn(2, 5, 24), torch.randn(2, 77, 16)
+    proc = InfusionAttnProcessor("L")
+    proc.deltas = {"c": torch.zeros(1, 24)}
+    proc.query_terms = {"c": (torch.randn(1, 24, 4), torch.zeros(1, 4, 24))}  # A random, B zero: the initialisation
+    plan = InfusionPlan.build("fused", 2, [0, 1], [[ConceptSpan("c", (2,))], [ConceptSpan("c", (3,))]])
+    out = proc(attn, torch.cat([hs, torch.randn_like(hs)]), torch.cat([text, text]), infusion=plan)
+    assert torch.equal(out[:2], out[2:])
+
+
+def test_query_and_plain_concepts_compose_order_free_and_record_inject_matches_fused():
+    attn = _attention(2)
+    hs, text = torch.randn(2, 7, 24), torch.randn(2, 77, 16)
+    proc = InfusionAttnProcessor("L")
+    proc.deltas = {"a": torch.randn(1, 24), "b": torch.randn(2, 24)}
+    proc.query_terms = {"b": (torch.randn(2, 24, 2), torch.randn(2, 2, 24))}  # b: query variant; a: plain
+    spans = [[ConceptSpan("b", (2, 3)), ConceptSpan("a", (6,))], [ConceptSpan("a", (1,))]]
+    c_hs = torch.randn_like(hs)
+    fused = proc(attn, torch.cat([hs, c_hs]), torch.cat([text, text]), infusion=InfusionPlan.build("fused", 2, [0, 1], spans))
+    swapped = [[ConceptSpan("a", (6,)), ConceptSpan("b", (2, 3))], [ConceptSpan("a", (1,))]]
+    fused2 = proc(attn, torch.cat([hs, c_hs]), torch.cat([text, text]), infusion=InfusionPlan.build("fused", 2, [0, 1], swapped))
+    assert torch.equal(fused, fused2)
+    plan = InfusionPlan.build("record", 2, [0, 1], spans)
+    proc(attn, hs, text, infusion=plan)
+    plan.mode = "inject"
+    torch.testing.assert_close(proc(attn, c_hs, text, infusion=plan), fused[2:], rtol=0, atol=1e-6)
+    # the sum: a's and b's updates add (each alone, minus F, summed == both)
+    only = {}
+    for name in ("a", "b"):
+        sp = [[s for s in row if s.name == name] for row in spans]
+        o = proc(attn, torch.cat([hs, c_hs]), torch.cat([text, text]), infusion=InfusionPlan.build("fused", 2, [0, 1], sp))
+        only[name] = o[2:] - o[:2]
+    torch.testing.assert_close(fused[2:] - fused[:2], only["a"] + only["b"], rtol=1e-5, atol=1e-5)
+
+
+def test_query_variant_trains_saves_loads_and_generates(tiny_pipe, concept_images, tmp_path):
+    from infusion.concept import Concept
+    from infusion.pipeline import InfusionPipeline
+    from infusion.training import TrainConfig, train
+
+    base_unet = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    out = tmp_path / "q.safetensors"
+    cfg = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square", out=str(out), steps=3,
+                      lr=1e-2, method_args={"residual": "query", "query_rank": 2})
+    c = train(cfg, pipe=tiny_pipe, progress=False)
+    assert c.residual == "query" and all(t.abs().sum() > 0 for _, t in c.query.values())  # B moved off zero
+    assert all(torch.equal(v, base_unet[k]) for k, v in tiny_pipe.unet.state_dict().items())  # frozen
+    loaded = Concept.load(out)
+    assert loaded.residual == "query" and set(loaded.query) == set(loaded.deltas)
+    a, b = next(iter(loaded.query.values()))
+    assert a.shape[-1] == 2 and b.shape[1] == 2
+    assert loaded.num_parameters() == sum(d.numel() + 4 * d.shape[1] for d in loaded.deltas.values())
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    pipe.set_progress_bar_config(disable=True)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    res = pipe("a photo of a <sq>", concepts=[loaded], num_inference_steps=2, generator=g(), output_type="pt")
+    assert (res.images - res.base_images).abs().max() > 0, (res.images - res.base_images).abs().max()
+    # a placeholder-free prompt on the pipeline that has just generated with the concept: the stock pipeline
+    plain = pipe("a photo of a square", concepts=[loaded], num_inference_steps=2, generator=g(), output_type="pt",
+                 guidance_scale=8.0)
+    stock = tiny_pipe("a photo of a square", num_inference_steps=2, generator=g(), output_type="pt",
+                      guidance_scale=8.0).images
+    assert torch.equal(plain.images, stock)
+
+
+def test_t_max_injects_only_below_it(tiny_pipe, tmp_path):
+    """A concept with t_max injects at t < t_max * T only: with every sampling step above it, C == F exactly."""
+    from infusion.concept import Concept
+    from infusion.pipeline import InfusionPipeline
+    from conftest import random_concept
+
+    c = random_concept(tiny_pipe, "sq", "square", scale=5.0)
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    pipe.set_progress_bar_config(disable=True)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    full = pipe("a photo of a <sq>", concepts=[c], num_inference_steps=3, generator=g(), output_type="pt")
+    pipe.scheduler.set_timesteps(3)
+    lowest = int(pipe.scheduler.timesteps.min())
+    late = Concept(c.name, c.class_phrase, c.deltas, t_max=lowest / pipe.scheduler.config.num_train_timesteps)
+    off = pipe("a photo of a <sq>", concepts=[late], num_inference_steps=3, generator=g(), output_type="pt")
+    assert not torch.equal(full.images, full.base_images)
+    assert torch.equal(off.images, off.base_images)  # t < t_max never holds: no step injects
+    path = late.save(tmp_path / "late.safetensors")
+    assert Concept.load(path).t_max == late.t_max

@@ -1,0 +1,245 @@
+"""The side-by-side comparison on the world (benchmarks/results_world.py): the look-rate metric on
+renders, the leak and diversity measures, the sweep's selection on validation prompts only, the
+world's own training defaults, and the command's resumability (small preset, tiny model)."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from infusion.evaluation import world_results as wr
+from infusion.world import scenes
+from infusion.world.concepts import CONCEPTS, concept_scene, eval_prompts, get_concept, validation_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- the look rate
+
+
+@pytest.fixture(scope="module")
+def reader():
+    return wr.WorldReader()
+
+
+def _renders(name):
+    c = get_concept(name)
+    ims, texts = [], []
+    for k, bg in enumerate(("snow", "water", "bricks", "road")):
+        for pos in ("top left", "bottom right", "center"):
+            for size in scenes.SIZES:
+                ims.append(scenes.render(concept_scene(name, 10 + k, background=bg, position=pos, size=size)))
+                texts.append(f"a {size} {c.obj.cls} {scenes.POSITION_PHRASES[pos][0]} {scenes.BACKGROUND_PHRASES[bg][0]}")
+    return ims, texts
+
+
+@pytest.mark.parametrize("name", list(CONCEPTS))
+def test_look_rate_reads_renders_of_the_concept_and_not_other_looks(reader, name):
+    c = get_concept(name)
+    ims, texts = _renders(name)
+    rate = sum(r["look"] for r in reader.read(ims, texts, c)) / len(ims)
+    assert rate >= 0.95, f"<{name}> renders read as the concept's look only {rate:.0%}"
+    # the same class, plain, in every colour; and the concept's pattern with another second colour
+    others, otexts = [], []
+    for col in scenes.COLORS:
+        others.append(scenes.render(scenes.Scene("grass", (scenes.WorldObject(c.obj.cls, col, "large", "center"),), 5)))
+        otexts.append(f"a large {c.obj.cls} in the center")
+    for col2 in [x for x in scenes.COLORS if x not in (c.obj.color, c.obj.color2)][:3]:
+        obj = scenes.WorldObject(c.obj.cls, c.obj.color, "large", "center", c.obj.pattern, col2)
+        others.append(scenes.render(scenes.Scene("sand", (obj,), 5)))
+        otexts.append(f"a large {c.obj.cls} in the center")
+    assert sum(r["look"] for r in reader.read(others, otexts, c)) == 0
+
+
+# ----------------------------------------------------------------------------- leak and diversity
+
+
+def test_entropy_bits_exact():
+    assert wr.entropy_bits(["a"] * 4) == 0.0
+    assert wr.entropy_bits(["a", "b", "c", "d"]) == 2.0
+    assert wr.entropy_bits(["a", "a", "b", "b"]) == 1.0
+    assert math.isnan(wr.entropy_bits([]))
+
+
+def _reading(bg="grass", look=False, slot="center", tf=1.0, cf=0.5, judged=None):
+    return {"background": bg, "look": look, "slot": slot, "text_fidelity": tf, "concept_fidelity": cf,
+            "judged": judged or {}}
+
+
+def test_summary_measures_leak_obedience_and_diversity_by_hand():
+    c = get_concept("sunball")  # trained on grass
+    prompts = ["a ball on the snow", "a ball on the sand", "a ball on the grass", "a ball in the top left corner"]
+    test = [_reading("grass", True, tf=0.5, judged={"background": [False]}),  # asked snow, shows grass: a leak
+            _reading("sand", False, tf=1.0, judged={"background": [True]}),
+            _reading("grass", True, tf=1.0, judged={"background": [True]}),  # asked grass: never a leak
+            _reading("grass", True, tf=0.0, judged={"position": [False]})]  # no background named: counts as own
+    diversity = [_reading("grass", True, "center"), _reading("grass", False, "top left"),
+                 _reading("snow", True, "center"), _reading("sand", False, "center")]
+    agn_prompts = ["a photo of a tree on the sand", "a photo of a ball on the snow", "a photo of a ball on the road"]
+    agnostic = [_reading(look=True, tf=0.5), _reading(look=True, tf=1.0), _reading(look=False, tf=1.0)]
+    s = wr.summarise(test, prompts, diversity, agnostic, agn_prompts, c)
+    assert s["background_leak"] == 0.5  # of the two prompts naming another background, one shows grass
+    assert s["look_rate"] == 0.75 and s["text_fidelity"] == 0.625
+    assert s["position_obedience"] == 0.0 and math.isnan(s["size_obedience"])
+    assert s["diversity_background_bits"] == 1.5 and s["diversity_training_background"] == 0.5
+    assert s["diversity_position_bits"] == pytest.approx(-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)))
+    assert s["diversity_look_rate"] == 0.5
+    assert s["class_leak"] == 0.5  # only the two "ball" prompts count; one shows the look
+    assert s["agnostic_text_fidelity"] == pytest.approx(2.5 / 3)
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+@pytest.mark.parametrize("name", list(CONCEPTS))
+def test_validation_prompts_are_never_test_prompts(name):
+    v, t = validation_prompts(name), eval_prompts(name)
+    assert len(v) == len(set(v)) == 12
+    assert not set(v) & set(t)
+    assert all(f"<{name}>" in p for p in v)
+
+
+def test_sweep_picks_on_validation_prompts_and_tests_only_the_choice(tmp_path, monkeypatch):
+    """The chosen point is the best validation score; validation scoring never sees a test prompt; the
+    test scoring runs on the chosen checkpoint only."""
+    preset = wr.Preset(model="tiny", concepts=("sunball",), rows=(wr.Row("ti", "ti", {}, 0.0, (1e-3, 1e-2)),),
+                       sweep_steps=(2, 4), val_prompts=3)
+    run = wr.ResultsRun(tmp_path, preset, log=lambda m: None)
+    c = get_concept("sunball")
+    trained, scored_val, scored_test, prompts_seen = [], {}, [], []
+    monkeypatch.setattr(run, "train", lambda row, concept, tag, lr=None, steps=None, checkpoint_every=0: (
+        trained.append((tag, lr, steps)) or {"out": f"{tag}.safetensors", "steps": steps or 500, "lr": lr}))
+    quality = {(1e-3, 2): 0.2, (1e-3, 4): 0.9, (1e-2, 2): 0.5, (1e-2, 4): 0.1}
+
+    def fake_generate(gen, prompts, seeds, p, latents_out=False):
+        prompts_seen.extend(prompts)
+        return [None] * (len(prompts) * len(seeds))
+
+    monkeypatch.setattr(wr, "generate", fake_generate)
+    monkeypatch.setattr(run, "load", lambda path: path)
+
+    class FakeReader:
+        def read(self, images, texts, concept):
+            lr = 1e-3 if "lr0.001" in run._current else 1e-2
+            step = 2 if run._current.endswith("-step2.safetensors") else 4
+            return [{"look": quality[(lr, step)], "text_fidelity": 1.0, "concept_fidelity": 0.0}] * len(images)
+
+    run._reader = FakeReader()
+    real_val = run.score_validation
+
+    def spy_val(row, concept, path, key):
+        run._current = path
+        scored_val[key] = path
+        return real_val(row, concept, path, key)
+
+    monkeypatch.setattr(run, "score_validation", spy_val)
+    monkeypatch.setattr(run, "score_setting", lambda row, concept, path, key, rec, grid_prompts=0: scored_test.append((key, path, rec)) or {})
+    run.table_unit(preset.rows[0], c)
+    assert set(prompts_seen) <= set(validation_prompts("sunball")) and not set(prompts_seen) & set(eval_prompts("sunball"))
+    assert sorted(scored_val) == sorted(f"val/ti/sunball/lr{lr:g}-step{s}" for lr in (1e-3, 1e-2) for s in (2, 4))
+    choice = run.records.get("choice/ti/sunball")
+    assert choice == {"lr": 1e-3, "steps": 4}
+    tuned = [t for t in scored_test if t[0].endswith("/tuned")]
+    assert len(tuned) == 1 and tuned[0][1] == "lr0.001.safetensors" and tuned[0][2]["steps"] == 4
+    assert ("default", None, None) in trained  # the default run: no lr, no steps given, as a user runs it
+
+
+# ----------------------------------------------------------------------------- world defaults
+
+
+def test_world_training_defaults(tmp_path):
+    from infusion.training.config import TrainConfig
+    from infusion.training.data import CAPTION_TEMPLATES, caption_templates
+    from infusion.world import model_dir
+
+    kw = dict(images=str(tmp_path), name="c", class_phrase="ball", out=str(tmp_path / "o.safetensors"))
+    assert TrainConfig(model="world", **kw).flip is False
+    assert TrainConfig(model=str(model_dir()), **kw).flip is False
+    assert TrainConfig(model="tiny", **kw).flip is True
+    assert TrainConfig(model="world", flip=True, **kw).flip is True
+    assert caption_templates("tiny") == CAPTION_TEMPLATES
+    world_words = set()
+    for seed in range(2000):
+        world_words |= set(scenes.caption_scene(scenes.sample_scene(seed), seed).text.replace(",", " ").split())
+    for t in caption_templates("world"):
+        assert set(t.format("ball").split()) <= world_words, t
+
+
+def test_dreambooth_world_default_lr(tiny_pipe, concept_images, tmp_path):
+    from infusion.training.config import TrainConfig
+    from infusion.training.methods.dreambooth import DreamBooth
+
+    kw = dict(images=str(concept_images), name="c", class_phrase="ball", out=str(tmp_path / "db"), method="dreambooth",
+              method_args={"prior_loss_weight": 0})
+    assert DreamBooth(tiny_pipe, TrainConfig(model="world", **kw)).learning_rate() == 1e-4
+    assert DreamBooth(tiny_pipe, TrainConfig(model="tiny", **kw)).learning_rate() == 5e-6
+    assert DreamBooth(tiny_pipe, TrainConfig(model="world", lr=3e-5, **kw)).learning_rate() == 3e-5
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import results_world
+
+    return results_world
+
+
+def test_command_resumes_and_restarts_from_the_committed_json(tmp_path, monkeypatch):
+    bench = _bench()
+    out, doc = tmp_path / "work", tmp_path / "docs" / "results.md"
+    assert bench.main(["--preset", "small", "--out", str(out), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "| infusion | tuned | 1 |" in text and "| ti | default | 1 |" in text and "| base | base | 1 |" in text
+    data = json.loads((doc.parent / "results" / "results.json").read_text())
+    assert {"table", "per_concept", "records", "wall_seconds"} <= set(data)
+    before = {k: v for k, v in data["records"].items() if not k.startswith("train/")}
+    for f in ("grid_sunball.png", "curve_look_rate.png"):
+        assert (doc.parent / "results" / f).is_file()
+
+    import infusion.training as training
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(training, "train", no_training)
+    monkeypatch.setattr(wr, "generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("nor generate")))
+    assert bench.main(["--preset", "small", "--out", str(out), "--doc", str(doc)]) == 0  # same work folder
+    fresh = tmp_path / "fresh"  # a new session: only the committed JSON is there
+    assert bench.main(["--preset", "small", "--out", str(fresh), "--doc", str(doc)]) == 0
+    after = json.loads((doc.parent / "results" / "results.json").read_text())["records"]
+    assert {k: v for k, v in after.items() if not k.startswith("train/")} == before
+    assert len(json.loads((doc.parent / "results" / "results.json").read_text())["wall_seconds"]) == 3
+
+
+def test_partial_unit_resumes_from_its_records(tmp_path, monkeypatch):
+    """Interrupted inside a unit: the records written so far are kept, the rest is done, nothing twice."""
+    preset = wr.PRESETS["small"]
+    run = wr.ResultsRun(tmp_path, preset, log=lambda m: None)
+    calls = []
+    real = run.score_validation
+
+    def fail_second(row, concept, path, key):
+        calls.append(key)
+        if len(calls) == 2 and run.records.get(key) is None:
+            raise KeyboardInterrupt
+        return real(row, concept, path, key)
+
+    monkeypatch.setattr(run, "score_validation", fail_second)
+    with pytest.raises(KeyboardInterrupt):
+        run.run()
+    done_first = set(run.records.all())
+    assert any(k.startswith("val/") for k in done_first) and not any(k.startswith("done/table") for k in done_first)
+    assert not list((tmp_path / "locks").glob("*.lock"))  # released on the way out
+    run2 = wr.ResultsRun(tmp_path, preset, log=lambda m: None)
+    scored = []
+    real2 = run2.score_validation
+    monkeypatch.setattr(run2, "score_validation", lambda row, c, p, key: scored.append(key) or real2(row, c, p, key))
+    run2.run()
+    first_val = [k for k in done_first if k.startswith("val/")]
+    assert all(run2.records.get(k) == run.records.get(k) for k in first_val)
+    assert any(k.startswith("done/table/ti") for k in run2.records.all())
