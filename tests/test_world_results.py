@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -243,3 +244,18 @@ def test_partial_unit_resumes_from_its_records(tmp_path, monkeypatch):
     first_val = [k for k in done_first if k.startswith("val/")]
     assert all(run2.records.get(k) == run.records.get(k) for k in first_val)
     assert any(k.startswith("done/table/ti") for k in run2.records.all())
+
+
+def test_world_scorer_look_takes_its_target_from_the_references():
+    """``WorldProbeScorer``'s ``look``: the references' own reading is the target (no concept name needed)."""
+    from infusion.evaluation.world_scorer import WorldProbeScorer
+    from infusion.world.concepts import concept_images
+
+    scorer = WorldProbeScorer()
+    c = get_concept("halfmug")
+    ims, texts = _renders("halfmug")
+    plain = scenes.render(scenes.Scene("grass", (scenes.WorldObject("mug", "green", "large", "center"),), 1))
+    other = scenes.render(scenes.Scene("grass", (scenes.WorldObject("mug", "green", "large", "center", "hsplit", "pink"),), 1))
+    out = scorer.score(ims[:6] + [plain, other], texts[:6] + ["a mug"] * 2, concept_images("halfmug"), c.class_phrase)
+    assert out["look"].tolist() == [1.0] * 6 + [0.0, 0.0]
+    assert np.isnan(scorer.score(ims[:2], texts[:2], concept_images("halfmug"), "teddy bear")["look"]).all()

@@ -5,9 +5,14 @@ text fidelity:    share of the attributes a prompt names that the SceneProbe rea
 concept fidelity: cosine between the ObjectProbe embedding of the generated object of the
                   concept's class and the mean embedding of the references' objects, each found
                   where the SceneProbe locates that class (``world.fidelity.concept_fidelity``).
+look:             1.0 when the ObjectProbe reads the generated object's colour, pattern and second
+                  colour as the references' (their most common reading), else 0.0; its mean is the
+                  look rate ("is that my object?").
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import torch
@@ -34,7 +39,8 @@ class WorldProbeScorer:
     @torch.no_grad()
     def score(self, images, texts, references=(), class_phrase=None):
         from ..world import scenes
-        from ..world.fidelity import concept_fidelity, locate, object_embeddings, parse_caption, read_scenes, slot_box, text_fidelity
+        from ..world.fidelity import (concept_fidelity, locate, object_embeddings, parse_caption, read_looks, read_scenes,
+                                      slot_box, text_fidelity)
 
         if len(images) != len(texts):
             raise ValueError(f"need one text per image: {len(images)} images, {len(texts)} texts")
@@ -47,6 +53,10 @@ class WorldProbeScorer:
             boxes = [slot_box(r, locate(r, {"cls": cls})) for r in read_scenes(self.scene_probe, rx)]
             ref = F.normalize(object_embeddings(self.object_probe, rx, boxes).mean(0), dim=0)  # (128,)
             out["concept_fidelity"] = concept_fidelity(self.object_probe, x, readings, cls, ref).double().numpy()
+            target = Counter(read_looks(self.object_probe, rx, boxes)).most_common(1)[0][0]
+            looks = read_looks(self.object_probe, x, [slot_box(r, locate(r, {"cls": cls})) for r in readings])
+            out["look"] = np.array([float(lk == target) for lk in looks])
         else:  # not a world class, or no references: concept fidelity is undefined
             out["concept_fidelity"] = np.full(len(images), np.nan)
+            out["look"] = np.full(len(images), np.nan)
         return out
