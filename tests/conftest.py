@@ -68,3 +68,18 @@ def random_concept(pipe, name="mycat", class_phrase="cat", scale=1.0, seed=0):
     n = phrase_token_count(class_phrase, pipe.tokenizer)
     deltas = {k: scale * torch.randn(n, d, generator=g) for k, d in layer_widths(pipe.unet).items()}
     return Concept(name, class_phrase, deltas, base_model="tiny")
+
+
+@pytest.fixture
+def optimizer_steps(monkeypatch):
+    """A list that grows by one on every ``torch.optim.AdamW.step`` (every trainer here uses AdamW): a resumed
+    run that ignored its state and started over would take all its steps again, not only the remaining ones."""
+    calls = []
+    real = torch.optim.AdamW.step
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting)
+    return calls

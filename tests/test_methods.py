@@ -218,7 +218,7 @@ def test_dreambooth_folder_is_a_diffusers_pipeline_and_prior_is_cached(trained):
 
 
 @pytest.mark.parametrize("method", ["ti", "perfusion"])
-def test_resume_reproduces_an_uninterrupted_run(trained, tmp_path, method):
+def test_resume_reproduces_an_uninterrupted_run(trained, tmp_path, method, optimizer_steps):
     from safetensors.torch import load_file
 
     images = trained["ti"][5]
@@ -226,7 +226,9 @@ def test_resume_reproduces_an_uninterrupted_run(trained, tmp_path, method):
     part = tmp_path / "part.safetensors"
     train(_cfg(images, full, method, {}, steps=3), pipe=tiny_sd_pipeline(), progress=False)
     train(_cfg(images, part, method, {}, steps=1), pipe=tiny_sd_pipeline(), progress=False)
+    del optimizer_steps[:]
     train(_cfg(images, part, method, {}, steps=3, resume="auto"), pipe=tiny_sd_pipeline(), progress=False)
+    assert len(optimizer_steps) == 2  # the remaining steps only (a run that started over would take 3)
     a, b = load_file(str(full)), load_file(str(part))
     assert a.keys() == b.keys()
     for k in a:

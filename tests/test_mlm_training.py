@@ -111,7 +111,7 @@ def test_lambda_zero_is_the_plain_run_and_lambda_changes_it(ctx_path, concept_im
     assert not torch.allclose(plain, reg)
 
 
-def test_resume_of_a_regularised_run_is_exact(ctx_path, concept_images, tmp_path):
+def test_resume_of_a_regularised_run_is_exact(ctx_path, concept_images, tmp_path, optimizer_steps):
     kw = dict(method="custom-diffusion", method_args=NO_PRIOR, mlm_lambda=0.5, mlm_prompts="world")
     full = train(_cfg(concept_images, tmp_path / "full", ctx_path, **kw), pipe=tiny_sd_pipeline(seed=0), progress=False)
     part = tmp_path / "part"
@@ -119,8 +119,11 @@ def test_resume_of_a_regularised_run_is_exact(ctx_path, concept_images, tmp_path
     with pytest.raises(ValueError, match="mlm_lambda=0.5"):
         train(_cfg(concept_images, part, ctx_path, resume="auto", **{**kw, "mlm_lambda": 0.25}),
               pipe=tiny_sd_pipeline(seed=0), progress=False)
+    del optimizer_steps[:]
     resumed = train(_cfg(concept_images, part, ctx_path, resume="auto", **kw), pipe=tiny_sd_pipeline(seed=0),
                     progress=False)
+    steps = _cfg(concept_images, part, ctx_path, **kw).steps
+    assert len(optimizer_steps) == steps - 2  # the remaining steps only
     from safetensors.torch import load_file
 
     for name in ("learned_embeds.safetensors", "pytorch_custom_diffusion_weights.safetensors"):

@@ -31,16 +31,30 @@ def test_training_changes_only_the_deltas(tiny_pipe, concept_images, tmp_path):
     assert loaded.training["steps"] == 6 and loaded.base_fingerprint
 
 
-def test_resume_reproduces_an_uninterrupted_run(concept_images, tmp_path):
+def test_resume_reproduces_an_uninterrupted_run(concept_images, tmp_path, optimizer_steps):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
     from infusion.tiny import tiny_sd_pipeline
 
     full = train(_cfg(concept_images, tmp_path / "full.safetensors"), pipe=tiny_sd_pipeline(), progress=False)
     part = tmp_path / "part.safetensors"
     train(_cfg(concept_images, part, steps=3), pipe=tiny_sd_pipeline(), progress=False)
     assert state_path(part).is_file()
+    shutil.copy(state_path(part), tmp_path / "saved.state")
+    del optimizer_steps[:]
     resumed = train(_cfg(concept_images, part, steps=6, resume="auto"), pipe=tiny_sd_pipeline(), progress=False)
+    assert len(optimizer_steps) == 3  # only the remaining steps: a run that started over would take 6
     for k in full.deltas:
         assert torch.equal(full.deltas[k], resumed.deltas[k]), k
+    # the saved Deltas are what the run continues from: alter them and the result moves
+    from infusion.io import read_safetensors
+
+    tensors, meta = read_safetensors(tmp_path / "saved.state", "training state")
+    save_file({k: v + 0.5 if k.startswith("param/") else v for k, v in tensors.items()}, str(state_path(part)), meta)
+    altered = train(_cfg(concept_images, part, steps=6, resume="auto"), pipe=tiny_sd_pipeline(), progress=False)
+    assert all(not torch.equal(full.deltas[k], altered.deltas[k]) for k in full.deltas)
 
 
 def test_checkpoints_every_n_steps(tiny_pipe, concept_images, tmp_path):

@@ -7,7 +7,7 @@ import torch
 from infusion.world.checkpoint import load_checkpoint
 
 
-def test_vae_then_model_stage_resume_and_export(tmp_path):
+def test_vae_then_model_stage_resume_and_export(tmp_path, optimizer_steps):
     from diffusers import StableDiffusionPipeline
 
     from infusion.world.architecture import build_vae
@@ -18,7 +18,9 @@ def test_vae_then_model_stage_resume_and_export(tmp_path):
     vcfg = VAEConfig(work=str(work), checkpoint=str(tmp_path / "vae.safetensors"), n_images=24, steps=2, batch_size=4)
     train_vae(vcfg)
     vcfg.steps = 3
+    del optimizer_steps[:]
     train_vae(vcfg)  # resumes at step 2
+    assert len(optimizer_steps) == 1  # one step, not three: the state was used
     vae = build_vae()
     assert load_checkpoint(vcfg.checkpoint, {"vae": vae}, None)["step"] == 3
     finish_vae(vcfg)
@@ -29,7 +31,9 @@ def test_vae_then_model_stage_resume_and_export(tmp_path):
     train_model(mcfg)
     first = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
     mcfg.steps = 3
+    del optimizer_steps[:]
     train_model(mcfg)
+    assert len(optimizer_steps) == 1
     assert json.loads((tmp_path / "model" / "training_state.json").read_text())["step"] == 3
     second = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
     w1, w2 = first.unet.conv_out.weight, second.unet.conv_out.weight
@@ -40,7 +44,7 @@ def test_vae_then_model_stage_resume_and_export(tmp_path):
     assert second.vae.config.scaling_factor == first.vae.config.scaling_factor != 1.0
 
 
-def test_decoder_finetune_changes_only_the_decoder_and_resumes(tmp_path):
+def test_decoder_finetune_changes_only_the_decoder_and_resumes(tmp_path, optimizer_steps):
     """The UNet models the encoder's latents: a decoder fine-tune must leave the encoder bit-identical."""
     from diffusers import AutoencoderKL
 
@@ -53,7 +57,9 @@ def test_decoder_finetune_changes_only_the_decoder_and_resumes(tmp_path):
                         out=str(tmp_path / "vae1"), n_images=24, steps=2, batch_size=4)
     finetune_decoder(cfg)
     cfg.steps = 3
+    del optimizer_steps[:]
     finetune_decoder(cfg)  # resumes at step 2
+    assert len(optimizer_steps) == 1
     before, after = AutoencoderKL.from_pretrained(tmp_path / "vae0"), AutoencoderKL.from_pretrained(tmp_path / "vae1")
     changed = {k for (k, a), b in zip(before.state_dict().items(), after.state_dict().values()) if not torch.equal(a, b)}
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), sorted(changed)[:5]
