@@ -51,12 +51,13 @@ def test_w2_diagonal_closed_form():
     assert gaussian_w2_squared(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want, rel=1e-12)
 
 
-def test_w2_singular_covariance_is_finite():
+def test_w2_singular_covariance_matches_the_closed_form():
     x = np.zeros((10, 3))
-    x[:, 0] = np.arange(10)  # rank-1 covariance
-    y = x[:, [1, 0, 2]]
-    d = wasserstein2(x, y)
-    assert np.isfinite(d) and d > 0
+    x[:, 0] = np.arange(10)  # rank-1 covariance diag(s, 0, 0), mean (4.5, 0, 0)
+    y = x[:, [1, 0, 2]]  # diag(0, s, 0), mean (0, 4.5, 0)
+    s = np.var(np.arange(10), ddof=1)
+    # S1^1/2 S2 S1^1/2 = 0, so W2^2 = |mu1 - mu2|^2 + tr S1 + tr S2 = 2 * 4.5^2 + 2 s
+    assert wasserstein2(x, y) == pytest.approx(2 * 4.5**2 + 2 * s, rel=1e-12)
 
 
 def test_latent_w2_pools_to_16_dims():
