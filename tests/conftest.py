@@ -83,3 +83,20 @@ def optimizer_steps(monkeypatch):
 
     monkeypatch.setattr(torch.optim.AdamW, "step", counting)
     return calls
+
+
+@pytest.fixture
+def checkpoint_calls(monkeypatch):
+    """A list that grows on every ``torch.utils.checkpoint.checkpoint`` call (what diffusers' gradient
+    checkpointing runs each checkpointed block through): the flag alone proves nothing."""
+    import torch.utils.checkpoint as ckpt
+
+    calls = []
+    real = ckpt.checkpoint
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ckpt, "checkpoint", counting)
+    return calls

@@ -316,10 +316,15 @@ def test_our_formats_refuse_another_architecture(trained, method):
 
 
 @pytest.mark.parametrize("method", IDS)
-def test_every_method_honours_gradient_checkpointing(trained, tmp_path, method):
+def test_every_method_honours_gradient_checkpointing(trained, tmp_path, method, checkpoint_calls):
     images, args = trained["dreambooth"][5], dict(next(c[4] for c in CASES if c[0] == method))
     for flag in (False, True):
         pipe = tiny_sd_pipeline()
-        get_method(method)(pipe, _cfg(images, trained["dreambooth"][2] if method == "dreambooth" else tmp_path / "o",
-                                      method, args, gradient_checkpointing=flag))
+        m = get_method(method)(pipe, _cfg(images, trained["dreambooth"][2] if method == "dreambooth" else tmp_path / "o",
+                                          method, args, gradient_checkpointing=flag))
         assert pipe.unet.is_gradient_checkpointing == flag
+        del checkpoint_calls[:]
+        text = m.encode_captions(["a photo of a <mycat>"])
+        z = torch.randn(1, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+        m(z, torch.tensor([10]), text).float().pow(2).mean().backward()  # one training forward/backward
+        assert (len(checkpoint_calls) > 0) == flag, (method, flag, len(checkpoint_calls))

@@ -58,9 +58,9 @@ def test_mlm_gradient_reaches_only_the_text_side(method, args, reached, unreache
     for n, g in grads.items():
         if any(n.startswith(u) for u in unreached) or not any(n.startswith(r) for r in reached):
             assert g is None or not g.any(), n  # the UNet side learns from L_diff only
-    assert all(p.grad is None for p in pipe.unet.parameters() if not p.requires_grad)
-    assert all(p.grad is None for p in reg.contextualizer.parameters())  # frozen
-    assert not any(p.requires_grad for p in reg.contextualizer.parameters())
+    # the UNet parameters the method does train (Custom Diffusion's K/V, DreamBooth's UNet) learn from L_diff only
+    assert all(p.grad is None or not p.grad.any() for p in pipe.unet.parameters() if p.requires_grad)
+    assert not any(p.requires_grad for p in reg.contextualizer.parameters())  # build_regularizer froze it
     if method == "pplus":  # one pass with the mean token: every layer's token gets the same 1/n share
         assert torch.equal(m.tokens.grad, m.tokens.grad[:1].expand_as(m.tokens.grad))
 

@@ -112,9 +112,17 @@ def test_errors(tiny_pipe):
         _run(pipe, "<mycat>ish", [c])  # "catish" merges into other BPE pieces
 
 
-def test_sd2_style_unet_linear_projection_and_v_prediction(concept_images, tmp_path):
-    """SD2.x traits: per-block head dims, linear projections in transformers, v-prediction."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+def test_sd2_style_unet_linear_projection_and_v_prediction(concept_images, tmp_path, monkeypatch):
+    """SD2.x traits: per-block head dims, linear projections in transformers, v-prediction (the trainer's target
+    is the velocity, not the noise)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+    import infusion.training.trainer as trainer_mod
+
+    velocities, targets = [], []
+    real_v, real_mse = DDPMScheduler.get_velocity, trainer_mod.F.mse_loss
+    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, *a: velocities.append(real_v(self, *a)) or velocities[-1])
+    monkeypatch.setattr(trainer_mod.F, "mse_loss", lambda pred, target, **k: targets.append(target) or real_mse(pred, target, **k))
 
     from infusion.tiny import tiny_sd_pipeline
     from infusion.training import TrainConfig, train
@@ -131,6 +139,8 @@ def test_sd2_style_unet_linear_projection_and_v_prediction(concept_images, tmp_p
     concept = train(TrainConfig(model="tiny-sd2", images=str(concept_images), name="mycat", class_phrase="cat",
                                 out=str(tmp_path / "c.safetensors"), steps=3, batch_size=2), pipe=base, progress=False)
     assert len(concept.deltas) == 7  # every attn2: 2 down + 1 mid + 2 x 2 up
+    assert len(velocities) == 3 and len(targets) == 3
+    assert all(torch.equal(tg, v[: len(tg)]) for tg, v in zip(targets, velocities))  # loss target == velocity
     pipe = InfusionPipeline.from_pipe(base)
     out = _run(pipe, "a photo of <mycat>", [concept])
     assert out.images.shape == (1, 16, 16, 3) and np.isfinite(out.images).all()

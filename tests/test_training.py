@@ -131,12 +131,14 @@ def test_cli_train_then_generate(tmp_path, concept_images, capsys):
     assert "unknown concept <nope>" in capsys.readouterr().err
 
 
-def test_gradient_checkpointing_gives_the_same_result(concept_images, tmp_path):
+def test_gradient_checkpointing_gives_the_same_result(concept_images, tmp_path, checkpoint_calls):
     from infusion.tiny import tiny_sd_pipeline
 
     plain = train(_cfg(concept_images, tmp_path / "a.safetensors", steps=3), pipe=tiny_sd_pipeline(), progress=False)
+    assert not checkpoint_calls
     ckpt = train(_cfg(concept_images, tmp_path / "b.safetensors", steps=3, gradient_checkpointing=True),
                  pipe=tiny_sd_pipeline(), progress=False)
+    assert len(checkpoint_calls) >= 3  # the UNet's blocks really ran checkpointed, every step
     for k in plain.deltas:
         torch.testing.assert_close(plain.deltas[k], ckpt.deltas[k], rtol=1e-4, atol=1e-6)
 
