@@ -7,7 +7,6 @@ import torch
 from infusion.evaluation.prompts import prompts_for
 from infusion.evaluation.world_scorer import WorldProbeScorer
 from infusion.world.concepts import concept_images
-from infusion.world.fidelity import parse_caption, read_scenes, text_fidelity
 from infusion.world.probes import ObjectProbe, SceneProbe
 
 

@@ -4,6 +4,7 @@ loaders (or ours) to the same model, generation runs, storage is reported."""
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,12 +151,21 @@ def test_file_gives_the_trained_model(trained, method):
 
 @pytest.mark.parametrize("method", IDS)
 def test_generation_and_storage(trained, method):
-    path = trained[method][2]
+    """Customised images differ from the base model's, the base images are the stock pipeline's for the class
+    phrase (same seed), and ``storage_bytes`` is the size on disk of what was written."""
+    from pathlib import Path
+
+    path = Path(trained[method][2])
     model = load_customized("tiny", [path])
     gens = [torch.Generator().manual_seed(0)]
     out = model(["a photo of <mycat>"], generator=gens, num_inference_steps=2, output_type="np", return_base=True)
     assert out.images.shape == (1, 16, 16, 3) and out.base_images.shape == (1, 16, 16, 3)
-    assert model.storage_bytes > 0
+    assert not np.array_equal(out.images, out.base_images)
+    stock = tiny_sd_pipeline()("a photo of teddy bear", generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                               guidance_scale=8.0, output_type="np").images
+    np.testing.assert_allclose(out.base_images, stock, rtol=0, atol=1e-5)
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    assert model.storage_bytes == sum(p.stat().st_size for p in files)
     with pytest.raises(ValueError, match="unknown concept <nobody>"):
         model(["a photo of <nobody>"], num_inference_steps=1)
 

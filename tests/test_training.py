@@ -156,8 +156,18 @@ def test_diffusers_folder_round_trip(tiny_pipe, concept_images, tmp_path):
     pipe = InfusionPipeline.from_pretrained(folder)
     c = pipe.load_concept(out)
     assert c.base_model == str(folder)
-    res = pipe("<mycat> on the moon", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+    # the folder is the same model: the same run on the in-memory pipeline gives the same Deltas and images
+    same = train(_cfg(concept_images, tmp_path / "mem.safetensors", steps=2, batch_size=1, model=str(folder)),
+                 pipe=tiny_pipe, progress=False)
+    for k in c.deltas:  # equal up to fp16 rounding of CPU kernels' order (a loaded folder is another allocation)
+        torch.testing.assert_close(same.deltas[k].half().float(), c.deltas[k].float(), rtol=0, atol=1e-5)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    res = pipe("<mycat> on the moon", num_inference_steps=2, generator=g(), output_type="np")
+    mem = InfusionPipeline.from_pipe(tiny_pipe)("<mycat> on the moon", concepts=[c], num_inference_steps=2, generator=g(),
+                                                 output_type="np")
     assert res.images.shape == (1, 16, 16, 3)
+    np.testing.assert_allclose(res.images, mem.images, rtol=0, atol=1e-5)
+    assert not np.array_equal(res.images, res.base_images)
     with pytest.raises(ValueError, match="not a diffusers pipeline folder"):
         train(_cfg(concept_images, tmp_path / "x.safetensors", model=str(tmp_path)), progress=False)
 
