@@ -217,3 +217,28 @@ def test_dots_in_output_names_are_not_extensions(tmp_path):
     assert step_path(a, 100).name == "cd-lambda0.001-step100"
     assert step_path(tmp_path / "v1.5.safetensors", 100).name == "v1.5-step100.safetensors"
     assert prior_folder(a).name == "cd-lambda0.001.prior"
+
+
+def test_bf16_mixed_precision_trains_under_autocast_and_saves_fp16(concept_images, tmp_path):
+    """``--mixed-precision bf16`` on CPU: the UNet's matmuls run in bfloat16 (accelerate's autocast), the Deltas stay
+    float32 master weights, and the concept file holds float16 (the format's dtype)."""
+    from safetensors import safe_open
+
+    from infusion.tiny import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline()
+    seen = set()
+    hook = pipe.unet.conv_in.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    out = tmp_path / "bf.safetensors"
+    c = train(_cfg(concept_images, out, steps=2, mixed_precision="bf16"), pipe=pipe, progress=False)
+    hook.remove()
+    assert torch.bfloat16 in seen
+    assert all(torch.isfinite(d).all() and d.abs().sum() > 0 for d in c.deltas.values())
+    with safe_open(str(out), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    plain_seen = set()
+    pipe2 = tiny_sd_pipeline()
+    hook = pipe2.unet.conv_in.register_forward_hook(lambda m, i, o: plain_seen.add(o.dtype))
+    train(_cfg(concept_images, tmp_path / "fp.safetensors", steps=1), pipe=pipe2, progress=False)
+    hook.remove()
+    assert plain_seen == {torch.float32}

@@ -85,6 +85,17 @@ def load_state(path: Path, method, optimizer, cfg: TrainConfig) -> int:
     return int(meta["step"])
 
 
+def _allow_new_precision(mixed_precision: str) -> None:
+    """accelerate keeps one ``AcceleratorState`` per process and refuses an ``Accelerator`` with another mixed
+    precision; a process that trains several runs (tests, the web page, the results benchmark) may switch, so
+    forget the previous run's state (the process group, ``PartialState``, is kept)."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def train(cfg: TrainConfig, pipe=None, progress: bool = True):
     """Run ``cfg``; returns what the method exports (an ``infusion.Concept`` for Infusion).
 
@@ -94,6 +105,7 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
     from accelerate.utils import set_seed
 
     method_cls = get_method(cfg.method)  # fail fast on a bad method name
+    _allow_new_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
     out = Path(cfg.out)
