@@ -48,6 +48,7 @@ def register(sub) -> None:
     g = p.add_argument_group("diverse-context MLM regulariser", f"methods: {', '.join(mlm_methods())}")
     g.add_argument("--mlm-lambda", type=float, default=0.0, help=helps["mlm_lambda"])
     g.add_argument("--mlm-prompts", default="everyday", metavar="everyday|world|FILE", help=helps["mlm_prompts"])
+    g.add_argument("--mlm-batch", type=int, default=None, help=helps["mlm_batch"])
     g.add_argument("--contextualizer", default=None, metavar="PATH", help=helps["contextualizer"])
     arg_help = "; ".join(f"{m}: " + ", ".join(f"{k} ({h})" for k, h in get_method(m).method_args_help.items())
                          for m in available_methods() if get_method(m).method_args_help)
@@ -78,6 +79,7 @@ def run(args) -> int:
         seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, resume=args.resume, flip=args.flip, model_config=args.model_config,
         method_args=_method_args(args.method_arg), mlm_lambda=args.mlm_lambda, mlm_prompts=args.mlm_prompts,
+        mlm_batch=args.mlm_batch,
         contextualizer=args.contextualizer,
     )
     train(cfg)

@@ -61,7 +61,7 @@ WORLD_ROWS = (
     Row("lora", "lora", {}, 0.0, (1e-4, 1e-3)),
     Row("custom-diffusion", "custom-diffusion", {}, 0.0, (4e-5, 4e-4)),
     Row("perfusion", "perfusion", {}, 0.0, (5e-3, 2e-2)),
-    Row("ti+mlm", "ti", {}, 5e-5, (2e-3, 2e-2)),
+    Row("ti+mlm", "ti", {"with_class": True}, 5e-5, (2e-3, 2e-2)),  # the MLM authors write TI's concept "<tok> <class>"
     Row("pplus+mlm", "pplus", {}, 2.5e-4, (2e-3, 2e-2)),
     Row("dreambooth+mlm", "dreambooth", {"train_text_encoder": True}, 1e-3, (1e-5, 1e-4)),
     Row("custom-diffusion+mlm", "custom-diffusion", {}, 1e-3, (4e-5, 4e-4)),

@@ -64,8 +64,8 @@ class MLMRegularizer:
     ``concept_text`` is how the method writes its concept in a prompt (``"<mycat>"`` for TI,
     ``"sks cat"`` for DreamBooth, ``"<new1> cat"`` for Custom Diffusion); every one of its tokens
     is protected from masking. ``prompts`` hold ``placeholder`` where the concept goes.
-    P+ learns one embedding per UNet layer but the text encoder runs once here: its ``embed_fn``
-    supplies one of them (or their mean) at the concept token.
+    P+ learns one embedding per UNet layer: one call per layer's ``embed_fn`` on the same batch and mask,
+    summed (``training.regularizer.mlm_term``), as the MLM paper's authors run it.
     """
 
     def __init__(

@@ -39,6 +39,8 @@ class TrainConfig:
         "pplus 2.5e-4, dreambooth and custom-diffusion 1e-4..1e-3")})
     mlm_prompts: str = field(default="everyday", metadata={"help": (
         "MLM prompt set: everyday | world | a UTF-8 text file, one prompt per line, each writing the concept as <name>")})
+    mlm_batch: int | None = field(default=None, metadata={"help": (
+        "prompts per L_MLM batch (default: the method's, as the MLM paper's authors ran them: ti 25, pplus 12, else 4)")})
     contextualizer: str | None = field(default=None, metadata={"help": (
         "pretrained contextualizer for this text encoder (infusion mlm pretrain), or 'world' (the packaged one of the "
         "built-in world model); required when --mlm-lambda > 0")})
@@ -69,6 +71,8 @@ class TrainConfig:
     def _check_mlm(self) -> None:
         if not (math.isfinite(self.mlm_lambda) and self.mlm_lambda >= 0):
             raise ValueError(f"--mlm-lambda must be a finite number >= 0, got {self.mlm_lambda}")
+        if self.mlm_batch is not None and self.mlm_batch < 1:
+            raise ValueError(f"--mlm-batch must be >= 1, got {self.mlm_batch}")
         if self.mlm_lambda == 0:
             return
         from .methods import get_method, mlm_methods, supports_mlm

@@ -44,7 +44,8 @@ def mlm_prompts(cfg: TrainConfig) -> list[str]:
     return read_prompt_file(cfg.mlm_prompts, placeholder)
 
 
-def build_regularizer(cfg: TrainConfig, side: MLMTextSide, tokenizer, fingerprint: str | None = None) -> MLMRegularizer:
+def build_regularizer(cfg: TrainConfig, side: MLMTextSide, tokenizer, fingerprint: str | None = None,
+                      batch_size: int | None = None) -> MLMRegularizer:
     """``MLMRegularizer`` with weight ``cfg.mlm_lambda``: contextualizer frozen (eval, no grad), prompts of
     ``cfg.mlm_prompts``. ValueError when the contextualizer does not fit the text encoder's width."""
     contextualizer, mask, _ = load_contextualizer(cfg.contextualizer, side.text_encoder, fingerprint)
@@ -53,9 +54,19 @@ def build_regularizer(cfg: TrainConfig, side: MLMTextSide, tokenizer, fingerprin
         raise ValueError(f"--contextualizer {cfg.contextualizer} predicts {vocab} token ids, this tokenizer has "
                          f"{len(tokenizer)}: pretrain one for this model (infusion mlm pretrain)")
     return MLMRegularizer(contextualizer, mask, tokenizer, side.concept_text, mlm_prompts(cfg), weight=cfg.mlm_lambda,
-                          placeholder=f"<{cfg.name}>")
+                          placeholder=f"<{cfg.name}>", batch_size=batch_size or cfg.mlm_batch or 4)
 
 
 def mlm_term(reg: MLMRegularizer, side: MLMTextSide, generator: torch.Generator) -> torch.Tensor:
-    """``lambda * L_MLM`` (scalar) on a batch drawn from ``generator`` (the step's)."""
-    return reg(side.text_encoder, side.embed_fn, generator=generator)
+    """``lambda * L_MLM`` (scalar) on a batch drawn from ``generator`` (the step's). With ``side.embed_fns``
+    (P+): one L_MLM per learned vector on the same prompts and mask, summed."""
+    if not side.embed_fns:
+        return reg(side.text_encoder, side.embed_fn, generator=generator)
+    state = generator.get_state()
+    total, raw = 0.0, 0.0
+    for fn in side.embed_fns:
+        generator.set_state(state)  # the same batch and mask for every vector
+        total = total + reg(side.text_encoder, fn, generator=generator)
+        raw += reg.last_loss
+    reg.last_loss = raw
+    return total

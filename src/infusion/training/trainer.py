@@ -64,8 +64,8 @@ def load_state(path: Path, method, optimizer, cfg: TrainConfig) -> int:
     if "step" not in meta:
         raise ValueError(f"{path} is not an infusion training state file")
     saved = json.loads(meta["config"])
-    defaults = {"mlm_lambda": 0.0, "mlm_prompts": "everyday"}  # state files older than these fields
-    for key in ("method", "name", "class_phrase", "model", "batch_size", "seed", "mlm_lambda", "mlm_prompts"):
+    defaults = {"mlm_lambda": 0.0, "mlm_prompts": "everyday", "mlm_batch": None}  # state files older than these fields
+    for key in ("method", "name", "class_phrase", "model", "batch_size", "seed", "mlm_lambda", "mlm_prompts", "mlm_batch"):
         if saved.get(key, defaults.get(key)) != getattr(cfg, key):
             raise ValueError(
                 f"cannot resume from {path}: it was trained with {key}={saved.get(key, defaults.get(key))!r}, this run "
@@ -146,7 +146,8 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         from .regularizer import build_regularizer, mlm_term
 
         mlm_side = method.mlm_text_side()
-        reg = build_regularizer(cfg, mlm_side, pipe.tokenizer, base_fingerprint(pipe.text_encoder))
+        reg = build_regularizer(cfg, mlm_side, pipe.tokenizer, base_fingerprint(pipe.text_encoder),
+                                batch_size=cfg.mlm_batch or method.mlm_batch_size)
         mlm = partial(mlm_term, reg, mlm_side)  # generator -> lambda * L_MLM
     params = method.trainable_parameters()
     if not params:

@@ -89,11 +89,15 @@ class MLMTextSide:
     text_encoder: the encoder L_MLM runs through.
     embed_fn: ``input_ids (B, L) -> input embeddings (B, L, H)`` when the learned vector lives outside
         the embedding matrix (the stand-in's rows replaced); ``None``: the plain lookup.
+    embed_fns: several such functions, one L_MLM each on the same prompts and mask, summed (P+, as its
+        authors' ``pplus_train_clean.py`` encodes each caption with each layer's token).
     """
 
     concept_text: str
     text_encoder: nn.Module
     embed_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # several learned vectors regularised one by one on the same batch and mask, losses summed (P+: one per layer)
+    embed_fns: list[Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 
 def supports_mlm(method_cls: type["Method"]) -> bool:
@@ -121,6 +125,7 @@ class Method(nn.Module):
     method_args_help: ClassVar[dict[str, str] | None] = None  # --method-arg keys it reads (None: not declared)
     # Defaults that replace the paper's on the built-in world (``--model world``), each measured (see the class)
     world_defaults: ClassVar[dict] = {}
+    mlm_batch_size: ClassVar[int] = 4  # prompts per L_MLM batch unless --mlm-batch says otherwise
 
     def __init__(self, pipe, cfg):
         super().__init__()

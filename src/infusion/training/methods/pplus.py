@@ -114,16 +114,14 @@ class PPlus(Method):
     def learning_rate(self) -> float:
         return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size
 
-    def mlm_text_side(self) -> MLMTextSide:
-        """L_MLM runs the text encoder once, with the *mean* of the per-layer tokens at the concept.
+    mlm_batch_size = 12  # the MLM paper's authors' P+ runs
 
-        Why the mean: the paper's P+ variant regularises one text-encoder pass; the mean gives every
-        layer's token the same gradient (1/n of it), so MLM pulls the tokens' shared part towards
-        the context while the diffusion loss keeps their per-layer differences. One pass per layer
-        would cost n_layers text-encoder runs per step for the same signal.
-        """
-        return MLMTextSide(STAND_IN, self.text_encoder,
-                           stand_in_embed_fn(self.text_encoder, self.tokenizer, lambda: self.tokens.mean(0)))
+    def mlm_text_side(self) -> MLMTextSide:
+        """L_MLM once per per-layer token, on the same prompts and mask, summed: as the MLM paper's authors do
+        (``other-ones/personal_rc``, ``pplus_train_clean.py``: each caption encoded with each layer's token), so
+        every layer's token is regularised, not only their mean. The concept is written as the token alone."""
+        fns = [stand_in_embed_fn(self.text_encoder, self.tokenizer, (lambda j=j: self.tokens[j])) for j in range(len(self.layers))]
+        return MLMTextSide(STAND_IN, self.text_encoder, fns[0], embed_fns=fns)
 
     def encode_captions(self, captions: list[str]) -> TextBatch:
         """-> TextBatch whose states are per layer: (B, n_layers, L, C)."""

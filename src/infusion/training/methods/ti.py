@@ -23,7 +23,8 @@ from .tokens import STAND_IN, encode_with_token, phrase_embedding, stand_in_embe
 
 
 class TokenCustomization(Customization):
-    """A learned token loaded with diffusers' ``load_textual_inversion``; ``<name>`` stays literal."""
+    """A learned token loaded with diffusers' ``load_textual_inversion``; ``<name>`` stays literal (followed by
+    the class phrase when trained ``with_class``)."""
 
     method = "ti"
     composable = True
@@ -33,7 +34,14 @@ class TokenCustomization(Customization):
         return pipe
 
     def phrase(self) -> str:
-        return f"<{self.name}>"
+        import json
+
+        args = json.loads(self.meta.get("training") or "{}").get("method_args") or {}
+        return f"<{self.name}> {self.class_phrase}" if _truthy(args.get("with_class", False)) else f"<{self.name}>"
+
+
+def _truthy(v) -> bool:
+    return v is True or str(v).lower() in ("1", "true", "yes")
 
 
 @register_method
@@ -44,10 +52,13 @@ class TextualInversion(Method):
     cache_text = False  # the learned token changes every step
     out_help = "a learned_embeds-style .safetensors file ({'<name>': [1, H]}), loadable by load_textual_inversion"
     customization_cls = TokenCustomization
-    method_args_help = {}
+    method_args_help = {"with_class": "write the concept as '<name> <class>' in captions, MLM prompts and generation "
+                                      "(the MLM paper's authors' form; default false: the token alone, as the TI paper)"}
+    mlm_batch_size = 25  # the MLM paper's authors' TI runs
 
     def __init__(self, pipe, cfg):
         super().__init__(pipe, cfg)
+        self.with_class = _truthy(cfg.method_args.get("with_class", False))
         self.text_encoder = pipe.text_encoder
         self.unet = pipe.unet
         init = phrase_embedding(pipe.text_encoder, pipe.tokenizer, cfg.class_phrase)  # (H,)
@@ -58,9 +69,13 @@ class TextualInversion(Method):
 
     def mlm_text_side(self) -> MLMTextSide:
         """L_MLM reaches the learned token: the concept is the stand-in, carried by ``self.token``."""
-        return MLMTextSide(STAND_IN, self.text_encoder, stand_in_embed_fn(self.text_encoder, self.tokenizer, lambda: self.token))
+        concept = f"{STAND_IN} {self.cfg.class_phrase}" if self.with_class else STAND_IN
+        return MLMTextSide(concept, self.text_encoder, stand_in_embed_fn(self.text_encoder, self.tokenizer, lambda: self.token))
 
     def encode_captions(self, captions: list[str]) -> TextBatch:
+        if self.with_class:
+            tag = f"<{self.cfg.name}>"
+            captions = [c.replace(tag, f"{tag} {self.cfg.class_phrase}") for c in captions]
         states, ids, spans = encode_with_token(self.text_encoder, self.tokenizer, captions, self.cfg.name, self.token)
         return TextBatch(states, spans, ids)
 
