@@ -135,6 +135,8 @@ def test_file_gives_the_trained_model(trained, method):
     m.eval()
     model = load_customized("tiny", [path])
     assert model.method == method and model.names == ["mycat"]
+    if method == "perfusion":  # the file's generation gate (0.70 / 0.15) replaces the training one (0.75 / 0.1)
+        m.edit.beta, m.edit.tau = model.customizations[0].edit.beta, model.customizations[0].edit.tau
     g = torch.Generator().manual_seed(1)
     prompts = ["a photo of <mycat> on a beach", "a drawing of a dog"]
     z = torch.randn(2, 4, 8, 8, generator=g)
@@ -338,3 +340,24 @@ def test_every_method_honours_gradient_checkpointing(trained, tmp_path, method, 
         z = torch.randn(1, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
         m(z, torch.tensor([10]), text).float().pow(2).mean().backward()  # one training forward/backward
         assert (len(checkpoint_calls) > 0) == flag, (method, flag, len(checkpoint_calls))
+
+
+def test_perfusion_covariance_uses_text_rows_only_and_the_inference_gate_is_stored(trained):
+    """C over BOS..EOS rows (the reference's; padding is not text); generation gate 0.70 / 0.15 as perfusion-pytorch."""
+    from infusion.training.methods.perfusion import covariance_prompts, input_covariance
+
+    pipe = tiny_sd_pipeline()
+    te, tok = pipe.text_encoder, pipe.tokenizer
+    got = input_covariance(te, tok, "teddy bear", ridge=0.0)
+    rows = []
+    with torch.no_grad():
+        for p in covariance_prompts("teddy bear"):
+            ids = tok(p, return_tensors="pt").input_ids  # no padding: exactly BOS..EOS
+            padded = tok(p, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+            rows.append(te(padded)[0][0, : ids.shape[1]])  # the same rows, computed in the padded context
+    x = torch.cat(rows).float()
+    torch.testing.assert_close(got, x.T @ x / len(x), rtol=1e-4, atol=1e-6)
+    assert len(covariance_prompts("ball", "world")) > 2000  # the world's own captions on the world
+    gen = load_customized("tiny", [trained["perfusion"][2]])
+    edit = gen.customizations[0].edit
+    assert (edit.beta, edit.tau) == (0.70, 0.15)

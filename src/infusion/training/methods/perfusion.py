@@ -6,13 +6,15 @@ For a text-state row x (C_text wide) and a projection W (K or V), paper Eq. 3 wi
     W' x = W x - s(x) W i*  +  sigmoid((s(x) - beta) / tau) o*,     s(x) = i*^T C^-1 x / i*^T C^-1 i*
 
 i*: the concept token's encoding (EMA over training prompts, decay 0.99); C: the uncentered
-covariance of text states over a caption corpus (here: the training templates x 48 everyday nouns,
-every one of the 77 positions, ridge 1e-3 * mean eigenvalue); keys: o*_K = W_K i_class, locked
-to the class phrase's encoding (the "where" stays the class's); values: o*_V learned, initialised
+covariance of text states over a caption corpus, BOS..EOS rows only as the reference does (padding rows
+are not text), ridge 1e-3 * mean eigenvalue; the corpus: on the built-in world 2,000 world captions (the
+prompts it is used with), elsewhere the training templates x 48 everyday nouns; keys: o*_K = W_K i_class,
+locked to the class phrase's encoding (the "where" stays the class's); values: o*_V learned, initialised
 to W_V i_class. The concept's input word embedding is learned too (it moves i*, with a
-straight-through gradient through the EMA). beta 0.75, tau 0.1 (the paper's training values;
-``--method-arg beta=.. temperature=..``) are stored in the file and used at generation too.
-Not reproduced: the paper's masked loss and its LAION-estimated C.
+straight-through gradient through the EMA). Gate: beta 0.75, tau 0.1 in training, 0.70 / 0.15 at
+generation, as lucidrains' ``perfusion-pytorch`` (``--method-arg beta, temperature, inference_beta,
+inference_temperature``; all stored in the file). Not reproduced: the paper's masked loss and its
+LAION-estimated C.
 
 lr: 5e-3 without batch scaling is our choice (tune with ``--lr``).
 
@@ -31,7 +33,7 @@ from torch import nn
 from ...customized import Customization, stock_attention
 from ...io import read_safetensors, save_safetensors_atomic
 from ...processor import cross_attention_layers
-from ..data import CAPTION_TEMPLATES
+from ..data import CAPTION_TEMPLATES, caption_templates
 from .base import Method, TextBatch, register_method, param_key
 from .files import customization_metadata
 from .kv_attention import KeyValueProcessor
@@ -90,15 +92,30 @@ def install_perfusion(unet, edit: RankOneEdit) -> list[str]:
     return layers
 
 
+def covariance_prompts(class_phrase: str, model="") -> list[str]:
+    """The caption corpus C is estimated on: the world's own captions on the world, else templates x nouns."""
+    from ...world import is_world_model
+
+    if is_world_model(model):
+        from ...world import scenes
+
+        corpus = [scenes.caption_scene(scenes.sample_scene(s), s).text for s in range(20_000_000, 20_002_000)]
+        return corpus + [t.format(class_phrase) for t in caption_templates(model)]
+    return [t.format(n) for t in CAPTION_TEMPLATES for n in (*NOUNS, class_phrase)]
+
+
 @torch.no_grad()
-def input_covariance(text_encoder, tokenizer, class_phrase: str, ridge: float = 1e-3, batch: int = 32) -> torch.Tensor:
-    """Uncentered covariance of text states over templates x nouns, all positions -> [C_t, C_t] (float32)."""
-    prompts = [t.format(n) for t in CAPTION_TEMPLATES for n in (*NOUNS, class_phrase)]
+def input_covariance(text_encoder, tokenizer, class_phrase: str, ridge: float = 1e-3, batch: int = 32,
+                     model="") -> torch.Tensor:
+    """Uncentered covariance of text states over ``covariance_prompts``, BOS..EOS rows only -> [C_t, C_t] (float32)."""
+    prompts = covariance_prompts(class_phrase, model)
     acc, count = None, 0
     for i in range(0, len(prompts), batch):
-        ids = tokenizer(prompts[i:i + batch], padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(text_encoder.device)
-        x = text_encoder(ids)[0].float().reshape(-1, text_encoder.config.hidden_size)  # (b * L, C_t)
+        tok = tokenizer(prompts[i:i + batch], padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt")
+        ids = tok.input_ids.to(text_encoder.device)
+        real = tok.attention_mask.bool().reshape(-1).to(text_encoder.device)  # BOS..EOS (padding excluded)
+        x = text_encoder(ids)[0].float().reshape(-1, text_encoder.config.hidden_size)[real]  # (rows, C_t)
         acc = x.T @ x if acc is None else acc + x.T @ x
         count += x.shape[0]
     cov = acc / count
@@ -129,7 +146,8 @@ class PerfusionCustomization(Customization):
         device = pipe.unet.device
         self.edit = RankOneEdit(t["concept_input"].to(device), t["superclass_input"].to(device),
                                 t["cov_inv_concept"].to(device), {k: v.to(device) for k, v in targets.items()},
-                                float(self.meta.get("beta", 0.75)), float(self.meta.get("temperature", 0.1)))
+                                float(self.meta.get("inference_beta", self.meta.get("beta", 0.75))),
+                                float(self.meta.get("inference_temperature", self.meta.get("temperature", 0.1))))
         self.token = t["token"][0]  # (H,)
         install_perfusion(pipe.unet, self.edit)
         return pipe
@@ -150,7 +168,9 @@ class Perfusion(Method):
     cache_text = False  # the concept token changes every step
     out_help = "a .safetensors file (format infusion-perfusion): token, i*, i_class, C^-1 i*, per-layer value targets"
     customization_cls = PerfusionCustomization
-    method_args_help = {"beta": "gate threshold (default 0.75)", "temperature": "gate temperature (default 0.1)"}
+    method_args_help = {"beta": "gate threshold in training (default 0.75)", "temperature": "gate temperature in training (default 0.1)",
+                        "inference_beta": "gate threshold at generation (default 0.70)",
+                        "inference_temperature": "gate temperature at generation (default 0.15)"}
     ema_decay = 0.99  # paper / perfusion-pytorch input_decay
 
     def __init__(self, pipe, cfg):
@@ -158,8 +178,11 @@ class Perfusion(Method):
         self.unet, self.text_encoder = pipe.unet, pipe.text_encoder
         self.beta = float(cfg.method_args.get("beta", 0.75))
         self.tau = float(cfg.method_args.get("temperature", 0.1))
+        self.inference_beta = float(cfg.method_args.get("inference_beta", 0.70))  # perfusion-pytorch's inference gate
+        self.inference_tau = float(cfg.method_args.get("inference_temperature", 0.15))
         tok, te = pipe.tokenizer, pipe.text_encoder
-        self.register_buffer("cov_inv", torch.linalg.inv(input_covariance(te, tok, cfg.class_phrase)))  # (C_t, C_t)
+        cov = input_covariance(te, tok, cfg.class_phrase, model=cfg.model)
+        self.register_buffer("cov_inv", torch.linalg.inv(cov))  # (C_t, C_t)
         superclass = self._superclass_input(te, tok)  # (C_t,)
         self.register_buffer("superclass_input", superclass)
         self.register_buffer("concept_input", torch.zeros_like(superclass))  # EMA of i*, set at the first step
@@ -178,7 +201,7 @@ class Perfusion(Method):
         """Mean encoding of the class phrase's last token over the caption templates -> (C_t,)."""
         from ...prompts import parse_prompt
 
-        prompts = [t.format("<c>") for t in CAPTION_TEMPLATES]
+        prompts = [t.format("<c>") for t in caption_templates(self.cfg.model)]
         parsed = [parse_prompt(p, {"c": self.cfg.class_phrase}, tok) for p in prompts]
         ids = tok([p.text for p in parsed], padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(te.device)
@@ -231,6 +254,7 @@ class Perfusion(Method):
         for k, v in tensors.items():
             if not torch.isfinite(v).all():
                 raise ValueError(f"refusing to save: {k} is not finite (NaN/inf)")
-        meta = customization_metadata(self.cfg, self.name, FORMAT, fingerprint, beta=self.beta, temperature=self.tau)
+        meta = customization_metadata(self.cfg, self.name, FORMAT, fingerprint, beta=self.beta, temperature=self.tau,
+                                      inference_beta=self.inference_beta, inference_temperature=self.inference_tau)
         save_safetensors_atomic(tensors, path, meta)
         return tensors
