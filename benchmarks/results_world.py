@@ -285,10 +285,19 @@ def main(argv=None) -> int:
         if args.workers <= 1:
             _worker(args, args.curves_first)
         else:
-            procs = [mp.get_context("spawn").Process(target=_worker, args=(args, args.curves_first and k == 0))
+            import signal
+
+            procs = [mp.get_context("spawn").Process(target=_worker, args=(args, args.curves_first and k == 0), daemon=True)
                      for k in range(args.workers)]
             for p in procs:
                 p.start()
+
+            def stop(signum, frame):  # `kill` of this process stops its workers too
+                for p in procs:
+                    p.terminate()
+                sys.exit(128 + signum)
+
+            signal.signal(signal.SIGTERM, stop)
             for p in procs:
                 p.join()
         wall.append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)), "seconds": time.time() - t0,

@@ -346,7 +346,8 @@ class ResultsRun:
     def run(self, curves_first: bool = False) -> None:
         from ..world.concepts import get_concept
 
-        for kind, row, name in self.units(curves_first):
+        units = self.units(curves_first)
+        for kind, row, name in units + units:  # a second pass takes up units another process left unfinished
             unit = f"{kind}/{row.name if row else BASE_ROW}/{name}"
             if self.records.get(f"done/{unit}") is not None or not self.claim(unit):
                 continue
