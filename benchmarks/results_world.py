@@ -93,26 +93,30 @@ def build_report(out: Path, preset, doc: Path, wall: list) -> dict:
     rec = Records(out).all()
     rows = [BASE_ROW] + [r.name for r in preset.rows]
     settings = {BASE_ROW: ["base"]}
-    table = {}  # (row, setting) -> {metric: mean over concepts}, plus n concepts
-    per_concept = {}
+    per_concept = {}  # (row, setting) -> {concept: record}
     for row in rows:
         for setting in settings.get(row, ["default", "tuned"]):
-            vals = {c: rec.get(f"test/{row}/{c}/{setting}") for c in preset.concepts}
-            have = {c: v for c, v in vals.items() if v}
-            if not have:
-                continue
-            per_concept[(row, setting)] = have
-            keys = [m[0] for m in METRICS] + [m[0] for m in COST]
-            table[(row, setting)] = {k: _mean([v.get(k) for v in have.values()]) for k in keys}
-            table[(row, setting)]["n_concepts"] = len(have)
+            have = {c: rec[f"test/{row}/{c}/{setting}"] for c in preset.concepts if rec.get(f"test/{row}/{c}/{setting}")}
+            if have:
+                per_concept[(row, setting)] = have
+    # the main table averages over the concepts every row has finished, so that rows compare like with like
+    complete = [c for c in preset.concepts if all(c in per_concept.get((r, s), {}) for r in rows
+                                                  for s in settings.get(r, ["default", "tuned"]))]
+    table = {}
+    keys = [m[0] for m in METRICS] + [m[0] for m in COST]
+    for key, have in per_concept.items():
+        use = [have[c] for c in complete if c in have]
+        if use:
+            table[key] = {k: _mean([v.get(k) for v in use]) for k in keys}
+            table[key]["n_concepts"] = len(use)
     doc.parent.mkdir(parents=True, exist_ok=True)
     fig_dir = doc.parent / "results"
     fig_dir.mkdir(parents=True, exist_ok=True)
     curves = _curve_figures(rec, preset, fig_dir)
     grids = _grids(out, preset, fig_dir)
-    lines = _doc(preset, table, per_concept, curves, grids, wall, rec)
+    lines = _doc(preset, table, per_concept, curves, grids, wall, rec, doc, complete)
     doc.write_text("\n".join(lines) + "\n")
-    data = {"preset": preset.__class__.__name__, "model": preset.model, "wall_seconds": wall,
+    data = {"preset": preset.__class__.__name__, "model": preset.model, "wall_seconds": wall, "complete_concepts": complete,
             "table": {f"{r}/{s}": v for (r, s), v in table.items()},
             "per_concept": {f"{r}/{s}": v for (r, s), v in per_concept.items()},
             "records": rec}
@@ -179,7 +183,7 @@ def _grids(out: Path, preset, fig_dir: Path) -> list[str]:
     return files
 
 
-def _doc(preset, table, per_concept, curves, grids, wall, rec) -> list[str]:
+def _doc(preset, table, per_concept, curves, grids, wall, rec, doc: Path, complete: list) -> list[str]:
     from infusion.evaluation.world_results import BASE_ROW
 
     notes = Path(__file__).with_name("results_world_notes.md")
@@ -194,7 +198,14 @@ def _doc(preset, table, per_concept, curves, grids, wall, rec) -> list[str]:
              + f"; total {sum(w['seconds'] for w in wall) / 60:.0f} min on a 2-core CPU, one process per core.", ""]
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
-    lines += ["## Table (mean over the concepts done)", "",
+    for title, name in (("The look rate, checked on renders first", "look_validation.md"),
+                        ("Is the world fair? Can a method learn a concept's look here at all?", "fairness.md")):
+        part = doc.parent / "results" / name
+        if part.is_file():
+            lines += [f"## {title}", "", part.read_text().strip(), ""]
+    lines += ["## Table", "",
+              f"Mean over the concepts every row has finished: **{', '.join(complete) or 'none yet'}** (the others, "
+              "partly done, are in the per-concept tables below).", "",
               "`default`: `infusion train --model world --method M` as a new user runs it. `tuned`: the best point of "
               "the sweep on validation prompts (never the test prompts; `selection_score` = look rate + text fidelity "
               "+ concept fidelity / 10). Test: 22 held-out prompts x "
@@ -221,10 +232,10 @@ def _doc(preset, table, per_concept, curves, grids, wall, rec) -> list[str]:
         rows = [(k, v[c]) for k, v in per_concept.items() if c in v]
         if not rows:
             continue
-        lines += [f"### {c}", "", "| row | setting | " + " | ".join(m[1] for m in METRICS[:8]) + " | steps | lr |",
-                  "|" + "---|" * 12]
+        lines += [f"### {c}", "", "| row | setting | " + " | ".join(m[1] for m in METRICS) + " | steps | lr |",
+                  "|" + "---|" * (len(METRICS) + 4)]
         for (row, setting), v in rows:
-            lines.append(f"| {row} | {setting} | " + " | ".join(_fmt(m[2], v.get(m[0])) for m in METRICS[:8])
+            lines.append(f"| {row} | {setting} | " + " | ".join(_fmt(m[2], v.get(m[0])) for m in METRICS)
                          + f" | {_fmt('{:.0f}', v.get('steps'))} | {_fmt('{:g}', v.get('lr'))} |")
         lines.append("")
     lines += _definitions()

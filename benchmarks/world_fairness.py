@@ -187,8 +187,43 @@ def write_doc(doc: Path, concept, rows, sw, ls) -> None:
     doc.write_text("\n".join(lines) + "\n")
 
 
+def look_validation(doc: Path) -> dict:
+    """The look rate on renders: every concept in 4 backgrounds x 3 positions x 2 sizes (near 100% wanted), and
+    plain objects of its class in all 8 colours plus its pattern with 3 other second colours (0% wanted)."""
+    from infusion.evaluation.world_results import WorldReader
+    from infusion.world import scenes
+    from infusion.world.concepts import CONCEPTS, concept_scene
+
+    reader = WorldReader()
+    rows = {}
+    for name, c in CONCEPTS.items():
+        ims, texts = [], []
+        for k, bg in enumerate(("snow", "water", "bricks", "road")):
+            for pos in ("top left", "bottom right", "center"):
+                for size in scenes.SIZES:
+                    ims.append(scenes.render(concept_scene(name, 10 + k, background=bg, position=pos, size=size)))
+                    texts.append(f"a {size} {c.obj.cls} {scenes.POSITION_PHRASES[pos][0]} {scenes.BACKGROUND_PHRASES[bg][0]}")
+        others = [scenes.render(scenes.Scene(bg, (scenes.WorldObject(c.obj.cls, col, "large", "center"),), 5))
+                  for col in scenes.COLORS for bg in ("grass", "night")]
+        others += [scenes.render(scenes.Scene("sand", (scenes.WorldObject(c.obj.cls, c.obj.color, "large", "center",
+                                                                            c.obj.pattern, col2),), 5))
+                   for col2 in [x for x in scenes.COLORS if x not in (c.obj.color, c.obj.color2)][:3]]
+        pos_rate = sum(r["look"] for r in reader.read(ims, texts, c)) / len(ims)
+        neg_rate = sum(r["look"] for r in reader.read(others, [f"a large {c.obj.cls} in the center"] * len(others), c)) / len(others)
+        rows[name] = {"renders": len(ims), "look_rate_on_concept": pos_rate, "other_looks": len(others),
+                      "look_rate_on_other_looks": neg_rate}
+    lines = ["| concept | renders of the concept | look rate | renders of other looks | look rate |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {r['renders']} | {r['look_rate_on_concept']:.1%} | {r['other_looks']} | {r['look_rate_on_other_looks']:.1%} |"
+              for n, r in rows.items()]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines) + "\n")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--look-validation-only", action="store_true",
+                    help="only the look rate on renders -> docs/results/look_validation.md (seconds)")
     ap.add_argument("--concept", default="sunball")
     ap.add_argument("--n", type=int, default=12, help="images per prompt set")
     ap.add_argument("--out", default="runs/fairness")
@@ -199,6 +234,9 @@ def main(argv=None) -> int:
     from infusion.world.concepts import get_concept
 
     torch.set_num_threads(1)
+    look_validation(Path(args.doc).with_name("look_validation.md"))
+    if args.look_validation_only:
+        return 0
     concept = get_concept(args.concept)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
