@@ -238,8 +238,63 @@ def _doc(preset, table, per_concept, curves, grids, wall, rec, doc: Path, comple
             lines.append(f"| {row} | {setting} | " + " | ".join(_fmt(m[2], v.get(m[0])) for m in METRICS)
                          + f" | {_fmt('{:.0f}', v.get('steps'))} | {_fmt('{:g}', v.get('lr'))} |")
         lines.append("")
+    lines += _readings(table, rec, preset, complete)
     lines += _definitions()
     return lines
+
+
+def _readings(table: dict, rec: dict, preset, complete: list) -> list[str]:
+    """Each paper claim, checked against the numbers above (stated, not interpreted beyond the numbers)."""
+    from infusion.evaluation.world_results import BASE_ROW
+
+    out = ["## Readings: does the world reproduce the papers' claims?", ""]
+    tuned = {r: v for (r, s), v in table.items() if s == "tuned"}
+    base = table.get((BASE_ROW, "base"))
+    if not tuned or base is None:
+        return out + ["No concept is complete yet: no reading.", ""]
+    methods = [r for r in tuned if "+mlm" not in r]
+    by = lambda k: sorted(methods, key=lambda r: -(tuned[r].get(k) or 0))  # noqa: E731
+    out.append(f"On {', '.join(complete)} (tuned settings):")
+    out.append("")
+    out.append("- **Table 1 (Infusion: the best text fidelity at a competitive concept fidelity).** Text fidelity, best "
+               "first: " + ", ".join(f"{r} {tuned[r]['text_fidelity']:.3f}" for r in by("text_fidelity"))
+               + f" (base {base['text_fidelity']:.3f}). Concept fidelity: "
+               + ", ".join(f"{r} {tuned[r]['concept_fidelity']:.3f}" for r in by("concept_fidelity"))
+               + f" (base {base['concept_fidelity']:.3f}). Look rate: "
+               + ", ".join(f"{r} {tuned[r]['look_rate']:.2f}" for r in by("look_rate")) + ".")
+    inf = tuned.get("infusion")
+    if inf:
+        best = max((tuned[r]["look_rate"], r) for r in methods if r != "infusion")
+        verdict = "holds" if inf["look_rate"] >= best[0] and inf["text_fidelity"] >= base["text_fidelity"] - 0.01 else "does not hold"
+        out.append(f"  Infusion's look rate {inf['look_rate']:.2f} vs the best baseline's {best[0]:.2f} ({best[1]}); text "
+                   f"fidelity {inf['text_fidelity']:.3f} vs base {base['text_fidelity']:.3f}: the claim **{verdict}** here.")
+    curves = {}
+    for row in preset.rows:
+        pts = sorted((v["step"], v) for k, v in rec.items() if k.startswith(f"curve/{row.name}/{preset.curve_concept}/step"))
+        if len(pts) >= 10:
+            curves[row.name] = pts
+    if curves:
+        def span(pts, k):
+            n = max(1, len(pts) // 4)
+            return sum(v[k] for _, v in pts[:n]) / n, sum(v[k] for _, v in pts[-n:]) / n
+
+        out.append("- **Figs. 9, 10 (the baselines' prompt fidelity decays with training, Infusion's holds).** Text "
+                   f"fidelity, first quarter -> last quarter of the curve on <{preset.curve_concept}>: "
+                   + ", ".join(f"{r} {span(p, 'text_fidelity')[0]:.2f} -> {span(p, 'text_fidelity')[1]:.2f}" for r, p in curves.items())
+                   + "; without the concept: "
+                   + ", ".join(f"{r} {span(p, 'agnostic_text_fidelity')[0]:.2f} -> {span(p, 'agnostic_text_fidelity')[1]:.2f}"
+                               for r, p in curves.items()) + ".")
+    pairs = [(r, f"{r}+mlm") for r in ("ti", "pplus", "dreambooth", "custom-diffusion") if r in tuned and f"{r}+mlm" in tuned]
+    if pairs:
+        out.append("- **MLM paper (CLIP-T up, DINO down with the regulariser).** Text fidelity / concept fidelity, without -> "
+                   "with L_MLM: " + "; ".join(
+                       f"{a} {tuned[a]['text_fidelity']:.3f} -> {tuned[b]['text_fidelity']:.3f} / "
+                       f"{tuned[a]['concept_fidelity']:.3f} -> {tuned[b]['concept_fidelity']:.3f}" for a, b in pairs) + ".")
+    lfd = {r: tuned[r]["lfd"] for r in methods if tuned[r].get("lfd") is not None}
+    if lfd:
+        out.append("- **Concept-agnostic overfitting (LFD, Def. 3.1).** " + ", ".join(f"{r} {v:.4f}" for r, v in sorted(lfd.items(), key=lambda x: x[1]))
+                   + ": Infusion's is exactly 0 by construction.")
+    return out + [""]
 
 
 def _definitions() -> list[str]:
