@@ -144,3 +144,31 @@ def test_config_errors(setup, tmp_path):
         _cfg(setup, tmp_path, images_per_prompt=0)
     with pytest.raises(ValueError, match="at least one customisation file"):
         _cfg(setup, tmp_path, files=[])
+
+
+def test_accelerate_two_processes_give_the_one_process_result(setup, tmp_path):
+    """README: ``accelerate launch -m infusion.cli evaluate`` splits the images across processes (gloo on CPU);
+    the per-image records and the summary equal a one-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    root, file, prompts, lfd = setup
+    args = ["evaluate", str(file), "--model", "tiny", "--prompts", str(prompts), "--images-per-prompt", "2", "--steps", "2",
+            "--guidance", "2.0", "--batch-size", "1", "--lfd-data", str(lfd), "--lfd-samples", "2", "--no-probes"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    one = subprocess.run([sys.executable, "-m", "infusion.cli", *args, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "infusion.cli", *args,
+                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp_path / "two" / "records").glob("rank*.jsonl"))
+    assert shards == ["rank0.jsonl", "rank1.jsonl"]  # both processes generated
+    a = {r["key"]: r for r in json.loads((tmp_path / "one" / "per_image.json").read_text())}
+    b = {r["key"]: r for r in json.loads((tmp_path / "two" / "per_image.json").read_text())}
+    assert a.keys() == b.keys() and len(a) == 8  # (base + the concept) x 2 prompts x 2 seeds
+    for k in a:
+        for field in ("prompt", "seed", "image", "latent_pooled"):
+            assert a[k][field] == b[k][field] or np.allclose(a[k][field], b[k][field], atol=1e-5), (k, field)
