@@ -140,3 +140,40 @@ def test_t_max_injects_only_below_it(tiny_pipe, tmp_path):
     assert torch.equal(off.images, off.base_images)  # t < t_max never holds: no step injects
     path = late.save(tmp_path / "late.safetensors")
     assert Concept.load(path).t_max == late.t_max
+
+
+def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_path):
+    """``paired=true``: F's record pass gets the base model's redraw of each row's image, noised with the row's own
+    noise and t; C's pass gets the concept's noisy latent; the redraws differ from the images; frozen weights stay."""
+    from diffusers import DDPMScheduler
+
+    from infusion.training import TrainConfig, train
+    from infusion.training.methods import get_method
+
+    cfg = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square", out=str(tmp_path / "p.safetensors"),
+                      steps=2, lr=1e-2, batch_size=2, method_args={"paired": True, "paired_views": 2})
+    m = get_method("infusion")(tiny_pipe, cfg)
+    mean = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    m.attach_latents(mean, torch.zeros_like(mean))
+    assert m.redraws.shape == (2, 3, 4, 8, 8) and not torch.allclose(m.redraws[0], mean)
+    assert not torch.equal(m.redraws[0], m.redraws[1])  # views differ
+    sched = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
+    idx, noise, t = torch.tensor([2, 0]), torch.randn(2, 4, 8, 8), torch.tensor([500, 20])
+    m.prepare_batch(idx, noise, t, sched, torch.Generator().manual_seed(1))
+    inputs = []
+    hook = tiny_pipe.unet.register_forward_hook(lambda mod, args, kw, out: inputs.append(args[0].clone()), with_kwargs=True)
+    z_c = sched.add_noise(mean[idx], noise, t)
+    text = m.encode_captions(["a photo of a <sq>"] * 2)
+    m(z_c, t, text)
+    hook.remove()
+    f_in, c_in = inputs
+    assert torch.equal(c_in, z_c)
+    view = torch.randint(2, (2,), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(f_in, sched.add_noise(m.redraws[view, idx], noise, t), rtol=0, atol=0)
+    # the whole trainer with pairing: runs, touches only the Deltas, resumes exactly
+    before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    from infusion.tiny import tiny_sd_pipeline
+
+    c = train(cfg, pipe=tiny_sd_pipeline(), progress=False)
+    assert all(d.abs().sum() > 0 for d in c.deltas.values())
+    assert all(torch.equal(v, before[k]) for k, v in tiny_pipe.unet.state_dict().items())

@@ -134,6 +134,7 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
     fingerprint = base_fingerprint(pipe.unet, pipe.text_encoder)
 
     method = method_cls(pipe, cfg)
+    method.attach_latents(mean * scaling, std * scaling)  # (M, 4, h, w) each: what the instance rows are drawn from
     method.to(accelerator.device)
     captions = [t.format(f"<{cfg.name}>") for t in caption_templates(cfg.model)]
     prior = method.prior_data()  # DreamBooth-style class prior examples, or None
@@ -186,6 +187,7 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         else:
             target = noise
         text = text_cache.select(cap) if text_cache is not None else method.encode_captions([all_captions[i] for i in cap])
+        method.prepare_batch(idx, noise[: cfg.batch_size], t[: cfg.batch_size], noise_sched, g)
         z_t, t, target = z_t.to(device, pipe.unet.dtype), t.to(device), target.to(device)
         with accelerator.autocast():
             pred = model(z_t, t, text.to(device))

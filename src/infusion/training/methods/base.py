@@ -168,6 +168,14 @@ class Method(nn.Module):
         """Instance rows draw t uniformly from [0, this); every method but a time-limited Infusion: all of them."""
         return num_train_timesteps
 
+    def attach_latents(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """The scaled VAE posteriors (M, 4, h, w) the instance rows are drawn from; most methods ignore them."""
+
+    def prepare_batch(self, idx: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, noise_scheduler,
+                      generator: torch.Generator) -> None:
+        """Called before each step's forward with the instance rows' image indices, noise and timesteps (B,);
+        most methods ignore it (draw from ``generator`` only after the trainer's own draws)."""
+
     def prior_data(self) -> PriorData | None:
         """Class-prior examples for the trainer to mix into each step; ``None``: no prior loss."""
         return None

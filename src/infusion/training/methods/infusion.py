@@ -6,6 +6,14 @@ F's attention outputs and maps, then a C forward that injects the Deltas (Eq. 7,
 layer also ``A`` (D, r) and ``B`` (r, D) so the value residual can differ across the object;
 ``query_rank`` r (default 4). ``A`` starts as LoRA's down projection does (Kaiming-uniform), ``B``
 at zero, so at step 0 C == F exactly in both variants.
+
+``--method-arg paired=true`` (beyond the paper; training only, generation is unchanged): at sampling
+time F draws its own object and C must turn it into the concept, but in the paper's training F runs on
+the concept's own noisy image, so C never sees that task. Paired training first lets the base model
+redraw each training latent (SDEdit: noised to ``paired_strength`` x T, denoised with the class
+caption; ``paired_views`` redraws each), which keeps the layout and gives the object the base model's
+appearance; each step F then runs on the redraw (same noise and t) and C, on the concept's latent,
+learns to denoise towards the concept with F's maps and outputs of the redraw.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ class InfusionMethod(Method):
         "residual": "value (the paper's constant Delta per layer, default) | query (Delta + a per-pixel term of F's query)",
         "query_rank": "rank r of the query term (default 4)",
         "t_max": "inject only at timesteps t < t_max * T, in training and generation (default 1.0: every step, the paper's)",
+        "paired": "F runs on base-model redraws of the training images (default false: on the images, the paper's)",
+        "paired_strength": "how far the redraw starts from the image, fraction of T (default 0.4: on the world it keeps layout and background)",
+        "paired_views": "redraws per training image (default 4)",
     }
 
     def __init__(self, pipe, cfg):
@@ -45,6 +56,9 @@ class InfusionMethod(Method):
         if self.residual not in RESIDUALS:
             raise ValueError(f"--method-arg residual={self.residual!r}: use one of {', '.join(RESIDUALS)}")
         self.t_max = float(cfg.method_args.get("t_max", 1.0))
+        self.paired = str(cfg.method_args.get("paired", False)).lower() in ("1", "true", "yes")
+        self._pipe = pipe
+        self._f_latents = None  # (B, 4, h, w) F's noisy input of this step (paired training)
         if not 0 < self.t_max <= 1:
             raise ValueError(f"--method-arg t_max must be in (0, 1], got {self.t_max}")
         dev = self.unet.device
@@ -69,6 +83,44 @@ class InfusionMethod(Method):
             proc.deltas = {cfg.name: self.deltas[k]}
             proc.query_terms = {cfg.name: (self.query_a[k], self.query_b[k])} if self.residual == "query" else {}
 
+    @torch.no_grad()
+    def attach_latents(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Paired training: ``paired_views`` base-model redraws of each training latent -> self.redraws (V, M, 4, h, w)."""
+        if not self.paired:
+            return
+        args = self.cfg.method_args
+        strength, views = float(args.get("paired_strength", 0.4)), int(args.get("paired_views", 4))
+        pipe = self._pipe
+        from diffusers import DDIMScheduler
+
+        sched = DDIMScheduler.from_config(pipe.scheduler.config)
+        sched.set_timesteps(25)
+        T = sched.config.num_train_timesteps
+        steps = [t for t in sched.timesteps if t <= strength * T]
+        ids = self.tokenizer([f"a photo of a {self.cfg.class_phrase}", ""], padding="max_length",
+                             max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+        cond, uncond = self.text_encoder(ids.to(self.text_encoder.device))[0].chunk(2)
+        out = []
+        for v in range(views):
+            g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + v)
+            z0 = mean.clone()
+            noise = torch.randn(z0.shape, generator=g)
+            z = sched.add_noise(z0, noise, torch.full((len(z0),), int(steps[0]))).to(self.unet.device, self.unet.dtype)
+            text = torch.cat([uncond.expand(len(z), -1, -1), cond.expand(len(z), -1, -1)])
+            for t in steps:
+                e = self.unet(torch.cat([z, z]), t, encoder_hidden_states=text).sample
+                eu, ec = e.chunk(2)
+                z = sched.step(eu + 5.0 * (ec - eu), t, z).prev_sample
+            out.append(z.float().cpu())
+        self.register_buffer("redraws", torch.stack(out), persistent=False)  # (V, M, 4, h, w)
+
+    def prepare_batch(self, idx, noise, t, noise_scheduler, generator) -> None:
+        if not self.paired:
+            return
+        view = torch.randint(self.redraws.shape[0], (len(idx),), generator=generator)
+        z0 = self.redraws[view, idx]  # (B, 4, h, w): a redraw of each row's image
+        self._f_latents = noise_scheduler.add_noise(z0, noise, t)
+
     def max_train_timestep(self, num_train_timesteps: int) -> int:
         return max(1, int(round(self.t_max * num_train_timesteps)))
 
@@ -92,8 +144,11 @@ class InfusionMethod(Method):
         """noisy_latents (B, 4, h, w), timesteps (B,) -> eps_C (B, 4, h, w)."""
         B = noisy_latents.shape[0]
         plan = InfusionPlan.build("record", B, list(range(B)), text.spans)
+        f_in = noisy_latents
+        if self.paired and self.training and self._f_latents is not None:  # F on the redraw (same noise and t)
+            f_in = self._f_latents.to(noisy_latents.device, noisy_latents.dtype)
         with torch.no_grad():  # F: frozen base model, stores no activations
-            self.unet(noisy_latents, timesteps, encoder_hidden_states=text.states,
+            self.unet(f_in, timesteps, encoder_hidden_states=text.states,
                       cross_attention_kwargs={"infusion": plan})
         plan.mode = "inject"  # C: F's maps and outputs + Deltas
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=text.states,
