@@ -28,6 +28,8 @@ LEARN = (  # tag, method, lr, steps, method args
     ("infusion lr 1e-1", "infusion", 1e-1, 1000, {}),
     ("infusion residual=query lr 1e-2", "infusion", 1e-2, 1000, {"residual": "query"}),
     ("infusion residual=query t_max=0.7", "infusion", 1e-2, 1000, {"residual": "query", "t_max": 0.7}),
+    ("infusion paired=true", "infusion", 1e-2, 1000, {"paired": True}),
+    ("infusion residual=query paired=true", "infusion", 1e-2, 1000, {"residual": "query", "paired": True}),
 )
 
 
