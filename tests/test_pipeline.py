@@ -38,6 +38,10 @@ def test_prompt_without_concept_is_bit_identical_to_base(tiny_pipe):
     base = tiny_sd_pipeline(seed=0)
     pipe = InfusionPipeline.from_pipe(tiny_pipe)
     pipe.load_concept(random_concept(pipe, scale=5.0))
+    _run(pipe, "a photo of <mycat> on the beach")  # the Infusion processors are installed and hold Deltas now
+    from infusion.processor import infusion_processors
+
+    assert infusion_processors(pipe.unet)
     out = _run(pipe, "a photo of a cat on the beach")
     ref = base("a photo of a cat on the beach", num_inference_steps=STEPS, guidance_scale=8.0, generator=_gen(),
                output_type="np").images
