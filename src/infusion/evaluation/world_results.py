@@ -54,6 +54,7 @@ class Row:
 WORLD_ROWS = (
     Row("infusion", "infusion", {}, 0.0, (0.01, 0.05)),
     Row("infusion-query", "infusion", {"residual": "query"}, 0.0, (0.003, 0.01)),
+    Row("infusion-paired", "infusion", {"residual": "query", "paired": True}, 0.0, (0.01, 0.03)),
     Row("ti", "ti", {}, 0.0, (2e-3, 2e-2)),
     Row("pplus", "pplus", {}, 0.0, (2e-3, 2e-2)),
     Row("dreambooth", "dreambooth", {}, 0.0, (1e-5, 1e-4)),
