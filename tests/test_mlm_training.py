@@ -184,9 +184,10 @@ def test_cli_flags(ctx_path, concept_images, tmp_path, capsys):
     assert training["mlm_lambda"] == 1e-5 and training["contextualizer"] == str(ctx_path)
 
 
-def test_pplus_mlm_is_the_sum_of_one_loss_per_layer_token(ctx_path, concept_images, tmp_path):
-    """As the MLM paper's authors run P+: each layer's token through the text encoder on the same prompts and
-    mask; the regulariser is the sum, so its gradient is the sum of the per-token losses' gradients."""
+def test_pplus_mlm_is_the_mean_of_one_loss_per_layer_token(ctx_path, concept_images, tmp_path):
+    """As the MLM paper's authors run P+ (pplus_train_clean.py L656-676): each layer's token through the text
+    encoder on the same prompts and mask; the regulariser is their mean, its gradient the per-token losses'
+    gradients summed over n (token j's loss reaches token j only)."""
     pipe = tiny_sd_pipeline(seed=0)
     cfg = _cfg(concept_images, tmp_path / "p.safetensors", ctx_path, method="pplus", mlm_lambda=1.0, mlm_prompts="world")
     m = get_method("pplus")(pipe, cfg)
@@ -205,8 +206,9 @@ def test_pplus_mlm_is_the_sum_of_one_loss_per_layer_token(ctx_path, concept_imag
         one = reg(side.text_encoder, fn, generator=torch.Generator().manual_seed(5))
         one.backward()
         parts.append((float(one), m.tokens.grad.clone()))
-    assert float(total) == pytest.approx(sum(v for v, _ in parts), rel=1e-5)
-    torch.testing.assert_close(summed, sum(gr for _, gr in parts), rtol=1e-5, atol=1e-8)
+    n = len(parts)
+    assert float(total) == pytest.approx(sum(v for v, _ in parts) / n, rel=1e-5)
+    torch.testing.assert_close(summed, sum(gr for _, gr in parts) / n, rtol=1e-5, atol=1e-8)
     for j, (_, gr) in enumerate(parts):  # loss j reaches token j only
         assert gr[j].abs().sum() > 0 and all(not gr[k].any() for k in range(len(parts)) if k != j)
 

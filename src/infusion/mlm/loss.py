@@ -65,7 +65,7 @@ class MLMRegularizer:
     ``"sks cat"`` for DreamBooth, ``"<new1> cat"`` for Custom Diffusion); every one of its tokens
     is protected from masking. ``prompts`` hold ``placeholder`` where the concept goes.
     P+ learns one embedding per UNet layer: one call per layer's ``embed_fn`` on the same batch and mask,
-    summed (``training.regularizer.mlm_term``), as the MLM paper's authors run it.
+    averaged (``training.regularizer.mlm_term``), as the MLM paper's authors run it.
     """
 
     def __init__(

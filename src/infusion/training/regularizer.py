@@ -59,7 +59,9 @@ def build_regularizer(cfg: TrainConfig, side: MLMTextSide, tokenizer, fingerprin
 
 def mlm_term(reg: MLMRegularizer, side: MLMTextSide, generator: torch.Generator) -> torch.Tensor:
     """``lambda * L_MLM`` (scalar) on a batch drawn from ``generator`` (the step's). With ``side.embed_fns``
-    (P+): one L_MLM per learned vector on the same prompts and mask, summed."""
+    (P+): one L_MLM per learned vector on the same prompts and mask, averaged, as the MLM paper's authors do
+    (``pplus/pplus_train_clean.py`` L656-676: the captions x per-layer tokens are flattened into one batch and
+    the cross-entropy is the mean over all of it)."""
     if not side.embed_fns:
         return reg(side.text_encoder, side.embed_fn, generator=generator)
     state = generator.get_state()
@@ -68,5 +70,5 @@ def mlm_term(reg: MLMRegularizer, side: MLMTextSide, generator: torch.Generator)
         generator.set_state(state)  # the same batch and mask for every vector
         total = total + reg(side.text_encoder, fn, generator=generator)
         raw += reg.last_loss
-    reg.last_loss = raw
-    return total
+    reg.last_loss = raw / len(side.embed_fns)
+    return total / len(side.embed_fns)

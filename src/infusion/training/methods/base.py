@@ -89,14 +89,14 @@ class MLMTextSide:
     text_encoder: the encoder L_MLM runs through.
     embed_fn: ``input_ids (B, L) -> input embeddings (B, L, H)`` when the learned vector lives outside
         the embedding matrix (the stand-in's rows replaced); ``None``: the plain lookup.
-    embed_fns: several such functions, one L_MLM each on the same prompts and mask, summed (P+, as its
+    embed_fns: several such functions, one L_MLM each on the same prompts and mask, averaged (P+, as its
         authors' ``pplus_train_clean.py`` encodes each caption with each layer's token).
     """
 
     concept_text: str
     text_encoder: nn.Module
     embed_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-    # several learned vectors regularised one by one on the same batch and mask, losses summed (P+: one per layer)
+    # several learned vectors regularised one by one on the same batch and mask, losses averaged (P+: one per layer)
     embed_fns: list[Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 

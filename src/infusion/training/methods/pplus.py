@@ -117,9 +117,10 @@ class PPlus(Method):
     mlm_batch_size = 12  # the MLM paper's authors' P+ runs
 
     def mlm_text_side(self) -> MLMTextSide:
-        """L_MLM once per per-layer token, on the same prompts and mask, summed: as the MLM paper's authors do
-        (``other-ones/personal_rc``, ``pplus_train_clean.py``: each caption encoded with each layer's token), so
-        every layer's token is regularised, not only their mean. The concept is written as the token alone."""
+        """L_MLM once per per-layer token, on the same prompts and mask, averaged: as the MLM paper's authors do
+        (``other-ones/personal_rc``, ``pplus/pplus_train_clean.py`` L656-676: each caption encoded with each layer's
+        token, one cross-entropy mean over all), so every layer's token is regularised, not only their mean. The
+        concept is written as the token alone."""
         fns = [stand_in_embed_fn(self.text_encoder, self.tokenizer, (lambda j=j: self.tokens[j])) for j in range(len(self.layers))]
         return MLMTextSide(STAND_IN, self.text_encoder, fns[0], embed_fns=fns)
 
