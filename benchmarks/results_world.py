@@ -78,7 +78,7 @@ def seed_records(out: Path, results_json: Path) -> int:
 def _fmt(fmt: str, v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    return fmt.format(v)
+    return fmt.format(v + 0.0 if isinstance(v, float) else v)  # + 0.0: no "-0.00"
 
 
 def _mean(values):

@@ -175,7 +175,7 @@ def entropy_bits(values: list) -> float:
     n = len(values)
     if n == 0:
         return float("nan")
-    return float(-sum((k / n) * math.log2(k / n) for k in Counter(values).values()))
+    return max(0.0, float(-sum((k / n) * math.log2(k / n) for k in Counter(values).values())))  # no "-0.0"
 
 
 class WorldReader:
