@@ -121,7 +121,35 @@ def build_report(out: Path, preset, doc: Path, wall: list) -> dict:
             "per_concept": {f"{r}/{s}": v for (r, s), v in per_concept.items()},
             "records": rec}
     (fig_dir / "results.json").write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    readme = doc.parent.parent / "README.md"
+    if readme.is_file() and "<!-- headline -->" in readme.read_text():
+        _headline(readme, preset, table, per_concept, complete)
     return data
+
+
+def _headline(readme: Path, preset, table: dict, per_concept: dict, complete: list) -> None:
+    """The README's short table (tuned rows) between ``<!-- headline -->`` and ``<!-- /headline -->``."""
+    from infusion.evaluation.world_results import BASE_ROW
+
+    if complete:
+        src, what = table, f"mean over {', '.join(complete)}"
+    else:  # no concept complete yet: the first concept, whatever rows it has
+        c = preset.concepts[0]
+        src = {k: v[c] for k, v in per_concept.items() if c in v}
+        what = f"<{c}> only, rows done so far"
+    cols = (("look_rate", "look rate", "{:.2f}"), ("concept_fidelity", "concept fid.", "{:.3f}"),
+            ("text_fidelity", "text fid. with concept", "{:.3f}"), ("agnostic_text_fidelity", "without", "{:.3f}"),
+            ("lfd", "LFD", "{:.4f}"))
+    lines = ["<!-- headline -->", f"Tuned settings, {what} ([docs/results.md](docs/results.md)):", "",
+             "| | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for (row, setting), v in src.items():
+        if setting in ("tuned", "base"):
+            lines.append(f"| {row if row != BASE_ROW else 'base model'} | " + " | ".join(_fmt(c[2], v.get(c[0])) for c in cols) + " |")
+    text = readme.read_text()
+    head, close = "<!-- headline -->", "<!-- /headline -->"
+    start = text.index(head)
+    end = text.index(close) + len(close) if close in text else start + len(head)
+    readme.write_text(text[:start] + "\n".join(lines) + "\n" + close + text[end:])
 
 
 def _curve_figures(rec: dict, preset, fig_dir: Path) -> list[str]:
