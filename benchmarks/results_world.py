@@ -266,7 +266,12 @@ def _doc(preset, table, per_concept, curves, grids, wall, rec, doc: Path, comple
             lines.append(f"| {row} | {setting} | " + " | ".join(_fmt(m[2], v.get(m[0])) for m in METRICS)
                          + f" | {_fmt('{:.0f}', v.get('steps'))} | {_fmt('{:g}', v.get('lr'))} |")
         lines.append("")
-    lines += _readings(table, rec, preset, complete)
+    if complete:
+        lines += _readings(table, rec, preset, complete)
+    else:  # no concept complete yet: read the first concept's finished rows, and say so
+        first = preset.concepts[0]
+        partial = {k: v[first] for k, v in per_concept.items() if first in v}
+        lines += _readings(partial, rec, preset, [f"{first} only (the rows finished so far; no concept is complete)"])
     lines += _definitions()
     return lines
 
