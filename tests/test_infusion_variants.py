@@ -2,19 +2,10 @@
 (F's maps, zero residual == base, placeholder-free prompts == base, concepts add) and do what they say."""
 
 import torch
-from diffusers.models.attention_processor import Attention
 
 from infusion.processor import InfusionAttnProcessor, InfusionPlan
 from infusion.prompts import ConceptSpan
-
-
-def _attention(seed=0, dim=24, text_dim=16, heads=3, head_dim=8):
-    torch.manual_seed(seed)
-    attn = Attention(query_dim=dim, cross_attention_dim=text_dim, heads=heads, dim_head=head_dim, bias=True)
-    with torch.no_grad():
-        for p in attn.parameters():
-            p.normal_(0, 0.3)
-    return attn.eval()
+from test_processor import _attention  # the same small random attn2 layer
 
 
 def query_reference(attn, hs_f, hs_c, text, pos, delta, a, b):
