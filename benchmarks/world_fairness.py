@@ -194,17 +194,12 @@ def look_validation(doc: Path) -> dict:
     plain objects of its class in all 8 colours plus its pattern with 3 other second colours (0% wanted)."""
     from infusion.evaluation.world_results import WorldReader
     from infusion.world import scenes
-    from infusion.world.concepts import CONCEPTS, concept_scene
+    from infusion.world.concepts import CONCEPTS, concept_renders
 
     reader = WorldReader()
     rows = {}
     for name, c in CONCEPTS.items():
-        ims, texts = [], []
-        for k, bg in enumerate(("snow", "water", "bricks", "road")):
-            for pos in ("top left", "bottom right", "center"):
-                for size in scenes.SIZES:
-                    ims.append(scenes.render(concept_scene(name, 10 + k, background=bg, position=pos, size=size)))
-                    texts.append(f"a {size} {c.obj.cls} {scenes.POSITION_PHRASES[pos][0]} {scenes.BACKGROUND_PHRASES[bg][0]}")
+        ims, texts = concept_renders(name)
         others = [scenes.render(scenes.Scene(bg, (scenes.WorldObject(c.obj.cls, col, "large", "center"),), 5))
                   for col in scenes.COLORS for bg in ("grass", "night")]
         others += [scenes.render(scenes.Scene("sand", (scenes.WorldObject(c.obj.cls, c.obj.color, "large", "center",

@@ -13,7 +13,7 @@ import torch
 
 from infusion.evaluation import world_results as wr
 from infusion.world import scenes
-from infusion.world.concepts import CONCEPTS, concept_scene, eval_prompts, get_concept, validation_prompts
+from infusion.world.concepts import CONCEPTS, eval_prompts, get_concept, validation_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,14 +27,9 @@ def reader():
 
 
 def _renders(name):
-    c = get_concept(name)
-    ims, texts = [], []
-    for k, bg in enumerate(("snow", "water", "bricks", "road")):
-        for pos in ("top left", "bottom right", "center"):
-            for size in scenes.SIZES:
-                ims.append(scenes.render(concept_scene(name, 10 + k, background=bg, position=pos, size=size)))
-                texts.append(f"a {size} {c.obj.cls} {scenes.POSITION_PHRASES[pos][0]} {scenes.BACKGROUND_PHRASES[bg][0]}")
-    return ims, texts
+    from infusion.world.concepts import concept_renders
+
+    return concept_renders(name)
 
 
 @pytest.mark.parametrize("name", list(CONCEPTS))

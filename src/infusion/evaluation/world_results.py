@@ -185,6 +185,7 @@ class WorldReader:
         from .world_scorer import WorldProbeScorer
 
         self.scorer = WorldProbeScorer()
+        self._references: dict[str, list] = {}  # concept name -> its training images, rendered once
 
     @torch.no_grad()
     def read(self, images, texts: list[str], concept) -> list[dict]:
@@ -195,7 +196,9 @@ class WorldReader:
         from ..world.fidelity import ObjectLook, concept_looks, judge, locate, parse_caption, read_scenes
         from .world_scorer import _to_tensor
 
-        scores = self.scorer.score(images, texts, concept_images(concept.name), concept.class_phrase)
+        if concept.name not in self._references:
+            self._references[concept.name] = concept_images(concept.name)
+        scores = self.scorer.score(images, texts, self._references[concept.name], concept.class_phrase)
         x = _to_tensor(images, scenes.IMAGE_SIZE)
         readings = read_scenes(self.scorer.scene_probe, x)
         target = ObjectLook.of(concept.obj)

@@ -136,3 +136,16 @@ def validation_prompts(name: str) -> list[str]:
     prompts.append(f"an image of a {tok}")
     prompts.append(f"a picture of a {other_size} {tok} {pos(rng.choice(corners))} {bg(rng.choice(other_bgs))}")
     return prompts
+
+
+def concept_renders(name: str) -> tuple[list, list[str]]:
+    """Renders of concept ``name`` away from its training context (4 backgrounds x 3 positions x 2 sizes) with
+    their captions: what a perfect model would draw, for checking concept measures such as the look rate."""
+    c = get_concept(name)
+    ims, texts = [], []
+    for k, bg in enumerate(("snow", "water", "bricks", "road")):
+        for pos in ("top left", "bottom right", "center"):
+            for size in scenes.SIZES:
+                ims.append(scenes.render(concept_scene(name, 10 + k, background=bg, position=pos, size=size)))
+                texts.append(f"a {size} {c.obj.cls} {scenes.POSITION_PHRASES[pos][0]} {scenes.BACKGROUND_PHRASES[bg][0]}")
+    return ims, texts
