@@ -160,8 +160,11 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         logger.info("resuming from %s at step %d", resume_from, start)
     model, optimizer = accelerator.prepare(method, optimizer)
 
+    import sys
+
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method} <{cfg.name}>",
-               disable=not (progress and accelerator.is_local_main_process))
+               disable=not (progress and accelerator.is_local_main_process),
+               mininterval=0.1 if sys.stderr.isatty() else 30)  # CI logs and nohup files: a line every 30 s, not per step
     T = noise_sched.config.num_train_timesteps
     t_hi = method.max_train_timestep(T)  # instance rows' timesteps: [0, t_hi)
     device = accelerator.device
