@@ -1,6 +1,7 @@
 """Infusion's variants beyond the paper (``residual=query``, ``t_max``): they keep the guarantees
 (F's maps, zero residual == base, placeholder-free prompts == base, concepts add) and do what they say."""
 
+import pytest
 import torch
 
 from infusion.processor import InfusionAttnProcessor, InfusionPlan
@@ -168,3 +169,16 @@ def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_p
     c = train(cfg, pipe=tiny_sd_pipeline(), progress=False)
     assert all(d.abs().sum() > 0 for d in c.deltas.values())
     assert all(torch.equal(v, before[k]) for k, v in tiny_pipe.unet.state_dict().items())
+
+
+@pytest.mark.parametrize("args,match", [({"residual": "key"}, "residual"), ({"query_rank": 0, "residual": "query"}, "query_rank"),
+                                        ({"t_max": 0}, "t_max"), ({"paired": True, "paired_strength": 0}, "paired_strength"),
+                                        ({"paired": True, "paired_views": 0}, "paired_views")])
+def test_bad_variant_arguments_are_clear_errors(tiny_pipe, concept_images, tmp_path, args, match):
+    from infusion.training import TrainConfig
+    from infusion.training.methods import get_method
+
+    cfg = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square",
+                      out=str(tmp_path / "x.safetensors"), method_args=args)
+    with pytest.raises(ValueError, match=match):
+        get_method("infusion")(tiny_pipe, cfg)

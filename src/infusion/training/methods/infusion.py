@@ -57,6 +57,10 @@ class InfusionMethod(Method):
             raise ValueError(f"--method-arg residual={self.residual!r}: use one of {', '.join(RESIDUALS)}")
         self.t_max = float(cfg.method_args.get("t_max", 1.0))
         self.paired = str(cfg.method_args.get("paired", False)).lower() in ("1", "true", "yes")
+        if self.paired and not 0 < float(cfg.method_args.get("paired_strength", 0.4)) <= 1:
+            raise ValueError("--method-arg paired_strength must be in (0, 1] (a fraction of the training timesteps)")
+        if self.paired and int(cfg.method_args.get("paired_views", 4)) < 1:
+            raise ValueError("--method-arg paired_views must be >= 1")
         self._pipe = pipe
         self._f_latents = None  # (B, 4, h, w) F's noisy input of this step (paired training)
         if not 0 < self.t_max <= 1:
@@ -96,7 +100,7 @@ class InfusionMethod(Method):
         sched = DDIMScheduler.from_config(pipe.scheduler.config)
         sched.set_timesteps(25)
         T = sched.config.num_train_timesteps
-        steps = [t for t in sched.timesteps if t <= strength * T]
+        steps = [t for t in sched.timesteps if t <= strength * T] or [sched.timesteps[-1]]  # at least one step
         ids = self.tokenizer([f"a photo of a {self.cfg.class_phrase}", ""], padding="max_length",
                              max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
         cond, uncond = self.text_encoder(ids.to(self.text_encoder.device))[0].chunk(2)
