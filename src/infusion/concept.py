@@ -4,8 +4,10 @@ File layout: tensor key = diffusers module name of the layer
 (``down_blocks.0.attentions.0.transformer_blocks.0.attn2``), shape ``[n_tokens, D]``; a concept of the
 ``query`` variant (``processor`` module docstring) adds ``<layer>.query_a`` ``[n_tokens, D, r]`` and
 ``<layer>.query_b`` ``[n_tokens, r, D]`` per layer and is written as format version 2; metadata holds
-format name/version, method, name, class phrase, base model id, base fingerprint, training
-settings (JSON) and the library version. Writes are atomic (temp file + rename).
+format name/version, method, name, class phrase, base model id, base fingerprint, model family
+(``sd`` | ``sdxl``) and layer widths (``"320x5,640x5,1280x6"``: width x layers), training settings (JSON)
+and the library version. Writes are atomic (temp file + rename); a file holding NaN or Inf is refused
+at save and at load.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Concept:
     training: dict = field(default_factory=dict)
     query: dict = field(default_factory=dict)
     t_max: float = 1.0  # inject at timesteps t < t_max * T only (1.0: every step, the paper's)
+    family: str = ""  # "sd" | "sdxl" (families.py); "" in files older than the field
 
     def __post_init__(self):
         import re
@@ -111,7 +114,16 @@ class Concept:
             "training": json.dumps(self.training, sort_keys=True, default=str),
             "library_version": __version__,
             **({"t_max": repr(self.t_max)} if self.t_max != 1.0 else {}),
+            **({"family": self.family} if self.family else {}),
+            "layer_widths": self.widths_summary(),
         }
+
+    def widths_summary(self) -> str:
+        """``"320x5,640x5,1280x6"``: each Delta width and how many layers have it."""
+        from collections import Counter
+
+        counts = Counter(t.shape[1] for t in self.deltas.values())
+        return ",".join(f"{d}x{counts[d]}" for d in sorted(counts))
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
         """Write atomically (temp file in the same folder, then rename). fp16 by default: 2 bytes/value."""
@@ -141,23 +153,36 @@ class Concept:
                  for k in deltas if k + QUERY_SUFFIXES[0] in tensors and k + QUERY_SUFFIXES[1] in tensors}
         if len(query) * 2 != len(tensors) - len(deltas):
             raise ValueError(f"{path}: query terms without their layer's Delta, or A without B")
+        bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise ValueError(f"{path}: concept <{meta.get('name')}> holds NaN or Inf in {len(bad)} tensor(s) "
+                             f"(first: {bad[0]}); it would generate broken images. Retrain it, or use an earlier "
+                             "checkpoint (-stepN file)")
         return cls(
             name=meta["name"],
             class_phrase=meta["class_phrase"],
             deltas=deltas,
             query=query,
             t_max=float(meta.get("t_max", 1.0)),
+            family=meta.get("family", ""),
             base_model=meta.get("base_model", ""),
             base_fingerprint=meta.get("base_fingerprint", ""),
             method=meta.get("method", "infusion"),
             training=json.loads(meta.get("training") or "{}"),
         )
 
-    def check_compatible(self, unet, fingerprint: str | None = None) -> None:
-        """Raise ``ValueError`` naming the first layer whose name or width does not match ``unet``;
-        warn when the base fingerprint differs."""
+    def check_compatible(self, unet, fingerprint: str | None = None, family: str | None = None) -> None:
+        """Raise ``ValueError`` when the concept was trained on another model family (naming both), or naming the
+        first layer whose name or width does not match ``unet``; warn when the base fingerprint differs."""
+        from .families import FAMILY_NAMES
         from .processor import layer_widths
 
+        if family and self.family and family != self.family:
+            raise ValueError(
+                f"concept <{self.name}> was trained on an {FAMILY_NAMES.get(self.family, self.family)} model "
+                f"({self.base_model or 'unknown'}; layers {self.widths_summary()}) and cannot load into this "
+                f"{FAMILY_NAMES.get(family, family)} model: train it again on this model"
+            )
         widths = layer_widths(unet)
         missing = sorted(set(widths) - set(self.deltas))
         extra = sorted(set(self.deltas) - set(widths))

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from .families import SDXL, family_of
 from .prompts import find_placeholders, prompt_lists, substitute
 
 
@@ -150,6 +151,11 @@ class CustomizedModel:
             from .metrics.eps import InfusionEps
 
             return InfusionEps.from_pipeline(self.pipe, self._concepts)(z_t, t, list(prompts))
+        if family_of(self.pipe) == SDXL:  # plain text after substitution; pooled text and time ids as the pipeline
+            from .metrics.eps import UNetEps
+
+            phrases = {c.name: c.phrase() for c in self.customizations}
+            return UNetEps.from_pipeline(self.pipe)(z_t, t, [substitute(p, phrases)[0] for p in prompts])
         states, layers = self.encode(list(prompts))
         unet = self.pipe.unet
         return unet(z_t.to(unet.dtype), t, encoder_hidden_states=states.to(unet.dtype),
@@ -174,23 +180,34 @@ class CustomizedModel:
         prompts, negatives = prompt_lists(prompts, negative_prompt)
         common = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
                       width=width, generator=generator, output_type=output_type)
+        # SDXL tells "no negative prompt" (zero embeddings) from "" (encoded): keep the caller's None
+        self._negatives_given = negative_prompt is not None
         if self.method == "infusion":
-            out = self.pipe(prompts, negative_prompt=negatives, latents=latents, return_base=return_base, **common)
+            out = self.pipe(prompts, negative_prompt=negatives if self._negatives_given else None, latents=latents,
+                            return_base=return_base, **common)
             return CustomizedOutput(out.images, out.base_images)
         self._check_prompts(prompts + negatives)
         images = self._generate(self.pipe, prompts, negatives, latents, common)
         base = self._base_images(prompts, negatives, latents, common) if return_base else None
         return CustomizedOutput(images, base)
 
+    def _negatives(self, negatives: list[str]) -> list[str] | None:
+        return negatives if getattr(self, "_negatives_given", True) else None
+
     def _generate(self, pipe, prompts, negatives, latents, common):
+        if latents is not None and isinstance(common["generator"], list):
+            common = {**common, "generator": None}  # explicit latents: no noise is drawn
+        if family_of(pipe) == SDXL:  # the ported methods (TI, LoRA, DreamBooth) are plain text after substitution
+            phrases = {c.name: c.phrase() for c in self.customizations}
+            neg = self._negatives([substitute(p, phrases)[0] for p in negatives])
+            return pipe(prompt=[substitute(p, phrases)[0] for p in prompts], negative_prompt=neg, latents=latents,
+                        **common).images
         pos, pos_layers = self.encode(prompts)
         neg, neg_layers = self.encode(negatives)
         layers = None
         if pos_layers is not None:
             cfg = common["guidance_scale"] > 1.0
             layers = {k: torch.cat([neg_layers[k], v]) if cfg else v for k, v in pos_layers.items()}
-        if latents is not None and isinstance(common["generator"], list):
-            common = {**common, "generator": None}  # explicit latents: no noise is drawn
         return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, cross_attention_kwargs=self._kwargs(layers),
                     latents=latents, **common).images
 
@@ -212,7 +229,7 @@ class CustomizedModel:
         with ExitStack() as stack:
             for ctx in contexts:
                 stack.enter_context(ctx)
-            return pipe(prompt=pos, negative_prompt=neg, latents=latents, **common).images
+            return pipe(prompt=pos, negative_prompt=self._negatives(neg), latents=latents, **common).images
 
 
 def _customization_class(meta: dict[str, str], path) -> type[Customization]:
@@ -233,7 +250,9 @@ def _warn_on_other_base(pipe, custom: list[Customization]) -> None:
 
     from .concept import base_fingerprint
 
-    here = base_fingerprint(pipe.unet, pipe.text_encoder)
+    from .families import fingerprint_modules
+
+    here = base_fingerprint(*fingerprint_modules(pipe))
     for c in custom:
         theirs = c.meta.get("base_fingerprint")
         if theirs and theirs != here:

@@ -1,5 +1,6 @@
-"""Loading a base Stable Diffusion model: diffusers folder, single-file checkpoint, hub id, or a
-built-in name (``tiny`` random model for smoke runs, ``world`` the built-in world model)."""
+"""Loading a base Stable Diffusion model (SD 1.x, 2.x or SDXL): diffusers folder, single-file checkpoint,
+hub id, or a built-in name (``tiny`` / ``tiny-sd2`` / ``tiny-sdxl`` random models for smoke runs, ``world``
+the built-in world model). The family is read from the files; SDXL gets the XL pipeline class."""
 
 from __future__ import annotations
 
@@ -8,7 +9,21 @@ from pathlib import Path
 
 import torch
 
-BUILTIN = ("tiny", "world")
+BUILTIN = ("tiny", "tiny-sd2", "tiny-sdxl", "world")
+TINY = {"tiny": "tiny_sd_pipeline", "tiny-sd2": "tiny_sd2_pipeline", "tiny-sdxl": "tiny_sdxl_pipeline"}
+
+
+def family_class(cls, family: str):
+    """The pipeline class of ``family`` for a requested class: SDXL swaps the stock or Infusion SD pipeline for
+    its XL counterpart; other classes are kept."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from .families import SDXL
+    from .pipeline import InfusionPipeline, InfusionXLPipeline
+
+    if family == SDXL:
+        return {StableDiffusionPipeline: StableDiffusionXLPipeline, InfusionPipeline: InfusionXLPipeline}.get(cls, cls)
+    return cls
 
 
 def resolve_model(model: str) -> str:
@@ -31,14 +46,28 @@ def load_base_pipeline(model: str, pipeline_cls=None, torch_dtype: torch.dtype |
     """
     from diffusers import StableDiffusionPipeline
 
-    cls = pipeline_cls or StableDiffusionPipeline
-    if model == "tiny":
-        from .tiny import tiny_sd_pipeline
+    from . import tiny
+    from .families import family_of, family_of_files
 
-        pipe = tiny_sd_pipeline()
-        return pipe if cls is StableDiffusionPipeline else cls.from_pipe(pipe)
+    cls = pipeline_cls or StableDiffusionPipeline
+    if model in TINY:
+        pipe = getattr(tiny, TINY[model])()
+        want = family_class(cls, family_of(pipe))
+        pipe = pipe if isinstance(pipe, want) else want.from_pipe(pipe)
+        pipe.model_id = model
+        return pipe
     path = resolve_model(model)
-    kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    family = family_of_files(path, config)
+    if family is None and not os.path.exists(path):  # a hub id: its model_index.json tells (cache or network)
+        try:
+            from diffusers import DiffusionPipeline
+
+            family = "sdxl" if "XL" in DiffusionPipeline.load_config(path).get("_class_name", "") else "sd"
+        except Exception:
+            family = None
+    if family is not None:
+        cls = family_class(cls, family)
+    kwargs = {"safety_checker": None, "requires_safety_checker": False} if family != "sdxl" else {}
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
     if os.path.isfile(path):

@@ -20,41 +20,68 @@ class EpsPredictor(Protocol):
 
 
 class TextEncoderCache:
-    """Text states [77, D_text] per prompt string, computed once (prompts repeat across samples)."""
+    """Text conditioning per prompt string, computed once (prompts repeat across samples): states [77, D_text]
+    and, for SDXL (``text_encoder_2`` and ``tokenizer_2`` given), the pooled embedding [P] (``families.encode_ids``)."""
 
-    def __init__(self, text_encoder, tokenizer):
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
-        self._cache: dict[str, torch.Tensor] = {}
+    def __init__(self, text_encoder, tokenizer, text_encoder_2=None, tokenizer_2=None):
+        self.encoders = [text_encoder] + ([text_encoder_2] if text_encoder_2 is not None else [])
+        self.tokenizers = [tokenizer] + ([tokenizer_2] if tokenizer_2 is not None else [])
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @torch.no_grad()
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        """texts (B) -> encoder hidden states [B, 77, D_text]."""
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """texts (B) -> (encoder hidden states [B, 77, D_text], pooled [B, P] or None)."""
+        from ..families import encode_ids, tokenize
+
         todo = [s for s in dict.fromkeys(texts) if s not in self._cache]
         if todo:
-            ids = self.tokenizer(
-                todo, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-            ).input_ids.to(self.text_encoder.device)
-            states = self.text_encoder(ids)[0]  # (b, 77, D_text)
-            self._cache.update(zip(todo, states))
-        return torch.stack([self._cache[s] for s in texts])
+            states, pooled = encode_ids(self.encoders, [tokenize(tok, todo) for tok in self.tokenizers])
+            for i, s in enumerate(todo):
+                self._cache[s] = (states[i], None if pooled is None else pooled[i])
+        states = torch.stack([self._cache[s][0] for s in texts])
+        pooled = None if self._cache[texts[0]][1] is None else torch.stack([self._cache[s][1] for s in texts])
+        return states, pooled
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """texts (B) -> encoder hidden states [B, 77, D_text]."""
+        return self.encode(texts)[0]
+
+
+def _cache_of(pipe) -> TextEncoderCache:
+    return TextEncoderCache(pipe.text_encoder, pipe.tokenizer, getattr(pipe, "text_encoder_2", None),
+                            getattr(pipe, "tokenizer_2", None))
+
+
+def unet_kwargs(encode: TextEncoderCache, texts: list[str], z_t: torch.Tensor, vae_scale_factor: int = 8) -> dict:
+    """The UNet's conditioning of ``texts`` for latents ``z_t``: SDXL adds pooled text and the default time ids
+    (original = target = the image size of ``z_t``, crop (0, 0)), as its pipeline does."""
+    from ..families import added_cond, time_ids
+
+    states, pooled = encode.encode(texts)
+    kwargs = {"encoder_hidden_states": states.to(z_t.dtype)}
+    if pooled is not None:
+        size = (z_t.shape[-2] * vae_scale_factor, z_t.shape[-1] * vae_scale_factor)
+        kwargs.update(added_cond(pooled.to(z_t.dtype), time_ids(size, (0, 0), size).expand(len(texts), -1)))
+    return kwargs
 
 
 class UNetEps:
-    """eps of a plain (possibly fine-tuned) UNet conditioned on its text encoder."""
+    """eps of a plain (possibly fine-tuned) UNet conditioned on its text encoder(s)."""
 
-    def __init__(self, unet, text_encoder, tokenizer):
+    def __init__(self, unet, text_encoder, tokenizer, text_encoder_2=None, tokenizer_2=None, vae_scale_factor: int = 8):
         self.unet = unet
-        self.encode = TextEncoderCache(text_encoder, tokenizer)
+        self.encode = TextEncoderCache(text_encoder, tokenizer, text_encoder_2, tokenizer_2)
+        self.vae_scale_factor = vae_scale_factor
 
     @classmethod
     def from_pipeline(cls, pipe) -> "UNetEps":
-        """From a ``StableDiffusionPipeline`` (or anything with unet/text_encoder/tokenizer)."""
-        return cls(pipe.unet, pipe.text_encoder, pipe.tokenizer)
+        """From a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (anything with unet/text_encoder/tokenizer)."""
+        return cls(pipe.unet, pipe.text_encoder, pipe.tokenizer, getattr(pipe, "text_encoder_2", None),
+                   getattr(pipe, "tokenizer_2", None), getattr(pipe, "vae_scale_factor", 8))
 
     @torch.no_grad()
     def __call__(self, z_t, t, prompts):
-        ehs = self.encode(list(prompts)).to(z_t.dtype)
-        return self.unet(z_t, t, encoder_hidden_states=ehs).sample
+        return self.unet(z_t, t, **unet_kwargs(self.encode, list(prompts), z_t, self.vae_scale_factor)).sample
 
 
 class InfusionEps:
@@ -66,9 +93,11 @@ class InfusionEps:
     that write ``<name>`` get C rows derived from F rows in one fused UNet call (DESIGN section 1).
     """
 
-    def __init__(self, unet, text_encoder, tokenizer, concepts: Iterable):
+    def __init__(self, unet, text_encoder, tokenizer, concepts: Iterable, text_encoder_2=None, tokenizer_2=None,
+                 vae_scale_factor: int = 8):
         self.unet, self.tokenizer = unet, tokenizer
-        self.encode = TextEncoderCache(text_encoder, tokenizer)
+        self.encode = TextEncoderCache(text_encoder, tokenizer, text_encoder_2, tokenizer_2)
+        self.vae_scale_factor = vae_scale_factor
         self.class_phrases: dict[str, str] = {}
         procs = install_processors(unet)
         for concept in concepts:
@@ -87,21 +116,20 @@ class InfusionEps:
     @classmethod
     def from_pipeline(cls, pipe, concepts: Iterable) -> "InfusionEps":
         """From an ``InfusionPipeline`` (or any pipeline with unet/text_encoder/tokenizer)."""
-        return cls(pipe.unet, pipe.text_encoder, pipe.tokenizer, concepts)
+        return cls(pipe.unet, pipe.text_encoder, pipe.tokenizer, concepts, getattr(pipe, "text_encoder_2", None),
+                   getattr(pipe, "tokenizer_2", None), getattr(pipe, "vae_scale_factor", 8))
 
     @torch.no_grad()
     def __call__(self, z_t, t, prompts):
         parsed = [parse_prompt(p, self.class_phrases, self.tokenizer) for p in prompts]
         c_rows = [i for i, p in enumerate(parsed) if p.spans]
         plan = InfusionPlan.build("fused", len(parsed), c_rows, [parsed[i].spans for i in c_rows])
-        ehs = self.encode([p.text for p in parsed]).to(z_t.dtype)  # (B, 77, D_text)
+        texts = [p.text for p in parsed]
         idx = torch.tensor(c_rows, dtype=torch.long, device=z_t.device)
-        out = self.unet(
-            torch.cat([z_t, z_t[idx]]),  # rows [F (B), C (n_c)]
-            torch.cat([t, t[idx]]),
-            encoder_hidden_states=torch.cat([ehs, ehs[idx]]),
-            cross_attention_kwargs={"infusion": plan},
-        ).sample
+        rows = texts + [texts[i] for i in c_rows]  # rows [F (B), C (n_c)]: C shares its F row's text conditioning
+        zz = torch.cat([z_t, z_t[idx]])
+        out = self.unet(zz, torch.cat([t, t[idx]]), cross_attention_kwargs={"infusion": plan},
+                        **unet_kwargs(self.encode, rows, zz, self.vae_scale_factor)).sample
         eps = out[: len(parsed)].clone()  # F rows
         eps[idx] = out[len(parsed) :]  # C rows replace their prompts' F rows
         return eps

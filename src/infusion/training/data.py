@@ -70,6 +70,15 @@ def load_rgb(path: str | Path) -> PIL.Image.Image:
     return im.convert("RGB")
 
 
+def crop_box(size: tuple[int, int], resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """What ``prepare_image`` does to an image of ``size`` (w, h), as SDXL's micro-conditioning states it:
+    (original (h, w), crop top-left (y, x) in the resized image's pixels, as diffusers' SDXL scripts compute it)."""
+    w, h = size
+    s = min(w, h)
+    scale = resolution / s
+    return (h, w), (int(round((h - s) // 2 * scale)), int(round((w - s) // 2 * scale)))
+
+
 def prepare_image(im: PIL.Image.Image, resolution: int) -> torch.Tensor:
     """Center-crop to square, resize to ``resolution``; -> tensor [3, R, R] in [-1, 1]."""
     w, h = im.size
@@ -92,9 +101,10 @@ def find_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def load_concept_images(folder: str | Path, resolution: int) -> torch.Tensor:
-    """All usable images of ``folder`` -> [N, 3, R, R] in [-1, 1]."""
-    out = []
+def load_concept_images(folder: str | Path, resolution: int, with_sizes: bool = False):
+    """All usable images of ``folder`` -> [N, 3, R, R] in [-1, 1]; with ``with_sizes`` also each image's
+    ``crop_box`` (original size, crop top-left), for SDXL's micro-conditioning."""
+    out, sizes = [], []
     for p in find_images(folder):
         try:
             im = load_rgb(p)
@@ -105,9 +115,10 @@ def load_concept_images(folder: str | Path, resolution: int) -> torch.Tensor:
             warnings.warn(f"skipping {p.name}: {im.size[0]}x{im.size[1]} is smaller than {MIN_SIDE} px", stacklevel=2)
             continue
         out.append(prepare_image(im, resolution))
+        sizes.append(crop_box(im.size, resolution))
     if not out:
         raise ValueError(f"none of the images in {folder} could be used (unreadable or smaller than {MIN_SIDE} px)")
-    return torch.stack(out)
+    return (torch.stack(out), sizes) if with_sizes else torch.stack(out)
 
 
 @torch.no_grad()

@@ -21,6 +21,8 @@ from .config import TrainConfig
 from .data import caption_templates, encode_latent_stats, load_concept_images
 from .methods import get_method
 from .methods.files import output_parts
+from .. import families
+from ..families import SDXL, family_of
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,17 @@ def load_state(path: Path, method, optimizer, cfg: TrainConfig) -> int:
     return int(meta["step"])
 
 
+def _check_finite(method, step: int, out: Path) -> None:
+    """Stop with a clear error when a trained tensor went NaN/Inf, before anything overwrites the last good checkpoint."""
+    for name, p in method.trainable_state().items():
+        if not torch.isfinite(p).all():
+            raise FloatingPointError(
+                f"trained parameter {name} is not finite (NaN/inf) after step {step + 1}: lower --lr (now "
+                f"{method.learning_rate()}) or use --mixed-precision no; nothing was written, the last checkpoint "
+                f"({state_path(out)}) is intact"
+            )
+
+
 def _allow_new_precision(mixed_precision: str) -> None:
     """accelerate keeps one ``AcceleratorState`` per process and refuses an ``Accelerator`` with another mixed
     precision; a process that trains several runs (tests, the web page, the results benchmark) may switch, so
@@ -122,8 +135,14 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         pipe = load_base_pipeline(cfg.model, config=cfg.model_config)
     pipe.to(accelerator.device)
     resolution = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    images = load_concept_images(cfg.images, resolution)
+    images, sizes = load_concept_images(cfg.images, resolution, with_sizes=True)
     mean, std = encode_latent_stats(pipe.vae, images, flip=cfg.flip)  # (M, 4, h, w) each
+    family = family_of(pipe)
+    time_ids = prior_time_ids = None
+    if family == SDXL:  # micro-conditioning of each image, as diffusers' SDXL scripts: original size, crop, target
+        time_ids = torch.stack([families.time_ids(o, c, (resolution, resolution)) for o, c in sizes])  # (N, 6)
+        time_ids = torch.cat([time_ids] * (len(mean) // len(time_ids)))  # (M, 6): mirrored copies keep their ids
+        prior_time_ids = families.time_ids((resolution, resolution), (0, 0), (resolution, resolution))  # (6,)
     scaling = pipe.vae.config.scaling_factor
     sched = pipe.scheduler
     from diffusers import DDPMScheduler
@@ -131,7 +150,7 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
     noise_sched = DDPMScheduler.from_config(sched.config)  # the training-time forward process
     from ..concept import base_fingerprint
 
-    fingerprint = base_fingerprint(pipe.unet, pipe.text_encoder)
+    fingerprint = base_fingerprint(*families.fingerprint_modules(pipe))
 
     method = method_cls(pipe, cfg)
     method.attach_latents(mean * scaling, std * scaling)  # (M, 4, h, w) each: what the instance rows are drawn from
@@ -190,6 +209,9 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         else:
             target = noise
         text = text_cache.select(cap) if text_cache is not None else method.encode_captions([all_captions[i] for i in cap])
+        if time_ids is not None:  # (rows, 6): instance rows' images, then the prior rows' (generated at the resolution)
+            text = text.with_time_ids(torch.cat([time_ids[idx]] + ([prior_time_ids.expand(len(cap) - len(idx), -1)]
+                                                                   if len(cap) > len(idx) else [])))
         method.prepare_batch(idx, noise[: cfg.batch_size], t[: cfg.batch_size], noise_sched, g)
         z_t, t, target = z_t.to(device, pipe.unet.dtype), t.to(device), target.to(device)
         with accelerator.autocast():
@@ -210,13 +232,16 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
-        bar.set_postfix(loss=f"{loss_ema:.4f}", **({"mlm": f"{reg.last_loss:.3f}"} if reg is not None else {}))
+        bar.set_postfix(loss=f"{loss_ema:.4f}", **({"mlm": f"{reg.last_loss:.3f}"} if reg is not None else {}),
+                        refresh=False)  # set_postfix would otherwise print a line per step when not a terminal
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            _check_finite(method, step, out)
             if accelerator.is_main_process:
                 save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
                 accelerator.unwrap_model(model).export(step_path(out, done), fingerprint)
     bar.close()
+    _check_finite(method, cfg.steps - 1, out)
     accelerator.wait_for_everyone()
     result = None
     if accelerator.is_main_process:

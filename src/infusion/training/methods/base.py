@@ -52,18 +52,37 @@ def available_methods() -> list[str]:
 
 @dataclass
 class TextBatch:
-    """Encoded captions. states [B, L, C]; spans: per row, the concept's token positions."""
+    """Encoded captions: the UNet's conditioning of each row.
+
+    states [B, L, C]; spans: per row, the concept's token positions; ids [B, L] token ids (methods that
+    re-encode); SDXL only: pooled [B, P] (the second encoder's projected embedding) and time_ids [B, 6]
+    (each row's image micro-conditioning, set by the trainer with ``with_time_ids``).
+    """
 
     states: torch.Tensor
     spans: list[list[ConceptSpan]]
-    ids: torch.Tensor | None = None  # [B, L] token ids, for methods that re-encode
+    ids: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
 
     def select(self, idx: torch.Tensor) -> "TextBatch":
         i = idx.tolist()
-        return TextBatch(self.states[idx], [self.spans[j] for j in i], None if self.ids is None else self.ids[idx])
+        pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
+        return TextBatch(self.states[idx.to(self.states.device)], [self.spans[j] for j in i], pick(self.ids),
+                         pick(self.pooled), pick(self.time_ids))
 
     def to(self, device) -> "TextBatch":
-        return TextBatch(self.states.to(device), self.spans, None if self.ids is None else self.ids.to(device))
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return TextBatch(self.states.to(device), self.spans, move(self.ids), move(self.pooled), move(self.time_ids))
+
+    def with_time_ids(self, time_ids: torch.Tensor | None) -> "TextBatch":
+        return TextBatch(self.states, self.spans, self.ids, self.pooled, time_ids)
+
+    def unet_cond(self) -> dict:
+        """The UNet's conditioning kwargs: ``encoder_hidden_states`` (+ SDXL's ``added_cond_kwargs``)."""
+        from ...families import added_cond
+
+        return {"encoder_hidden_states": self.states, **added_cond(self.pooled, self.time_ids)}
 
 
 @dataclass
@@ -126,12 +145,17 @@ class Method(nn.Module):
     # Defaults that replace the paper's on the built-in world (``--model world``), each measured (see the class)
     world_defaults: ClassVar[dict] = {}
     mlm_batch_size: ClassVar[int] = 4  # prompts per L_MLM batch unless --mlm-batch says otherwise
+    families: ClassVar[tuple[str, ...]] = ("sd",)  # model families it is ported to (``infusion.families``)
 
     def __init__(self, pipe, cfg):
         super().__init__()
+        from ...families import require_family, text_encoders
+
+        ported = [m for m in available_methods() if "sdxl" in get_method(m).families]
+        self.family = require_family(pipe, self.families, f"method {self.name!r}", ported)
         self.cfg = cfg
         self.tokenizer = pipe.tokenizer
-        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        for m in (pipe.unet, pipe.vae, *text_encoders(pipe)):
             m.requires_grad_(False)
             m.eval()
         if cfg.gradient_checkpointing:  # every method backpropagates through the UNet

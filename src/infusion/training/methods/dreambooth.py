@@ -39,9 +39,9 @@ class DreamBoothCustomization(Customization):
     owns_pipeline = True
 
     def attach(self, pipe):
-        from diffusers import StableDiffusionPipeline
+        from ...models import load_base_pipeline
 
-        return StableDiffusionPipeline.from_pretrained(str(self.path), safety_checker=None, requires_safety_checker=False)
+        return load_base_pipeline(str(self.path))  # SD or SDXL, as the folder's model_index.json says
 
     def phrase(self) -> str:
         return identifier_phrase(self.meta, self.class_phrase)
@@ -62,12 +62,13 @@ class PriorPreservationMixin:
 
     def _setup_prior(self, pipe, cfg) -> None:
         from ...concept import base_fingerprint
+        from ...families import fingerprint_modules
 
         args = cfg.method_args
         self.prior_weight = float(args.get("prior_loss_weight", self.default_prior_weight))
         self._prior = None
         if self.prior_weight > 0:
-            self._prior = class_prior(pipe, cfg, base_fingerprint(pipe.unet, pipe.text_encoder),
+            self._prior = class_prior(pipe, cfg, base_fingerprint(*fingerprint_modules(pipe)),
                                       n=int(args.get("num_class_images", 8)), steps=int(args.get("prior_steps", 25)),
                                       weight=self.prior_weight)
 
@@ -85,10 +86,15 @@ class DreamBooth(PriorPreservationMixin, Method):
     weight_decay = 1e-2
     out_help = "a folder: the fine-tuned diffusers pipeline (save_pretrained) + infusion.json"
     customization_cls = DreamBoothCustomization
-    method_args_help = {**PRIOR_ARGS, "identifier": "rare token (default sks)", "train_text_encoder": "also fine-tune the text encoder (default false)"}
+    method_args_help = {**PRIOR_ARGS, "identifier": "rare token (default sks)",
+                        "train_text_encoder": "also fine-tune the text encoder (default false; SD 1.x/2.x only)"}
+    families = ("sd", "sdxl")
 
     def __init__(self, pipe, cfg):
         super().__init__(pipe, cfg)
+        if self.family != "sd" and cfg.method_args.get("train_text_encoder", False):
+            raise ValueError("--method-arg train_text_encoder=true is supported on Stable Diffusion 1.x/2.x only; "
+                             "on SDXL DreamBooth trains the UNet")
         self.identifier = cfg.method_args.get("identifier", "sks")
         check_identifier(self.identifier, pipe.tokenizer)
         self.pipe = pipe  # exported whole
@@ -112,14 +118,17 @@ class DreamBooth(PriorPreservationMixin, Method):
         return MLMTextSide(self.phrase(), self.text_encoder)
 
     def encode_captions(self, captions: list[str]) -> TextBatch:
+        from ...families import encode_ids, text_parts, tokenize
+
         texts = [substitute(c, {self.cfg.name: self.phrase()})[0] for c in captions]
-        ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.text_encoder.device)
-        return TextBatch(self.text_encoder(ids)[0], [[] for _ in texts], ids)  # states (B, L, C)
+        parts = text_parts(self.pipe)
+        ids = [tokenize(t, texts) for t, _ in parts]
+        states, pooled = encode_ids([e for _, e in parts], ids)  # (B, L, C), SDXL: (B, P)
+        return TextBatch(states, [[] for _ in texts], ids[0].to(states.device), pooled)
 
     def forward(self, noisy_latents, timesteps, text: TextBatch):
         """noisy_latents (B, 4, h, w), timesteps (B,) -> eps (B, 4, h, w)."""
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=text.states).sample
+        return self.unet(noisy_latents, timesteps, **text.unet_cond()).sample
 
     def export(self, path, fingerprint: str) -> Path:
         path = Path(path)

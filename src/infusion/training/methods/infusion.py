@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ...concept import Concept
+from ...families import encode_ids, text_encoders, text_parts, tokenize
 from ...processor import InfusionPlan, install_processors, layer_widths
 from ...prompts import parse_prompt, phrase_token_count
 from .base import Method, TextBatch, register_method, param_key
@@ -37,6 +38,7 @@ class InfusionMethod(Method):
     name = "infusion"
     default_lr = 1e-2  # paper 5.1: AdamW, lr 0.01, batch 4
     out_help = "an Infusion concept .safetensors file (one Delta per attn2 layer)"
+    families = ("sd", "sdxl")
     method_args_help = {
         "residual": "value (the paper's constant Delta per layer, default) | query (Delta + a per-pixel term of F's query)",
         "query_rank": "rank r of the query term (default 4)",
@@ -49,7 +51,8 @@ class InfusionMethod(Method):
     def __init__(self, pipe, cfg):
         super().__init__(pipe, cfg)
         self.unet = pipe.unet
-        self.text_encoder = pipe.text_encoder
+        self.text_encoders = nn.ModuleList(text_encoders(pipe))  # SD: one; SDXL: two (their states concatenated)
+        self.tokenizers = [t for t, _ in text_parts(pipe)]
         n_tokens = phrase_token_count(cfg.class_phrase, pipe.tokenizer)
         self.layers = layer_widths(self.unet)  # layer name -> D
         self.residual = str(cfg.method_args.get("residual", "value"))
@@ -57,6 +60,8 @@ class InfusionMethod(Method):
             raise ValueError(f"--method-arg residual={self.residual!r}: use one of {', '.join(RESIDUALS)}")
         self.t_max = float(cfg.method_args.get("t_max", 1.0))
         self.paired = str(cfg.method_args.get("paired", False)).lower() in ("1", "true", "yes")
+        if self.paired and self.family != "sd":
+            raise ValueError("--method-arg paired=true supports Stable Diffusion 1.x/2.x models only")
         if self.paired and not 0 < float(cfg.method_args.get("paired_strength", 0.4)) <= 1:
             raise ValueError("--method-arg paired_strength must be in (0, 1] (a fraction of the training timesteps)")
         if self.paired and int(cfg.method_args.get("paired_views", 4)) < 1:
@@ -103,7 +108,8 @@ class InfusionMethod(Method):
         steps = [t for t in sched.timesteps if t <= strength * T] or [sched.timesteps[-1]]  # at least one step
         ids = self.tokenizer([f"a photo of a {self.cfg.class_phrase}", ""], padding="max_length",
                              max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
-        cond, uncond = self.text_encoder(ids.to(self.text_encoder.device))[0].chunk(2)
+        enc = self.text_encoders[0]
+        cond, uncond = enc(ids.to(enc.device))[0].chunk(2)
         out = []
         for v in range(views):
             g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + v)
@@ -136,13 +142,12 @@ class InfusionMethod(Method):
 
     @torch.no_grad()
     def encode_captions(self, captions: list[str]) -> TextBatch:
+        """Class phrase in place of ``<name>``; states as the family's pipeline makes them (SDXL: + pooled)."""
         parsed = [parse_prompt(c, {self.cfg.name: self.cfg.class_phrase}, self.tokenizer) for c in captions]
-        ids = self.tokenizer(
-            [p.text for p in parsed], padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
-        states = self.text_encoder(ids)[0]  # (B, L, C): last hidden state, as SD uses it
-        return TextBatch(states, [p.spans for p in parsed], ids)
+        texts = [p.text for p in parsed]
+        ids = [tokenize(t, texts) for t in self.tokenizers]
+        states, pooled = encode_ids(list(self.text_encoders), ids)  # (B, L, C), (B, P) | None
+        return TextBatch(states, [p.spans for p in parsed], ids[0], pooled)
 
     def forward(self, noisy_latents, timesteps, text: TextBatch):
         """noisy_latents (B, 4, h, w), timesteps (B,) -> eps_C (B, 4, h, w)."""
@@ -152,11 +157,9 @@ class InfusionMethod(Method):
         if self.paired and self.training and self._f_latents is not None:  # F on the redraw (same noise and t)
             f_in = self._f_latents.to(noisy_latents.device, noisy_latents.dtype)
         with torch.no_grad():  # F: frozen base model, stores no activations
-            self.unet(f_in, timesteps, encoder_hidden_states=text.states,
-                      cross_attention_kwargs={"infusion": plan})
-        plan.mode = "inject"  # C: F's maps and outputs + Deltas
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=text.states,
-                         cross_attention_kwargs={"infusion": plan}).sample
+            self.unet(f_in, timesteps, cross_attention_kwargs={"infusion": plan}, **text.unet_cond())
+        plan.mode = "inject"  # C: F's maps and outputs + Deltas (SDXL: F's pooled text and time ids too)
+        return self.unet(noisy_latents, timesteps, cross_attention_kwargs={"infusion": plan}, **text.unet_cond()).sample
 
     def export(self, path, fingerprint: str) -> Concept:
         cpu = lambda p: p.detach().float().cpu()  # noqa: E731
@@ -171,6 +174,7 @@ class InfusionMethod(Method):
             query={n: (cpu(self.query_a[param_key(n)]), cpu(self.query_b[param_key(n)])) for n in self.layers}
             if self.residual == "query" else {},
             t_max=self.t_max,
+            family=self.family,
         )
         concept.save(Path(path))
         return concept

@@ -7,8 +7,8 @@ init of A and zero B (so step 0 is the base model), AdamW lr 1e-4, weight decay 
 ``--method-arg rank=8`` changes the rank.
 
 File (``--out x.safetensors``): diffusers' ``pytorch_lora_weights.safetensors`` layout written by
-``StableDiffusionPipeline.save_lora_weights``, plus our metadata; ``pipe.load_lora_weights(path)``
-loads it.
+``StableDiffusionPipeline.save_lora_weights`` (SDXL: ``StableDiffusionXLPipeline``'s), plus our metadata;
+``pipe.load_lora_weights(path)`` loads it.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class DreamBoothLoRA(DreamBooth):
         return convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
 
     def export(self, path, fingerprint: str) -> Path:
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,8 @@ class DreamBoothLoRA(DreamBooth):
             if not torch.isfinite(v).all():
                 raise ValueError(f"refusing to save: LoRA factor {k} is not finite (NaN/inf)")
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # diffusers' own writer fixes the key layout
-            StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, weight_name="lora.safetensors")
+            writer = StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
+            writer.save_lora_weights(tmp, unet_lora_layers=layers, weight_name="lora.safetensors")
             tensors = load_file(str(Path(tmp) / "lora.safetensors"))
         meta = customization_metadata(self.cfg, self.name, "diffusers-lora", fingerprint, identifier=self.identifier,
                                       rank=self.rank)

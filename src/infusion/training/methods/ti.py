@@ -7,7 +7,9 @@ UNet and VAE stay bit-identical.
 
 File (``--out x.safetensors``): diffusers' ``learned_embeds.safetensors`` layout,
 ``{"<name>": [1, H]}`` (fp32), plus our metadata; ``pipe.load_textual_inversion(path)`` loads it
-and prompts then write ``<name>`` literally.
+and prompts then write ``<name>`` literally. On SDXL one vector per text encoder, in the
+``{"clip_l": [1, 768], "clip_g": [1, 1280]}`` layout that diffusers' SDXL docs load with two
+``load_textual_inversion(state["clip_l"|"clip_g"], token=..., text_encoder=..., tokenizer=...)`` calls.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ...customized import Customization
 from ...io import save_safetensors_atomic
 from .base import Method, MLMTextSide, TextBatch, register_method
 from .files import customization_metadata
-from .tokens import STAND_IN, encode_with_token, phrase_embedding, stand_in_embed_fn
+from .tokens import STAND_IN, encode_with_tokens, phrase_embedding, stand_in_embed_fn
 
 
 class TokenCustomization(Customization):
@@ -30,6 +32,19 @@ class TokenCustomization(Customization):
     composable = True
 
     def attach(self, pipe):
+        from ...families import SDXL, family_of
+
+        if family_of(pipe) == SDXL:
+            from safetensors.torch import load_file
+
+            state = load_file(str(self.path))
+            if set(state) != {"clip_l", "clip_g"}:
+                raise ValueError(f"{self.path} is a textual inversion for one text encoder; SDXL needs clip_l and clip_g")
+            pipe.load_textual_inversion(state["clip_l"], token=f"<{self.name}>", text_encoder=pipe.text_encoder,
+                                        tokenizer=pipe.tokenizer)
+            pipe.load_textual_inversion(state["clip_g"], token=f"<{self.name}>", text_encoder=pipe.text_encoder_2,
+                                        tokenizer=pipe.tokenizer_2)
+            return pipe
         pipe.load_textual_inversion(str(self.path), token=f"<{self.name}>")
         return pipe
 
@@ -55,20 +70,37 @@ class TextualInversion(Method):
     method_args_help = {"with_class": "write the concept as '<name> <class>' in captions, MLM prompts and generation "
                                       "(the MLM paper's authors' form; default false: the token alone, as the TI paper)"}
     mlm_batch_size = 25  # the MLM paper's authors' TI runs
+    families = ("sd", "sdxl")
 
     def __init__(self, pipe, cfg):
+        from ...families import text_parts
+
         super().__init__(pipe, cfg)
         self.with_class = _truthy(cfg.method_args.get("with_class", False))
         self.text_encoder = pipe.text_encoder
         self.unet = pipe.unet
+        parts = text_parts(pipe)
+        self._tokenizers = [t for t, _ in parts]
         init = phrase_embedding(pipe.text_encoder, pipe.tokenizer, cfg.class_phrase)  # (H,)
         self.token = nn.Parameter(init.clone())  # (H,)
+        if len(parts) == 2:  # SDXL: a second vector, in the second encoder's input space (H_2,)
+            self.text_encoder_2 = pipe.text_encoder_2
+            self.token_2 = nn.Parameter(phrase_embedding(pipe.text_encoder_2, pipe.tokenizer_2, cfg.class_phrase).clone())
+
+    def _vectors(self) -> list[torch.Tensor]:
+        return [self.token] + ([self.token_2] if hasattr(self, "token_2") else [])
+
+    def _encoders(self) -> list[nn.Module]:
+        return [self.text_encoder] + ([self.text_encoder_2] if hasattr(self, "text_encoder_2") else [])
 
     def learning_rate(self) -> float:
         return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size
 
     def mlm_text_side(self) -> MLMTextSide:
         """L_MLM reaches the learned token: the concept is the stand-in, carried by ``self.token``."""
+        if self.family != "sd":
+            raise ValueError("--mlm-lambda: the MLM regulariser is ported to Stable Diffusion 1.x/2.x text encoders "
+                             "only (its contextualizer reads one encoder); drop --mlm-lambda on SDXL")
         concept = f"{STAND_IN} {self.cfg.class_phrase}" if self.with_class else STAND_IN
         return MLMTextSide(concept, self.text_encoder, stand_in_embed_fn(self.text_encoder, self.tokenizer, lambda: self.token))
 
@@ -76,16 +108,21 @@ class TextualInversion(Method):
         if self.with_class:
             tag = f"<{self.cfg.name}>"
             captions = [c.replace(tag, f"{tag} {self.cfg.class_phrase}") for c in captions]
-        states, ids, spans = encode_with_token(self.text_encoder, self.tokenizer, captions, self.cfg.name, self.token)
-        return TextBatch(states, spans, ids)
+        states, pooled, ids, spans = encode_with_tokens(self._encoders(), self._tokenizers, captions, self.cfg.name,
+                                                        self._vectors())
+        return TextBatch(states, spans, ids, pooled)
 
     def forward(self, noisy_latents, timesteps, text: TextBatch):
         """noisy_latents (B, 4, h, w), timesteps (B,) -> eps (B, 4, h, w)."""
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=text.states).sample
+        return self.unet(noisy_latents, timesteps, **text.unet_cond()).sample
 
     def export(self, path, fingerprint: str) -> dict[str, torch.Tensor]:
-        tensors = {f"<{self.cfg.name}>": self.token.detach().float().cpu()[None]}  # (1, H)
-        if not torch.isfinite(tensors[f"<{self.cfg.name}>"]).all():
+        vec = lambda p: p.detach().float().cpu()[None]  # noqa: E731  (1, H)
+        if hasattr(self, "token_2"):
+            tensors = {"clip_l": vec(self.token), "clip_g": vec(self.token_2)}
+        else:
+            tensors = {f"<{self.cfg.name}>": vec(self.token)}
+        if not all(torch.isfinite(t).all() for t in tensors.values()):
             raise ValueError("refusing to save: the learned embedding is not finite (NaN/inf)")
         meta = customization_metadata(self.cfg, self.name, "diffusers-textual-inversion", fingerprint)
         save_safetensors_atomic(tensors, path, meta)

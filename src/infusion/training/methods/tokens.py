@@ -63,20 +63,37 @@ def encode_with_token(text_encoder, tokenizer, prompts: list[str], name: str, ve
     vectors: (H,) one vector for every row, or (B, H) one per row (P+ stacks layers as rows).
     Returns (states (B, L, C), ids (B, L), spans).
     """
-    texts, spans = locate(prompts, name, tokenizer)
-    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(text_encoder.device)  # (B, L)
-    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    states, _, ids, spans = encode_with_tokens([text_encoder], [tokenizer], prompts, name, [vectors])
+    return states, ids, spans
+
+
+def encode_with_tokens(text_encoders, tokenizers, prompts: list[str], name: str, vectors: list[torch.Tensor]):
+    """``encode_with_token`` for one or two encoders (SDXL: one learned vector per encoder, each of its width).
+
+    Returns (states (B, L, C), pooled (B, P) or None, ids of the first tokenizer (B, L), spans), the states and
+    pooled embedding made as the family's pipeline makes them (``families.encode_ids``).
+    """
+    from contextlib import ExitStack
+
+    from ...families import encode_ids, tokenize
+
+    texts, spans = locate(prompts, name, tokenizers[0])
+    ids = [tokenize(t, texts) for t in tokenizers]  # (B, L) each; one BPE vocabulary, so the same positions
+    mask = torch.zeros(ids[0].shape, dtype=torch.bool)
     for b, row in enumerate(spans):
         for s in row:
             mask[b, list(s.positions)] = True
-    if vectors.ndim == 1:
-        vectors = vectors[None].expand(len(prompts), -1)
-    if vectors.shape[0] != len(prompts):
-        raise ValueError(f"{vectors.shape[0]} token vectors for {len(prompts)} prompts")
-    with injected(text_encoder, mask, vectors):
-        states = text_encoder(ids)[0]  # (B, L, C): last hidden state, as SD uses it
-    return states, ids, spans
+    per_row = []
+    for v in vectors:
+        v = v[None].expand(len(prompts), -1) if v.ndim == 1 else v
+        if v.shape[0] != len(prompts):
+            raise ValueError(f"{v.shape[0]} token vectors for {len(prompts)} prompts")
+        per_row.append(v)
+    with ExitStack() as stack:
+        for enc, v in zip(text_encoders, per_row):
+            stack.enter_context(injected(enc, mask, v))
+        states, pooled = encode_ids(list(text_encoders), ids)
+    return states, pooled, ids[0].to(text_encoders[0].device), spans
 
 
 def stand_in_embed_fn(text_encoder, tokenizer, vector: Callable[[], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,0 +1,392 @@
+"""Infusion on SDXL-shaped and SD2-shaped tiny models: exactness against the stock pipelines, a slow Eq. 7
+sampler, composition, training that touches only the residuals, micro-conditioning, and the file checks
+across families (DESIGN section 1, issue 13)."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_concept, write_square_images
+from infusion.pipeline import InfusionPipeline, InfusionXLPipeline
+
+STEPS = 3
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def xl():
+    from infusion.tiny import tiny_sdxl_pipeline
+
+    return tiny_sdxl_pipeline(seed=0)
+
+
+def _xl_concept(pipe, *a, **k):
+    c = random_concept(pipe, *a, **k)
+    c.family = "sdxl"
+    return c
+
+
+def test_from_pipe_and_loader_pick_the_xl_pipeline(xl):
+    from infusion.models import load_base_pipeline
+
+    assert type(InfusionPipeline.from_pipe(xl)) is InfusionXLPipeline
+    assert type(load_base_pipeline("tiny-sdxl", InfusionPipeline)) is InfusionXLPipeline
+    assert type(load_base_pipeline("tiny-sd2", InfusionPipeline)) is InfusionPipeline
+
+
+def test_xl_folder_loads_as_xl(xl, tmp_path):
+    from infusion.families import family_of_files
+
+    xl.save_pretrained(tmp_path / "sdxl")
+    assert family_of_files(tmp_path / "sdxl") == "sdxl"
+    pipe = InfusionPipeline.from_pretrained(str(tmp_path / "sdxl"))
+    assert type(pipe) is InfusionXLPipeline
+
+
+@pytest.mark.parametrize("negative", [None, "blurry"])
+def test_xl_zero_residual_equals_stock_and_untouched_prompts_are_bit_identical(xl, negative):
+    from infusion.tiny import tiny_sdxl_pipeline
+
+    stock = tiny_sdxl_pipeline(seed=0)
+    pipe = InfusionPipeline.from_pipe(xl)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=STEPS, guidance_scale=5.0, output_type="np", negative_prompt=negative)
+    out = pipe("a photo of <mycat> on the beach", concepts=[_xl_concept(pipe, scale=0.0)], generator=_gen(), **kw)
+    ref = stock("a photo of cat on the beach", generator=_gen(), **kw).images
+    assert np.array_equal(out.images, out.base_images)  # C == F exactly
+    np.testing.assert_allclose(out.base_images, ref, rtol=0, atol=1e-5)  # 4 rows vs 2: CPU kernels' rounding
+    pipe.load_concept(_xl_concept(pipe, scale=5.0))
+    plain = pipe("a photo of a dog", generator=_gen(), **kw)
+    ref = stock("a photo of a dog", generator=_gen(), **kw).images
+    assert np.array_equal(plain.images, ref) and np.array_equal(plain.base_images, ref)
+
+
+def test_xl_concepts_compose_order_free_and_change_only_c(xl):
+    pipe = InfusionPipeline.from_pipe(xl)
+    pipe.set_progress_bar_config(disable=True)
+    a, b = _xl_concept(pipe, "mycat", "cat", scale=3.0, seed=1), _xl_concept(pipe, "mydog", "dog", scale=3.0, seed=2)
+    kw = dict(num_inference_steps=STEPS, guidance_scale=5.0, output_type="np")
+    ab = pipe("<mycat> playing with <mydog>", concepts=[a, b], generator=_gen(), **kw)
+    pipe.unload_concepts()
+    ba = pipe("<mycat> playing with <mydog>", concepts=[b, a], generator=_gen(), **kw)
+    assert np.array_equal(ab.images, ba.images)
+    pipe.unload_concepts()
+    only_a = pipe("<mycat> playing with dog", concepts=[a], generator=_gen(), **kw)
+    assert np.array_equal(only_a.base_images, ab.base_images)
+    assert np.abs(ab.images - only_a.images).max() > 1e-4
+
+
+@torch.no_grad()
+def test_xl_c_stream_equals_a_slow_eq7_sampler(xl):
+    """Every attn2 of the depth-2 transformers, with CFG, pooled text and time ids: C == F's maps + V' = V + E Delta."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from test_pipeline_claims import _Record, _SlowEq7
+
+    from infusion.processor import cross_attention_layers
+    from infusion.prompts import parse_prompt
+
+    pipe = InfusionPipeline.from_pipe(xl)
+    pipe.set_progress_bar_config(disable=True)
+    c = _xl_concept(pipe, scale=2.0)
+    prompt, g = "a photo of <mycat> on the beach", 5.0
+    fast = pipe(prompt, concepts=[c], guidance_scale=g, num_inference_steps=STEPS, generator=_gen(), output_type="latent")
+
+    unet, sched = xl.unet, xl.scheduler
+    parsed = parse_prompt(prompt, {"mycat": "cat"}, xl.tokenizer)
+    cond, uncond, pooled, uncond_pooled = xl.encode_prompt(parsed.text, None, "cpu", 1, True, None)
+    text, pooled = torch.cat([uncond, cond]), torch.cat([uncond_pooled, pooled])
+    ids = torch.tensor([[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]).repeat(2, 1)
+    added = {"text_embeds": pooled, "time_ids": ids}
+    store, layers = {}, set(cross_attention_layers(unet))
+    name = lambda k: k[: -len(".processor")]  # noqa: E731
+    f_procs = {k: _Record(name(k), store) if name(k) in layers else AttnProcessor2_0() for k in unet.attn_processors}
+    c_procs = {k: _SlowEq7(name(k), store, c.deltas[name(k)], {1: parsed.spans[0].positions}) if name(k) in layers
+               else AttnProcessor2_0() for k in unet.attn_processors}
+    sched.set_timesteps(STEPS)
+    z = xl.prepare_latents(1, 4, 16, 16, cond.dtype, "cpu", _gen(), None)
+    zf, zc = z.clone(), z.clone()
+    saved = unet.attn_processors
+    try:
+        for t in sched.timesteps:
+            unet.set_attn_processor(dict(f_procs))
+            ef = unet(sched.scale_model_input(torch.cat([zf, zf]), t), t, encoder_hidden_states=text,
+                      added_cond_kwargs=added).sample
+            unet.set_attn_processor(dict(c_procs))
+            ec = unet(sched.scale_model_input(torch.cat([zc, zc]), t), t, encoder_hidden_states=text,
+                      added_cond_kwargs=added).sample
+            step = lambda e, z: sched.step(e[:1] + g * (e[1:] - e[:1]), t, z).prev_sample  # noqa: E731
+            zf, zc = step(ef, zf), step(ec, zc)
+    finally:
+        unet.set_attn_processor(saved)
+    torch.testing.assert_close(fast.base_images, zf, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast.images, zc, rtol=1e-4, atol=1e-5)
+    assert (fast.images - fast.base_images).abs().max() > 1e-3
+
+
+def test_xl_text_encoding_matches_diffusers(xl):
+    from infusion.families import encode_texts
+
+    states, pooled = encode_texts(xl, ["a photo of a cat", "a dog"])
+    ref, _, ref_pooled, _ = xl.encode_prompt(["a photo of a cat", "a dog"], None, "cpu", 1, False)
+    assert states.shape == (2, 77, 64) and pooled.shape == (2, 32)
+    assert torch.equal(states, ref) and torch.equal(pooled, ref_pooled)
+
+
+def _frozen(pipe):
+    mods = [pipe.unet, pipe.vae, pipe.text_encoder] + ([pipe.text_encoder_2] if hasattr(pipe, "text_encoder_2") else [])
+    return [{k: v.clone() for k, v in m.state_dict().items()} for m in mods], mods
+
+
+def _unchanged(before, mods):
+    return all(all(torch.equal(s[k], v) for k, v in m.state_dict().items()) for s, m in zip(before, mods))
+
+
+def test_xl_training_touches_only_residuals_and_passes_each_images_time_ids(xl, tmp_path):
+    """Two 40x60 portrait images at resolution 16: original (60, 40), crop top-left (4, 0) in the 16x24 resize,
+    target (16, 16), as diffusers' SDXL training scripts compute it; the file records the family and widths."""
+    import PIL.Image
+
+    from infusion.concept import Concept
+    from infusion.training import TrainConfig, train
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        PIL.Image.fromarray(rng.integers(0, 255, (60, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    seen = []
+    hook = xl.unet.register_forward_pre_hook(
+        lambda m, a, k: seen.append(k["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True)
+    before, mods = _frozen(xl)
+    concept = train(TrainConfig(model="tiny-sdxl", images=str(folder), name="mycat", class_phrase="cat",
+                                out=str(tmp_path / "c.safetensors"), steps=3, batch_size=2, resolution=16),
+                    pipe=xl, progress=False)
+    hook.remove()
+    assert _unchanged(before, mods)
+    assert any(float(d.abs().max()) > 0 for d in concept.deltas.values())
+    want = torch.tensor([60.0, 40.0, 4.0, 0.0, 16.0, 16.0])
+    assert seen and all(torch.equal(ids, want.expand_as(ids)) for ids in seen)
+    loaded = Concept.load(tmp_path / "c.safetensors")
+    assert loaded.family == "sdxl" and set(loaded.deltas) == set(concept.deltas)
+
+
+def test_sdxl_concept_file_size_from_its_config():
+    """SDXL 1.0 base: 70 attn2 layers (10 of width 640, 60 of 1280) -> 83,200 values, 166,400 bytes fp16 per token."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    from infusion.processor import layer_widths
+    from infusion.tiny import sdxl_unet_config
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**sdxl_unet_config())
+    widths = layer_widths(unet)
+    assert len(widths) == 70
+    assert sorted(set(widths.values())) == [640, 1280] and list(widths.values()).count(640) == 10
+    assert sum(widths.values()) == 83_200
+
+
+def test_concepts_do_not_cross_families(xl, tiny_pipe, tmp_path):
+    from infusion.concept import Concept
+
+    sd = InfusionPipeline.from_pipe(tiny_pipe)
+    c = random_concept(sd)
+    c.family = "sd"
+    c.save(tmp_path / "sd.safetensors")
+    with pytest.raises(ValueError, match=r"Stable Diffusion 1.x/2.x model .* this SDXL model"):
+        InfusionPipeline.from_pipe(xl).load_concept(tmp_path / "sd.safetensors")
+    x = _xl_concept(InfusionPipeline.from_pipe(xl))
+    x.save(tmp_path / "xl.safetensors")
+    with pytest.raises(ValueError, match=r"SDXL model .* this Stable Diffusion 1.x/2.x model"):
+        sd.load_concept(Concept.load(tmp_path / "xl.safetensors"))
+
+
+def test_nan_concept_file_is_refused_at_load(tiny_pipe, tmp_path):
+    from infusion.concept import Concept
+    from infusion.io import save_safetensors_atomic
+
+    c = random_concept(tiny_pipe)
+    c.save(tmp_path / "ok.safetensors")
+    tensors = {k: v.clone() for k, v in c.deltas.items()}
+    first = sorted(tensors)[0]
+    tensors[first][0, 0] = float("nan")
+    save_safetensors_atomic({k: v.half() for k, v in tensors.items()}, tmp_path / "nan.safetensors", c.metadata())
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        Concept.load(tmp_path / "nan.safetensors")
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-sdxl"])
+@pytest.mark.parametrize("bad_step", [3, 4])
+def test_training_that_goes_non_finite_stops_and_keeps_the_last_good_checkpoint(model, bad_step, tmp_path, monkeypatch):
+    """A residual turned NaN by the 3rd optimizer step makes the 4th step's loss NaN; by the 4th, the checkpoint at
+    step 4 would save it. Both stop with FloatingPointError; the step-2 checkpoint stays intact and finite."""
+    from infusion.concept import Concept
+    from infusion.io import read_safetensors
+    from infusion.training import TrainConfig, train
+    from infusion.training.trainer import state_path, step_path
+
+    real, calls = torch.optim.AdamW.step, []
+
+    def poisoned(self, *a, **k):
+        out = real(self, *a, **k)
+        calls.append(1)
+        if len(calls) == bad_step:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
+    images = write_square_images(tmp_path / "images", n=2)
+    out = tmp_path / "c.safetensors"
+    cfg = TrainConfig(model=model, images=str(images), name="mycat", class_phrase="cat", out=str(out), steps=6,
+                      batch_size=1, checkpoint_every=2)
+    with pytest.raises(FloatingPointError, match="intact"):
+        train(cfg, progress=False)
+    tensors, meta = read_safetensors(state_path(out), "state")
+    assert meta["step"] == "2" and all(torch.isfinite(v).all() for v in tensors.values())
+    assert Concept.load(step_path(out, 2)).name == "mycat"
+    assert not out.exists() and not step_path(out, 4).exists()
+
+
+def test_sd2_shaped_model_trains_and_is_exact(tmp_path):
+    """SD 2.x traits (GELU text encoder of its own width, "!" padding, linear projections, v-prediction): zero
+    residual == stock, untouched prompts bit-identical, training changes only the residuals."""
+    from infusion.tiny import tiny_sd2_pipeline
+    from infusion.training import TrainConfig, train
+
+    stock, base = tiny_sd2_pipeline(seed=0), tiny_sd2_pipeline(seed=0)
+    assert base.scheduler.config.prediction_type == "v_prediction" and base.unet.config.use_linear_projection
+    before, mods = _frozen(base)
+    concept = train(TrainConfig(model="tiny-sd2", images=str(write_square_images(tmp_path / "im", n=2)), name="mycat",
+                                class_phrase="cat", out=str(tmp_path / "c.safetensors"), steps=2, batch_size=1),
+                    pipe=base, progress=False)
+    assert _unchanged(before, mods) and concept.family == "sd"
+    pipe = InfusionPipeline.from_pipe(base)
+    kw = dict(num_inference_steps=STEPS, guidance_scale=5.0, output_type="np")
+    zero = random_concept(pipe, scale=0.0)
+    out = pipe("a photo of <mycat>", concepts=[zero], generator=_gen(), **kw)
+    np.testing.assert_allclose(out.base_images, stock("a photo of cat", generator=_gen(), **kw).images, rtol=0, atol=1e-5)
+    assert np.array_equal(out.images, out.base_images)
+    pipe.load_concept(concept)
+    plain = pipe("a photo of a dog", generator=_gen(), **kw)
+    assert np.array_equal(plain.images, stock("a photo of a dog", generator=_gen(), **kw).images)
+
+
+def test_cli_trains_and_generates_on_sdxl(tmp_path, capsys):
+    from infusion.cli import main
+
+    images = write_square_images(tmp_path / "images", n=2)
+    out = tmp_path / "mycat.safetensors"
+    assert main(["train", "--model", "tiny-sdxl", "--images", str(images), "--name", "mycat", "--class-phrase", "cat",
+                 "--out", str(out), "--steps", "2", "--batch-size", "1"]) == 0
+    assert main(["generate", "--model", "tiny-sdxl", "--concept", str(out), "--prompt", "a photo of <mycat>",
+                 "--steps", "2", "--out", str(tmp_path / "gen"), "--show-base"]) == 0
+    assert (tmp_path / "gen" / "000.png").is_file() and (tmp_path / "gen" / "000-base.png").is_file()
+
+
+def _train_xl(xl, tmp_path, method, out, steps=2, lr=None, **args):
+    from infusion.training import TrainConfig, train
+
+    images = write_square_images(tmp_path / "images", n=2)
+    return train(TrainConfig(model="tiny-sdxl", images=str(images), name="mycat", class_phrase="cat", out=str(out),
+                             method=method, steps=steps, lr=lr, batch_size=1, method_args=args), pipe=xl, progress=False)
+
+
+def test_xl_textual_inversion_file_loads_into_both_encoders_with_diffusers(xl, tmp_path):
+    """One vector per encoder, saved as {"clip_l", "clip_g"}; diffusers' load_textual_inversion (twice, as its SDXL
+    docs show) gives the same text states the trainer used, and only the token changed."""
+    from safetensors.torch import load_file
+
+    from infusion.customized import load_customized
+    from infusion.families import encode_texts
+    from infusion.tiny import tiny_sdxl_pipeline
+    from infusion.training.methods.tokens import encode_with_tokens
+
+    before, mods = _frozen(xl)
+    _train_xl(xl, tmp_path, "ti", tmp_path / "ti.safetensors", steps=3)
+    assert _unchanged(before, mods)
+    state = load_file(str(tmp_path / "ti.safetensors"))
+    assert set(state) == {"clip_l", "clip_g"} and state["clip_l"].shape == (1, 32) and state["clip_g"].shape == (1, 32)
+    fresh = tiny_sdxl_pipeline(seed=0)
+    fresh.load_textual_inversion(state["clip_l"], token="<mycat>", text_encoder=fresh.text_encoder, tokenizer=fresh.tokenizer)
+    fresh.load_textual_inversion(state["clip_g"], token="<mycat>", text_encoder=fresh.text_encoder_2,
+                                 tokenizer=fresh.tokenizer_2)
+    ref, _, ref_pooled, _ = fresh.encode_prompt("a photo of <mycat>", None, "cpu", 1, False)
+    ours, pooled, _, _ = encode_with_tokens([xl.text_encoder, xl.text_encoder_2], [xl.tokenizer, xl.tokenizer_2],
+                                            ["a photo of <mycat>"], "mycat", [state["clip_l"][0], state["clip_g"][0]])
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pooled, ref_pooled, rtol=0, atol=1e-6)
+    assert not torch.allclose(ref, encode_texts(tiny_sdxl_pipeline(seed=0), ["a photo of cat"])[0])
+    model = load_customized(tiny_sdxl_pipeline(seed=0), [tmp_path / "ti.safetensors"])
+    out = model(["a photo of <mycat>"], num_inference_steps=2, generator=_gen(), output_type="np", return_base=True)
+    assert out.images.shape == out.base_images.shape == (1, 16, 16, 3)
+
+
+def test_xl_lora_file_loads_with_diffusers_and_base_images_are_stock(xl, tmp_path):
+    from infusion.customized import load_customized
+    from infusion.tiny import tiny_sdxl_pipeline
+
+    _train_xl(xl, tmp_path, "lora", tmp_path / "lora.safetensors", steps=2, rank=2)
+    stock = tiny_sdxl_pipeline(seed=0)
+    kw = dict(num_inference_steps=2, guidance_scale=5.0, output_type="np")
+    ref = stock("a photo of cat", generator=_gen(), **kw).images
+    fresh = tiny_sdxl_pipeline(seed=0)
+    fresh.load_lora_weights(str(tmp_path / "lora.safetensors"))  # diffusers' own loader
+    assert any("lora" in n for n, _ in fresh.unet.named_parameters())
+    model = load_customized(tiny_sdxl_pipeline(seed=0), [tmp_path / "lora.safetensors"])
+    out = model(["a photo of <mycat>"], generator=_gen(), return_base=True, **kw)
+    np.testing.assert_array_equal(out.base_images, ref)  # LoRA disabled == stock, same noise
+    assert np.abs(out.images - out.base_images).max() > 0
+
+
+def test_xl_dreambooth_with_prior_saves_an_sdxl_folder(xl, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from infusion.customized import load_customized
+
+    unet_before = {k: v.clone() for k, v in xl.unet.state_dict().items()}
+    out = tmp_path / "db"
+    _train_xl(xl, tmp_path, "dreambooth", out, steps=2, num_class_images=2, prior_steps=2, lr=1e-3)
+    loaded = StableDiffusionXLPipeline.from_pretrained(str(out))
+    assert any(not torch.equal(unet_before[k], v) for k, v in loaded.unet.state_dict().items())
+    model = load_customized("tiny-sdxl", [out])
+    assert isinstance(model.pipe, StableDiffusionXLPipeline)
+    assert model(["a photo of <mycat>"], num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
+    with pytest.raises(ValueError, match="train_text_encoder"):
+        _train_xl(xl, tmp_path, "dreambooth", tmp_path / "db2", train_text_encoder=True)
+
+
+@pytest.mark.parametrize("method", ["pplus", "custom-diffusion", "perfusion"])
+def test_unported_methods_refuse_sdxl_naming_the_supported_ones(xl, tmp_path, method):
+    with pytest.raises(ValueError, match=r"supports Stable Diffusion 1.x/2.x models only.*SDXL use one of: "
+                                         r"dreambooth, infusion, lora, ti"):
+        _train_xl(xl, tmp_path, method, tmp_path / "x")
+
+
+def test_mlm_regulariser_refuses_sdxl_clearly(xl, tmp_path):
+    from infusion.training import TrainConfig, train
+
+    images = write_square_images(tmp_path / "images", n=2)
+    (tmp_path / "ctx.safetensors").write_bytes(b"")  # never read: the refusal comes first
+    with pytest.raises(ValueError, match="MLM regulariser is ported to Stable Diffusion 1.x/2.x"):
+        train(TrainConfig(model="tiny-sdxl", images=str(images), name="mycat", class_phrase="cat",
+                          out=str(tmp_path / "t.safetensors"), method="ti", steps=1, mlm_lambda=1e-3,
+                          contextualizer=str(tmp_path / "ctx.safetensors")), pipe=xl, progress=False)
+
+
+def test_xl_lfd_and_eps_accept_sdxl(xl, tmp_path):
+    """The customised noise predictor on SDXL: zero residual -> the base UNet's eps, exactly as UNetEps gives it."""
+    from infusion.customized import load_customized
+    from infusion.metrics.eps import UNetEps
+
+    pipe = InfusionPipeline.from_pipe(xl)
+    c = _xl_concept(pipe, scale=0.0)
+    c.save(tmp_path / "z.safetensors")
+    model = load_customized(pipe, [tmp_path / "z.safetensors"])
+    z, t = torch.randn(2, 4, 8, 8, generator=_gen()), torch.tensor([500, 100])
+    eps = model.eps(z, t, ["a photo of <mycat>", "a dog"])
+    ref = UNetEps.from_pipeline(xl)(z, t, ["a photo of cat", "a dog"])
+    torch.testing.assert_close(eps, ref, rtol=0, atol=1e-5)
