@@ -8,11 +8,15 @@ Ratios (targets from the foundation issue):
 
 Models: the exact SD1.5 UNet config with random weights at a CPU size (``--latent 32`` = 256 px),
 with a small VAE and a 1-layer CLIP text encoder of SD1.5's width 768 (neither is on the
-per-step path), and the tiny test model. Timings are medians of repeated runs, taken
+per-step path), and the tiny test model. ``--family sdxl``: the exact SDXL 1.0 UNet config (70
+attn2 layers, 2.6 B parameters, fp32) with random weights at ``--latent 16`` (128 px), two 1-layer
+text encoders of SDXL's widths (768 and 1280, pooled projection 1280); its training steps are the
+trainer's own Infusion and Textual Inversion methods (one vector per encoder), time ids included. Timings are medians of repeated runs, taken
 interleaved. Peak memory is measured in a fresh subprocess per method (CPU: peak RSS growth
 over the loaded model; CUDA: ``max_memory_allocated``).
 
     python benchmarks/bench_infusion.py [--latent 32] [--steps 4] [--repeats 3] [--out benchmarks/results/infusion.json]
+    python benchmarks/bench_infusion.py --family sdxl   # -> benchmarks/results/infusion_sdxl.json
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def build(kind: str, latent: int):
 
     if kind == "tiny":
         return tiny_sd_pipeline()
+    if kind == "sdxl":
+        return build_sdxl(latent)
     torch.manual_seed(0)
     cfg = sd15_unet_config()
     cfg["sample_size"] = latent
@@ -50,6 +56,27 @@ def build(kind: str, latent: int):
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=base.tokenizer, unet=unet,
                                    scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_sdxl(latent: int):
+    """SDXL 1.0's UNet (exact config, random weights) with small stand-ins for the parts off the per-step path."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    from infusion.tiny import clip_text_encoder, ddim_scheduler, load_tokenizer, sdxl_unet_config
+
+    torch.manual_seed(0)
+    cfg = sdxl_unet_config()
+    cfg["sample_size"] = latent
+    unet = UNet2DConditionModel(**cfg)
+    vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32), latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    tok, tok2 = load_tokenizer(), load_tokenizer(pad_token="!")
+    te = clip_text_encoder(768, layers=1, heads=12, tokenizer=tok)
+    te2 = clip_text_encoder(1280, layers=1, heads=20, tokenizer=tok2, projection_dim=1280, hidden_act="gelu")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2,
+                                     unet=unet, scheduler=ddim_scheduler(), add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -100,12 +127,39 @@ def bench_generation(kind, latent, steps, repeats):
     }
 
 
-def _train_step_fn(kind, latent, method, batch):
+def _method_step_fn(pipe, method, latent, batch):
+    """One optimisation step of the trainer's own ``method`` ('infusion' | 'ti') on ``pipe`` (SDXL: with time ids)."""
+    from infusion.families import time_ids
+    from infusion.training import TrainConfig
+    from infusion.training.methods import get_method
+
+    cfg = TrainConfig(model="sdxl-random", images=".", name="c0", class_phrase="cat", out="x", method=method)
+    m = get_method(method)(pipe, cfg)
+    z, t = torch.randn(batch, 4, latent, latent), torch.randint(0, 1000, (batch,))
+    noise = torch.randn_like(z)
+    px = latent * pipe.vae_scale_factor
+    ids = time_ids((px, px), (0, 0), (px, px)).expand(batch, -1)
+    opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-3)
+    fixed = m.encode_captions(["a photo of a <c0>"] * batch).with_time_ids(ids) if m.cache_text else None
+
+    def step():
+        text = fixed if fixed is not None else m.encode_captions(["a photo of a <c0>"] * batch).with_time_ids(ids)
+        loss = torch.nn.functional.mse_loss(m(z, t, text), noise)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
+def _train_step_fn(kind, latent, method, batch, pipe=None):
     """A closure doing one optimisation step of ``method`` ('infusion' or 'ti')."""
     from infusion.training import TrainConfig
     from infusion.training.methods import get_method
 
-    pipe = build(kind, latent)
+    pipe = pipe or build(kind, latent)
+    if kind == "sdxl":
+        return _method_step_fn(pipe, method, latent, batch)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
     z = torch.randn(batch, 4, latent, latent)
@@ -148,7 +202,8 @@ def _train_step_fn(kind, latent, method, batch):
 
 
 def bench_training(kind, latent, batch, repeats):
-    steps = {m: _train_step_fn(kind, latent, m, batch) for m in ("infusion", "ti")}
+    shared = build(kind, latent) if kind == "sdxl" else None  # one 10 GB SDXL UNet for both methods, not two
+    steps = {m: _train_step_fn(kind, latent, m, batch, shared) for m in ("infusion", "ti")}
     for f in steps.values():
         f()
     times = {k: [] for k in steps}
@@ -198,15 +253,24 @@ def bench_memory(kind, latent, batch):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--latent", type=int, default=32, help="SD1.5 UNet latent size (32 = 256 px)")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--family", default="sd", choices=["sd", "sdxl"],
+                    help="sd: tiny + SD1.5 UNet config; sdxl: SDXL 1.0 UNet config (defaults --latent 16 --steps 2 "
+                         "--repeats 2, out infusion_sdxl.json)")
+    ap.add_argument("--latent", type=int, default=None, help="UNet latent size (default 32 = 256 px; SDXL 16)")
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps per generation (default 4; SDXL 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; SDXL 2)")
     ap.add_argument("--batch", type=int, default=1, help="training batch")
-    ap.add_argument("--models", default="tiny,sd15")
+    ap.add_argument("--models", default=None, help="default tiny,sd15 (--family sdxl: sdxl)")
     ap.add_argument("--parts", default="generation,training,memory", help="which measurements to run")
-    ap.add_argument("--out", default="benchmarks/results/infusion.json")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/infusion.json (SDXL: infusion_sdxl.json)")
     ap.add_argument("--child-memory", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    xl = args.family == "sdxl"
+    args.latent = args.latent or (16 if xl else 32)
+    args.steps = args.steps or (2 if xl else 4)
+    args.repeats = args.repeats or (2 if xl else 3)
+    args.models = args.models or ("sdxl" if xl else "tiny,sd15")
+    args.out = args.out or f"benchmarks/results/infusion{'_sdxl' if xl else ''}.json"
     if args.child_memory:
         kind, latent, method, batch = args.child_memory
         return peak_memory_child(kind, int(latent), method, int(batch))

@@ -361,3 +361,31 @@ def test_perfusion_covariance_uses_text_rows_only_and_the_inference_gate_is_stor
     gen = load_customized("tiny", [trained["perfusion"][2]])
     edit = gen.customizations[0].edit
     assert (edit.beta, edit.tau) == (0.70, 0.15)
+
+
+def test_generation_never_imports_the_trainer(tmp_path):
+    """``load_customized`` + generation for every loader family run in a fresh process without importing
+    ``infusion.training`` (the loaders live in ``infusion.loaders``; training imports them, not the reverse)."""
+    import subprocess
+    import sys
+
+    from conftest import random_concept
+    from infusion.loaders import LOADERS
+    from infusion.tiny import tiny_sd_pipeline
+
+    c = random_concept(tiny_sd_pipeline(), scale=1.0)
+    c.save(tmp_path / "c.safetensors")
+    code = f"""
+import sys, torch
+from infusion.customized import load_customized
+from infusion.loaders import customization_class
+m = load_customized("tiny", [{str(tmp_path / 'c.safetensors')!r}])
+m(["a photo of <mycat>"], num_inference_steps=1, output_type="np", return_base=True)
+for method in {sorted(LOADERS)!r}:
+    customization_class(method)
+bad = sorted(k for k in sys.modules if k.startswith("infusion.training"))
+print("TRAINING_MODULES", bad)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TRAINING_MODULES []" in out.stdout, out.stdout

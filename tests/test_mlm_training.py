@@ -9,7 +9,7 @@ from infusion.mlm.prompts import world_prompt_set
 from infusion.tiny import tiny_sd_pipeline
 from infusion.training import TrainConfig, train
 from infusion.training.methods import get_method
-from infusion.training.methods.tokens import STAND_IN
+from infusion.tokens import STAND_IN
 from infusion.training.regularizer import build_regularizer, mlm_term
 
 

@@ -121,7 +121,7 @@ def test_xl_c_stream_equals_a_slow_eq7_sampler(xl):
             zf, zc = step(ef, zf), step(ec, zc)
     finally:
         unet.set_attn_processor(saved)
-    torch.testing.assert_close(fast.base_images, zf, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast.base_images, zf, rtol=1e-5, atol=1e-5)  # 4 rows vs 2: kernels' rounding
     torch.testing.assert_close(fast.images, zc, rtol=1e-4, atol=1e-5)
     assert (fast.images - fast.base_images).abs().max() > 1e-3
 
@@ -303,7 +303,7 @@ def test_xl_textual_inversion_file_loads_into_both_encoders_with_diffusers(xl, t
     from infusion.customized import load_customized
     from infusion.families import encode_texts
     from infusion.tiny import tiny_sdxl_pipeline
-    from infusion.training.methods.tokens import encode_with_tokens
+    from infusion.tokens import encode_with_tokens
 
     before, mods = _frozen(xl)
     _train_xl(xl, tmp_path, "ti", tmp_path / "ti.safetensors", steps=3)

@@ -204,7 +204,7 @@ def test_single_file_checkpoint(tiny_pipe, concept_images, tmp_path):
 
 def test_dots_in_output_names_are_not_extensions(tmp_path):
     """Runs named by a float (``cd-lambda0.001``, ``cd-lambda0.0001``) keep distinct state, step and prior paths."""
-    from infusion.training.methods.files import output_parts
+    from infusion.files import output_parts
     from infusion.training.methods.prior import prior_folder
 
     assert output_parts(tmp_path / "mycat.safetensors") == ("mycat", ".safetensors")

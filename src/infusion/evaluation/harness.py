@@ -90,7 +90,7 @@ def _training_steps(meta: dict) -> int | None:
 def discover_entries(cfg: EvalConfig) -> list[Entry]:
     """The files (and checkpoints) to evaluate, labelled by method (plus the file stem when a
     method appears with several files of the same concept)."""
-    from ..training.methods.files import output_parts, read_metadata, storage_bytes
+    from ..files import output_parts, read_metadata, storage_bytes
 
     entries = []
     for f in cfg.files:
@@ -207,7 +207,7 @@ def load_generator(model: str, path: str | None, base_pipe=None):
         pipe.set_progress_bar_config(disable=True)
         return BaseGenerator(pipe)
     from ..customized import load_customized
-    from ..training.methods.files import read_metadata
+    from ..files import read_metadata
 
     # Infusion never changes base weights: it can share an already loaded base pipeline. Other
     # methods attach to their pipeline in place, so they get a fresh one.
@@ -243,7 +243,7 @@ def references_for(cfg: EvalConfig, entry: Entry) -> list:
     """Reference images of a concept: ``cfg.references[name]`` or the training folder in its metadata."""
     folder = cfg.references.get(entry.name)
     if folder is None and entry.path is not None:
-        from ..training.methods.files import read_metadata
+        from ..files import read_metadata
 
         folder = json.loads(read_metadata(entry.path).get("training") or "{}").get("images")
     if folder is not None and Path(folder).is_dir():

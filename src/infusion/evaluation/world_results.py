@@ -392,7 +392,7 @@ class ResultsRun:
         train(cfg, progress=False)
         seconds = time.time() - t0
         from ..io import read_safetensors
-        from ..training.methods.files import storage_bytes
+        from ..files import storage_bytes
         from ..training.trainer import state_path
 
         n_params = int(read_safetensors(state_path(out), "training state")[1].get("trainable_parameters", -1))

@@ -20,7 +20,7 @@ from ..models import load_base_pipeline
 from .config import TrainConfig
 from .data import caption_templates, encode_latent_stats, load_concept_images
 from .methods import get_method
-from .methods.files import output_parts
+from ..files import output_parts
 from .. import families
 from ..families import SDXL, family_of
 

@@ -23,17 +23,15 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from ...customized import Customization, stock_attention
+from ...loaders.custom_diffusion import EMBEDS, WEIGHTS, CustomDiffusionCustomization
 from ...io import save_safetensors_atomic
 from ...processor import cross_attention_layers
 from .base import Method, MLMTextSide, TextBatch, register_method
 from .dreambooth import PRIOR_ARGS, PriorPreservationMixin
-from .files import customization_metadata, write_folder_metadata
-from .kv_attention import KeyValueProcessor
-from .tokens import STAND_IN, encode_with_token, phrase_embedding, stand_in_embed_fn
+from ...files import customization_metadata, write_folder_metadata
+from ...loaders.kv_attention import KeyValueProcessor
+from ...tokens import STAND_IN, encode_with_token, phrase_embedding, stand_in_embed_fn
 
-WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
-EMBEDS = "learned_embeds.safetensors"
 
 
 class KVTrainProcessor(KeyValueProcessor):
@@ -43,24 +41,6 @@ class KVTrainProcessor(KeyValueProcessor):
     def keys_values(self, attn, text):
         k, v = attn.to_k(text), attn.to_v(text)  # (B, L, D)
         return torch.cat([k[:, :1].detach(), k[:, 1:]], dim=1), torch.cat([v[:, :1].detach(), v[:, 1:]], dim=1)
-
-
-class CustomDiffusionCustomization(Customization):
-    """K/V weights as diffusers' ``CustomDiffusionAttnProcessor`` + the modifier token;
-    ``<name>`` -> ``"<name> <class>"``."""
-
-    method = "custom-diffusion"
-
-    def attach(self, pipe):
-        pipe.load_textual_inversion(str(self.path / EMBEDS), token=f"<{self.name}>")
-        pipe.unet.load_attn_procs(str(self.path), weight_name=WEIGHTS, _pipeline=pipe)
-        return pipe
-
-    def phrase(self) -> str:
-        return f"<{self.name}> {self.class_phrase}"
-
-    def disabled(self, pipe):
-        return stock_attention(pipe)
 
 
 @register_method

@@ -15,36 +15,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...customized import Customization
+from ...loaders.dreambooth import DreamBoothCustomization
 from ...prompts import substitute
 from .base import Method, MLMTextSide, TextBatch, register_method
-from .files import customization_metadata, write_folder_metadata
+from ...files import customization_metadata, write_folder_metadata
 from .prior import class_prior
-
-
-def identifier_phrase(meta_or_args: dict, class_phrase: str) -> str:
-    return f"{meta_or_args.get('identifier', 'sks')} {class_phrase}"
 
 
 def check_identifier(identifier: str, tokenizer) -> None:
     n = len(tokenizer(identifier, add_special_tokens=False)["input_ids"])
     if not identifier.strip() or " " in identifier.strip() or n != 1:
         raise ValueError(f"identifier {identifier!r} must be one rare token of the tokenizer (it is {n} tokens); e.g. sks")
-
-
-class DreamBoothCustomization(Customization):
-    """A fine-tuned pipeline folder; ``<name>`` -> ``"sks <class>"``."""
-
-    method = "dreambooth"
-    owns_pipeline = True
-
-    def attach(self, pipe):
-        from ...models import load_base_pipeline
-
-        return load_base_pipeline(str(self.path))  # SD or SDXL, as the folder's model_index.json says
-
-    def phrase(self) -> str:
-        return identifier_phrase(self.meta, self.class_phrase)
 
 
 PRIOR_ARGS = {

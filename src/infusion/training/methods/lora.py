@@ -19,42 +19,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ...customized import Customization
+from ...loaders.lora import LoRACustomization
 from ...io import save_safetensors_atomic
 from .base import Method, register_method
-from .dreambooth import PRIOR_ARGS, DreamBooth, PriorPreservationMixin, identifier_phrase
-from .files import customization_metadata
+from .dreambooth import PRIOR_ARGS, DreamBooth, PriorPreservationMixin
+from ...files import customization_metadata
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-class LoRACustomization(Customization):
-    """LoRA weights loaded with diffusers' ``load_lora_weights``; ``<name>`` -> ``"sks <class>"``."""
-
-    method = "lora"
-
-    def attach(self, pipe):
-        pipe.load_lora_weights(str(self.path), adapter_name=self._adapter())
-        return pipe
-
-    def _adapter(self) -> str:
-        return "".join(ch if ch.isalnum() else "_" for ch in self.name)
-
-    def phrase(self) -> str:
-        return identifier_phrase(self.meta, self.class_phrase)
-
-    def disabled(self, pipe):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def ctx():
-            pipe.disable_lora()
-            try:
-                yield
-            finally:
-                pipe.enable_lora()
-
-        return ctx()
 
 
 @register_method

@@ -16,7 +16,7 @@ import torch
 from ...images import read_png_params, save_png
 from ..data import caption_templates, encode_latent_stats, load_rgb, prepare_image
 from .base import PriorData
-from .files import output_parts
+from ...files import output_parts
 
 
 def prior_folder(out: str | Path) -> Path:

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ...prompts import ConceptSpan, parse_prompt
+from .prompts import ConceptSpan, parse_prompt
 
 STAND_IN = "sks"  # one BPE token in the CLIP vocabulary; its embedding is always replaced
 
@@ -75,7 +75,7 @@ def encode_with_tokens(text_encoders, tokenizers, prompts: list[str], name: str,
     """
     from contextlib import ExitStack
 
-    from ...families import encode_ids, tokenize
+    from .families import encode_ids, tokenize
 
     texts, spans = locate(prompts, name, tokenizers[0])
     ids = [tokenize(t, texts) for t in tokenizers]  # (B, L) each; one BPE vocabulary, so the same positions

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from ... import __version__
+from . import __version__
 
 FOLDER_META = "infusion.json"
 FILE_EXT = ".safetensors"
