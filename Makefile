@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install install-browser demo test app bench clean
+# the browser tests drive Debian's chromium (a browser downloaded at run time fails offline); root or sudo installs it
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,8 +21,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/infusion demo --out demo
 
-test: $(STAMP)
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser tests"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: $(STAMP) install-browser
 	$(BIN)/python -m pytest tests
+
+app: $(STAMP)
+	$(BIN)/infusion app --model world --library library
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_infusion.py

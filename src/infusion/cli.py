@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "infusion.commands.world",
     "infusion.commands.evaluate",
     "infusion.commands.toy",
+    "infusion.commands.app",
 ]
 
 

@@ -38,7 +38,7 @@ def customization_metadata(cfg, method: str, file_format: str, fingerprint: str,
         "class_phrase": cfg.class_phrase,
         "base_model": str(cfg.model),
         "base_fingerprint": fingerprint,
-        "training": json.dumps(cfg.to_dict(), sort_keys=True, default=str),
+        "training": json.dumps(cfg.file_settings(), sort_keys=True, default=str),
         "library_version": __version__,
     }
     meta.update({k: str(v) for k, v in extra.items()})

@@ -1,13 +1,28 @@
-"""Atomic safetensors writes: a crash mid-write never leaves a truncated file behind."""
+"""Atomic, reproducible safetensors writes: a crash mid-write never leaves a truncated file behind, and the same
+tensors and metadata always give the same bytes."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+
+def canonical_header(blob: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its JSON header's keys sorted. safetensors writes the metadata map in hash
+    order, which differs from process to process, so two runs that computed the same file would differ in bytes
+    (the web page's and the CLI's training must give one file). Offsets are relative to the data, so only the
+    header and its 8-byte length change; the header stays space-padded to a multiple of 8, as safetensors does."""
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + n:]
 
 
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
@@ -17,7 +32,8 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.Pat
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+        Path(tmp).write_bytes(canonical_header(blob))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions

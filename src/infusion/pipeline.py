@@ -35,6 +35,7 @@ class InfusionPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     base_images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
     nsfw_content_detected: list[bool] | None = None
+    attention: dict | None = None  # return_attention: concept -> {(h, w): (B, h, w)} (see InfusionMixin.__call__)
 
 
 class InfusionMixin:
@@ -144,11 +145,15 @@ class InfusionMixin:
         output_type: str = "pil",
         return_base: bool = True,
         return_dict: bool = True,
+        return_attention: bool = False,
     ):
         """Generate. Defaults follow the paper: DDIM 50 steps, guidance 8.
 
         Returns ``InfusionPipelineOutput`` (``.images`` customised, ``.base_images`` from F when
-        ``return_base``) or, with ``return_dict=False``, ``(images, base_images)``.
+        ``return_base``) or, with ``return_dict=False``, ``(images, base_images)``. ``return_attention``: also
+        ``.attention[name][(h, w)]`` (B, h, w), the base model's cross-attention map of each concept's tokens (where
+        its residual lands), averaged over heads, denoising steps, the ``attn2`` layers of that resolution and
+        the concept's tokens, one map per conditional row (zeros where a prompt does not name the concept).
         """
         active = self._use_concepts(concepts)
         prompts, negatives = prompt_lists(prompt, negative_prompt)
@@ -172,12 +177,40 @@ class InfusionMixin:
                 return_dict=True, **common
             )
             base = out.images if return_base else None
-            return InfusionPipelineOutput(out.images, base, None) if return_dict else (out.images, base)
+            return InfusionPipelineOutput(out.images, base, None, {} if return_attention else None) \
+                if return_dict else (out.images, base)
 
         self._set_deltas(active)
+        self._map_sink = {} if return_attention else None
         images, base = self._generate(pos, neg, negative_prompt is not None, **common)
         base = base if return_base else None
-        return InfusionPipelineOutput(images, base, None) if return_dict else (images, base)
+        attention = self._attention_maps(pos, num_images_per_prompt, height, width) if return_attention else None
+        return InfusionPipelineOutput(images, base, None, attention) if return_dict else (images, base)
+
+    def _attention_maps(self, pos, n, height, width) -> dict:
+        """Sums in ``self._map_sink`` -> concept -> {(h, w): (B*n, h, w)} over the conditional C rows."""
+        sink, steps = self._map_sink, max(self._map_steps, 1)
+        plan = self._map_plan
+        rows = plan.active.tolist()
+        n_neg = plan.n_c - len(pos) * n  # C rows before the conditional ones: the negatives' (with CFG)
+        H = (height or self.unet.config.sample_size * self.vae_scale_factor) // self.vae_scale_factor
+        W = (width or self.unet.config.sample_size * self.vae_scale_factor) // self.vae_scale_factor
+        grouped: dict = {}
+        for layer, total in sink.items():  # (n_a, N, T)
+            N = total.shape[1]
+            scale = round((H * W / N) ** 0.5)
+            grouped.setdefault((H // scale, W // scale), []).append(total / steps)
+        out: dict = {}
+        for (h, w), maps in grouped.items():
+            mean = torch.stack(maps).mean(0)  # (n_a, N, T)
+            for a, row in enumerate(rows):
+                if row < n_neg:
+                    continue
+                for name in {s[0] for s in plan.slots[row] if s is not None}:
+                    cols = [j for j, s in enumerate(plan.slots[row]) if s is not None and s[0] == name]
+                    m = out.setdefault(name, {}).setdefault((h, w), torch.zeros(len(pos) * n, h, w))
+                    m[row - n_neg] = mean[a, :, cols].mean(-1).view(h, w).cpu()
+        return out
 
     def _stock_negatives(self, neg: list[ParsedPrompt], given) -> list[str] | None:
         """Negative prompts for the stock pipeline's call (SDXL tells "none given" from "": zeros vs. encoded "")."""
@@ -214,6 +247,9 @@ class InfusionMixin:
                                                  [[sp for sp in row if sp.name in live] for row in spans])
             return plans[live]
 
+        sink = getattr(self, "_map_sink", None)
+        if sink is not None:
+            plan.map_sink, self._map_plan, self._map_steps = sink, plan, 0
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device)
         bn = len(pos) * n
         z = self.prepare_latents(bn, self.unet.config.in_channels, height, width, text.dtype, device, generator, latents)
@@ -225,7 +261,11 @@ class InfusionMixin:
                 zf, zc = z.chunk(2)
                 x = torch.cat([zf] * reps + [zc] * reps)  # (R, 4, h, w)
                 x = self.scheduler.scale_model_input(x, t)
-                eps = self.unet(x, t, encoder_hidden_states=text, cross_attention_kwargs={"infusion": plan_at(t)},
+                step_plan = plan_at(t)
+                if sink is not None:  # steps where a t_max concept is off run another plan: not recorded
+                    plan.map_sink = sink if step_plan is plan else None
+                    self._map_steps += step_plan is plan
+                eps = self.unet(x, t, encoder_hidden_states=text, cross_attention_kwargs={"infusion": step_plan},
                                 return_dict=False, **unet_kwargs)[0]
                 if cfg:
                     fu, fc, cu, cc = eps.chunk(4)

@@ -51,6 +51,8 @@ class InfusionPlan:
     positions: LongTensor [n_c, T], token positions receiving a residual (padding: 0).
     slots:     per C row, per padded token, ``(concept name, Delta row)`` or ``None`` for padding.
     records:   layer name -> (core_F [n_c, N, D], maps [n_a, H, N, T]) filled in record mode.
+    map_sink:  when a dict, every call adds F's maps averaged over heads (n_a, N, T) under the layer's name
+               (what the web page's attention view and ``InfusionPipeline(..., return_attention=True)`` show).
 
     Only the ``n_a`` *active* C rows (those with at least one concept token) need F's maps and get
     a residual; the others (e.g. ``C_uncond``) are copies of their F row.
@@ -62,6 +64,7 @@ class InfusionPlan:
     positions: torch.Tensor
     slots: list[list[tuple[str, int] | None]]
     records: dict = field(default_factory=dict)
+    map_sink: dict | None = None  # layer -> running sum of F's maps at the concept columns, (n_a, N, T) (head mean)
 
     def __post_init__(self):
         if self.mode not in ("fused", "record", "inject"):
@@ -202,6 +205,9 @@ class InfusionAttnProcessor:
         probs = scores.softmax(dim=-1)
         pos = plan.positions.to(q.device)[active][:, None, None, :].expand(-1, H, probs.shape[2], -1)  # (n_a, H, N, T)
         maps = probs.gather(-1, pos).to(q.dtype)  # (n_a, H, N, T)
+        if plan.map_sink is not None:
+            m = maps.float().mean(1).detach()  # (n_a, N, T)
+            plan.map_sink[self.layer_name] = plan.map_sink.get(self.layer_name, 0) + m
         return core, maps
 
     def _c_queries(self, attn, hs_c, plan):

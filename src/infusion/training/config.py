@@ -96,3 +96,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    # where a run writes and how often it saves do not change what it learns: files leave them out, so the same
+    # settings give the same file bit for bit from the CLI, the web page or a resumed run
+    NOT_IN_FILES = ("out", "resume", "checkpoint_every")
+
+    def file_settings(self) -> dict:
+        """The settings a trained file records in its metadata (``to_dict`` without ``NOT_IN_FILES``)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.NOT_IN_FILES}

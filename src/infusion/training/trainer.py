@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -109,10 +110,31 @@ def _allow_new_precision(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
-def train(cfg: TrainConfig, pipe=None, progress: bool = True):
+@dataclass
+class StepReport:
+    """What ``train(callback=...)`` gets after every step: steps done, of ``total``, this step's loss, its EMA."""
+
+    step: int
+    total: int
+    loss: float
+    loss_ema: float
+
+
+class Cancelled(Exception):
+    """Raised by ``train`` when its callback asked it to stop: the resume state holds the step it stopped at,
+    the last ``-stepN`` checkpoint is kept, and no final output is written."""
+
+    def __init__(self, step: int, state: Path):
+        super().__init__(f"training cancelled after step {step}; resume state: {state}")
+        self.step, self.state = step, state
+
+
+def train(cfg: TrainConfig, pipe=None, progress: bool = True, callback=None):
     """Run ``cfg``; returns what the method exports (an ``infusion.Concept`` for Infusion).
 
     ``pipe``: an already loaded base pipeline (tests, notebooks); otherwise ``cfg.model`` is loaded.
+    ``callback(StepReport) -> bool | None`` after every step (the web page's live progress); returning True stops
+    the run cleanly (``Cancelled``, with the resume state saved at that step).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -235,6 +257,12 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True):
         bar.set_postfix(loss=f"{loss_ema:.4f}", **({"mlm": f"{reg.last_loss:.3f}"} if reg is not None else {}),
                         refresh=False)  # set_postfix would otherwise print a line per step when not a terminal
         done = step + 1
+        if callback is not None and callback(StepReport(done, cfg.steps, loss.item(), loss_ema)) and done < cfg.steps:
+            _check_finite(method, step, out)
+            if accelerator.is_main_process:
+                save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
+            bar.close()
+            raise Cancelled(done, state_path(out))
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             _check_finite(method, step, out)
             if accelerator.is_main_process:

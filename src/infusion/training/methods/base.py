@@ -145,6 +145,7 @@ class Method(nn.Module):
     # Defaults that replace the paper's on the built-in world (``--model world``), each measured (see the class)
     world_defaults: ClassVar[dict] = {}
     mlm_batch_size: ClassVar[int] = 4  # prompts per L_MLM batch unless --mlm-batch says otherwise
+    scale_lr: ClassVar[bool] = False  # the default lr is per sample: multiplied by the batch size
     families: ClassVar[tuple[str, ...]] = ("sd",)  # model families it is ported to (``infusion.families``)
 
     def __init__(self, pipe, cfg):
@@ -175,11 +176,16 @@ class Method(nn.Module):
                           stacklevel=3)
 
     def learning_rate(self) -> float:
-        if self.cfg.lr is not None:
-            return self.cfg.lr
+        return self.cfg.lr if self.cfg.lr is not None else self.default_learning_rate(self.cfg.model, self.cfg.batch_size)
+
+    @classmethod
+    def default_learning_rate(cls, model, batch_size: int) -> float:
+        """The lr ``--lr`` omitted gives: the paper's (``world_defaults`` on the world), times the batch size for
+        methods that scale it (diffusers' ``--scale_lr``: TI, P+, Custom Diffusion)."""
         from ...world import is_world_model
 
-        return self.world_defaults.get("lr", self.default_lr) if is_world_model(self.cfg.model) else self.default_lr
+        lr = cls.world_defaults.get("lr", cls.default_lr) if is_world_model(model) else cls.default_lr
+        return lr * batch_size if cls.scale_lr else lr
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -47,6 +47,7 @@ class KVTrainProcessor(KeyValueProcessor):
 class CustomDiffusion(PriorPreservationMixin, Method):
     name = "custom-diffusion"
     default_lr = 1e-5  # x batch size (paper: 8e-5 at batch 8; diffusers --scale_lr)
+    scale_lr = True
     weight_decay = 1e-2
     cache_text = False  # the modifier token changes every step
     out_help = "a folder: pytorch_custom_diffusion_weights.safetensors + learned_embeds.safetensors + infusion.json"
@@ -68,9 +69,6 @@ class CustomDiffusion(PriorPreservationMixin, Method):
         })
         init = cfg.method_args.get("initializer_token", "ktn")
         self.token = nn.Parameter(phrase_embedding(pipe.text_encoder, pipe.tokenizer, init).clone())  # (H,)
-
-    def learning_rate(self) -> float:
-        return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size
 
     def mlm_text_side(self) -> MLMTextSide:
         """L_MLM reaches the modifier token: the concept is "<stand-in> <class>" (both protected), the

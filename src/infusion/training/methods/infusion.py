@@ -170,7 +170,7 @@ class InfusionMethod(Method):
             base_model=str(self.cfg.model),
             base_fingerprint=fingerprint,
             method=self.name,
-            training=self.cfg.to_dict(),
+            training=self.cfg.file_settings(),
             query={n: (cpu(self.query_a[param_key(n)]), cpu(self.query_b[param_key(n)])) for n in self.layers}
             if self.residual == "query" else {},
             t_max=self.t_max,

@@ -25,6 +25,7 @@ from ...tokens import STAND_IN, phrase_embedding, stand_in_embed_fn
 class PPlus(Method):
     name = "pplus"
     default_lr = 5e-4  # TI's recipe, x batch size
+    scale_lr = True
     weight_decay = 1e-2
     cache_text = False
     out_help = "a .safetensors file (format infusion-pplus): one [1, H] token per attn2 layer"
@@ -38,9 +39,6 @@ class PPlus(Method):
         self.layers = install_layer_states(self.unet)
         init = phrase_embedding(pipe.text_encoder, pipe.tokenizer, cfg.class_phrase)  # (H,)
         self.tokens = nn.Parameter(init[None].repeat(len(self.layers), 1))  # (n_layers, H)
-
-    def learning_rate(self) -> float:
-        return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size
 
     mlm_batch_size = 12  # the MLM paper's authors' P+ runs
 

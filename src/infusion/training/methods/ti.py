@@ -28,6 +28,7 @@ from ...tokens import STAND_IN, encode_with_tokens, phrase_embedding, stand_in_e
 class TextualInversion(Method):
     name = "ti"
     default_lr = 5e-4  # diffusers textual_inversion.py, multiplied by the batch size (scale_lr)
+    scale_lr = True
     weight_decay = 1e-2  # diffusers' adam_weight_decay
     cache_text = False  # the learned token changes every step
     out_help = "a learned_embeds-style .safetensors file ({'<name>': [1, H]}), loadable by load_textual_inversion"
@@ -57,9 +58,6 @@ class TextualInversion(Method):
 
     def _encoders(self) -> list[nn.Module]:
         return [self.text_encoder] + ([self.text_encoder_2] if hasattr(self, "text_encoder_2") else [])
-
-    def learning_rate(self) -> float:
-        return self.cfg.lr if self.cfg.lr is not None else self.default_lr * self.cfg.batch_size
 
     def mlm_text_side(self) -> MLMTextSide:
         """L_MLM reaches the learned token: the concept is the stand-in, carried by ``self.token``."""

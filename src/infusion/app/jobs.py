@@ -1,0 +1,169 @@
+"""Training from the web page: one job at a time, in a background thread, through the CLI's own ``train``.
+
+A job copies the images into the library (``.images/<name>/``), trains into a staging folder inside the library
+with the settings the form shows (``--lr`` left to the method's default when the form holds that default, so the
+file equals the CLI's bit for bit), reports every step (loss, ETA) and renders a sample from each ``-stepN``
+checkpoint; only a finished output is moved into the library. Cancel stops after the current step and keeps the
+last checkpoint in the staging folder; a failure leaves the library as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import PIL.Image
+
+from .library import Library, check_name
+
+MIN_IMAGES, MAX_IMAGES = 3, 10
+MAX_BYTES = 20 * 1024 * 1024  # per file
+MAX_PIXELS = 40_000_000
+
+
+def check_images(paths: list[str | Path]) -> list[Path]:
+    """Uploaded files -> the image paths, or ``ValueError`` with a message for the page (never a trace)."""
+    paths = [Path(p) for p in paths or []]
+    if not paths:
+        raise ValueError(f"no images: drop {MIN_IMAGES}-{MAX_IMAGES} photos of your concept (or pick a built-in one)")
+    if not MIN_IMAGES <= len(paths) <= MAX_IMAGES:
+        raise ValueError(f"{len(paths)} images: use {MIN_IMAGES} to {MAX_IMAGES} photos of the concept")
+    for p in paths:
+        if p.stat().st_size > MAX_BYTES:
+            raise ValueError(f"{p.name} is {p.stat().st_size / 2**20:.0f} MB: files up to {MAX_BYTES // 2**20} MB, please")
+        try:
+            with PIL.Image.open(p) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ValueError(f"{p.name} is {im.width}x{im.height}: images up to {MAX_PIXELS // 1_000_000} "
+                                     "megapixels, please")
+                im.load()
+        except ValueError:
+            raise
+        except Exception:
+            raise ValueError(f"{p.name} is not an image this page can read (PNG, JPEG, WebP, ...)") from None
+    return paths
+
+
+@dataclass
+class Job:
+    """A training job's state, read by the page's timer."""
+
+    id: str
+    name: str
+    method: str
+    steps: int
+    status: str = "starting"  # starting | running | done | cancelled | failed
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    message: str = ""
+    samples: list[tuple[int, Path]] = field(default_factory=list)
+    result: Path | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def eta(self) -> float | None:
+        if self.step == 0:
+            return None
+        return (time.time() - self.started) / self.step * (self.steps - self.step)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "cancelled", "failed")
+
+
+class Trainer:
+    """Runs at most one ``Job``; ``start`` refuses a second one while the first runs."""
+
+    def __init__(self, library: Library, model: str, model_config: str | None = None):
+        self.library, self.model, self.model_config = library, model, model_config
+        self.job: Job | None = None
+        self._lock = threading.Lock()
+
+    def start(self, images: list[str | Path], name: str, class_phrase: str, method: str, steps: int, lr: float | None,
+              sample_every: int = 0, seed: int = 0, batch_size: int = 4, blocking: bool = False) -> Job:
+        """Validate and start; ``ValueError`` with a page message on bad input or while another job runs."""
+        from ..training import TrainConfig
+        from ..training.methods import get_method
+
+        with self._lock:
+            if self.job is not None and not self.job.finished:
+                j = self.job
+                raise ValueError(f"a training job is running (<{j.name}>, {j.method}, step {j.step}/{j.steps}): "
+                                 "wait for it or cancel it")
+            name = check_name(name)
+            if self.library.exists(name):
+                raise ValueError(f"the library already has {name!r}: pick another name or delete that entry")
+            if not (class_phrase or "").strip():
+                raise ValueError("give the class phrase: what the concept is (cat, mug, backpack)")
+            images = check_images(images)
+            if not 1 <= int(steps) <= 100_000:
+                raise ValueError("steps must be between 1 and 100,000")
+            get_method(method)
+            job = Job(uuid.uuid4().hex[:8], name, method, int(steps))
+            folder = self.library.images_dir(name)
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            for i, p in enumerate(images):
+                shutil.copyfile(p, folder / f"{i:02d}{p.suffix.lower()}")
+            staging = self.library.staging(job.id)
+            cfg = TrainConfig(model=self.model, images=str(folder), name=name, class_phrase=class_phrase.strip(),
+                              out=str(self.library.output_path(name, method, staging)), method=method,
+                              steps=int(steps), lr=lr, batch_size=int(batch_size), seed=int(seed),
+                              checkpoint_every=int(sample_every or 0), model_config=self.model_config)
+            self.job = job
+        thread = threading.Thread(target=self._run, args=(job, cfg, int(sample_every or 0)), daemon=True)
+        thread.start()
+        if blocking:
+            thread.join()
+        return job
+
+    def cancel(self) -> str:
+        if self.job is None or self.job.finished:
+            return "no training job is running"
+        self.job.cancel.set()
+        return f"cancelling <{self.job.name}> after the current step"
+
+    def _run(self, job: Job, cfg, sample_every: int) -> None:
+        from ..training import train
+        from ..training.trainer import Cancelled, step_path
+
+        def report(r) -> bool:
+            job.status, job.step = "running", r.step
+            job.losses.append(r.loss)
+            if sample_every and r.step > sample_every:  # the checkpoint of the previous interval is on disk now
+                last = (r.step - 1) // sample_every * sample_every
+                if last and (not job.samples or job.samples[-1][0] != last) and step_path(cfg.out, last).exists():
+                    self._sample(job, cfg, step_path(cfg.out, last), last)
+            return job.cancel.is_set()
+
+        try:
+            train(cfg, progress=False, callback=report)
+            job.result = self.library.add(Path(cfg.out), job.name).path
+            job.status, job.message = "done", f"<{job.name}> is in the library: {job.result.name}"
+        except Cancelled as e:
+            job.status, job.message = "cancelled", f"cancelled after step {e.step}; nothing was added to the library"
+        except Exception as e:  # shown in the page, logged with its trace
+            traceback.print_exc()
+            job.status, job.message = "failed", f"training failed: {type(e).__name__}: {e}"
+
+    def _sample(self, job: Job, cfg, checkpoint: Path, step: int) -> None:
+        """An image of ``a photo of <name>`` from ``checkpoint`` (seed 0), kept in the staging folder."""
+        import torch
+
+        from ..customized import load_customized
+
+        try:
+            model = load_customized(self.model, [checkpoint], model_config=self.model_config)
+            im = model([f"a photo of <{job.name}>"], generator=torch.Generator().manual_seed(0),
+                       num_inference_steps=20).images[0]
+            path = Path(checkpoint).with_suffix(".png") if Path(checkpoint).is_file() else Path(f"{checkpoint}.png")
+            im.save(path)
+            job.samples.append((step, path))
+        except Exception as e:  # a sample is a nicety: never stop training for it
+            job.message = f"(sample at step {step} failed: {e})"
