@@ -92,6 +92,7 @@ def test_bad_uploads_and_names_get_messages(browser_page, concept_pngs, tmp_path
     text = tmp_path / "notes.txt"
     text.write_text("these are not photos")
     page.locator("#train-images input[type=file]").set_input_files(concept_pngs[:3] + [str(text)])
+    expect(page.locator("#train-preview img")).to_have_count(3, timeout=LONG)  # the upload has landed
     page.click("#train-start")
     expect(page.locator("#train-status")).to_contain_text("notes.txt is not an image", timeout=LONG)
     page.locator("#train-images input[type=file]").set_input_files(concept_pngs)
@@ -112,6 +113,7 @@ def test_train_generate_download_compare_attention_rename_delete(browser_page, a
     page.wait_for_selector("#train-start", timeout=LONG)
     # -- train from the page: 10 steps, a sample every 5
     page.locator("#train-images input[type=file]").set_input_files(concept_pngs)
+    expect(page.locator("#train-preview img")).to_have_count(5, timeout=LONG)  # the upload has landed
     _fill(page, "train-name", "sunball")
     _fill(page, "train-class", "ball")
     _fill(page, "train-steps", 10)
@@ -130,9 +132,11 @@ def test_train_generate_download_compare_attention_rename_delete(browser_page, a
     # -- generate: base and customised side by side, PNG download with parameters
     _tab(page, "Generate")
     _fill(page, "gen-prompt", "a photo of <sunball> on the beach")
+    expect(page.locator("#gen-concepts")).to_contain_text("sunball-ti", timeout=LONG)  # the list has followed the folder
     _choose(page, "gen-concepts", "sunball")
     _fill(page, "gen-steps", 10)
     page.click("#gen-go")
+    expect(page.locator("#gen-status")).to_contain_text("1 image(s): base | customised", timeout=LONG)
     expect(page.locator("#gen-custom img")).to_have_count(1, timeout=LONG)
     expect(page.locator("#gen-base img")).to_have_count(1, timeout=LONG)
     srcs = [page.locator(f"#gen-{k} img").first.get_attribute("src") for k in ("base", "custom")]
@@ -165,6 +169,7 @@ def test_train_generate_download_compare_attention_rename_delete(browser_page, a
     _choose(page, "att-entry", "sunball")
     _fill(page, "att-prompt", "a photo of <sunball> on the beach")
     page.click("#att-go")
+    expect(page.locator("#att-status")).to_contain_text("attention maps", timeout=LONG)
     expect(page.locator("#att-out img").first).to_be_visible(timeout=LONG)
     assert page.locator("#att-out img").count() >= 2
     _shot(page, "attention")

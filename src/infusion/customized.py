@@ -240,12 +240,15 @@ def load_customized(model, files: Sequence[str | os.PathLike], model_config: str
     if len(files) > 1 and not classes[0].composable:
         raise ValueError(f"method {method!r} loads one concept at a time; got {len(files)} files")
     custom = [cls(f, m) for cls, f, m in zip(classes, files, metas)]
-    if custom[0].owns_pipeline:
-        pipe = custom[0].attach(None)
-    else:
-        pipe = base_loader()
-        _warn_on_other_base(pipe, custom)
-        for c in custom:
-            pipe = c.attach(pipe)
+    from .models import LOAD_LOCK
+
+    with LOAD_LOCK:  # attaching builds modules too (LoRA layers, tokens): one load at a time per process
+        if custom[0].owns_pipeline:
+            pipe = custom[0].attach(None)
+        else:
+            pipe = base_loader()
+            _warn_on_other_base(pipe, custom)
+            for c in custom:
+                pipe = c.attach(pipe)
     pipe.set_progress_bar_config(disable=True)
     return CustomizedModel(pipe, custom, method, base_loader)

@@ -5,6 +5,7 @@ the built-in world model). The family is read from the files; SDXL gets the XL p
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -37,7 +38,19 @@ def resolve_model(model: str) -> str:
     return model
 
 
+# diffusers and transformers build models under accelerate's init_empty_weights, which patches torch for the whole
+# process: a second thread building a module meanwhile gets meta tensors. One load at a time (the web page trains
+# in one thread and generates in another).
+LOAD_LOCK = threading.RLock()
+
+
 def load_base_pipeline(model: str, pipeline_cls=None, torch_dtype: torch.dtype | None = None, config: str | None = None):
+    """A ``StableDiffusionPipeline`` (or ``pipeline_cls``) for ``model``; thread-safe (``LOAD_LOCK``)."""
+    with LOAD_LOCK:
+        return _load(model, pipeline_cls, torch_dtype, config)
+
+
+def _load(model: str, pipeline_cls=None, torch_dtype: torch.dtype | None = None, config: str | None = None):
     """A ``StableDiffusionPipeline`` (or ``pipeline_cls``) for ``model``.
 
     model: ``tiny`` | ``world`` | a diffusers folder | a single-file ``.safetensors`` checkpoint

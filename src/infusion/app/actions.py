@@ -66,7 +66,8 @@ class Actions:
         return rows
 
     def names(self, method: str | None = None) -> list[str]:
-        return [e.name for e in self.library.entries() if method is None or e.method == method]
+        """Entry names in alphabetical order (stable while the library grows)."""
+        return sorted(e.name for e in self.library.entries() if method is None or e.method == method)
 
     def download(self, name: str) -> Path:
         """The entry as one file: itself, or a zip of its folder."""

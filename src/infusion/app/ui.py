@@ -57,7 +57,8 @@ def build(model: str = "world", library: str = "library", model_config: str | No
     def default_lr(method: str, batch: int = 4) -> float:
         return get_method(method).default_learning_rate(model, batch)
 
-    with gr.Blocks(title="infusion", analytics_enabled=False) as page:
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: works offline
+    with gr.Blocks(title="infusion", analytics_enabled=False, theme=theme) as page:
         gr.Markdown(f"# infusion\nCustomise **{model}** with a few photos, generate, compare. Library: `{lib.folder}`")
 
         # -- Train --------------------------------------------------------------------------------
@@ -97,7 +98,14 @@ def build(model: str = "world", library: str = "library", model_config: str | No
                 return paths, paths, choice, get_concept(choice).class_phrase
 
             builtin.change(pick_builtin, builtin, [images, preview, name, phrase])
-            images.upload(lambda files: files or [], images, preview)
+            def shown(files):  # the preview shows the images among the uploads (the check at start names the rest)
+                from pathlib import Path
+
+                from ..training.data import IMAGE_SUFFIXES
+
+                return [f for f in files or [] if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+
+            images.upload(shown, images, preview)
             method.change(lambda m: default_lr(m), method, lr)
 
             @_safe(0, 2)
@@ -188,7 +196,8 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             def on_attention(nm, p, s):
                 if not nm:
                     raise ValueError("pick an Infusion concept")
-                return actions.attention(nm, p, s), ""
+                cells = actions.attention(nm, p, s)
+                return cells, f"{len(cells) - 1} attention maps (brighter: more attention on the concept's tokens)"
 
             att_go.click(on_attention, [att_entry, att_prompt, att_seed], [att_out, att_status])
 
@@ -250,6 +259,21 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             rename_btn.click(on_rename, [lib_entry, new_name], [table, lib_entry, lib_status])
             delete_btn.click(on_delete, [lib_entry, sure], [table, lib_entry, lib_status])
             download_btn.click(on_download, lib_entry, [lib_file, lib_status])
+
+        # every list of library entries follows the folder (a CLI run, another tab): polled, updated on change
+        seen = gr.State(None)
+        poll = gr.Timer(2.0)
+
+        def follow(last):
+            sig = tuple((e.name, e.modified) for e in lib.entries())
+            if sig == last:
+                return (gr.update(),) * 6 + (last,)
+            names, inf = actions.names(), actions.names("infusion")
+            return (gr.update(choices=names), gr.update(choices=names), gr.update(choices=inf), actions.table(),
+                    gr.update(choices=names), gr.update(), sig)
+
+        poll.tick(follow, seen, [gen_concepts, cmp_entries, att_entry, table, lib_entry, lib_status, seen],
+                  show_progress="hidden")
     return page
 
 

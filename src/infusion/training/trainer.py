@@ -174,7 +174,10 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True, callback=None):
 
     fingerprint = base_fingerprint(*families.fingerprint_modules(pipe))
 
-    method = method_cls(pipe, cfg)
+    from ..models import LOAD_LOCK
+
+    with LOAD_LOCK:  # methods build parameters and layers: not while another thread loads a model (models.py)
+        method = method_cls(pipe, cfg)
     method.attach_latents(mean * scaling, std * scaling)  # (M, 4, h, w) each: what the instance rows are drawn from
     method.to(accelerator.device)
     captions = [t.format(f"<{cfg.name}>") for t in caption_templates(cfg.model)]
