@@ -163,3 +163,32 @@ def test_cli_prompts_and_pretrain(text_encoder, tmp_path, capsys):
     assert half.stat().st_size < 0.6 * out.stat().st_size
     with pytest.raises(ValueError, match="save_dtype must be float32 or float16"):
         PretrainConfig(save_dtype="bfloat16")
+
+
+def test_authors_objective_counts_every_real_token_with_masked_ones_weighted(text_encoder, tokenizer, captions):
+    """objective non_padding (the MLM paper's mlm/train_mlm.sh: --mlm_target non_padding --mlm_weight 5): CE at every
+    real token (BOS, words, EOS; never padding), masked tokens x5, divided by the number of real tokens."""
+    import torch.nn.functional as F
+
+    from infusion.mlm import Contextualizer
+    from infusion.mlm.masking import encode_masked, sample_mask
+
+    torch.manual_seed(0)
+    model = Contextualizer(ContextualizerConfig(WIDTH, vocab_size=len(tokenizer), n_layers=2, dropout=0.0)).eval()
+    mask_emb = torch.randn(WIDTH)
+    batch = make_batch(tokenize_captions(captions[:6], tokenizer), tokenizer)
+    assert (batch.attention_mask == 0).any()  # rows of different lengths: padding exists and must not count
+    with torch.no_grad():
+        got = mlm_loss(text_encoder, model, mask_emb, batch, torch.Generator().manual_seed(5), 0.25,
+                       target="non_padding", masked_weight=5.0)
+        mask = sample_mask(batch.maskable, 0.25, torch.Generator().manual_seed(5))
+        states = encode_masked(text_encoder, batch.input_ids, mask, mask_emb)
+        logits = model(states, batch.attention_mask)  # (B, L, V)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), batch.input_ids.flatten(), reduction="none").view(mask.shape)
+        w = torch.where(mask, 5.0, 1.0) * batch.attention_mask
+        want = (ce * w).sum() / batch.attention_mask.sum()
+        masked_only = mlm_loss(text_encoder, model, mask_emb, batch, torch.Generator().manual_seed(5), 0.25)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(masked_only, ce[mask].mean(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="objective must be masked or non_padding"):
+        PretrainConfig(objective="all")

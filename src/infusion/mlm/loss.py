@@ -30,13 +30,21 @@ def mlm_loss(
     generator: torch.Generator | None = None,
     mask_rate: float = 0.15,
     embed_fn: EmbedFn | None = None,
+    target: str = "masked",
+    masked_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Cross-entropy of the contextualizer's predictions at the masked positions (scalar).
+    """Cross-entropy of the contextualizer's predictions (scalar).
 
     Masks ``mask_rate`` of ``batch.maskable`` (never BOS/EOS/padding or protected concept/class
     tokens), runs the text encoder on [MASK]-substituted input embeddings, and predicts the
-    original ids from its last hidden states (B, L, H).
+    original ids from its last hidden states (B, L, H). ``target="masked"``: the mean over the masked
+    positions (the regulariser, as the authors' customisation scripts: ``mlm_target='masked'``);
+    ``"non_padding"``: every real token (BOS, words, EOS), masked ones weighted ``masked_weight``, as the
+    authors pretrain their contextualizer (``mlm/train_mlm.sh``: ``--mlm_target non_padding --mlm_weight 5``),
+    normalised by the number of real tokens.
     """
+    if target not in ("masked", "non_padding"):
+        raise ValueError(f"MLM target must be masked or non_padding, got {target!r}")
     mask = sample_mask(batch.maskable, mask_rate, generator)  # (B, L)
     if not bool(mask.any()):
         raise ValueError("no token can be masked: every prompt holds only special, concept or class tokens")
@@ -48,6 +56,12 @@ def mlm_loss(
             "added tokens (e.g. a TI placeholder) must be part of the protected concept text"
         )
     states = encode_masked(text_encoder, batch.input_ids, mask, mask_embedding, embed_fn)  # (B, L, H)
+    if target == "non_padding":
+        real = batch.attention_mask.bool()  # (B, L)
+        logits = contextualizer(states, batch.attention_mask, select=real)  # (R, V)
+        ce = F.cross_entropy(logits.float(), batch.input_ids[real], reduction="none")  # (R,)
+        weight = torch.where(mask[real], float(masked_weight), 1.0)
+        return (ce * weight).sum() / real.sum()
     logits = contextualizer(states, batch.attention_mask, select=mask)  # (M, V)
     return F.cross_entropy(logits.float(), targets)
 

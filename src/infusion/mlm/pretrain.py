@@ -46,6 +46,10 @@ class PretrainConfig:
     mask_rate: float = field(default=0.15, metadata={"help": "share of maskable tokens replaced by [MASK]"})
     seed: int = field(default=0, metadata={"help": "seed of batches, masks, dropout and init"})
     checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints (0: only at the end)"})
+    objective: str = field(default="masked", metadata={"help": (
+        "masked: loss at the masked tokens only; non_padding: every real token, the masked ones weighted "
+        "--masked-weight (the MLM paper's authors' mlm/train_mlm.sh, with mask rate 0.25)")})
+    masked_weight: float = field(default=5.0, metadata={"help": "weight of masked tokens with objective non_padding"})
     save_dtype: str = field(default="float32", metadata={"help": "dtype of the output file's weights: float32 or float16 "
                                                                  "(half the size; checkpoints stay float32)"})
 
@@ -56,6 +60,8 @@ class PretrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 < self.mask_rate <= 1.0:
             raise ValueError(f"mask_rate must be in (0, 1], got {self.mask_rate}")
+        if self.objective not in ("masked", "non_padding"):
+            raise ValueError(f"objective must be masked or non_padding, got {self.objective!r}")
         if self.save_dtype not in ("float32", "float16"):
             raise ValueError(f"save_dtype must be float32 or float16, got {self.save_dtype!r}")
 
@@ -206,7 +212,10 @@ def pretrain_contextualizer(
     losses: list[float] = []
     done = start  # steps completed
     try:
-        bar = tqdm(range(start, config.steps), desc="pretrain contextualizer", disable=not progress, initial=start, total=config.steps)
+        import sys
+
+        bar = tqdm(range(start, config.steps), desc="pretrain contextualizer", disable=not progress, initial=start,
+                   total=config.steps, mininterval=0.1 if sys.stderr.isatty() else 30)  # logs: a line every 30 s
         for step in bar:
             g = torch.Generator().manual_seed(_step_seed(config.seed, step))
             idx = torch.randint(len(ids), (config.batch_size,), generator=g).tolist()
@@ -215,7 +224,8 @@ def pretrain_contextualizer(
                 group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(_step_seed(config.seed, step))  # dropout
-                loss = mlm_loss(text_encoder, model, mask_embedding, batch, g, config.mask_rate)
+                loss = mlm_loss(text_encoder, model, mask_embedding, batch, g, config.mask_rate,
+                                target=config.objective, masked_weight=config.masked_weight)
             if not math.isfinite(loss.item()):
                 raise ValueError(f"non-finite MLM loss at step {step}; lower --lr (the last checkpoint is kept)")
             optimizer.zero_grad(set_to_none=True)
@@ -223,7 +233,7 @@ def pretrain_contextualizer(
             optimizer.step()
             done = step + 1
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
                 save(ckpt, done, with_optimizer=True)
     except KeyboardInterrupt:
