@@ -82,22 +82,10 @@ def tiny_sd_pipeline(seed: int = 0, sample_size: int = 8, cross_dim: int = 32, t
     channels, 2x downsampling (images are ``2*sample_size`` px); CLIP text encoder: 2 layers of
     width ``cross_dim`` over the real tokenizer's vocabulary; DDIM scheduler.
     """
-    from diffusers import UNet2DConditionModel
-
     tokenizer = load_tokenizer()
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_dim,
-        attention_head_dim=2,
-        norm_num_groups=8,
-    )
+    unet = _tiny_unet(sample_size, cross_dim, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2)
     vae = _tiny_vae(sample_size)
     text_encoder = clip_text_encoder(cross_dim, layers=2, heads=2, ff_mult=2, tokenizer=tokenizer, vocab_size=text_vocab)
     return assemble_pipeline(vae, text_encoder, unet, tokenizer)
@@ -117,6 +105,14 @@ def sd15_unet_config() -> dict:
         attention_head_dim=8,
         norm_num_groups=32,
     )
+
+
+def _tiny_unet(sample_size: int, cross_dim: int, **config):
+    """A 2-block UNet (32/64 channels, one layer per block, 8 norm groups); ``config`` sets the rest."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), cross_attention_dim=cross_dim, norm_num_groups=8, **config)
 
 
 def _tiny_vae(sample_size: int):
@@ -142,27 +138,14 @@ def tiny_sdxl_pipeline(seed: int = 0, sample_size: int = 8):
     (= 32 + 32, the concatenated encoders) with transformer depth 1 and 2, linear projections,
     ``addition_embed_type="text_time"`` (pooled text + 6 micro-conditioning ids); DDIM.
     """
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
 
     tokenizer, tokenizer_2 = load_tokenizer(), load_tokenizer(pad_token="!")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64,
-        norm_num_groups=8,
-    )
+    unet = _tiny_unet(sample_size, 64, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                      attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+                      addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
     vae = _tiny_vae(sample_size)
     text_encoder = clip_text_encoder(32, layers=2, heads=2, ff_mult=2, tokenizer=tokenizer)
     text_encoder_2 = clip_text_encoder(32, layers=2, heads=2, ff_mult=2, tokenizer=tokenizer_2, projection_dim=32,
@@ -179,23 +162,13 @@ def tiny_sd2_pipeline(seed: int = 0, sample_size: int = 8):
     """A StableDiffusionPipeline shaped like SD 2.x: an OpenCLIP-style text encoder (GELU, "!" padding, width 64,
     standing for SD2's 1024), per-block head dims with linear projections in the transformers, and a
     v-prediction DDIM scheduler."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
 
     tokenizer = load_tokenizer(pad_token="!")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        norm_num_groups=8,
-    )
+    unet = _tiny_unet(sample_size, 64, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4),
+                      use_linear_projection=True)
     text_encoder = clip_text_encoder(64, layers=2, heads=4, ff_mult=2, tokenizer=tokenizer, hidden_act="gelu")
     scheduler = DDIMScheduler.from_config(ddim_scheduler().config, prediction_type="v_prediction")
     return assemble_pipeline(_tiny_vae(sample_size), text_encoder, unet, tokenizer, scheduler)
