@@ -390,3 +390,15 @@ def test_xl_lfd_and_eps_accept_sdxl(xl, tmp_path):
     eps = model.eps(z, t, ["a photo of <mycat>", "a dog"])
     ref = UNetEps.from_pipeline(xl)(z, t, ["a photo of cat", "a dog"])
     torch.testing.assert_close(eps, ref, rtol=0, atol=1e-5)
+
+
+def test_xl_training_with_gradient_checkpointing_and_bf16(xl, tmp_path, checkpoint_calls):
+    from infusion.training import TrainConfig, train
+
+    images = write_square_images(tmp_path / "images", n=2)
+    concept = train(TrainConfig(model="tiny-sdxl", images=str(images), name="mycat", class_phrase="cat",
+                                out=str(tmp_path / "c.safetensors"), steps=2, batch_size=1, mixed_precision="bf16",
+                                gradient_checkpointing=True), pipe=xl, progress=False)
+    assert checkpoint_calls  # the UNet's blocks ran through torch.utils.checkpoint
+    assert all(torch.isfinite(d).all() for d in concept.deltas.values())
+    assert any(float(d.abs().max()) > 0 for d in concept.deltas.values())
