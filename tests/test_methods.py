@@ -389,3 +389,32 @@ print("TRAINING_MODULES", bad)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "TRAINING_MODULES []" in out.stdout, out.stdout
+
+
+def test_perfusion_concept_rows_only_gives_the_base_model_on_concept_free_prompts(trained, tmp_path):
+    """``--method-arg concept_rows_only=true`` (a departure from the paper): a prompt without the concept gets the stock
+    K/V in every attn2 (CFG's empty row too), so its image is the base model's bit for bit; without it the
+    rank-one edit moves every row (the leak docs/results.md measures); prompts with the concept still change."""
+    import json
+
+    from infusion.io import read_safetensors, save_safetensors_atomic
+
+    src = trained["perfusion"][2]
+    tensors, meta = read_safetensors(src)
+    training = json.loads(meta["training"])
+    training["method_args"] = {**training.get("method_args", {}), "concept_rows_only": True}
+    save_safetensors_atomic(tensors, tmp_path / "rows.safetensors", {**meta, "training": json.dumps(training)})
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kw = dict(num_inference_steps=3, output_type="np", return_base=True)
+    for path, exact in ((tmp_path / "rows.safetensors", True), (src, False)):
+        gen = load_customized("tiny", [path])
+        free = gen(["a photo of a teddy bear on the beach"], generator=g(), **kw)
+        assert np.array_equal(free.images, free.base_images) == exact, path
+        named = gen(["a photo of <mycat> on the beach"], generator=g(), **kw)
+        assert not np.array_equal(named.images, named.base_images)
+    eps_gen = load_customized("tiny", [tmp_path / "rows.safetensors"])
+    z, t = torch.randn(2, 4, 8, 8, generator=g()), torch.tensor([500, 500])
+    eps = eps_gen.eps(z, t, ["a photo of a teddy bear", "a photo of <mycat>"])
+    with eps_gen.customizations[0].disabled(eps_gen.pipe):
+        base = eps_gen.eps(z, t, ["a photo of a teddy bear", "a photo of a teddy bear"])
+    assert torch.equal(eps[0], base[0]) and not torch.equal(eps[1], base[1])

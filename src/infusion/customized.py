@@ -98,8 +98,9 @@ class CustomizedModel:
             return UNetEps.from_pipeline(self.pipe)(z_t, t, [substitute(p, phrases)[0] for p in prompts])
         states, layers = self.encode(list(prompts))
         unet = self.pipe.unet
-        return unet(z_t.to(unet.dtype), t, encoder_hidden_states=states.to(unet.dtype),
-                    cross_attention_kwargs=self._kwargs(layers)).sample
+        with self._rows(list(prompts)):
+            return unet(z_t.to(unet.dtype), t, encoder_hidden_states=states.to(unet.dtype),
+                        cross_attention_kwargs=self._kwargs(layers)).sample
 
     # -- generation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -145,11 +146,21 @@ class CustomizedModel:
         pos, pos_layers = self.encode(prompts)
         neg, neg_layers = self.encode(negatives)
         layers = None
+        cfg = common["guidance_scale"] > 1.0
         if pos_layers is not None:
-            cfg = common["guidance_scale"] > 1.0
             layers = {k: torch.cat([neg_layers[k], v]) if cfg else v for k, v in pos_layers.items()}
-        return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, cross_attention_kwargs=self._kwargs(layers),
-                    latents=latents, **common).images
+        with self._rows((negatives if cfg else []) + prompts):  # the pipeline's rows: [negatives, prompts] with CFG
+            return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, cross_attention_kwargs=self._kwargs(layers),
+                        latents=latents, **common).images
+
+    def _rows(self, prompts: list[str]) -> ExitStack:
+        """Each loader's ``concept_rows`` context for a UNet batch of ``prompts`` (one row each)."""
+        names = set(self.names)
+        flags = [any(n in names for n in find_placeholders(p)) for p in prompts]
+        stack = ExitStack()
+        for c in self.customizations:
+            stack.enter_context(c.concept_rows(flags))
+        return stack
 
     def _base_images(self, prompts, negatives, latents, common):
         phrases = self.class_phrases

@@ -49,8 +49,10 @@ def register(sub) -> None:
     pt.add_argument("--captions", required=True, help="UTF-8 text file, one caption per line, or 'world' "
                     "(20,000 captions of the built-in world's scenes, as `infusion mlm captions` prints them)")
     pt.add_argument("--out", required=True, help="output .safetensors (checkpoint beside it: NAME.ckpt.safetensors)")
+    kinds = {"steps": int, "batch_size": int, "lr": float}  # their defaults depend on the model
     for f in dataclasses.fields(PretrainConfig):
-        pt.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"])
+        pt.add_argument(f"--{f.name.replace('_', '-')}", type=kinds.get(f.name, type(f.default)), default=f.default,
+                        help=f.metadata["help"])
     pt.add_argument("--d-model", type=int, default=None, help="contextualizer width (default: the text encoder's)")
     pt.add_argument("--layers", type=int, default=4, help="contextualizer transformer blocks")
     pt.add_argument("--heads", type=int, default=4, help="attention heads per block")
@@ -86,6 +88,7 @@ def run_pretrain(args) -> int:
 
     captions = world_captions(20000) if args.captions == "world" else read_captions(args.captions)
     config = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
+    config = config.for_model(args.model)
     text_encoder, tokenizer = load_text_side(args.model)
     width = text_encoder.get_input_embeddings().weight.shape[1]
     model_config = ContextualizerConfig(

@@ -50,6 +50,11 @@ class Customization:
         """Context in which ``pipe`` generates as the base model."""
         return nullcontext()
 
+    def concept_rows(self, flags: list[bool]):
+        """Context for one UNet batch whose rows are ``flags`` (True: the row's prompt names a loaded concept), for
+        loaders that treat concept-free rows differently (Perfusion's ``concept_rows_only``)."""
+        return nullcontext()
+
 
 @contextmanager
 def stock_attention(pipe):

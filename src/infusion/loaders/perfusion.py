@@ -20,6 +20,7 @@ class RankOneEdit:
     """
 
     def __init__(self, concept_input, superclass_input, cov_inv_concept, value_targets, beta=0.75, tau=0.1):
+        self.rows: torch.Tensor | None = None  # (B,) bool: edit only these batch rows (None: every row, the paper)
         self.concept_input, self.superclass_input = concept_input, superclass_input
         self.cov_inv_concept, self.value_targets = cov_inv_concept, value_targets
         self.beta, self.tau = float(beta), float(tau)
@@ -43,8 +44,14 @@ class PerfusionProcessor(KeyValueProcessor):
         if e is None:
             return None
         key_target = F.linear(e.superclass_input.to(text.dtype), attn.to_k.weight)  # (D,): locked to the class
-        k = e.project(text, attn.to_k.weight, attn.to_k(text), key_target)  # (B, L, D)
-        v = e.project(text, attn.to_v.weight, attn.to_v(text), e.value_targets[self.layer])  # (B, L, D)
+        k_stock, v_stock = attn.to_k(text), attn.to_v(text)  # (B, L, D)
+        k = e.project(text, attn.to_k.weight, k_stock, key_target)  # (B, L, D)
+        v = e.project(text, attn.to_v.weight, v_stock, e.value_targets[self.layer])  # (B, L, D)
+        if e.rows is not None:  # concept_rows_only: rows whose prompt names no concept keep the stock projection
+            if e.rows.shape[0] != text.shape[0]:
+                raise ValueError(f"{e.rows.shape[0]} row flags for a batch of {text.shape[0]} rows")
+            keep = e.rows.to(text.device)[:, None, None]
+            k, v = torch.where(keep, k, k_stock), torch.where(keep, v, v_stock)
         return k, v
 
 
@@ -85,8 +92,31 @@ class PerfusionCustomization(Customization):
                                 float(self.meta.get("inference_beta", self.meta.get("beta", 0.75))),
                                 float(self.meta.get("inference_temperature", self.meta.get("temperature", 0.1))))
         self.token = t["token"][0]  # (H,)
+        import json
+
+        args = json.loads(self.meta.get("training") or "{}").get("method_args") or {}
+        self.rows_only = str(args.get("concept_rows_only", False)).lower() in ("1", "true", "yes")
         install_perfusion(pipe.unet, self.edit)
         return pipe
+
+    def concept_rows(self, flags: list[bool]):
+        """With ``concept_rows_only`` (a departure from the paper, off by default): the edit applies only to rows
+        whose prompt names the concept; the others (e.g. a plain "a photo of a cat", CFG's empty prompt) get the
+        stock K/V projections, so concept-free prompts give the base model's output exactly."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def ctx():
+            if not self.rows_only:
+                yield
+                return
+            self.edit.rows = torch.tensor(flags, dtype=torch.bool)
+            try:
+                yield
+            finally:
+                self.edit.rows = None
+
+        return ctx()
 
     def encode(self, pipe, prompts):
         token = self.token.to(pipe.text_encoder.device, pipe.text_encoder.dtype)

@@ -83,6 +83,8 @@ class Perfusion(Method):
     customization_cls = PerfusionCustomization
     method_args_help = {"beta": "gate threshold in training (default 0.75)", "temperature": "gate temperature in training (default 0.1)",
                         "inference_beta": "gate threshold at generation (default 0.70)",
+                        "concept_rows_only": "at generation, prompts without the concept keep the stock K/V (exactly the "
+                                             "base model; a departure from the paper, default false)",
                         "inference_temperature": "gate temperature at generation (default 0.15)"}
     ema_decay = 0.99  # paper / perfusion-pytorch input_decay
 
