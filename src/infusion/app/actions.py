@@ -38,10 +38,25 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _one_at_a_time(method):
+    """Cached pipelines hold scheduler state: generations of one ``Actions`` run one at a time (``self.busy``)."""
+    import functools
+
+    @functools.wraps(method)
+    def inner(self, *args, **kwargs):
+        with self.busy:
+            return method(self, *args, **kwargs)
+
+    return inner
+
+
 class Actions:
     def __init__(self, model: str, library: Library, model_config: str | None = None):
+        import threading
+
         self.model, self.library, self.model_config = model, library, model_config
         self._fingerprint: str | None = None
+        self.busy = threading.RLock()  # see _one_at_a_time
 
     # -- library --------------------------------------------------------------------------------
     def base_fingerprint(self) -> str:
@@ -81,9 +96,23 @@ class Actions:
         return Path(shutil.make_archive(str(dest), "zip", root_dir=e.path))
 
     # -- generation -----------------------------------------------------------------------------
-    def _loaded(self, names: list[str]):
+    CACHE = 2  # loaded generators kept (a real model takes seconds to load; the world a fraction of one)
+
+    def _load(self, paths: list[Path]):
+        """``load_customized`` for ``paths``, cached by (path, modification time) for the last ``CACHE`` sets."""
         from ..customized import load_customized
 
+        key = tuple((str(p), p.stat().st_mtime_ns) for p in paths)
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            while len(cache) >= self.CACHE:
+                cache.pop(next(iter(cache)))
+            cache[key] = load_customized(self.model, paths, model_config=self.model_config)
+        else:
+            cache[key] = cache.pop(key)  # most recently used last
+        return cache[key]
+
+    def _loaded(self, names: list[str]):
         entries = [self.library.get(n) for n in names]
         if not entries:
             raise ValueError("pick at least one concept from the library")
@@ -92,8 +121,9 @@ class Actions:
             raise ValueError(f"one method at a time here (picked: {', '.join(sorted(methods))}); use Compare for that")
         warnings = [f"⚠ <{e.name}> was trained on another base model ({e.base_model})" for e in entries
                     if not self.compatible(e)]
-        return load_customized(self.model, [e.path for e in entries], model_config=self.model_config), entries, warnings
+        return self._load([e.path for e in entries]), entries, warnings
 
+    @_one_at_a_time
     def generate(self, prompt: str, names: list[str], negative: str = "", seeds: str = "0", steps: int = 25,
                  guidance: float = 8.0):
         """-> (base images, customised images, PNG paths, notes). Each PNG holds its parameters (``save_png``)."""
@@ -116,6 +146,7 @@ class Actions:
                 files.append(path)
         return base, custom, files, "\n".join(notes)
 
+    @_one_at_a_time
     def compare(self, prompt: str, names: list[str], seed: int = 0, steps: int = 25, guidance: float = 8.0,
                 scores: bool = False):
         """One prompt (``<concept>`` stands for each entry) and seed across entries of any methods, base first.
@@ -125,15 +156,13 @@ class Actions:
                              "e.g. a photo of a <concept> on the beach")
         if not names:
             raise ValueError("pick the library entries to compare")
-        from ..customized import load_customized
-
         steps = _check_steps(steps)
         g = lambda: torch.Generator().manual_seed(int(seed))  # noqa: E731
         kw = dict(num_inference_steps=steps, guidance_scale=float(guidance))
         cells = []
         for i, name in enumerate(names):
             e = self.library.get(name)
-            model = load_customized(self.model, [e.path], model_config=self.model_config)
+            model = self._load([e.path])
             text = prompt.replace("<concept>", f"<{e.name}>")
             out = model([text], generator=g(), return_base=(i == 0), **kw)
             if i == 0:
@@ -158,6 +187,7 @@ class Actions:
             out.append((im, cap + extra, text, e))
         return out
 
+    @_one_at_a_time
     def attention(self, name: str, prompt: str, seed: int = 0, steps: int = 25, guidance: float = 8.0):
         """The base model's cross-attention on an Infusion concept's tokens (where its residual lands): per
         resolution, averaged over heads, steps and layers, overlaid on the customised image. -> [(image, caption)]."""
