@@ -44,6 +44,11 @@ def test_xl_folder_loads_as_xl(xl, tmp_path):
     assert family_of_files(tmp_path / "sdxl") == "sdxl"
     pipe = InfusionPipeline.from_pretrained(str(tmp_path / "sdxl"))
     assert type(pipe) is InfusionXLPipeline
+    from diffusers import StableDiffusionXLPipeline
+
+    from infusion.models import load_base_pipeline
+
+    assert type(load_base_pipeline(str(tmp_path / "sdxl"))) is StableDiffusionXLPipeline  # what `infusion train` loads
 
 
 @pytest.mark.parametrize("negative", [None, "blurry"])
@@ -402,3 +407,18 @@ def test_xl_training_with_gradient_checkpointing_and_bf16(xl, tmp_path, checkpoi
     assert checkpoint_calls  # the UNet's blocks ran through torch.utils.checkpoint
     assert all(torch.isfinite(d).all() for d in concept.deltas.values())
     assert any(float(d.abs().max()) > 0 for d in concept.deltas.values())
+
+
+def test_single_file_family_is_read_from_its_keys(tmp_path):
+    """An SDXL single-file checkpoint holds the second text encoder under conditioner.embedders.1 (no config needed
+    to tell the family); an SD 1.x/2.x one does not; a --model-config folder decides when given."""
+    from safetensors.torch import save_file
+
+    from infusion.families import family_of_files
+
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(tmp_path / "xl.safetensors"))
+    save_file({"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(2)},
+              str(tmp_path / "sd.safetensors"))
+    assert family_of_files(tmp_path / "xl.safetensors") == "sdxl"
+    assert family_of_files(tmp_path / "sd.safetensors") == "sd"
+    assert family_of_files("some/hub-id") is None
