@@ -30,6 +30,12 @@ LEARN = (  # tag, method, lr, steps, method args
     ("infusion residual=query t_max=0.7", "infusion", 1e-2, 1000, {"residual": "query", "t_max": 0.7}),
     ("infusion paired=true", "infusion", 1e-2, 1000, {"paired": True}),
     ("infusion residual=query paired=true", "infusion", 1e-2, 1000, {"residual": "query", "paired": True}),
+    ("infusion residual=query paired=true paired_strength=0.7", "infusion", 1e-2, 1000,
+     {"residual": "query", "paired": True, "paired_strength": 0.7}),
+    ("infusion residual=query paired=true paired_strength=0.7, 2000 steps", "infusion", 1e-2, 2000,
+     {"residual": "query", "paired": True, "paired_strength": 0.7}),
+    ("infusion residual=query paired=true paired_strength=0.85", "infusion", 1e-2, 1000,
+     {"residual": "query", "paired": True, "paired_strength": 0.85}),
 )
 
 

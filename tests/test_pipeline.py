@@ -148,3 +148,19 @@ def test_sd2_style_unet_linear_projection_and_v_prediction(concept_images, tmp_p
     pipe = InfusionPipeline.from_pipe(base)
     out = _run(pipe, "a photo of <mycat>", [concept])
     assert out.images.shape == (1, 16, 16, 3) and np.isfinite(out.images).all()
+
+
+def test_return_attention_maps_do_not_change_images(tiny_pipe):
+    """``return_attention``: per concept and resolution (B, h, w) maps of F's attention on its tokens, zero where a
+    prompt does not name it, each a mean of softmax columns (in [0, 1]); the images are those of a plain call."""
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    c = random_concept(pipe, scale=2.0)
+    prompts = ["a photo of <mycat> on the beach", "a tree"]
+    out = _run(pipe, prompts, [c], return_attention=True)
+    plain = _run(pipe, prompts, [c])
+    assert np.array_equal(out.images, plain.images) and plain.attention is None
+    maps = out.attention["mycat"]
+    assert sorted(maps) == [(4, 4), (8, 8)]  # the tiny UNet's two attn2 resolutions at 16 px
+    for m in maps.values():
+        assert m.shape[0] == 2 and torch.all(m[1] == 0) and float(m[0].min()) >= 0 and float(m[0].max()) <= 1
+        assert float(m[0].sum()) > 0
