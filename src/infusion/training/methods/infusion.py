@@ -31,6 +31,9 @@ from ...prompts import parse_prompt, phrase_token_count
 from .base import Method, TextBatch, register_method, param_key
 
 RESIDUALS = ("value", "query")
+# Redraw depth of paired training. <sunball>, residual=query, 1,000 steps, 12 validation prompts x 2 seeds
+# (look rate / text fid. / concept fid.): 0.4 -> 0.08 / 0.93 / 0.52, 0.7 -> 0.13 / 0.95 / 0.59, 0.85 -> 0.08 / 0.92 / 0.51
+PAIRED_STRENGTH = 0.7
 
 
 @register_method
@@ -44,7 +47,8 @@ class InfusionMethod(Method):
         "query_rank": "rank r of the query term (default 4)",
         "t_max": "inject only at timesteps t < t_max * T, in training and generation (default 1.0: every step, the paper's)",
         "paired": "F runs on base-model redraws of the training images (default false: on the images, the paper's)",
-        "paired_strength": "how far the redraw starts from the image, fraction of T (default 0.4: on the world it keeps layout and background)",
+        "paired_strength": "how far the redraw starts from the image, fraction of T (default 0.7: on the world's "
+                           "validation prompts it beats 0.4 and 0.85 on look rate, text and concept fidelity)",
         "paired_views": "redraws per training image (default 4)",
     }
 
@@ -62,7 +66,7 @@ class InfusionMethod(Method):
         self.paired = str(cfg.method_args.get("paired", False)).lower() in ("1", "true", "yes")
         if self.paired and self.family != "sd":
             raise ValueError("--method-arg paired=true supports Stable Diffusion 1.x/2.x models only")
-        if self.paired and not 0 < float(cfg.method_args.get("paired_strength", 0.4)) <= 1:
+        if self.paired and not 0 < float(cfg.method_args.get("paired_strength", PAIRED_STRENGTH)) <= 1:
             raise ValueError("--method-arg paired_strength must be in (0, 1] (a fraction of the training timesteps)")
         if self.paired and int(cfg.method_args.get("paired_views", 4)) < 1:
             raise ValueError("--method-arg paired_views must be >= 1")
@@ -98,7 +102,7 @@ class InfusionMethod(Method):
         if not self.paired:
             return
         args = self.cfg.method_args
-        strength, views = float(args.get("paired_strength", 0.4)), int(args.get("paired_views", 4))
+        strength, views = float(args.get("paired_strength", PAIRED_STRENGTH)), int(args.get("paired_views", 4))
         pipe = self._pipe
         from diffusers import DDIMScheduler
 
