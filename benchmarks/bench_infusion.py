@@ -35,7 +35,7 @@ import torch
 
 def build(kind: str, latent: int):
     """A StableDiffusionPipeline: ``sd15`` (SD1.5 UNet config) or ``tiny``."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from infusion.tiny import sd15_unet_config, tiny_sd_pipeline
@@ -44,12 +44,7 @@ def build(kind: str, latent: int):
         return tiny_sd_pipeline()
     if kind == "sdxl":
         return build_sdxl(latent)
-    torch.manual_seed(0)
-    cfg = sd15_unet_config()
-    cfg["sample_size"] = latent
-    unet = UNet2DConditionModel(**cfg)
-    vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32), latent_channels=4, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    unet, vae = _unet_and_small_vae(sd15_unet_config(), latent)
     base = tiny_sd_pipeline()
     te = CLIPTextModel(CLIPTextConfig(vocab_size=len(base.tokenizer), hidden_size=768, intermediate_size=3072,
                                       num_hidden_layers=1, num_attention_heads=12, max_position_embeddings=77))
@@ -60,18 +55,24 @@ def build(kind: str, latent: int):
     return pipe
 
 
+def _unet_and_small_vae(config: dict, latent: int):
+    """The UNet of ``config`` (seeded random weights) at ``latent`` size, and a small 8x VAE (off the per-step path)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**config, "sample_size": latent})
+    vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32), latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    return unet, vae
+
+
 def build_sdxl(latent: int):
     """SDXL 1.0's UNet (exact config, random weights) with small stand-ins for the parts off the per-step path."""
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
 
     from infusion.tiny import clip_text_encoder, ddim_scheduler, load_tokenizer, sdxl_unet_config
 
-    torch.manual_seed(0)
-    cfg = sdxl_unet_config()
-    cfg["sample_size"] = latent
-    unet = UNet2DConditionModel(**cfg)
-    vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32), latent_channels=4, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    unet, vae = _unet_and_small_vae(sdxl_unet_config(), latent)
     tok, tok2 = load_tokenizer(), load_tokenizer(pad_token="!")
     te = clip_text_encoder(768, layers=1, heads=12, tokenizer=tok)
     te2 = clip_text_encoder(1280, layers=1, heads=20, tokenizer=tok2, projection_dim=1280, hidden_act="gelu")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import PIL.Image
 
+from ..training.data import load_rgb
 from .library import Library, check_name
 
 MIN_IMAGES, MAX_IMAGES = 3, 10
@@ -37,14 +38,15 @@ def check_images(paths: list[str | Path]) -> list[Path]:
         if p.stat().st_size > MAX_BYTES:
             raise ValueError(f"{p.name} is {p.stat().st_size / 2**20:.0f} MB: files up to {MAX_BYTES // 2**20} MB, please")
         try:
-            with PIL.Image.open(p) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ValueError(f"{p.name} is {im.width}x{im.height}: images up to {MAX_PIXELS // 1_000_000} "
-                                     "megapixels, please")
-                im.load()
-        except ValueError:
-            raise
+            with PIL.Image.open(p) as im:  # the header only: refuse huge images before decoding them
+                w, h = im.size
         except Exception:
+            raise ValueError(f"{p.name} is not an image this page can read (PNG, JPEG, WebP, ...)") from None
+        if w * h > MAX_PIXELS:
+            raise ValueError(f"{p.name} is {w}x{h}: images up to {MAX_PIXELS // 1_000_000} megapixels, please")
+        try:
+            load_rgb(p)  # what training will do with it (the trainer's own reader)
+        except ValueError:
             raise ValueError(f"{p.name} is not an image this page can read (PNG, JPEG, WebP, ...)") from None
     return paths
 
