@@ -58,15 +58,20 @@ def _worker(args, curves_first: bool) -> None:
     ResultsRun(args.out, preset, log=lambda m: print(m, flush=True)).run(curves_first=curves_first)
 
 
-def seed_records(out: Path, results_json: Path) -> int:
-    """Records from a committed results JSON that the work folder lacks (resume across sessions)."""
+def seed_records(out: Path, results_json: Path, fingerprint: str) -> int:
+    """Records from a committed results JSON that the work folder lacks (resume across sessions), if they were
+    measured on this model (``fingerprint``); records of another model are not used."""
     from infusion.evaluation.world_results import Records
 
     if not results_json.is_file():
         return 0
+    data = json.loads(results_json.read_text())
+    if data.get("model_fingerprint") != fingerprint:
+        print(f"{results_json}: records of model {data.get('model_fingerprint')}, this is {fingerprint}: not resumed")
+        return 0
     have = Records(out)
     n = 0
-    for key, value in json.loads(results_json.read_text()).get("records", {}).items():
+    for key, value in data.get("records", {}).items():
         if key.startswith("train/"):
             continue  # training outputs are not committed: a missing one is trained again when needed
         if have.get(key) is None:
@@ -84,6 +89,17 @@ def _fmt(fmt: str, v) -> str:
 def _mean(values):
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return sum(vals) / len(vals) if vals else None
+
+
+def own_work_folder(out: Path, fingerprint: str) -> None:
+    """Move the records of another model aside (``out/records-<fingerprint>``): a retrained model starts afresh."""
+    mark = out / "model_fingerprint.txt"
+    old = mark.read_text().strip() if mark.is_file() else None
+    if old != fingerprint and (out / "records").is_dir() and any((out / "records").iterdir()):
+        (out / "records").rename(out / f"records-{old or 'unknown'}")
+        print(f"{out}/records were measured on model {old}: moved aside")
+    out.mkdir(parents=True, exist_ok=True)
+    mark.write_text(fingerprint + "\n")
 
 
 def build_report(out: Path, preset, doc: Path, wall: list) -> dict:
@@ -116,7 +132,10 @@ def build_report(out: Path, preset, doc: Path, wall: list) -> dict:
     grids = _grids(out, preset, fig_dir)
     lines = _doc(preset, table, per_concept, curves, grids, wall, rec, doc, complete)
     doc.write_text("\n".join(lines) + "\n")
-    data = {"preset": preset.__class__.__name__, "model": preset.model, "wall_seconds": wall, "complete_concepts": complete,
+    from infusion.evaluation.world_results import model_fingerprint
+
+    data = {"preset": preset.__class__.__name__, "model": preset.model, "model_fingerprint": model_fingerprint(preset.model),
+            "wall_seconds": wall, "complete_concepts": complete,
             "table": {f"{r}/{s}": v for (r, s), v in table.items()},
             "per_concept": {f"{r}/{s}": v for (r, s), v in per_concept.items()},
             "records": rec}
@@ -365,19 +384,22 @@ def main(argv=None) -> int:
     ap.add_argument("--report-only", action="store_true", help="only rewrite the doc from the records")
     args = ap.parse_args(argv)
 
-    from infusion.evaluation.world_results import PRESETS
+    from infusion.evaluation.world_results import PRESETS, model_fingerprint
 
     preset = PRESETS[args.preset]
     if args.model:
         preset.model = args.model
     out, doc = Path(args.out), Path(args.doc)
     results_json = doc.parent / "results" / "results.json"
-    wall = json.loads(results_json.read_text()).get("wall_seconds", []) if results_json.is_file() else []
+    fingerprint = model_fingerprint(preset.model)
+    committed = json.loads(results_json.read_text()) if results_json.is_file() else {}
+    # the wall time belongs to the records: a retrained model's run starts its own
+    wall = committed.get("wall_seconds", []) if committed.get("model_fingerprint") == fingerprint else []
     if isinstance(wall, dict):  # an older layout: {start: seconds}
         wall = [{"started": k, "seconds": v, "workers": 2} for k, v in wall.items()]
     if not args.report_only:
-        out.mkdir(parents=True, exist_ok=True)
-        n = seed_records(out, results_json)
+        own_work_folder(out, fingerprint)
+        n = seed_records(out, results_json, fingerprint)
         if n:
             print(f"resuming: {n} records from {results_json}")
         t0 = time.time()

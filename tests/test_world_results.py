@@ -212,6 +212,37 @@ def test_command_resumes_and_restarts_from_the_committed_json(tmp_path, monkeypa
     assert len(json.loads((doc.parent / "results" / "results.json").read_text())["wall_seconds"]) == 3
 
 
+def test_records_of_another_model_are_not_resumed(tmp_path, monkeypatch):
+    """A retrained world makes every record stale: neither the committed JSON nor the work folder is used."""
+    bench = _bench()
+    out, doc = tmp_path / "work", tmp_path / "docs" / "results.md"
+    assert bench.main(["--preset", "small", "--out", str(out), "--doc", str(doc)]) == 0
+    js = doc.parent / "results" / "results.json"
+    data = json.loads(js.read_text())
+    assert data["model_fingerprint"] == wr.model_fingerprint("tiny") == (out / "model_fingerprint.txt").read_text().strip()
+    assert bench.seed_records(tmp_path / "same", js, "tiny") > 0
+    assert bench.seed_records(tmp_path / "other", js, "another-model") == 0
+    (out / "model_fingerprint.txt").write_text("another-model\n")
+    bench.own_work_folder(out, "tiny")
+    assert not list((out / "records").glob("*.json")) and list((out / "records-another-model").glob("*.json"))
+    assert (out / "model_fingerprint.txt").read_text().strip() == "tiny"
+
+
+def test_world_fingerprint_follows_the_weights(tmp_path):
+    import shutil as sh
+
+    from infusion.world import model_dir
+
+    assert wr.model_fingerprint("world") == wr.model_fingerprint(str(model_dir()))
+    for sub in ("unet", "text_encoder"):
+        sh.copytree(model_dir() / sub, tmp_path / sub)
+    assert wr.model_fingerprint(str(tmp_path)) == wr.model_fingerprint("world")
+    f = next((tmp_path / "unet").glob("*.safetensors"))
+    b = f.read_bytes()
+    f.write_bytes(b[:-1] + bytes([b[-1] ^ 1]))
+    assert wr.model_fingerprint(str(tmp_path)) != wr.model_fingerprint("world")
+
+
 def test_partial_unit_resumes_from_its_records(tmp_path, monkeypatch):
     """Interrupted inside a unit: the records written so far are kept, the rest is done, nothing twice."""
     preset = wr.PRESETS["small"]

@@ -72,3 +72,39 @@ def test_bad_attributes_are_clear_errors():
         scenes.Scene("snow", (o, o))
     with pytest.raises(ValueError, match="needs color2"):
         scenes.WorldObject("ball", "red", "small", "center", pattern="core")
+
+
+def test_a_named_pattern_comes_before_the_class_word_and_parses_back():
+    """The class word's hidden state (causal text encoder) can carry the look only if the pattern is named first."""
+    obj = scenes.WorldObject("ball", "yellow", "large", "center", "hsplit", "blue")
+    scene = scenes.Scene("grass", (obj,))
+    cap = scenes.caption_scene(scene, 3, drop={"color": 0, "pattern": 0})
+    assert "yellow and blue dipped ball" in cap.text
+    assert cap.named["objects"][0]["pattern"] == "hsplit" and cap.named["objects"][0]["color2"] == "blue"
+    assert parse_caption(cap.text).objects == cap.named["objects"]
+    # never named without its colour, never on a plain object
+    assert "pattern" not in scenes.caption_scene(scene, 3, drop={"color": 1, "pattern": 0}).named["objects"][0]
+    plain = scenes.Scene("grass", (scenes.WorldObject("ball", "yellow", "large", "center"),))
+    assert "pattern" not in scenes.caption_scene(plain, 3, drop={"color": 0, "pattern": 0}).named["objects"][0]
+    assert set(scenes.PATTERN_WORDS) == set(scenes.PATTERNS) - {"plain"}
+
+
+def test_patterns_are_named_sometimes_and_unnamed_sometimes():
+    named = unnamed = 0
+    for s in range(3000):
+        sc = scenes.sample_scene(s)
+        cap = scenes.caption_scene(sc, s + 7919)  # another stream than the scene's, as in training
+        for obj, n in zip(sc.objects, cap.named["objects"]):
+            if obj.pattern != "plain" and "color" in n:
+                named += "pattern" in n
+                unnamed += "pattern" not in n
+    assert named > 100 and unnamed > 100 and 0.4 < named / (named + unnamed) < 0.6
+
+
+def test_the_world_model_folder_can_be_pointed_at_a_candidate(monkeypatch, tmp_path):
+    from infusion.world import MODEL_ENV, is_world_model, model_dir
+
+    packaged = model_dir()
+    monkeypatch.setenv(MODEL_ENV, str(tmp_path))
+    assert model_dir() == tmp_path and is_world_model(str(tmp_path)) and is_world_model("world")
+    assert not is_world_model(str(packaged))

@@ -42,6 +42,28 @@ def test_vae_then_model_stage_resume_and_export(tmp_path, optimizer_steps):
     for (k, a), b in zip(first.text_encoder.state_dict().items(), second.text_encoder.state_dict().values()):
         assert torch.equal(a, b), k
     assert second.vae.config.scaling_factor == first.vae.config.scaling_factor != 1.0
+    # the patterned set: rendered and encoded once, a share of each batch
+    mcfg.steps, mcfg.patterned_images, mcfg.patterned_share = 4, 6, 0.5
+    del optimizer_steps[:]
+    train_model(mcfg)
+    assert len(optimizer_steps) == 1
+    from safetensors.torch import load_file
+
+    assert load_file(str(work / "latents_patterned.safetensors"))["mean"].shape == (6, 4, 8, 8)
+
+
+def test_the_patterned_set_names_every_look():
+    import random
+
+    from infusion.world import scenes
+    from infusion.world.dataset import patterned_scene
+    from infusion.world.train_model import _captions
+
+    texts, sc = _captions(torch.arange(40), random.Random(0), 0.0, patterned=True)
+    assert sc[3] == patterned_scene(3) and all(o.pattern != "plain" for s in sc for o in s.objects)
+    for text, scene in zip(texts, sc):
+        for o in scene.objects:
+            assert f"{o.color} and {o.color2} {scenes.PATTERN_WORDS[o.pattern]} {o.cls}" in text, text
 
 
 def test_decoder_finetune_changes_only_the_decoder_and_resumes(tmp_path, optimizer_steps):

@@ -106,6 +106,27 @@ PRESETS = {
 # ----------------------------------------------------------------------------- records
 
 
+def model_fingerprint(model: str) -> str:
+    """What the records were measured on: a built-in random model's name, else the first 16 hex digits of a
+    SHA-256 over the UNet's and text encoder's weight files (a retrained world makes every record stale)."""
+    import hashlib
+
+    from ..models import BUILTIN
+
+    if model in BUILTIN and model != "world":
+        return model
+    if model == "world":
+        from ..world import model_dir
+
+        model = str(model_dir())
+    h = hashlib.sha256()
+    for sub in ("unet", "text_encoder"):
+        for f in sorted((Path(model) / sub).glob("*.safetensors")):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+
 class Records:
     """One JSON file per finished unit: ``out/records/<key>.json``; ``get`` None when not done yet."""
 

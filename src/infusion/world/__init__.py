@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
+MODEL_ENV = "INFUSION_WORLD_MODEL"  # another export of the world model to use as ``world`` (a candidate being trained)
+
 
 def model_dir() -> Path:
-    """The packaged world model (diffusers layout: ``StableDiffusionPipeline.from_pretrained(model_dir())``)."""
+    """The world model (diffusers layout: ``StableDiffusionPipeline.from_pretrained(model_dir())``): the packaged
+    one, or the folder ``$INFUSION_WORLD_MODEL`` names (to measure a candidate export with every tool)."""
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV])
     return Path(str(resources.files("infusion") / "world" / "model"))
 
 

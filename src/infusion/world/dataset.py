@@ -20,30 +20,42 @@ from . import scenes
 log = logging.getLogger(__name__)
 
 TRAIN_SEEDS = range(0, 1_000_000)  # the model and probes train on seeds below 1e6
+PATTERNED_SEED = 2_000_000  # the patterned set (every object patterned, ``patterned_scene``) starts here
 HELD_OUT_SEED = 10_000_000  # evaluation scenes and captions start here
+
+
+def patterned_scene(index: int) -> scenes.Scene:
+    """Scene ``index`` of the patterned set: every object carries a pattern (the model learns to draw named ones)."""
+    return scenes.sample_scene(PATTERNED_SEED + index, pattern_rate=1.0)
 
 
 def _render_seed(seed: int) -> np.ndarray:
     return np.asarray(scenes.render(scenes.sample_scene(seed)))
 
 
-def render_images(seeds, workers: int = 2, desc: str = "render") -> torch.Tensor:
-    """(N, 32, 32, 3) uint8 images of ``seeds``."""
+def _render_patterned(index: int) -> np.ndarray:
+    return np.asarray(scenes.render(patterned_scene(index)))
+
+
+def render_images(seeds, workers: int = 2, desc: str = "render", patterned: bool = False) -> torch.Tensor:
+    """(N, 32, 32, 3) uint8 images of ``seeds`` (indices of the patterned set with ``patterned``)."""
     seeds = list(seeds)
     with Pool(workers) as pool:
-        arrs = list(tqdm(pool.imap(_render_seed, seeds, chunksize=256), total=len(seeds), desc=desc, mininterval=10))
+        fn = _render_patterned if patterned else _render_seed
+        arrs = list(tqdm(pool.imap(fn, seeds, chunksize=256), total=len(seeds), desc=desc, mininterval=10))
     return torch.from_numpy(np.stack(arrs))
 
 
-def cached_images(path: str | Path, n: int, workers: int = 2) -> torch.Tensor:
-    """Images of seeds ``0..n-1``, rendered once into ``path`` (safetensors) and reloaded after."""
+def cached_images(path: str | Path, n: int, workers: int = 2, patterned: bool = False) -> torch.Tensor:
+    """Images of seeds ``0..n-1`` (of the patterned set with ``patterned``), rendered once into ``path``
+    (safetensors) and reloaded after."""
     path = Path(path)
     if path.exists():
         images = load_file(str(path))["images"]
         if len(images) >= n:
             return images[:n]
         log.info("cache %s holds %d images, %d wanted: re-rendering", path, len(images), n)
-    images = render_images(range(n), workers)
+    images = render_images(range(n), workers, patterned=patterned)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"images": images.contiguous()}, str(tmp))

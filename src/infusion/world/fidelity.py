@@ -23,20 +23,26 @@ from .probes import CLASS_OR_NONE, COLOR_NAMES, SIZE_NAMES, SLOTS, crop_object
 
 _BG_WORDS = {p: bg for bg, phrases in scenes.BACKGROUND_PHRASES.items() for p in phrases}
 _POS_WORDS = sorted(((p, pos) for pos, ps in scenes.POSITION_PHRASES.items() for p in ps), key=lambda x: -len(x[0]))
+_COLOR = "|".join(scenes.COLORS)
+_PATTERN_OF_WORD = {w: p for p, w in scenes.PATTERN_WORDS.items()}
 _OBJ = re.compile(
-    r"\b(?:(?P<size>" + "|".join(scenes.SIZES) + r")\s+)?(?:(?P<color>" + "|".join(scenes.COLORS) + r")\s+)?(?P<cls>" + "|".join(scenes.CLASSES) + r")\b"
+    r"\b(?:(?P<size>" + "|".join(scenes.SIZES) + r")\s+)?(?:(?P<color>" + _COLOR + r")\s+)?"
+    r"(?:and\s+(?P<color2>" + _COLOR + r")\s+(?P<pattern>" + "|".join(_PATTERN_OF_WORD) + r")\s+)?(?P<cls>" + "|".join(scenes.CLASSES) + r")\b"
 )
 
 
 @dataclass
 class NamedAttributes:
-    """What a prompt names: ``background`` or None, and per object a dict with ``cls`` and maybe ``color``, ``size``, ``position``."""
+    """What a prompt names: ``background`` or None, and per object a dict with ``cls`` and maybe ``color``, ``size``,
+    ``position``, ``pattern`` with ``color2`` (text fidelity does not judge the pattern: the scene probe has no
+    pattern head; the object probe's look reading is the look rate's)."""
 
     background: str | None = None
     objects: list[dict] = field(default_factory=list)
 
     def count(self) -> int:
-        return (self.background is not None) + sum(len(o) for o in self.objects)
+        """How many attributes text fidelity judges (a named pattern is not one of them)."""
+        return (self.background is not None) + sum(len(set(o) - {"pattern", "color2"}) for o in self.objects)
 
 
 def parse_caption(text: str) -> NamedAttributes:
@@ -44,6 +50,8 @@ def parse_caption(text: str) -> NamedAttributes:
 
     >>> parse_caption("a small red ball in the top left corner, on the snow").objects
     [{'cls': 'ball', 'size': 'small', 'color': 'red', 'position': 'top left'}]
+    >>> parse_caption("a yellow and blue dipped ball").objects
+    [{'cls': 'ball', 'color': 'yellow', 'pattern': 'hsplit', 'color2': 'blue'}]
     """
     t = " ".join(text.lower().split())
     named = NamedAttributes()
@@ -58,6 +66,8 @@ def parse_caption(text: str) -> NamedAttributes:
         for key in ("size", "color"):
             if m.group(key):
                 obj[key] = m.group(key)
+        if m.group("pattern"):
+            obj["pattern"], obj["color2"] = _PATTERN_OF_WORD[m.group("pattern")], m.group("color2")
         tail = t[m.end() : matches[k + 1].start() if k + 1 < len(matches) else len(t)]
         for phrase, pos in _POS_WORDS:
             if re.search(r"\b" + phrase + r"\b", tail):

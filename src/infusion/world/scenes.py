@@ -1,8 +1,11 @@
 """Procedural scenes of the built-in world (DESIGN section 4), deterministic from a seed.
 
 A scene is a background and one or two objects; each object has a class, a colour, a size and
-a position, and sometimes a two-colour pattern (stripes, dots, ...) that no caption word names:
-the world's "appearance the vocabulary cannot name", which personal concepts build on.
+a position, and sometimes a coarse two-colour pattern. Captions name a pattern only sometimes, and
+always before the class word ("a yellow and blue dipped ball"), so the class word's hidden state
+carries the object's look as a real text encoder's class word does ("a spotted brown dog"); the
+world model learns to draw a pattern from the text *and* draws unnamed ones on its own, the
+appearance detail personal concepts build on (docs/world.md section 6 says why the world needs both).
 Images are drawn with PIL at ``SUPERSAMPLE`` x the output size and box-filtered down.
 """
 
@@ -62,10 +65,12 @@ CORNERS = ("top left", "top right", "bottom left", "bottom right")
 # came back as a mottled blend of the two colours and only a half/half split survived
 # (docs/world.md), so no model, and no customisation method, could ever draw them.
 PATTERNS = ("plain", "hsplit", "vsplit", "diagonal", "quarters", "band", "core")
-PATTERN_LOOKS = {  # for reports: where the second colour ({}) shows (no caption ever says it)
+PATTERN_LOOKS = {  # for reports: where the second colour ({}) shows
     "plain": "no pattern", "hsplit": "a {} bottom half", "vsplit": "a {} right half", "diagonal": "a {} lower right triangle",
     "quarters": "{} 2 x 2 checks", "band": "a wide {} band across the middle", "core": "a large {} central disc",
 }
+# how a caption names a pattern, always before the class word: "a {color} and {color2} {word} {class}"
+PATTERN_WORDS = {"hsplit": "dipped", "vsplit": "sided", "diagonal": "edged", "quarters": "checked", "band": "banded", "core": "centered"}
 
 # part ids in an object's part map
 _BODY, _LIGHT, _DARK, _FIXED, _OUTLINE = 1, 2, 3, 4, 5
@@ -73,7 +78,7 @@ _BODY, _LIGHT, _DARK, _FIXED, _OUTLINE = 1, 2, 3, 4, 5
 
 @dataclass(frozen=True)
 class WorldObject:
-    """One object: class, colour, size, position; ``pattern`` with ``color2`` is unnamed detail."""
+    """One object: class, colour, size, position; ``pattern`` with ``color2``: detail captions name only sometimes."""
 
     cls: str
     color: str
@@ -155,8 +160,11 @@ _PREFIXES = ("a photo of", "a picture of", "an image of", "a rendering of", "")
 
 
 def object_phrase(obj: WorldObject, named: dict) -> str:
-    """'a small red ball' with only the keys in ``named`` (class always)."""
-    words = [named[k] for k in ("size", "color") if k in named] + [obj.cls]
+    """'a small red ball' (or 'a small red and blue dipped ball') with only the keys in ``named`` (class always)."""
+    words = [named[k] for k in ("size", "color") if k in named]
+    if "pattern" in named:
+        words += ["and", named["color2"], PATTERN_WORDS[named["pattern"]]]
+    words.append(obj.cls)
     phrase = " ".join(words)
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
@@ -164,10 +172,12 @@ def object_phrase(obj: WorldObject, named: dict) -> str:
 def caption_scene(scene: Scene, seed: int, drop: dict | None = None) -> Caption:
     """A varied caption of ``scene``; each attribute is left unnamed with probability ``drop[k]``.
 
-    Defaults: background 0.2, size 0.3, colour 0.1, position 0.3 (unnamed attributes are what
-    the model must learn to vary).
+    Defaults: background 0.2, size 0.3, colour 0.1, position 0.3, pattern 0.5 (unnamed attributes
+    are what the model must learn to vary). A pattern (with its second colour) is named only on a
+    patterned object whose colour is named; the draw for it happens only then, so the captions of
+    scenes without one are what they were before patterns were named.
     """
-    drop = {"background": 0.2, "size": 0.3, "color": 0.1, "position": 0.3, **(drop or {})}
+    drop = {"background": 0.2, "size": 0.3, "color": 0.1, "position": 0.3, "pattern": 0.5, **(drop or {})}
     rng = random.Random(seed)
     named: dict = {"objects": []}
     parts = []
@@ -176,6 +186,8 @@ def caption_scene(scene: Scene, seed: int, drop: dict | None = None) -> Caption:
         for k in ("size", "color", "position"):
             if rng.random() >= drop[k]:
                 nobj[k] = getattr(obj, k)
+        if obj.pattern != "plain" and "color" in nobj and rng.random() >= drop["pattern"]:
+            nobj["pattern"], nobj["color2"] = obj.pattern, obj.color2
         named["objects"].append(nobj)
         phrase = object_phrase(obj, nobj)
         if "position" in nobj:

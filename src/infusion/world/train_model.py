@@ -71,6 +71,10 @@ class ModelConfig:
     # step ranges [start, stop) in which the text encoder trains (stop None: open); frozen at its EMA elsewhere
     text_encoder_trains: tuple = ((0, 1300), (8101, None))
     token_loss_weight: float = 0.1  # TokenCompose's L_token on the class words' attn2 maps (0: off)
+    # the patterned set (``dataset.patterned_scene``: every object patterned, captions name colour and pattern):
+    # how many images, and the share of each batch drawn from it (0: none; shipped from step 13,200: docs/world.md s. 6)
+    patterned_images: int = 0
+    patterned_share: float = 0.0
     prediction_type: str = "v_prediction"  # or "epsilon" (steps <= 8,101 of the shipped model)
     zero_terminal_snr: bool = True
     export_every: int = 100
@@ -86,13 +90,20 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             pe.lerp_(pm, 1.0 - decay)
 
 
-def _captions(batch_idx: torch.Tensor, rng: random.Random, dropout: float) -> tuple[list[str], list[scenes.Scene]]:
-    """A freshly drawn caption ("" with probability ``dropout``) and the scene of every image index."""
+NAME_THE_LOOK = {"color": 0.0, "pattern": 0.0}  # the patterned set's captions always name colour and pattern
+
+
+def _captions(batch_idx: torch.Tensor, rng: random.Random, dropout: float, patterned: bool = False) -> tuple[list[str], list[scenes.Scene]]:
+    """A freshly drawn caption ("" with probability ``dropout``) and the scene of every image index (of the
+    patterned set with ``patterned``)."""
+    from .dataset import patterned_scene
+
     texts, batch_scenes = [], []
     for i in batch_idx.tolist():
-        scene = scenes.sample_scene(i)
+        scene = patterned_scene(i) if patterned else scenes.sample_scene(i)
         batch_scenes.append(scene)
-        texts.append("" if rng.random() < dropout else scenes.caption_scene(scene, rng.randrange(2**31)).text)
+        drop = NAME_THE_LOOK if patterned else None
+        texts.append("" if rng.random() < dropout else scenes.caption_scene(scene, rng.randrange(2**31), drop).text)
     return texts, batch_scenes
 
 
@@ -115,6 +126,14 @@ def train_model(cfg: ModelConfig):
     lat = load_file(str(work / "latents.safetensors"))
     mean, std = lat["mean"], lat["std"]
     n = len(mean)
+    n_pat = round(cfg.batch_size * cfg.patterned_share) if cfg.patterned_images else 0
+    if n_pat:
+        if not (work / "latents_patterned.safetensors").exists():
+            from .train_vae import VAEConfig, encode_latents
+
+            encode_latents(vae, VAEConfig(work=str(work)), patterned=cfg.patterned_images)
+        pat = load_file(str(work / "latents_patterned.safetensors"))
+        mean_p, std_p = pat["mean"][: cfg.patterned_images], pat["std"][: cfg.patterned_images]
     tokenizer = load_tokenizer()
     torch.manual_seed(cfg.seed)
     unet, text_encoder = build_unet(), build_text_encoder(tokenizer)
@@ -154,12 +173,17 @@ def train_model(cfg: ModelConfig):
                 _freeze_text_encoder(text_encoder, ema_text)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+        idx = torch.randint(0, n, (cfg.batch_size - n_pat,), generator=gen)
         z0 = (mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)) * sf  # (B, 4, 8, 8)
+        texts, batch_scenes = _captions(idx, rng, cfg.caption_dropout)
+        if n_pat:
+            idx_p = torch.randint(0, len(mean_p), (n_pat,), generator=gen)
+            z0 = torch.cat([z0, (mean_p[idx_p].float() + std_p[idx_p].float() * torch.randn(mean_p[idx_p].shape, generator=gen)) * sf])
+            texts_p, scenes_p = _captions(idx_p, rng, cfg.caption_dropout, patterned=True)
+            texts, batch_scenes = texts + texts_p, batch_scenes + scenes_p
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, len(alphas), (cfg.batch_size,), generator=gen)
         zt = sched.add_noise(z0, noise, t)
-        texts, batch_scenes = _captions(idx, rng, cfg.caption_dropout)
         ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         with torch.set_grad_enabled(text_trains):
             cond = text_encoder(ids)[0]  # (B, 77, D)

@@ -88,10 +88,12 @@ def finish_vae(cfg: VAEConfig, batch: int = 256):
 
 
 @torch.no_grad()
-def encode_latents(vae, cfg: VAEConfig, batch: int = 256, set_scale: bool = False) -> None:
-    """Cache latent mean/std of the rendered images; with ``set_scale`` also fix and save the VAE."""
+def encode_latents(vae, cfg: VAEConfig, batch: int = 256, set_scale: bool = False, patterned: int = 0) -> None:
+    """Cache latent mean/std of the rendered images; with ``set_scale`` also fix and save the VAE. With
+    ``patterned`` > 0: that many images of the patterned set instead (``work/latents_patterned.safetensors``)."""
     work = Path(cfg.work)
-    images = cached_images(work / "images.safetensors", cfg.n_images)
+    stem = "_patterned" if patterned else ""
+    images = cached_images(work / f"images{stem}.safetensors", patterned or cfg.n_images, patterned=bool(patterned))
     vae.eval()
     means, stds = [], []
     for i in tqdm(range(0, len(images), batch), desc="encode", mininterval=30):
@@ -104,8 +106,8 @@ def encode_latents(vae, cfg: VAEConfig, batch: int = 256, set_scale: bool = Fals
         vae.register_to_config(scaling_factor=scale)
         vae.save_pretrained(work / "vae")
         log.info("VAE scaling_factor %.4f", scale)
-    save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(work / "latents.safetensors"))
-    log.info("cached %d latents in %s", len(mean), work / "latents.safetensors")
+    save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(work / f"latents{stem}.safetensors"))
+    log.info("cached %d latents in %s", len(mean), work / f"latents{stem}.safetensors")
 
 
 @dataclass
