@@ -34,6 +34,12 @@ def register(subparsers) -> None:
     t.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the stage's)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     t.add_argument("--export-dir", default="", help="model stage: diffusers folder to export to (default: the packaged model folder)")
+    t.add_argument("--checkpoint", default=None, help="model stage: training checkpoint to resume from and write "
+                                                      "(default: checkpoints/world_train.safetensors)")
+    t.add_argument("--name-patterns", type=float, default=0.0,
+                   help="model stage: probability that a caption names a patterned object's pattern (shipped world: 0)")
+    t.add_argument("--patterned-images", type=int, default=0, help="model stage: size of the patterned set (0: none)")
+    t.add_argument("--patterned-share", type=float, default=0.0, help="model stage: share of each batch from the patterned set")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images with the world model")
@@ -123,7 +129,10 @@ def _train(args) -> int:
         from ..world.train_model import ModelConfig, train_model
 
         train_model(ModelConfig(max_minutes=args.max_minutes, threads=args.threads, export_dir=args.export_dir,
-                                **({"steps": args.steps} if args.steps else {})))
+                                name_patterns=args.name_patterns, patterned_images=args.patterned_images,
+                                patterned_share=args.patterned_share,
+                                **({"steps": args.steps} if args.steps else {}),
+                                **({"checkpoint": args.checkpoint} if args.checkpoint else {})))
     else:
         from ..world.probes import ProbeConfig, train_probes
 

@@ -1,11 +1,10 @@
 """Procedural scenes of the built-in world (DESIGN section 4), deterministic from a seed.
 
 A scene is a background and one or two objects; each object has a class, a colour, a size and
-a position, and sometimes a coarse two-colour pattern. Captions name a pattern only sometimes, and
-always before the class word ("a yellow and blue dipped ball"), so the class word's hidden state
-carries the object's look as a real text encoder's class word does ("a spotted brown dog"); the
-world model learns to draw a pattern from the text *and* draws unnamed ones on its own, the
-appearance detail personal concepts build on (docs/world.md section 6 says why the world needs both).
+a position, and sometimes a coarse two-colour pattern: the appearance detail personal concepts build
+on. The shipped world's captions never name a pattern; ``caption_scene(..., drop={"pattern": p})``
+names it with probability 1 - p, always before the class word ("a yellow and blue dipped ball"), for a
+world model that can be told a look in words (docs/results.md, "Where the look lives in the world model").
 Images are drawn with PIL at ``SUPERSAMPLE`` x the output size and box-filtered down.
 """
 
@@ -172,12 +171,14 @@ def object_phrase(obj: WorldObject, named: dict) -> str:
 def caption_scene(scene: Scene, seed: int, drop: dict | None = None) -> Caption:
     """A varied caption of ``scene``; each attribute is left unnamed with probability ``drop[k]``.
 
-    Defaults: background 0.2, size 0.3, colour 0.1, position 0.3, pattern 0.5 (unnamed attributes
-    are what the model must learn to vary). A pattern (with its second colour) is named only on a
-    patterned object whose colour is named; the draw for it happens only then, so the captions of
-    scenes without one are what they were before patterns were named.
+    Defaults: background 0.2, size 0.3, colour 0.1, position 0.3 (unnamed attributes are what the
+    model must learn to vary), pattern 1.0: the shipped world model was trained on captions that never
+    name a pattern, so by default none does (and no random draw is spent on it: captions are what they
+    always were). With ``drop["pattern"] < 1`` a pattern (with its second colour) is named on a patterned
+    object whose colour is named, with probability ``1 - drop["pattern"]`` (docs/results.md, "Where the
+    look lives in the world model").
     """
-    drop = {"background": 0.2, "size": 0.3, "color": 0.1, "position": 0.3, "pattern": 0.5, **(drop or {})}
+    drop = {"background": 0.2, "size": 0.3, "color": 0.1, "position": 0.3, "pattern": 1.0, **(drop or {})}
     rng = random.Random(seed)
     named: dict = {"objects": []}
     parts = []
@@ -186,7 +187,7 @@ def caption_scene(scene: Scene, seed: int, drop: dict | None = None) -> Caption:
         for k in ("size", "color", "position"):
             if rng.random() >= drop[k]:
                 nobj[k] = getattr(obj, k)
-        if obj.pattern != "plain" and "color" in nobj and rng.random() >= drop["pattern"]:
+        if obj.pattern != "plain" and "color" in nobj and drop["pattern"] < 1 and rng.random() >= drop["pattern"]:
             nobj["pattern"], nobj["color2"] = obj.pattern, obj.color2
         named["objects"].append(nobj)
         phrase = object_phrase(obj, nobj)

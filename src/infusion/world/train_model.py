@@ -75,6 +75,7 @@ class ModelConfig:
     # how many images, and the share of each batch drawn from it (0: none; shipped from step 13,200: docs/world.md s. 6)
     patterned_images: int = 0
     patterned_share: float = 0.0
+    name_patterns: float = 0.0  # probability that a caption of the main set names a patterned object's pattern (shipped: 0)
     prediction_type: str = "v_prediction"  # or "epsilon" (steps <= 8,101 of the shipped model)
     zero_terminal_snr: bool = True
     export_every: int = 100
@@ -93,7 +94,8 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 NAME_THE_LOOK = {"color": 0.0, "pattern": 0.0}  # the patterned set's captions always name colour and pattern
 
 
-def _captions(batch_idx: torch.Tensor, rng: random.Random, dropout: float, patterned: bool = False) -> tuple[list[str], list[scenes.Scene]]:
+def _captions(batch_idx: torch.Tensor, rng: random.Random, dropout: float, patterned: bool = False,
+              name_patterns: float = 0.0) -> tuple[list[str], list[scenes.Scene]]:
     """A freshly drawn caption ("" with probability ``dropout``) and the scene of every image index (of the
     patterned set with ``patterned``)."""
     from .dataset import patterned_scene
@@ -102,7 +104,7 @@ def _captions(batch_idx: torch.Tensor, rng: random.Random, dropout: float, patte
     for i in batch_idx.tolist():
         scene = patterned_scene(i) if patterned else scenes.sample_scene(i)
         batch_scenes.append(scene)
-        drop = NAME_THE_LOOK if patterned else None
+        drop = NAME_THE_LOOK if patterned else {"pattern": 1.0 - name_patterns}
         texts.append("" if rng.random() < dropout else scenes.caption_scene(scene, rng.randrange(2**31), drop).text)
     return texts, batch_scenes
 
@@ -175,7 +177,7 @@ def train_model(cfg: ModelConfig):
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         idx = torch.randint(0, n, (cfg.batch_size - n_pat,), generator=gen)
         z0 = (mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)) * sf  # (B, 4, 8, 8)
-        texts, batch_scenes = _captions(idx, rng, cfg.caption_dropout)
+        texts, batch_scenes = _captions(idx, rng, cfg.caption_dropout, name_patterns=cfg.name_patterns)
         if n_pat:
             idx_p = torch.randint(0, len(mean_p), (n_pat,), generator=gen)
             z0 = torch.cat([z0, (mean_p[idx_p].float() + std_p[idx_p].float() * torch.randn(mean_p[idx_p].shape, generator=gen)) * sf])
