@@ -1,0 +1,365 @@
+"""Where does the world model read an object's look from? The measurements behind docs/results.md's
+section "Where the look lives in the world model".
+
+1. ``prompted``: the base model told the concept's look in words ("a yellow and blue dipped ball"):
+   look rate on the training caption and the validation prompts (a world model that cannot be told a
+   look cannot be expected to let a value residual reach it).
+2. ``source``: the text states of the described prompt mixed with those of the plain one ("a photo of a
+   ball on the snow") per group of positions: the class word, the positions after it (the rest of the
+   prompt, EOS and the padding, which a causal text encoder lets summarise the whole prompt). Which
+   positions carry the look?
+3. ``oracle``: Infusion's residual set by hand to what the words change at the class word's value,
+   to_v(h_ball | described) - to_v(h_ball | plain) in every attn2 layer: is the class word's value enough?
+4. ``summary`` (an experiment, not a shipped option): Infusion with a second Delta row added at the
+   EOS/padding positions (with F's maps there), trained as the paper's Infusion (lr 1e-2, 1,000 steps);
+   ``summary-gated`` scales those maps by the class word's map (normalised to its maximum per head).
+
+    INFUSION_WORLD_MODEL=runs/world/model_new python benchmarks/world_look_source.py --out runs/look_source \\
+        --json docs/results/look_source.json --tag named
+    python benchmarks/world_look_source.py --only prompted,summary --tag shipped ...   # the shipped world
+
+The candidate world whose captions name patterns (``named`` in the JSON, step 17,600) was trained from copies of
+the shipped checkpoint and model folder (its EMA is read from the folder)::
+
+    cp checkpoints/world_train.safetensors runs/world/train_new.safetensors
+    cp -r src/infusion/world/model runs/world/model_new
+    W="--checkpoint runs/world/train_new.safetensors --export-dir runs/world/model_new --threads 2 --name-patterns 0.5"
+    infusion world train model $W --steps 15100
+    infusion world train model $W --steps 17600 --patterned-images 20000 --patterned-share 0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+
+def _reader_and_concept(name):
+    from infusion.evaluation.world_results import WorldReader
+    from infusion.world.concepts import get_concept
+
+    return WorldReader(), get_concept(name)
+
+
+def _score(reader, concept, ims, texts) -> dict:
+    rd = reader.read(ims, texts, concept)
+    n = len(rd)
+    return {"look_rate": sum(r["look"] for r in rd) / n, "text_fidelity": sum(r["text_fidelity"] for r in rd) / n,
+            "concept_fidelity": sum(r["concept_fidelity"] for r in rd) / n, "n": n,
+            "most_read": Counter(r["look_read"] for r in rd).most_common(3)}
+
+
+def described(concept) -> str:
+    from infusion.world import scenes
+
+    o = concept.obj
+    return f"{o.color} and {o.color2} {scenes.PATTERN_WORDS[o.pattern]} {o.cls}"
+
+
+def _sets(concept):
+    from infusion.world.concepts import validation_prompts
+
+    tok = f"<{concept.name}>"
+    return tok, {"training_caption": [f"a photo of a {tok}"] * 12, "validation": validation_prompts(concept.name) * 2}
+
+
+def _generate(fn, prompts):
+    ims = []
+    for i, p in enumerate(prompts):
+        ims += fn(p, generator=torch.Generator().manual_seed(i), num_inference_steps=25, guidance_scale=5.0).images
+    return ims
+
+
+def prompted(concept, reader) -> dict:
+    from infusion.models import load_base_pipeline
+
+    pipe = load_base_pipeline("world")
+    pipe.set_progress_bar_config(disable=True)
+    tok, sets = _sets(concept)
+    out = {}
+    for how, sub in (("class word", concept.class_phrase), ("look in words", described(concept))):
+        out[how] = {k: _score(reader, concept, _generate(lambda p, **kw: pipe([p.replace(tok, sub)], **kw), ps),
+                              [p.replace(tok, concept.class_phrase) for p in ps]) for k, ps in sets.items()}
+    return out
+
+
+def source(concept, reader, n: int = 16) -> dict:
+    from infusion.models import load_base_pipeline
+
+    pipe = load_base_pipeline("world")
+    pipe.set_progress_bar_config(disable=True)
+    tok, te = pipe.tokenizer, pipe.text_encoder
+
+    def enc(t):
+        ids = tok(t, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return te(ids)[0], ids[0].tolist()
+
+    cls_id = tok.convert_tokens_to_ids(concept.class_phrase + "</w>")
+    sd, idd = enc(f"a photo of a {described(concept)} on the snow")
+    sp, idp = enc(f"a photo of a {concept.class_phrase} on the snow")
+    cd, cp = idd.index(cls_id), idp.index(cls_id)
+    m = 77 - cd - 1  # positions after the class word in the described prompt
+
+    def mix(base, other, b_cls, o_cls, groups):
+        s = base.clone()
+        if "class" in groups:
+            s[0, b_cls] = other[0, o_cls]
+        if "after" in groups:
+            s[0, b_cls + 1: b_cls + 1 + m] = other[0, o_cls + 1: o_cls + 1 + m]
+        return s
+
+    cases = {
+        "described prompt": sd, "plain prompt": sp,
+        "plain, class word from described": mix(sp, sd, cp, cd, {"class"}),
+        "plain, positions after the class word from described": mix(sp, sd, cp, cd, {"after"}),
+        "described, class word from plain": mix(sd, sp, cd, cp, {"class"}),
+        "described, positions after the class word from plain": mix(sd, sp, cd, cp, {"after"}),
+    }
+    neg, _ = enc("")
+    out = {}
+    for name, states in cases.items():
+        ims = []
+        for s in range(n):
+            ims += pipe(prompt_embeds=states, negative_prompt_embeds=neg, generator=torch.Generator().manual_seed(s),
+                        num_inference_steps=25, guidance_scale=5.0).images
+        out[name] = _score(reader, concept, ims, [f"a photo of a {concept.class_phrase} on the snow"] * n)
+        print(name, out[name], flush=True)
+    return out
+
+
+def _train_infusion(concept, work: Path, tag: str, lr=1e-2, steps=1000) -> Path:
+    from infusion.training import TrainConfig, train
+    from infusion.world.concepts import write_concept_images
+
+    dest = work / f"{tag}.safetensors"
+    if not dest.is_file():
+        images = work / "images"
+        write_concept_images(concept.name, images)
+        train(TrainConfig(model="world", images=str(images), name=concept.name, class_phrase=concept.class_phrase,
+                          out=str(dest), method="infusion", lr=lr, steps=steps), progress=False)
+    return dest
+
+
+def _score_concept(concept, reader, path: Path) -> dict:
+    from infusion.customized import load_customized
+
+    gen = load_customized("world", [path])
+    tok, sets = _sets(concept)
+    return {k: _score(reader, concept, _generate(lambda p, **kw: gen([p], **kw), ps),
+                      [p.replace(tok, concept.class_phrase) for p in ps]) for k, ps in sets.items()}
+
+
+def oracle(concept, reader, work: Path) -> dict:
+    """The paper's Infusion (trained) and the same file with its Deltas set to the class word's value change."""
+    from infusion.concept import Concept
+    from infusion.models import load_base_pipeline
+
+    trained = _train_infusion(concept, work, "infusion")
+    pipe = load_base_pipeline("world")
+    tok, te = pipe.tokenizer, pipe.text_encoder
+
+    def state(text):
+        ids = tok(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        pos = ids[0].tolist().index(tok.convert_tokens_to_ids(concept.class_phrase + "</w>"))
+        with torch.no_grad():
+            return te(ids)[0][0, pos]
+
+    hd, hp = state(f"a photo of a {described(concept)}"), state(f"a photo of a {concept.class_phrase}")
+    c = Concept.load(trained)
+    mods = dict(pipe.unet.named_modules())
+    with torch.no_grad():
+        for k in c.deltas:
+            c.deltas[k] = (mods[k].to_v(hd) - mods[k].to_v(hp))[None].to(c.deltas[k].dtype)
+    dest = work / "oracle.safetensors"
+    c.save(dest)
+    return {"trained (paper's Infusion)": _score_concept(concept, reader, trained),
+            "oracle (class word's value change)": _score_concept(concept, reader, dest)}
+
+
+_PATCHED: set = set()
+
+
+def _summary_patch(gated: bool):
+    """Experiment only: every concept gets a second Delta row, added at the EOS and padding positions."""
+    if "summary" not in _PATCHED:
+        _PATCHED.add("summary")
+        _patch_summary_rows()
+    if gated and "gated" not in _PATCHED:
+        _PATCHED.add("gated")
+        _patch_gate()
+
+
+def _patch_summary_rows():
+    import infusion.pipeline as pl
+    import infusion.processor as pr
+    import infusion.prompts as pp
+    import infusion.training.methods.infusion as mi
+
+    class Positions(tuple):  # the class word's rows + one summary row: what the n_tokens checks count
+        def __len__(self):
+            return 2
+
+    orig_parse = pp.parse_prompt
+
+    def parse(prompt, class_phrases, tokenizer):
+        p = orig_parse(prompt, class_phrases, tokenizer)
+        if not p.spans:
+            return p
+        eos = len(tokenizer(p.text, truncation=True, max_length=77)["input_ids"]) - 1
+        spans = [pp.ConceptSpan(s.name, Positions(tuple(s.positions) + tuple(range(eos, 77)))) for s in p.spans]
+        return pp.ParsedPrompt(p.source, p.text, spans)
+
+    mi.parse_prompt = pl.parse_prompt = parse
+    mi.phrase_token_count = lambda phrase, tokenizer: 2
+    build = pr.InfusionPlan.build.__func__
+
+    def build_summary(cls, mode, n_f, c_source, spans):
+        plan = build(cls, mode, n_f, c_source, spans)
+        plan.slots = [[None if s is None else (s[0], min(s[1], 1)) for s in row] for row in plan.slots]
+        return plan
+
+    pr.InfusionPlan.build = classmethod(build_summary)
+
+
+def _patch_gate():
+    import infusion.processor as pr
+
+    c_core = pr.InfusionAttnProcessor._c_core
+
+    def gated_core(self, attn, core_src, maps, queries, plan):  # column 0: the (one-token) class word
+        if maps.shape[-1] > 1:
+            cls_map = maps[..., :1]
+            maps = torch.cat([cls_map, maps[..., 1:] * cls_map / cls_map.amax(dim=2, keepdim=True).clamp_min(1e-8)], -1)
+        return c_core(self, attn, core_src, maps, queries, plan)
+
+    pr.InfusionAttnProcessor._c_core = gated_core
+
+
+def summary(concept, reader, work: Path, gated: bool) -> dict:
+    _summary_patch(gated)
+    path = _train_infusion(concept, work, "summary-gated" if gated else "summary")
+    return _score_concept(concept, reader, path)
+
+
+def figure(concept, work: Path, png: Path, n: int = 8) -> None:
+    """One row per setting (base with the look in words; the paper's Infusion; the summary row, ungated and
+    gated), the first ``n`` validation prompts, seed 0; the training images in the top row."""
+    from PIL import Image, ImageDraw
+
+    from infusion.customized import load_customized
+    from infusion.models import load_base_pipeline
+    from infusion.world.concepts import concept_images, validation_prompts
+
+    tok = f"<{concept.name}>"
+    prompts = validation_prompts(concept.name)[:n]
+    pipe = load_base_pipeline("world")
+    pipe.set_progress_bar_config(disable=True)
+    rows = [("training images", list(concept_images(concept.name))),
+            ("base, look in words", _generate(lambda p, **kw: pipe([p.replace(tok, described(concept))], **kw), prompts))]
+    for label, tag, gated in (("Infusion (paper)", "infusion", None), ("+ summary row", "summary", False),
+                              ("+ summary row, gated", "summary-gated", True)):
+        path = work / f"{tag}.safetensors"
+        if not path.is_file():
+            continue
+        if gated is not None:
+            _summary_patch(gated)
+        gen = load_customized("world", [path])
+        rows.append((label, _generate(lambda p, **kw: gen([p], **kw), prompts)))
+    cell, left = 96, 150
+    grid = Image.new("RGB", (left + cell * n, cell * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (label, ims) in enumerate(rows):
+        draw.text((4, r * cell + cell // 2 - 6), label, fill="black")
+        for c, im in enumerate(ims[:n]):
+            grid.paste(im.resize((cell, cell), Image.NEAREST), (left + c * cell, r * cell))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(png)
+
+
+def write_doc(data: dict, doc: Path) -> None:
+    """The JSON as tables: one per world model (tag)."""
+    f = lambda r: f"{r['look_rate']:.2f} | {r['text_fidelity']:.3f} | {r['concept_fidelity']:.3f}"  # noqa: E731
+    lines = ["Where the world model reads an object's look from (`<sunball>`; `python benchmarks/world_look_source.py`;",
+             "DDIM 25, guidance 5; training caption x 12 seeds, the 12 validation prompts x 2 seeds; the doc section:",
+             "docs/results.md, \"Where the look lives in the world model\").", ""]
+    for tag, e in data.items():
+        lines += [f"## World model `{tag}` ({e.get('model')}, fingerprint {e.get('model_fingerprint')})", "",
+                  "| setting | look, training caption | text fid. | concept fid. | look, validation | text fid. | concept fid. |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, label in (("prompted", "base model, prompt: {}"), ("oracle", "{}"), ("summary", "Infusion + summary row (experiment)"),
+                           ("summary-gated", "Infusion + summary row gated by the class map (experiment)")):
+            if key not in e:
+                continue
+            items = e[key].items() if key in ("prompted", "oracle") else [(None, e[key])]
+            for name, r in items:
+                lines.append(f"| {label.format(name)} | {f(r['training_caption'])} | {f(r['validation'])} |")
+        if "source" in e:
+            lines += ["", "Text states mixed per position group (\"a photo of a ball on the snow\" vs the look in words, 16 seeds):", "",
+                      "| states | look | text fid. | concept fid. | most read |", "|---|---|---|---|---|"]
+            for name, r in e["source"].items():
+                lines.append(f"| {name} | {f(r)} | {', '.join(f'{a} ({b})' for a, b in r['most_read'][:2])} |")
+        lines.append("")
+    doc.write_text("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--concept", default="sunball")
+    ap.add_argument("--only", default="prompted,source,oracle,summary,summary-gated")
+    ap.add_argument("--out", default="runs/look_source")
+    ap.add_argument("--json", default="docs/results/look_source.json")
+    ap.add_argument("--doc", default="docs/results/look_source.md", help="the JSON as tables")
+    ap.add_argument("--doc-only", action="store_true", help="only rewrite --doc from --json")
+    ap.add_argument("--figure", default=None, help="only draw this PNG from the trained files of --out/--tag")
+    ap.add_argument("--tag", default="shipped", help="the key of this world model in the JSON (e.g. shipped, named)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    js = Path(args.json)
+    if args.doc_only:
+        write_doc(json.loads(js.read_text()), Path(args.doc))
+        return 0
+    reader, concept = _reader_and_concept(args.concept)
+    work = Path(args.out) / args.tag
+    work.mkdir(parents=True, exist_ok=True)
+    if args.figure:
+        figure(concept, work, Path(args.figure))
+        return 0
+    data = json.loads(js.read_text()) if js.is_file() else {}
+    entry = data.setdefault(args.tag, {})
+    entry["model"] = os.environ.get("INFUSION_WORLD_MODEL", "shipped world")
+    from infusion.evaluation.world_results import model_fingerprint
+
+    entry["model_fingerprint"] = model_fingerprint("world")
+    for what in args.only.split(","):  # the summary patch stays for the rest of the process: keep it last
+        t0 = time.time()
+        if what == "prompted":
+            entry[what] = prompted(concept, reader)
+        elif what == "source":
+            entry[what] = source(concept, reader)
+        elif what == "oracle":
+            entry[what] = oracle(concept, reader, work)
+        elif what in ("summary", "summary-gated"):
+            entry[what] = summary(concept, reader, work, gated=what == "summary-gated")
+        else:
+            raise SystemExit(f"unknown check {what!r}")
+        entry[what + "_seconds"] = round(time.time() - t0)
+        print(what, json.dumps(entry[what]), flush=True)
+        js.parent.mkdir(parents=True, exist_ok=True)
+        data = json.loads(js.read_text()) if js.is_file() else {}  # another tag may have been written meanwhile
+        data[args.tag] = entry
+        js.write_text(json.dumps(data, indent=1, sort_keys=True))
+    write_doc(data, Path(args.doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
