@@ -129,7 +129,7 @@ def build_report(out: Path, preset, doc: Path, wall: list) -> dict:
     fig_dir = doc.parent / "results"
     fig_dir.mkdir(parents=True, exist_ok=True)
     curves = _curve_figures(rec, preset, fig_dir)
-    grids = _grids(out, preset, fig_dir)
+    grids = _grids(out, preset, fig_dir, rec)
     lines = _doc(preset, table, per_concept, curves, grids, wall, rec, doc, complete)
     doc.write_text("\n".join(lines) + "\n")
     from infusion.evaluation.world_results import model_fingerprint
@@ -204,7 +204,9 @@ def _curve_figures(rec: dict, preset, fig_dir: Path) -> list[str]:
     return files
 
 
-def _grids(out: Path, preset, fig_dir: Path) -> list[str]:
+def _grids(out: Path, preset, fig_dir: Path, rec: dict | None = None) -> list[str]:
+    """One picture per concept from the grid images in ``out``. A grid images are missing for (another session
+    drew them, only their records came with the JSON) is not redrawn over the committed picture."""
     from PIL import Image
 
     from infusion.images import make_grid
@@ -215,9 +217,15 @@ def _grids(out: Path, preset, fig_dir: Path) -> list[str]:
     for c in preset.concepts:
         d = out / "grids" / c
         if not d.is_dir():
+            if (fig_dir / f"grid_{c}.png").is_file():
+                files.append(f"grid_{c}.png")  # drawn by another session
             continue
         cols = ["base"] + [r.name for r in preset.rows]
         present = [col for col in cols if (d / f"{col}-00.png").is_file()]
+        scored = [col for col in cols if rec is not None and (rec.get(f"test/{col}/{c}/tuned") or rec.get(f"test/{col}/{c}/base"))]
+        if (fig_dir / f"grid_{c}.png").is_file() and not set(scored) <= set(present):
+            files.append(f"grid_{c}.png")  # keep the picture drawn where all its images were
+            continue
         prompts = grid_prompts(c, preset, 4)
         rows = []
         for i in range(len(prompts)):

@@ -187,6 +187,9 @@ def oracle(concept, reader, work: Path) -> dict:
 _PATCHED: set = set()
 
 
+GATE = {"threshold": 1.0}  # the gate: min(1, class map / (threshold x its maximum)) per head
+
+
 def _summary_patch(gated: bool):
     """Experiment only: every concept gets a second Delta row, added at the EOS and padding positions."""
     if "summary" not in _PATCHED:
@@ -237,15 +240,16 @@ def _patch_gate():
     def gated_core(self, attn, core_src, maps, queries, plan):  # column 0: the (one-token) class word
         if maps.shape[-1] > 1:
             cls_map = maps[..., :1]
-            maps = torch.cat([cls_map, maps[..., 1:] * cls_map / cls_map.amax(dim=2, keepdim=True).clamp_min(1e-8)], -1)
+            peak = (GATE["threshold"] * cls_map.amax(dim=2, keepdim=True)).clamp_min(1e-8)
+            maps = torch.cat([cls_map, maps[..., 1:] * (cls_map / peak).clamp(max=1.0)], -1)
         return c_core(self, attn, core_src, maps, queries, plan)
 
     pr.InfusionAttnProcessor._c_core = gated_core
 
 
-def summary(concept, reader, work: Path, gated: bool) -> dict:
+def summary(concept, reader, work: Path, gated: bool, lr: float = 1e-2, tag: str | None = None) -> dict:
     _summary_patch(gated)
-    path = _train_infusion(concept, work, "summary-gated" if gated else "summary")
+    path = _train_infusion(concept, work, tag or ("summary-gated" if gated else "summary"), lr=lr)
     return _score_concept(concept, reader, path)
 
 
@@ -294,8 +298,11 @@ def write_doc(data: dict, doc: Path) -> None:
         lines += [f"## World model `{tag}` ({e.get('model')}, fingerprint {e.get('model_fingerprint')})", "",
                   "| setting | look, training caption | text fid. | concept fid. | look, validation | text fid. | concept fid. |",
                   "|---|---|---|---|---|---|---|"]
-        for key, label in (("prompted", "base model, prompt: {}"), ("oracle", "{}"), ("summary", "Infusion + summary row (experiment)"),
-                           ("summary-gated", "Infusion + summary row gated by the class map (experiment)")):
+        keys = [("prompted", "base model, prompt: {}"), ("oracle", "{}")] + [
+            (k, "Infusion + summary row" + (" gated by the class map" if k.startswith("summary-gated") else "")
+             + k.partition(" ")[2].join([" (", ")"] if " " in k else ["", ""]) + " (experiment)")
+            for k in sorted(e) if k.startswith("summary") and not k.endswith("_seconds")]
+        for key, label in keys:
             if key not in e:
                 continue
             items = e[key].items() if key in ("prompted", "oracle") else [(None, e[key])]
@@ -321,6 +328,8 @@ def main(argv=None) -> int:
     ap.add_argument("--figure", default=None, help="only draw this PNG from the trained files of --out/--tag")
     ap.add_argument("--tag", default="shipped", help="the key of this world model in the JSON (e.g. shipped, named)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--gate-threshold", type=float, default=1.0, help="summary-gated: gate = min(1, map / (this x max))")
+    ap.add_argument("--lr", type=float, default=1e-2, help="summary, summary-gated: learning rate")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     js = Path(args.json)
@@ -348,14 +357,18 @@ def main(argv=None) -> int:
         elif what == "oracle":
             entry[what] = oracle(concept, reader, work)
         elif what in ("summary", "summary-gated"):
-            entry[what] = summary(concept, reader, work, gated=what == "summary-gated")
+            GATE["threshold"] = args.gate_threshold
+            if (args.lr, args.gate_threshold) != (1e-2, 1.0):  # a variant: its own key and file
+                what = f"{what} lr={args.lr:g}" + (f" threshold={args.gate_threshold:g}" if what == "summary-gated" else "")
+            entry[what] = summary(concept, reader, work, gated=what.startswith("summary-gated"), lr=args.lr,
+                                  tag=what.replace(" ", "_").replace("=", "-"))
         else:
             raise SystemExit(f"unknown check {what!r}")
         entry[what + "_seconds"] = round(time.time() - t0)
         print(what, json.dumps(entry[what]), flush=True)
         js.parent.mkdir(parents=True, exist_ok=True)
-        data = json.loads(js.read_text()) if js.is_file() else {}  # another tag may have been written meanwhile
-        data[args.tag] = entry
+        data = json.loads(js.read_text()) if js.is_file() else {}  # another process may have written meanwhile
+        data.setdefault(args.tag, {}).update({k: entry[k] for k in ("model", "model_fingerprint", what, what + "_seconds")})
         js.write_text(json.dumps(data, indent=1, sort_keys=True))
     write_doc(data, Path(args.doc))
     return 0
