@@ -56,9 +56,14 @@ def _score(reader, concept, ims, texts) -> dict:
             "most_read": Counter(r["look_read"] for r in rd).most_common(3)}
 
 
+WORDS: dict = {}  # --words: another description than the look's (e.g. the colour alone)
+
+
 def described(concept) -> str:
     from infusion.world import scenes
 
+    if WORDS.get("text"):
+        return WORDS["text"]
     o = concept.obj
     return f"{o.color} and {o.color2} {scenes.PATTERN_WORDS[o.pattern]} {o.cls}"
 
@@ -308,10 +313,11 @@ def write_doc(data: dict, doc: Path) -> None:
             items = e[key].items() if key in ("prompted", "oracle") else [(None, e[key])]
             for name, r in items:
                 lines.append(f"| {label.format(name)} | {f(r['training_caption'])} | {f(r['validation'])} |")
-        if "source" in e:
-            lines += ["", "Text states mixed per position group (\"a photo of a ball on the snow\" vs the look in words, 16 seeds):", "",
+        for key in sorted(k for k in e if k.startswith("source") and not k.endswith("_seconds")):
+            words = key.partition("(")[2].rstrip(")") or "the look in words"
+            lines += ["", f"Text states mixed per position group (\"a photo of a ball on the snow\" vs {words}, 16 seeds):", "",
                       "| states | look | text fid. | concept fid. | most read |", "|---|---|---|---|---|"]
-            for name, r in e["source"].items():
+            for name, r in e[key].items():
                 lines.append(f"| {name} | {f(r)} | {', '.join(f'{a} ({b})' for a, b in r['most_read'][:2])} |")
         lines.append("")
     doc.write_text("\n".join(lines))
@@ -329,6 +335,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="shipped", help="the key of this world model in the JSON (e.g. shipped, named)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gate-threshold", type=float, default=1.0, help="summary-gated: gate = min(1, map / (this x max))")
+    ap.add_argument("--words", default=None, help="source: describe the object with these words before the class word "
+                                                   "(default: the look's colour, second colour and pattern word)")
     ap.add_argument("--lr", type=float, default=1e-2, help="summary, summary-gated: learning rate")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -353,6 +361,9 @@ def main(argv=None) -> int:
         if what == "prompted":
             entry[what] = prompted(concept, reader)
         elif what == "source":
+            if args.words:
+                WORDS["text"] = f"{args.words} {concept.class_phrase}"
+                what = f"source ({args.words})"
             entry[what] = source(concept, reader)
         elif what == "oracle":
             entry[what] = oracle(concept, reader, work)
