@@ -86,3 +86,14 @@ def test_decoder_finetune_changes_only_the_decoder_and_resumes(tmp_path, optimiz
     changed = {k for (k, a), b in zip(before.state_dict().items(), after.state_dict().values()) if not torch.equal(a, b)}
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), sorted(changed)[:5]
     assert load_checkpoint(cfg.checkpoint, {"decoder": before.decoder, "post_quant_conv": before.post_quant_conv}, None)["step"] == 3
+
+
+def test_bad_patterned_settings_are_refused_before_any_work(tmp_path):
+    import pytest
+
+    from infusion.world.train_model import ModelConfig, train_model
+
+    for bad in ({"patterned_share": 1.0}, {"name_patterns": 1.5}, {"patterned_images": -1}):
+        with pytest.raises(ValueError, match="patterned_share must be in"):
+            train_model(ModelConfig(work=str(tmp_path / "w"), **bad))
+    assert not (tmp_path / "w").exists()

@@ -126,7 +126,6 @@ def model_fingerprint(model: str) -> str:
     return h.hexdigest()[:16]
 
 
-
 class Records:
     """One JSON file per finished unit: ``out/records/<key>.json``; ``get`` None when not done yet."""
 

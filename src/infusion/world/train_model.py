@@ -72,7 +72,8 @@ class ModelConfig:
     text_encoder_trains: tuple = ((0, 1300), (8101, None))
     token_loss_weight: float = 0.1  # TokenCompose's L_token on the class words' attn2 maps (0: off)
     # the patterned set (``dataset.patterned_scene``: every object patterned, captions name colour and pattern):
-    # how many images, and the share of each batch drawn from it (0: none; shipped from step 13,200: docs/world.md s. 6)
+    # how many images, and the share of each batch drawn from it (0: none, as the shipped model; a candidate world that
+    # names patterns: benchmarks/world_look_source.py)
     patterned_images: int = 0
     patterned_share: float = 0.0
     name_patterns: float = 0.0  # probability that a caption of the main set names a patterned object's pattern (shipped: 0)
@@ -115,6 +116,8 @@ def text_encoder_trains_at(step: int, ranges) -> bool:
 
 
 def train_model(cfg: ModelConfig):
+    if not (0 <= cfg.patterned_share < 1 and 0 <= cfg.name_patterns <= 1 and cfg.patterned_images >= 0):
+        raise ValueError(f"patterned_share must be in [0, 1), name_patterns in [0, 1], patterned_images >= 0: {cfg}")
     torch.set_num_threads(cfg.threads)
     work = Path(cfg.work)
     (work / "samples").mkdir(parents=True, exist_ok=True)
