@@ -10,7 +10,9 @@ section "Where the look lives in the world model".
    positions carry the look?
 3. ``oracle``: Infusion's residual set by hand to what the words change at the class word's value,
    to_v(h_ball | described) - to_v(h_ball | plain) in every attn2 layer: is the class word's value enough?
-4. ``summary`` (an experiment, not a shipped option): Infusion with a second Delta row added at the
+4. ``ti``: Textual Inversion at its defaults for 1,000 steps (does a text-side baseline gain from a world that
+   can be told a look?).
+5. ``summary`` (an experiment, not a shipped option): Infusion with a second Delta row added at the
    EOS/padding positions (with F's maps there), trained as the paper's Infusion (lr 1e-2, 1,000 steps);
    ``summary-gated`` scales those maps by the class word's map (normalised to its maximum per head).
 
@@ -140,7 +142,7 @@ def source(concept, reader, n: int = 16) -> dict:
     return out
 
 
-def _train_infusion(concept, work: Path, tag: str, lr=1e-2, steps=1000) -> Path:
+def _train_infusion(concept, work: Path, tag: str, lr=1e-2, steps=1000, method="infusion") -> Path:
     from infusion.training import TrainConfig, train
     from infusion.world.concepts import write_concept_images
 
@@ -149,7 +151,7 @@ def _train_infusion(concept, work: Path, tag: str, lr=1e-2, steps=1000) -> Path:
         images = work / "images"
         write_concept_images(concept.name, images)
         train(TrainConfig(model="world", images=str(images), name=concept.name, class_phrase=concept.class_phrase,
-                          out=str(dest), method="infusion", lr=lr, steps=steps), progress=False)
+                          out=str(dest), method=method, lr=lr, steps=steps), progress=False)
     return dest
 
 
@@ -303,7 +305,7 @@ def write_doc(data: dict, doc: Path) -> None:
         lines += [f"## World model `{tag}` ({e.get('model')}, fingerprint {e.get('model_fingerprint')})", "",
                   "| setting | look, training caption | text fid. | concept fid. | look, validation | text fid. | concept fid. |",
                   "|---|---|---|---|---|---|---|"]
-        keys = [("prompted", "base model, prompt: {}"), ("oracle", "{}")] + [
+        keys = [("prompted", "base model, prompt: {}"), ("oracle", "{}"), ("ti", "Textual Inversion (defaults, 1,000 steps)")] + [
             (k, "Infusion + summary row" + (" gated by the class map" if k.startswith("summary-gated") else "")
              + k.partition(" ")[2].join([" (", ")"] if " " in k else ["", ""]) + " (experiment)")
             for k in sorted(e) if k.startswith("summary") and not k.endswith("_seconds")]
@@ -367,6 +369,8 @@ def main(argv=None) -> int:
             entry[what] = source(concept, reader)
         elif what == "oracle":
             entry[what] = oracle(concept, reader, work)
+        elif what == "ti":  # Textual Inversion at its defaults, 1,000 steps: does a text-side baseline gain too?
+            entry[what] = _score_concept(concept, reader, _train_infusion(concept, work, "ti", lr=None, method="ti"))
         elif what in ("summary", "summary-gated"):
             GATE["threshold"] = args.gate_threshold
             if (args.lr, args.gate_threshold) != (1e-2, 1.0):  # a variant: its own key and file
