@@ -102,7 +102,7 @@ def own_work_folder(out: Path, fingerprint: str) -> None:
     mark.write_text(fingerprint + "\n")
 
 
-def build_report(out: Path, preset, doc: Path, wall: list) -> dict:
+def build_report(out: Path, preset, doc: Path, wall: list, fingerprint: str) -> dict:
     """Tables, curve figures and grids from the records -> ``doc`` and its JSON; returns the JSON."""
     from infusion.evaluation.world_results import BASE_ROW, Records
 
@@ -132,9 +132,7 @@ def build_report(out: Path, preset, doc: Path, wall: list) -> dict:
     grids = _grids(out, preset, fig_dir, rec)
     lines = _doc(preset, table, per_concept, curves, grids, wall, rec, doc, complete)
     doc.write_text("\n".join(lines) + "\n")
-    from infusion.evaluation.world_results import model_fingerprint
-
-    data = {"preset": preset.__class__.__name__, "model": preset.model, "model_fingerprint": model_fingerprint(preset.model),
+    data = {"preset": preset.__class__.__name__, "model": preset.model, "model_fingerprint": fingerprint,
             "wall_seconds": wall, "complete_concepts": complete,
             "table": {f"{r}/{s}": v for (r, s), v in table.items()},
             "per_concept": {f"{r}/{s}": v for (r, s), v in per_concept.items()},
@@ -431,7 +429,7 @@ def main(argv=None) -> int:
                 p.join()
         wall.append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)), "seconds": time.time() - t0,
                      "workers": args.workers})
-    build_report(out, preset, doc, wall)
+    build_report(out, preset, doc, wall, fingerprint)
     print(f"wrote {doc}")
     return 0
 

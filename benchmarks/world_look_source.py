@@ -142,7 +142,7 @@ def source(concept, reader, n: int = 16) -> dict:
     return out
 
 
-def _train_infusion(concept, work: Path, tag: str, lr=1e-2, steps=1000, method="infusion") -> Path:
+def _train(concept, work: Path, tag: str, lr=1e-2, steps=1000, method="infusion") -> Path:
     from infusion.training import TrainConfig, train
     from infusion.world.concepts import write_concept_images
 
@@ -169,7 +169,7 @@ def oracle(concept, reader, work: Path) -> dict:
     from infusion.concept import Concept
     from infusion.models import load_base_pipeline
 
-    trained = _train_infusion(concept, work, "infusion")
+    trained = _train(concept, work, "infusion")
     pipe = load_base_pipeline("world")
     tok, te = pipe.tokenizer, pipe.text_encoder
 
@@ -256,7 +256,7 @@ def _patch_gate():
 
 def summary(concept, reader, work: Path, gated: bool, lr: float = 1e-2, tag: str | None = None) -> dict:
     _summary_patch(gated)
-    path = _train_infusion(concept, work, tag or ("summary-gated" if gated else "summary"), lr=lr)
+    path = _train(concept, work, tag or ("summary-gated" if gated else "summary"), lr=lr)
     return _score_concept(concept, reader, path)
 
 
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
         elif what == "oracle":
             entry[what] = oracle(concept, reader, work)
         elif what == "ti":  # Textual Inversion at its defaults, 1,000 steps: does a text-side baseline gain too?
-            entry[what] = _score_concept(concept, reader, _train_infusion(concept, work, "ti", lr=None, method="ti"))
+            entry[what] = _score_concept(concept, reader, _train(concept, work, "ti", lr=None, method="ti"))
         elif what in ("summary", "summary-gated"):
             GATE["threshold"] = args.gate_threshold
             if (args.lr, args.gate_threshold) != (1e-2, 1.0):  # a variant: its own key and file
