@@ -72,8 +72,8 @@ def seed_records(out: Path, results_json: Path, fingerprint: str) -> int:
     have = Records(out)
     n = 0
     for key, value in data.get("records", {}).items():
-        if key.startswith("train/"):
-            continue  # training outputs are not committed: a missing one is trained again when needed
+        # train/ records are kept too (configs, seconds, sizes: the JSON stays complete); their outputs are not
+        # committed, and Runner.train trains again when a record's output is missing
         if have.get(key) is None:
             have.put(key, value)
             n += 1
@@ -342,12 +342,25 @@ def _readings(table: dict, rec: dict, preset, complete: list) -> list[str]:
                    + "; without the concept: "
                    + ", ".join(f"{r} {span(p, 'agnostic_text_fidelity')[0]:.2f} -> {span(p, 'agnostic_text_fidelity')[1]:.2f}"
                                for r, p in curves.items()) + ".")
+        drop = lambda p: span(p, "text_fidelity")[0] - span(p, "text_fidelity")[1]  # noqa: E731
+        decayed = [r for r, p in curves.items() if not r.startswith("infusion") and drop(p) > 0.02]
+        others = [r for r in curves if not r.startswith("infusion")]
+        if "infusion" in curves:
+            holds = abs(drop(curves["infusion"])) <= 0.01
+            out.append(f"  Text fidelity falls by more than 0.02 for {len(decayed)} of {len(others)} baselines "
+                       f"({', '.join(decayed) or 'none'}); Infusion's {'holds' if holds else 'moves'} "
+                       f"({drop(curves['infusion']):+.2f}): the claim **{'holds' if holds and decayed else 'does not hold'}"
+                       f"**{' for those baselines' if holds and len(decayed) < len(others) else ''} on this concept.")
     pairs = [(r, f"{r}+mlm") for r in ("ti", "pplus", "dreambooth", "custom-diffusion") if r in tuned and f"{r}+mlm" in tuned]
     if pairs:
         out.append("- **MLM paper (CLIP-T up, DINO down with the regulariser).** Text fidelity / concept fidelity, without -> "
                    "with L_MLM: " + "; ".join(
                        f"{a} {tuned[a]['text_fidelity']:.3f} -> {tuned[b]['text_fidelity']:.3f} / "
                        f"{tuned[a]['concept_fidelity']:.3f} -> {tuned[b]['concept_fidelity']:.3f}" for a, b in pairs) + ".")
+        agree = [a for a, b in pairs if tuned[b]["text_fidelity"] > tuned[a]["text_fidelity"]
+                 and tuned[b]["concept_fidelity"] < tuned[a]["concept_fidelity"]]
+        out.append(f"  Text fidelity up and concept fidelity down together for {len(agree)} of {len(pairs)} methods "
+                   f"({', '.join(agree) or 'none'}): the claim **{'holds' if len(agree) == len(pairs) else 'does not hold' if not agree else 'holds in part'}** here.")
     lfd = {r: tuned[r]["lfd"] for r in methods if tuned[r].get("lfd") is not None}
     if lfd:
         out.append("- **Concept-agnostic overfitting (LFD, Def. 3.1).** " + ", ".join(f"{r} {v:.4f}" for r, v in sorted(lfd.items(), key=lambda x: x[1]))
