@@ -126,6 +126,18 @@ class Student:
         self.m._f_latents = torch.cat([zf, zf])
         return self.m.forward(torch.cat([zc, zc]), torch.cat([t, t]), text)
 
+    @torch.no_grad()
+    def mean_loss(self, data, batch: int = 64) -> float:
+        """The distillation loss over every recorded state (at zero residual: how far F's attn2 outputs leave C
+        from the teacher)."""
+        zf, zc, t, p, target = data
+        total = 0.0
+        for i in range(0, len(zc), batch):
+            sl = slice(i, i + batch)
+            u, c = self(zc[sl], zf[sl], t[sl], p[sl].tolist()).chunk(2)
+            total += float(((u + GUIDANCE * (c - u) - target[sl]) ** 2).mean(dim=(1, 2, 3)).sum()) / GUIDANCE**2
+        return total / len(zc)
+
     def fit(self, data, steps: int, batch: int = 8, seed: int = 0) -> list[float]:
         zf, zc, t, p, target = data
         params = [q for q in self.m.trainable_state().values()]
@@ -139,7 +151,7 @@ class Student:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if (step + 1) % 250 == 0:
                 print(f"  step {step + 1}: loss {sum(losses[-250:]) / 250:.4f}", flush=True)
         return losses
@@ -224,6 +236,9 @@ def main(argv=None) -> int:
         student = Student(concept, work, train_prompts, residual, args.lr)
         d = Rollouts()
         d.__dict__.update({k: list(v) for k, v in data.__dict__.items()})
+        if "zero-residual loss" not in res:
+            res["zero-residual loss"] = student.mean_loss(data.tensors())
+            print("distillation loss at zero residual:", res["zero-residual loss"], flush=True)
         for r in range(args.rounds):
             if r > 0:
                 rollout(base, teacher, student, train_prompts, list(range(args.seeds)), concept.class_phrase, tok, d,

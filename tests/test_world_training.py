@@ -97,3 +97,23 @@ def test_bad_patterned_settings_are_refused_before_any_work(tmp_path):
         with pytest.raises(ValueError, match="patterned_share must be in"):
             train_model(ModelConfig(work=str(tmp_path / "w"), **bad))
     assert not (tmp_path / "w").exists()
+    with pytest.raises(ValueError, match="summary_dropout must be in"):
+        train_model(ModelConfig(work=str(tmp_path / "w"), summary_dropout=1.5))
+    assert not (tmp_path / "w").exists()
+
+
+def test_summary_dropout_replaces_eos_and_padding_of_the_chosen_rows_only():
+    from infusion.tiny import load_tokenizer
+    from infusion.world.train_model import drop_summary
+
+    tok = load_tokenizer()
+    ids = tok(["a photo of a red ball", "a dipped ball on the snow"], padding="max_length", max_length=77,
+              return_tensors="pt").input_ids
+    cond, empty = torch.randn(2, 77, 8), torch.randn(77, 8)
+    out = drop_summary(cond, ids, empty, torch.tensor([True, False]))
+    eos = ids[0].tolist().index(tok.eos_token_id)
+    assert eos == 7  # BOS + 6 words
+    assert torch.equal(out[0, :eos], cond[0, :eos])  # the words keep their states
+    assert torch.equal(out[0, eos:], empty[eos:])  # EOS and padding: the empty caption's
+    assert torch.equal(out[1], cond[1])  # a row not chosen is untouched
+    assert torch.equal(drop_summary(cond, ids, empty, torch.tensor([False, False])), cond)

@@ -40,6 +40,9 @@ def register(subparsers) -> None:
                    help="model stage: probability that a caption names a patterned object's pattern (shipped world: 0)")
     t.add_argument("--patterned-images", type=int, default=0, help="model stage: size of the patterned set (0: none)")
     t.add_argument("--patterned-share", type=float, default=0.0, help="model stage: share of each batch from the patterned set")
+    t.add_argument("--summary-dropout", type=float, default=0.0,
+                   help="model stage: probability that a caption's EOS and padding states are replaced by the empty caption's, "
+                        "so that the UNet reads an object's look from its words (shipped world: 0)")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images with the world model")
@@ -130,7 +133,7 @@ def _train(args) -> int:
 
         train_model(ModelConfig(max_minutes=args.max_minutes, threads=args.threads, export_dir=args.export_dir,
                                 name_patterns=args.name_patterns, patterned_images=args.patterned_images,
-                                patterned_share=args.patterned_share,
+                                patterned_share=args.patterned_share, summary_dropout=args.summary_dropout,
                                 **({"steps": args.steps} if args.steps else {}),
                                 **({"checkpoint": args.checkpoint} if args.checkpoint else {})))
     else:

@@ -77,6 +77,9 @@ class ModelConfig:
     patterned_images: int = 0
     patterned_share: float = 0.0
     name_patterns: float = 0.0  # probability that a caption of the main set names a patterned object's pattern (shipped: 0)
+    # probability that a captioned row's EOS and padding states are replaced by the empty caption's (``drop_summary``;
+    # shipped: 0): the UNet then has to read what the caption says from its words, the class word among them
+    summary_dropout: float = 0.0
     prediction_type: str = "v_prediction"  # or "epsilon" (steps <= 8,101 of the shipped model)
     zero_terminal_snr: bool = True
     export_every: int = 100
@@ -110,6 +113,20 @@ def _captions(batch_idx: torch.Tensor, rng: random.Random, dropout: float, patte
     return texts, batch_scenes
 
 
+def drop_summary(cond: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Replace the summary positions (EOS and the padding after it) of ``rows`` by the empty caption's states.
+
+    cond (B, L, D) text states; ids (B, L) their token ids (CLIP: EOS has the largest id, so ``argmax`` finds it);
+    empty (L, D) the states of ""; rows (B,) bool. A causal text encoder lets EOS and the padding summarise the whole
+    caption, and a UNet trained on them reads an object's look there rather than from the object's words (measured:
+    benchmarks/world_look_source.py); a value residual on the class word cannot reach what is read there.
+    """
+    L = ids.shape[1]
+    after_eos = torch.arange(L)[None, :] >= ids.argmax(dim=1)[:, None]  # (B, L)
+    keep = ~(after_eos & rows[:, None])
+    return torch.where(keep[..., None], cond, empty[None].to(cond.dtype))
+
+
 def text_encoder_trains_at(step: int, ranges) -> bool:
     """Whether ``step`` lies in one of the ``[start, stop)`` ranges (``stop`` None: no end)."""
     return any(start <= step and (stop is None or step < stop) for start, stop in ranges)
@@ -118,6 +135,8 @@ def text_encoder_trains_at(step: int, ranges) -> bool:
 def train_model(cfg: ModelConfig):
     if not (0 <= cfg.patterned_share < 1 and 0 <= cfg.name_patterns <= 1 and cfg.patterned_images >= 0):
         raise ValueError(f"patterned_share must be in [0, 1), name_patterns in [0, 1], patterned_images >= 0: {cfg}")
+    if not 0 <= cfg.summary_dropout <= 1:
+        raise ValueError(f"summary_dropout must be in [0, 1], got {cfg.summary_dropout}")
     torch.set_num_threads(cfg.threads)
     work = Path(cfg.work)
     (work / "samples").mkdir(parents=True, exist_ok=True)
@@ -190,8 +209,15 @@ def train_model(cfg: ModelConfig):
         t = torch.randint(0, len(alphas), (cfg.batch_size,), generator=gen)
         zt = sched.add_noise(z0, noise, t)
         ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        drop_rows = None
+        if cfg.summary_dropout > 0:  # one more row: the empty caption, whose summary states replace the dropped rows'
+            drop_rows = (torch.rand(len(texts), generator=gen) < cfg.summary_dropout) & torch.tensor([t != "" for t in texts])
+            ids = torch.cat([ids, tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids])
         with torch.set_grad_enabled(text_trains):
             cond = text_encoder(ids)[0]  # (B, 77, D)
+        if drop_rows is not None:
+            ids, empty, cond = ids[:-1], cond[-1], cond[:-1]
+            cond = drop_summary(cond, ids, empty, drop_rows)
         pred = unet(zt, t, cond).sample
         if cfg.prediction_type == "v_prediction":
             target = sched.get_velocity(z0, noise, t)
