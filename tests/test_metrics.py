@@ -254,3 +254,21 @@ def test_function_scorer_checks_shapes():
     assert s.roles == {"text": "text_fidelity", "image": "concept_fidelity"}
     with pytest.raises(ValueError, match="concept_fidelity has shape"):
         s.score(_images(2), ["a", "b"], [])
+
+
+def test_infusion_eps_follows_t_max_per_row(pipe):
+    """A t_max concept injects only in rows with t < t_max * T (as InfusionPipeline samples it): above it C == F."""
+    base = UNetEps.from_pipeline(pipe)
+    custom_pipe = copy.deepcopy(pipe)
+    c = _random_concept(custom_pipe.unet, scale=5.0)
+    late = Concept(c.name, c.class_phrase, c.deltas, t_max=0.5)
+    eps = InfusionEps.from_pipeline(custom_pipe, [late])
+    z = _latents()[:2]
+    t = torch.tensor([700, 200])  # T = 1000: row 0 above t_max * T, row 1 below
+    prompts = ["a photo of a <mydog>"] * 2
+    got, ref = eps(z, t, prompts), base(z, t, ["a photo of a dog"] * 2)
+    assert torch.equal(got[0], ref[0])  # off: the base model bit for bit
+    assert not torch.allclose(got[1], ref[1])  # on: the residual acts
+    full = InfusionEps.from_pipeline(copy.deepcopy(pipe), [c])(z, t, prompts)
+    # below t_max the same C row as without t_max (up to float order: the batch holds one C row less)
+    assert torch.allclose(full[1], got[1], atol=1e-5) and not torch.allclose(full[0], got[0])
