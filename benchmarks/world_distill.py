@@ -59,6 +59,11 @@ class Rollouts:
     def add(self, zf, zc, t, p, target):
         self.zf.append(zf), self.zc.append(zc), self.t.append(t), self.p.append(p), self.target.append(target)
 
+    def copy(self) -> "Rollouts":
+        other = Rollouts()
+        other.__dict__.update({k: list(v) for k, v in self.__dict__.items()})
+        return other
+
     def tensors(self):
         return (torch.cat(self.zf), torch.cat(self.zc), torch.cat(self.t), torch.cat(self.p), torch.cat(self.target))
 
@@ -126,6 +131,11 @@ class Student:
         self.m._f_latents = torch.cat([zf, zf])
         return self.m.forward(torch.cat([zc, zc]), torch.cat([t, t]), text)
 
+    def guided_error(self, zc, zf, t, pis, target) -> torch.Tensor:
+        """Per-row squared error (B,) of C's guided prediction against the teacher's, in units of the unguided one."""
+        u, c = self(zc, zf, t, pis).chunk(2)
+        return ((u + GUIDANCE * (c - u) - target) ** 2).mean(dim=(1, 2, 3)) / GUIDANCE**2
+
     @torch.no_grad()
     def mean_loss(self, data, batch: int = 64) -> float:
         """The distillation loss over every recorded state (at zero residual: how far F's attn2 outputs leave C
@@ -134,8 +144,7 @@ class Student:
         total = 0.0
         for i in range(0, len(zc), batch):
             sl = slice(i, i + batch)
-            u, c = self(zc[sl], zf[sl], t[sl], p[sl].tolist()).chunk(2)
-            total += float(((u + GUIDANCE * (c - u) - target[sl]) ** 2).mean(dim=(1, 2, 3)).sum()) / GUIDANCE**2
+            total += float(self.guided_error(zc[sl], zf[sl], t[sl], p[sl].tolist(), target[sl]).sum())
         return total / len(zc)
 
     def fit(self, data, steps: int, batch: int = 8, seed: int = 0) -> list[float]:
@@ -146,8 +155,7 @@ class Student:
         losses = []
         for step in range(steps):
             idx = torch.randint(len(zc), (batch,), generator=g)
-            u, c = self(zc[idx], zf[idx], t[idx], p[idx].tolist()).chunk(2)
-            loss = torch.nn.functional.mse_loss(u + GUIDANCE * (c - u), target[idx]) / GUIDANCE**2
+            loss = self.guided_error(zc[idx], zf[idx], t[idx], p[idx].tolist(), target[idx]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -234,8 +242,7 @@ def main(argv=None) -> int:
     print(f"teacher rollouts: {len(data.zc)} states ({time.time() - t0:.0f} s)", flush=True)
     for residual in args.residuals.split(","):
         student = Student(concept, work, train_prompts, residual, args.lr)
-        d = Rollouts()
-        d.__dict__.update({k: list(v) for k, v in data.__dict__.items()})
+        d = data.copy()
         if "zero-residual loss" not in res:
             res["zero-residual loss"] = student.mean_loss(data.tensors())
             print("distillation loss at zero residual:", res["zero-residual loss"], flush=True)

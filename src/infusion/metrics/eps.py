@@ -116,7 +116,7 @@ class InfusionEps:
                 if concept.query:
                     proc.query_terms[concept.name] = concept.query[layer]
             self.class_phrases[concept.name] = concept.class_phrase
-            self.t_max[concept.name] = float(getattr(concept, "t_max", 1.0))
+            self.t_max[concept.name] = float(concept.t_max)
 
     @classmethod
     def from_pipeline(cls, pipe, concepts: Iterable) -> "InfusionEps":

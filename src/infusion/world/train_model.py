@@ -186,6 +186,7 @@ def train_model(cfg: ModelConfig):
     gen = torch.Generator().manual_seed(cfg.seed + 1000003 * step)
     rng = random.Random(cfg.seed + step)
     sf = vae.config.scaling_factor
+    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids  # (1, 77)
     t0 = time.time()
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="unet+text", mininterval=30)
     for step in bar:
@@ -211,8 +212,8 @@ def train_model(cfg: ModelConfig):
         ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         drop_rows = None
         if cfg.summary_dropout > 0:  # one more row: the empty caption, whose summary states replace the dropped rows'
-            drop_rows = (torch.rand(len(texts), generator=gen) < cfg.summary_dropout) & torch.tensor([t != "" for t in texts])
-            ids = torch.cat([ids, tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids])
+            drop_rows = (torch.rand(len(texts), generator=gen) < cfg.summary_dropout) & torch.tensor([c != "" for c in texts])
+            ids = torch.cat([ids, empty_ids])
         with torch.set_grad_enabled(text_trains):
             cond = text_encoder(ids)[0]  # (B, 77, D)
         if drop_rows is not None:
