@@ -50,6 +50,11 @@ def test_vae_then_model_stage_resume_and_export(tmp_path, optimizer_steps):
     from safetensors.torch import load_file
 
     assert load_file(str(work / "latents_patterned.safetensors"))["mean"].shape == (6, 4, 8, 8)
+    # the candidate worlds' caption options run through the same loop (the token loss's recorders take the mask)
+    mcfg.steps, mcfg.name_patterns, mcfg.summary_dropout, mcfg.hide_look_words = 5, 1.0, 1.0, 1.0
+    del optimizer_steps[:]
+    train_model(mcfg)
+    assert len(optimizer_steps) == 1
 
 
 def test_the_patterned_set_names_every_look():
@@ -99,6 +104,8 @@ def test_bad_patterned_settings_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "w").exists()
     with pytest.raises(ValueError, match="summary_dropout must be in"):
         train_model(ModelConfig(work=str(tmp_path / "w"), summary_dropout=1.5))
+    with pytest.raises(ValueError, match="hide_look_words must be in"):
+        train_model(ModelConfig(work=str(tmp_path / "w"), hide_look_words=-0.1))
     assert not (tmp_path / "w").exists()
 
 
@@ -117,3 +124,38 @@ def test_summary_dropout_replaces_eos_and_padding_of_the_chosen_rows_only():
     assert torch.equal(out[0, eos:], empty[eos:])  # EOS and padding: the empty caption's
     assert torch.equal(out[1], cond[1])  # a row not chosen is untouched
     assert torch.equal(drop_summary(cond, ids, empty, torch.tensor([False, False])), cond)
+
+
+def test_hidden_look_words_get_exactly_zero_attention():
+    """``look_word_mask`` hides colours, "and" and pattern words of the chosen rows only; with it the UNet's output
+    does not depend on the hidden positions' states at all (bit for bit), with stock and recording processors."""
+    from infusion.tiny import load_tokenizer
+    from infusion.world.architecture import build_unet
+    from infusion.world.token_loss import install_recorders
+    from infusion.world.train_model import look_word_ids, look_word_mask
+
+    tok = load_tokenizer()
+    ids = tok(["a photo of a large yellow and blue dipped ball on the snow", "a red box"], padding="max_length",
+              max_length=77, return_tensors="pt").input_ids
+    look = look_word_ids(tok)
+    mask = look_word_mask(ids, look, torch.tensor([True, False]))
+    assert mask.shape == (2, 77)
+    assert mask[0].tolist()[:13] == [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1]  # BOS a photo of a large | yellow and blue dipped | ball on the
+    assert mask[1].eq(1).all()  # a row not chosen keeps its colour word
+    assert look_word_mask(ids, look, torch.tensor([True, True]))[1, 2] == 0  # "red", when chosen
+
+    torch.manual_seed(0)
+    unet = build_unet().eval()
+    z, t = torch.randn(2, 4, 8, 8), torch.tensor([500, 500])
+    cond = torch.randn(2, 77, unet.config.cross_attention_dim)
+    other = cond.clone()
+    other[mask == 0] = 5 * torch.randn(int((mask == 0).sum()), cond.shape[-1])
+    for processors in ("stock", "recording"):
+        if processors == "recording":
+            install_recorders(unet)
+        with torch.no_grad():
+            a = unet(z, t, cond, encoder_attention_mask=mask).sample
+            b = unet(z, t, other, encoder_attention_mask=mask).sample
+            c = unet(z, t, other).sample
+        assert torch.equal(a, b), processors
+        assert not torch.allclose(a, c), processors  # unmasked, the same states do change the output

@@ -43,6 +43,9 @@ def register(subparsers) -> None:
     t.add_argument("--summary-dropout", type=float, default=0.0,
                    help="model stage: probability that a caption's EOS and padding states are replaced by the empty caption's, "
                         "so that the UNet reads an object's look from its words (shipped world: 0)")
+    t.add_argument("--hide-look-words", type=float, default=0.0,
+                   help="model stage: probability that a caption's look words (colours, 'and', pattern words) are hidden "
+                        "from the UNet's cross-attention, so that it reads the look from the class word (shipped world: 0)")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images with the world model")
@@ -134,6 +137,7 @@ def _train(args) -> int:
         train_model(ModelConfig(max_minutes=args.max_minutes, threads=args.threads, export_dir=args.export_dir,
                                 name_patterns=args.name_patterns, patterned_images=args.patterned_images,
                                 patterned_share=args.patterned_share, summary_dropout=args.summary_dropout,
+                                hide_look_words=args.hide_look_words,
                                 **({"steps": args.steps} if args.steps else {}),
                                 **({"checkpoint": args.checkpoint} if args.checkpoint else {})))
     else:

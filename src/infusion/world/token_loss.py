@@ -33,6 +33,8 @@ class RecordingCrossAttnProcessor:
         q = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B*h, HW, d)
         k = attn.head_to_batch_dim(attn.to_k(context))  # (B*h, L, d)
         v = attn.head_to_batch_dim(attn.to_v(context))
+        if attention_mask is not None:  # (B, 1, L) additive bias from the UNet's encoder_attention_mask
+            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], b)  # (B*h, 1, L)
         probs = attn.get_attention_scores(q, k, attention_mask)  # (B*h, HW, L)
         self.maps = probs.view(b, attn.heads, *probs.shape[1:])
         out = attn.batch_to_head_dim(torch.bmm(probs, v))

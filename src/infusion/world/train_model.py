@@ -80,6 +80,10 @@ class ModelConfig:
     # probability that a captioned row's EOS and padding states are replaced by the empty caption's (``drop_summary``;
     # shipped: 0): the UNet then has to read what the caption says from its words, the class word among them
     summary_dropout: float = 0.0
+    # probability that a captioned row's look words (colours, "and", pattern words) are hidden from the UNet's
+    # cross-attention (``look_word_mask``; shipped: 0): the causal text encoder has folded them into the class word's
+    # state, so the UNet learns to draw the look from there, as Stable Diffusion draws a zebra from "zebra"
+    hide_look_words: float = 0.0
     prediction_type: str = "v_prediction"  # or "epsilon" (steps <= 8,101 of the shipped model)
     zero_terminal_snr: bool = True
     export_every: int = 100
@@ -127,6 +131,22 @@ def drop_summary(cond: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor, row
     return torch.where(keep[..., None], cond, empty[None].to(cond.dtype))
 
 
+def look_word_ids(tokenizer) -> torch.Tensor:
+    """(N,) token ids of every word that describes an object's look: colour names, "and", the pattern words."""
+    words = list(scenes.COLORS) + ["and"] + list(scenes.PATTERN_WORDS.values())
+    return torch.tensor(sorted({i for w in words for i in tokenizer(w, add_special_tokens=False).input_ids}))
+
+
+def look_word_mask(ids: torch.Tensor, look_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, L) cross-attention mask (1 keep, 0 hide): the look words of ``rows`` hidden, everything else kept.
+
+    ids (B, L) token ids; look_ids (N,) from ``look_word_ids``; rows (B,) bool. The UNet passes it to every attn2 as
+    ``encoder_attention_mask``, so a hidden position's weight is exactly 0.
+    """
+    hide = torch.isin(ids, look_ids) & rows[:, None]
+    return (~hide).to(torch.float32)
+
+
 def text_encoder_trains_at(step: int, ranges) -> bool:
     """Whether ``step`` lies in one of the ``[start, stop)`` ranges (``stop`` None: no end)."""
     return any(start <= step and (stop is None or step < stop) for start, stop in ranges)
@@ -137,6 +157,8 @@ def train_model(cfg: ModelConfig):
         raise ValueError(f"patterned_share must be in [0, 1), name_patterns in [0, 1], patterned_images >= 0: {cfg}")
     if not 0 <= cfg.summary_dropout <= 1:
         raise ValueError(f"summary_dropout must be in [0, 1], got {cfg.summary_dropout}")
+    if not 0 <= cfg.hide_look_words <= 1:
+        raise ValueError(f"hide_look_words must be in [0, 1], got {cfg.hide_look_words}")
     torch.set_num_threads(cfg.threads)
     work = Path(cfg.work)
     (work / "samples").mkdir(parents=True, exist_ok=True)
@@ -187,6 +209,7 @@ def train_model(cfg: ModelConfig):
     rng = random.Random(cfg.seed + step)
     sf = vae.config.scaling_factor
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids  # (1, 77)
+    look_ids = look_word_ids(tokenizer)
     t0 = time.time()
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="unet+text", mininterval=30)
     for step in bar:
@@ -219,7 +242,11 @@ def train_model(cfg: ModelConfig):
         if drop_rows is not None:
             ids, empty, cond = ids[:-1], cond[-1], cond[:-1]
             cond = drop_summary(cond, ids, empty, drop_rows)
-        pred = unet(zt, t, cond).sample
+        mask = None
+        if cfg.hide_look_words > 0:
+            hide_rows = (torch.rand(len(texts), generator=gen) < cfg.hide_look_words) & torch.tensor([c != "" for c in texts])
+            mask = look_word_mask(ids, look_ids, hide_rows)
+        pred = unet(zt, t, cond, encoder_attention_mask=mask).sample
         if cfg.prediction_type == "v_prediction":
             target = sched.get_velocity(z0, noise, t)
             weight = torch.clamp(snr[t] + 1, max=cfg.min_snr_gamma) / (snr[t] + 1)
