@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from world_look_source import _generate, _score  # noqa: E402
+from world_look_source import score_prompts  # noqa: E402
 
 GUIDANCE = 5.0
 STEPS = 25
@@ -184,20 +184,8 @@ def paper_infusion(concept, work: Path) -> Path:
 
 
 def score_file(concept, reader, path: Path | None, prompts: list[str], seeds: int = 2) -> dict:
-    from infusion.customized import load_customized
-    from infusion.models import load_base_pipeline
-
-    tok = f"<{concept.name}>"
-    ps = [p for p in prompts for _ in range(seeds)]
-    texts = [p.replace(tok, concept.class_phrase) for p in ps]
-    if path is None:
-        pipe = load_base_pipeline("world")
-        pipe.set_progress_bar_config(disable=True)
-        ims = _generate(lambda p, **kw: pipe([p.replace(tok, concept.class_phrase)], **kw), ps)
-    else:
-        gen = load_customized("world", [path])
-        ims = _generate(lambda p, **kw: gen([p], **kw), ps)
-    return _score(reader, concept, ims, texts)
+    """``score_prompts`` with every prompt repeated ``seeds`` times (None: the base model)."""
+    return score_prompts(concept, reader, path, [p for p in prompts for _ in range(seeds)])
 
 
 def main(argv=None) -> int:

@@ -58,14 +58,12 @@ def _score(reader, concept, ims, texts) -> dict:
             "most_read": Counter(r["look_read"] for r in rd).most_common(3)}
 
 
-WORDS: dict = {}  # --words: another description than the look's (e.g. the colour alone)
-
-
-def described(concept) -> str:
+def described(concept, words: str | None = None) -> str:
+    """The concept's look in words before its class word ("yellow and blue dipped ball"), or ``words`` + class word."""
     from infusion.world import scenes
 
-    if WORDS.get("text"):
-        return WORDS["text"]
+    if words:
+        return f"{words} {concept.class_phrase}"
     o = concept.obj
     return f"{o.color} and {o.color2} {scenes.PATTERN_WORDS[o.pattern]} {o.cls}"
 
@@ -97,7 +95,7 @@ def prompted(concept, reader) -> dict:
     return out
 
 
-def source(concept, reader, n: int = 16) -> dict:
+def source(concept, reader, n: int = 16, words: str | None = None) -> dict:
     from infusion.models import load_base_pipeline
 
     pipe = load_base_pipeline("world")
@@ -110,7 +108,7 @@ def source(concept, reader, n: int = 16) -> dict:
             return te(ids)[0], ids[0].tolist()
 
     cls_id = tok.convert_tokens_to_ids(concept.class_phrase + "</w>")
-    sd, idd = enc(f"a photo of a {described(concept)} on the snow")
+    sd, idd = enc(f"a photo of a {described(concept, words)} on the snow")
     sp, idp = enc(f"a photo of a {concept.class_phrase} on the snow")
     cd, cp = idd.index(cls_id), idp.index(cls_id)
     m = 77 - cd - 1  # positions after the class word in the described prompt
@@ -155,13 +153,28 @@ def _train(concept, work: Path, tag: str, lr=1e-2, steps=1000, method="infusion"
     return dest
 
 
-def _score_concept(concept, reader, path: Path) -> dict:
+def score_prompts(concept, reader, path: Path | None, prompts: list[str]) -> dict:
+    """``_score`` of the images a concept file (``path``; None: the base model, told the class word) draws for
+    ``prompts``, the i-th with seed i."""
     from infusion.customized import load_customized
+    from infusion.models import load_base_pipeline
 
-    gen = load_customized("world", [path])
-    tok, sets = _sets(concept)
-    return {k: _score(reader, concept, _generate(lambda p, **kw: gen([p], **kw), ps),
-                      [p.replace(tok, concept.class_phrase) for p in ps]) for k, ps in sets.items()}
+    tok = f"<{concept.name}>"
+    texts = [p.replace(tok, concept.class_phrase) for p in prompts]
+    if path is None:
+        pipe = load_base_pipeline("world")
+        pipe.set_progress_bar_config(disable=True)
+        ims = _generate(lambda p, **kw: pipe([p.replace(tok, concept.class_phrase)], **kw), prompts)
+    else:
+        gen = load_customized("world", [path])
+        ims = _generate(lambda p, **kw: gen([p], **kw), prompts)
+    return _score(reader, concept, ims, texts)
+
+
+def _score_concept(concept, reader, path: Path) -> dict:
+    """``score_prompts`` on the training caption (12 seeds) and the validation prompts (2 seeds each)."""
+    _, sets = _sets(concept)
+    return {k: score_prompts(concept, reader, path, ps) for k, ps in sets.items()}
 
 
 def oracle(concept, reader, work: Path) -> dict:
@@ -364,9 +377,8 @@ def main(argv=None) -> int:
             entry[what] = prompted(concept, reader)
         elif what == "source":
             if args.words:
-                WORDS["text"] = f"{args.words} {concept.class_phrase}"
                 what = f"source ({args.words})"
-            entry[what] = source(concept, reader)
+            entry[what] = source(concept, reader, words=args.words)
         elif what == "oracle":
             entry[what] = oracle(concept, reader, work)
         elif what == "ti":  # Textual Inversion at its defaults, 1,000 steps: does a text-side baseline gain too?
