@@ -34,7 +34,7 @@ def test_training_changes_only_the_deltas(tiny_pipe, concept_images, tmp_path):
 def test_resume_reproduces_an_uninterrupted_run(concept_images, tmp_path, optimizer_steps):
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from infusion.tiny import tiny_sd_pipeline
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from infusion.evaluation import world_results as wr
 from infusion.world import scenes

@@ -55,6 +55,10 @@ def test_vae_then_model_stage_resume_and_export(tmp_path, optimizer_steps):
     del optimizer_steps[:]
     train_model(mcfg)
     assert len(optimizer_steps) == 1
+    mcfg.steps, mcfg.summary_dropout, mcfg.hide_look_words, mcfg.look_only_in_class_words = 7, 0.5, 0.5, True
+    del optimizer_steps[:]
+    train_model(mcfg)
+    assert len(optimizer_steps) == 2
 
 
 def test_the_patterned_set_names_every_look():
@@ -159,3 +163,27 @@ def test_hidden_look_words_get_exactly_zero_attention():
             c = unet(z, t, other).sample
         assert torch.equal(a, b), processors
         assert not torch.allclose(a, c), processors  # unmasked, the same states do change the output
+
+
+def test_look_only_in_class_words_swaps_every_other_position_for_the_look_free_captions():
+    from infusion.tiny import load_tokenizer
+    from infusion.world.train_model import look_only_in_class_words, look_word_ids, without_look_words
+
+    tok = load_tokenizer()
+    look = look_word_ids(tok)
+    texts = ["a photo of an orange and blue dipped ball and a red box on the snow", "a green tree"]
+    free = [without_look_words(t, tok, look) for t in texts]
+    assert free == ["a photo of an ball a box on the snow", "a tree"]  # the joining "and" goes too: it is a look word
+    enc = lambda ts: tok(ts, padding="max_length", max_length=77, return_tensors="pt").input_ids  # noqa: E731
+    ids, free_ids = enc(texts), enc(free)
+    cond, free_cond = torch.randn(2, 77, 8), torch.randn(2, 77, 8)
+    classes = torch.tensor([tok.convert_tokens_to_ids(w + "</w>") for w in ("ball", "box", "tree")])
+    out = look_only_in_class_words(cond, ids, free_cond, free_ids, look, classes, torch.tensor([True, False]))
+    words = tok.convert_ids_to_tokens(ids[0].tolist())
+    ball, box, orange, snow = words.index("ball</w>"), words.index("box</w>"), words.index("orange</w>"), words.index("snow</w>")
+    assert torch.equal(out[0, ball], cond[0, ball]) and torch.equal(out[0, box], cond[0, box])  # class words keep theirs
+    assert torch.equal(out[0, orange], cond[0, orange])  # a look word keeps its state (the mask hides it)
+    free_words = tok.convert_ids_to_tokens(free_ids[0].tolist())
+    assert torch.equal(out[0, snow], free_cond[0, free_words.index("snow</w>")])  # shifted to its counterpart
+    assert torch.equal(out[0, 0], free_cond[0, 0]) and torch.equal(out[0, -1], free_cond[0, 77 - 6 - 1])  # BOS; padding (6 look words)
+    assert torch.equal(out[1], cond[1])  # a row not chosen is untouched

@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     t.add_argument("--hide-look-words", type=float, default=0.0,
                    help="model stage: probability that a caption's look words (colours, 'and', pattern words) are hidden "
                         "from the UNet's cross-attention, so that it reads the look from the class word (shipped world: 0)")
+    t.add_argument("--look-only-in-class-words", action="store_true",
+                   help="model stage, with --hide-look-words: the hidden rows' other positions take the states of the caption "
+                        "without its look words, so that only the class words carry the look")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images with the world model")
@@ -138,6 +141,7 @@ def _train(args) -> int:
                                 name_patterns=args.name_patterns, patterned_images=args.patterned_images,
                                 patterned_share=args.patterned_share, summary_dropout=args.summary_dropout,
                                 hide_look_words=args.hide_look_words,
+                                look_only_in_class_words=args.look_only_in_class_words,
                                 **({"steps": args.steps} if args.steps else {}),
                                 **({"checkpoint": args.checkpoint} if args.checkpoint else {})))
     else:

@@ -84,6 +84,9 @@ class ModelConfig:
     # cross-attention (``look_word_mask``; shipped: 0): the causal text encoder has folded them into the class word's
     # state, so the UNet learns to draw the look from there, as Stable Diffusion draws a zebra from "zebra"
     hide_look_words: float = 0.0
+    # with ``hide_look_words``: the hidden rows' other positions (all but the class words) take their states from the
+    # caption with its look words removed (``look_only_in_class_words``), so that the look lives in the class words only
+    look_only_in_class_words: bool = False
     prediction_type: str = "v_prediction"  # or "epsilon" (steps <= 8,101 of the shipped model)
     zero_terminal_snr: bool = True
     export_every: int = 100
@@ -145,6 +148,33 @@ def look_word_mask(ids: torch.Tensor, look_ids: torch.Tensor, rows: torch.Tensor
     """
     hide = torch.isin(ids, look_ids) & rows[:, None]
     return (~hide).to(torch.float32)
+
+
+def without_look_words(text: str, tokenizer, look_ids: torch.Tensor) -> str:
+    """``text`` with every word whose tokens are all look words removed ("a red and blue dipped ball" -> "a ball")."""
+    keep = [w for w in text.split() if not torch.isin(torch.tensor(tokenizer(w, add_special_tokens=False).input_ids), look_ids).all()]
+    return " ".join(keep)
+
+
+def look_only_in_class_words(cond: torch.Tensor, ids: torch.Tensor, free_cond: torch.Tensor, free_ids: torch.Tensor,
+                             look_ids: torch.Tensor, class_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """States in which a row's look is carried by its class words only.
+
+    cond, free_cond (B, L, D): the text states of the captions and of the same captions without their look words
+    (``without_look_words``); ids, free_ids (B, L) their token ids; rows (B,) bool. In a chosen row every position
+    that is neither a look word nor a class word takes the state of its counterpart in the look-free caption (the
+    k-th kept token is the look-free caption's k-th token); the class words keep theirs, which a causal text encoder
+    has computed with the look words in view. Look words keep theirs too: ``look_word_mask`` hides them.
+    A row whose kept tokens do not match the look-free caption's is left as it is.
+    """
+    out = cond.clone()
+    for r in rows.nonzero().flatten().tolist():
+        kept = (~torch.isin(ids[r], look_ids)).nonzero().flatten()  # (K,)
+        if not torch.equal(free_ids[r, : len(kept)], ids[r, kept]):
+            continue
+        swap = ~torch.isin(ids[r, kept], class_ids)
+        out[r, kept[swap]] = free_cond[r, : len(kept)][swap]
+    return out
 
 
 def text_encoder_trains_at(step: int, ranges) -> bool:
@@ -210,6 +240,7 @@ def train_model(cfg: ModelConfig):
     sf = vae.config.scaling_factor
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids  # (1, 77)
     look_ids = look_word_ids(tokenizer)
+    class_ids = torch.tensor([tokenizer.convert_tokens_to_ids(c + "</w>") for c in scenes.CLASSES])
     t0 = time.time()
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="unet+text", mininterval=30)
     for step in bar:
@@ -237,14 +268,27 @@ def train_model(cfg: ModelConfig):
         if cfg.summary_dropout > 0:  # one more row: the empty caption, whose summary states replace the dropped rows'
             drop_rows = (torch.rand(len(texts), generator=gen) < cfg.summary_dropout) & torch.tensor([c != "" for c in texts])
             ids = torch.cat([ids, empty_ids])
+        hide_rows = None
+        if cfg.hide_look_words > 0:
+            hide_rows = (torch.rand(len(texts), generator=gen) < cfg.hide_look_words) & torch.tensor([c != "" for c in texts])
+        n_free = 0
+        if hide_rows is not None and cfg.look_only_in_class_words:  # one more row per caption: its look-free version
+            free_ids = tokenizer([without_look_words(c, tokenizer, look_ids) for c in texts], padding="max_length",
+                                 max_length=77, truncation=True, return_tensors="pt").input_ids
+            n_free = len(texts)
+            ids = torch.cat([ids, free_ids]) if drop_rows is None else torch.cat([ids[:-1], free_ids, ids[-1:]])
         with torch.set_grad_enabled(text_trains):
             cond = text_encoder(ids)[0]  # (B, 77, D)
         if drop_rows is not None:
             ids, empty, cond = ids[:-1], cond[-1], cond[:-1]
+        if n_free:
+            B = len(texts)
+            cond = look_only_in_class_words(cond[:B], ids[:B], cond[B:], ids[B:], look_ids, class_ids, hide_rows)
+            ids = ids[:B]
+        if drop_rows is not None:
             cond = drop_summary(cond, ids, empty, drop_rows)
         mask = None
-        if cfg.hide_look_words > 0:
-            hide_rows = (torch.rand(len(texts), generator=gen) < cfg.hide_look_words) & torch.tensor([c != "" for c in texts])
+        if hide_rows is not None:
             mask = look_word_mask(ids, look_ids, hide_rows)
         pred = unet(zt, t, cond, encoder_attention_mask=mask).sample
         if cfg.prediction_type == "v_prediction":
