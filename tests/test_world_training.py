@@ -110,6 +110,8 @@ def test_bad_patterned_settings_are_refused_before_any_work(tmp_path):
         train_model(ModelConfig(work=str(tmp_path / "w"), summary_dropout=1.5))
     with pytest.raises(ValueError, match="hide_look_words must be in"):
         train_model(ModelConfig(work=str(tmp_path / "w"), hide_look_words=-0.1))
+    with pytest.raises(ValueError, match="set hide_look_words > 0"):
+        train_model(ModelConfig(work=str(tmp_path / "w"), look_only_in_class_words=True))
     assert not (tmp_path / "w").exists()
 
 

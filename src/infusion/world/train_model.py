@@ -189,6 +189,8 @@ def train_model(cfg: ModelConfig):
         raise ValueError(f"summary_dropout must be in [0, 1], got {cfg.summary_dropout}")
     if not 0 <= cfg.hide_look_words <= 1:
         raise ValueError(f"hide_look_words must be in [0, 1], got {cfg.hide_look_words}")
+    if cfg.look_only_in_class_words and cfg.hide_look_words == 0:
+        raise ValueError("look_only_in_class_words works on the rows hide_look_words chooses: set hide_look_words > 0")
     torch.set_num_threads(cfg.threads)
     work = Path(cfg.work)
     (work / "samples").mkdir(parents=True, exist_ok=True)
