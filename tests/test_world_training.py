@@ -174,7 +174,7 @@ def test_look_only_in_class_words_swaps_every_other_position_for_the_look_free_c
     tok = load_tokenizer()
     look = look_word_ids(tok)
     texts = ["a photo of an orange and blue dipped ball and a red box on the snow", "a green tree"]
-    free = [without_look_words(t, tok, look) for t in texts]
+    free = [without_look_words(t) for t in texts]
     assert free == ["a photo of an ball a box on the snow", "a tree"]  # the joining "and" goes too: it is a look word
     enc = lambda ts: tok(ts, padding="max_length", max_length=77, return_tensors="pt").input_ids  # noqa: E731
     ids, free_ids = enc(texts), enc(free)

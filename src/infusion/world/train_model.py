@@ -134,10 +134,13 @@ def drop_summary(cond: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor, row
     return torch.where(keep[..., None], cond, empty[None].to(cond.dtype))
 
 
+LOOK_WORDS = frozenset(list(scenes.COLORS) + ["and"] + list(scenes.PATTERN_WORDS.values()))
+"""Every word that describes an object's look: colour names, "and", the pattern words."""
+
+
 def look_word_ids(tokenizer) -> torch.Tensor:
-    """(N,) token ids of every word that describes an object's look: colour names, "and", the pattern words."""
-    words = list(scenes.COLORS) + ["and"] + list(scenes.PATTERN_WORDS.values())
-    return torch.tensor(sorted({i for w in words for i in tokenizer(w, add_special_tokens=False).input_ids}))
+    """(N,) token ids of the ``LOOK_WORDS``."""
+    return torch.tensor(sorted({i for w in LOOK_WORDS for i in tokenizer(w, add_special_tokens=False).input_ids}))
 
 
 def look_word_mask(ids: torch.Tensor, look_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -150,10 +153,9 @@ def look_word_mask(ids: torch.Tensor, look_ids: torch.Tensor, rows: torch.Tensor
     return (~hide).to(torch.float32)
 
 
-def without_look_words(text: str, tokenizer, look_ids: torch.Tensor) -> str:
-    """``text`` with every word whose tokens are all look words removed ("a red and blue dipped ball" -> "a ball")."""
-    keep = [w for w in text.split() if not torch.isin(torch.tensor(tokenizer(w, add_special_tokens=False).input_ids), look_ids).all()]
-    return " ".join(keep)
+def without_look_words(text: str) -> str:
+    """``text`` with its ``LOOK_WORDS`` removed ("a red and blue dipped ball" -> "a ball")."""
+    return " ".join(w for w in text.split() if w not in LOOK_WORDS)
 
 
 def look_only_in_class_words(cond: torch.Tensor, ids: torch.Tensor, free_cond: torch.Tensor, free_ids: torch.Tensor,
@@ -266,16 +268,17 @@ def train_model(cfg: ModelConfig):
         t = torch.randint(0, len(alphas), (cfg.batch_size,), generator=gen)
         zt = sched.add_noise(z0, noise, t)
         ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        captioned = torch.tensor([c != "" for c in texts])  # (B,) rows whose caption was not dropped
         drop_rows = None
         if cfg.summary_dropout > 0:  # one more row: the empty caption, whose summary states replace the dropped rows'
-            drop_rows = (torch.rand(len(texts), generator=gen) < cfg.summary_dropout) & torch.tensor([c != "" for c in texts])
+            drop_rows = (torch.rand(len(texts), generator=gen) < cfg.summary_dropout) & captioned
             ids = torch.cat([ids, empty_ids])
         hide_rows = None
         if cfg.hide_look_words > 0:
-            hide_rows = (torch.rand(len(texts), generator=gen) < cfg.hide_look_words) & torch.tensor([c != "" for c in texts])
+            hide_rows = (torch.rand(len(texts), generator=gen) < cfg.hide_look_words) & captioned
         n_free = 0
         if hide_rows is not None and cfg.look_only_in_class_words:  # one more row per caption: its look-free version
-            free_ids = tokenizer([without_look_words(c, tokenizer, look_ids) for c in texts], padding="max_length",
+            free_ids = tokenizer([without_look_words(c) for c in texts], padding="max_length",
                                  max_length=77, truncation=True, return_tensors="pt").input_ids
             n_free = len(texts)
             ids = torch.cat([ids, free_ids]) if drop_rows is None else torch.cat([ids[:-1], free_ids, ids[-1:]])
