@@ -125,9 +125,40 @@ class _SlowEq7:
         return attn.to_out[0](torch.cat(out, dim=-1))
 
 
+def _slow_eq7_sampler(unet, sched, z, text, deltas, positions, g, steps, **unet_kwargs):
+    """The reference sampler: per step, two UNet passes (F stock, C with slow Eq. 7 on every attn2), CFG by hand.
+
+    z (1, 4, h, w) start latent; text (2, L, D) uncond and cond states; deltas {layer: (K, D_v)}; positions the
+    concept's token positions in the cond row. Returns F's and C's final latents, each (1, 4, h, w).
+    """
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from infusion.processor import cross_attention_layers
+
+    store, layers = {}, set(cross_attention_layers(unet))
+    name = lambda k: k[: -len(".processor")]  # noqa: E731
+    f_procs = {k: _Record(name(k), store) if name(k) in layers else AttnProcessor2_0() for k in unet.attn_processors}
+    c_procs = {k: _SlowEq7(name(k), store, deltas[name(k)], {1: positions}) if name(k) in layers
+               else AttnProcessor2_0() for k in unet.attn_processors}
+    sched.set_timesteps(steps)
+    zf, zc = z.clone(), z.clone()
+    saved = unet.attn_processors
+    try:
+        for t in sched.timesteps:
+            unet.set_attn_processor(dict(f_procs))  # diffusers pops from the dict it is given
+            ef = unet(sched.scale_model_input(torch.cat([zf, zf]), t), t, encoder_hidden_states=text, **unet_kwargs).sample
+            # C's own latent differs from F's after the first step; its attn2 reads F's stored hidden states
+            unet.set_attn_processor(dict(c_procs))
+            ec = unet(sched.scale_model_input(torch.cat([zc, zc]), t), t, encoder_hidden_states=text, **unet_kwargs).sample
+            step = lambda e, z: sched.step(e[:1] + g * (e[1:] - e[:1]), t, z).prev_sample  # noqa: E731
+            zf, zc = step(ef, zf), step(ec, zc)
+    finally:
+        unet.set_attn_processor(saved)
+    return zf, zc
+
+
 @torch.no_grad()
 def test_c_stream_equals_a_slow_eq7_sampler_on_every_layer_with_cfg(tiny_pipe):
-    from infusion.processor import cross_attention_layers
     from infusion.prompts import parse_prompt
 
     pipe = InfusionPipeline.from_pipe(tiny_pipe)
@@ -136,35 +167,11 @@ def test_c_stream_equals_a_slow_eq7_sampler_on_every_layer_with_cfg(tiny_pipe):
     prompt, g = "a photo of <mycat> on the beach", 5.0
     fast = pipe(prompt, concepts=[c], guidance_scale=g, num_inference_steps=STEPS, generator=_gen(), output_type="latent")
 
-    # the reference: two separate UNet passes per step (F stock, C with slow Eq. 7 on every attn2), CFG by hand
-    unet, sched = tiny_pipe.unet, tiny_pipe.scheduler
     parsed = parse_prompt(prompt, {"mycat": "cat"}, tiny_pipe.tokenizer)
     cond, uncond = tiny_pipe.encode_prompt(parsed.text, "cpu", 1, True, "")
-    text = torch.cat([uncond, cond])
-    store = {}
-    layers = list(cross_attention_layers(unet))
-    f_procs = {k: (_Record(k[: -len(".processor")], store) if k[: -len(".processor")] in layers else v)
-               for k, v in unet.attn_processors.items()}
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    f_procs = {k: (v if isinstance(v, _Record) else AttnProcessor2_0()) for k, v in f_procs.items()}
-    c_procs = {k: (_SlowEq7(k[: -len(".processor")], store, c.deltas[k[: -len(".processor")]], {1: parsed.spans[0].positions})
-                   if k[: -len(".processor")] in layers else AttnProcessor2_0()) for k in unet.attn_processors}
-    sched.set_timesteps(STEPS)
     z = pipe.prepare_latents(1, 4, 16, 16, cond.dtype, "cpu", _gen(), None)
-    zf, zc = z.clone(), z.clone()
-    saved = unet.attn_processors
-    try:
-        for t in sched.timesteps:
-            unet.set_attn_processor(dict(f_procs))  # diffusers pops from the dict it is given
-            ef = unet(sched.scale_model_input(torch.cat([zf, zf]), t), t, encoder_hidden_states=text).sample
-            # C's own latent differs from F's after the first step; its attn2 reads F's stored hidden states
-            unet.set_attn_processor(dict(c_procs))
-            ec = unet(sched.scale_model_input(torch.cat([zc, zc]), t), t, encoder_hidden_states=text).sample
-            step = lambda e, z: sched.step(e[:1] + g * (e[1:] - e[:1]), t, z).prev_sample  # noqa: E731
-            zf, zc = step(ef, zf), step(ec, zc)
-    finally:
-        unet.set_attn_processor(saved)
+    zf, zc = _slow_eq7_sampler(tiny_pipe.unet, tiny_pipe.scheduler, z, torch.cat([uncond, cond]), c.deltas,
+                               parsed.spans[0].positions, g, STEPS)
     # C_uncond must equal F_uncond: the slow sampler's uncond row has no residual (position map only for row 1)
     torch.testing.assert_close(fast.base_images, zf, rtol=0, atol=1e-5)
     torch.testing.assert_close(fast.images, zc, rtol=1e-4, atol=1e-5)

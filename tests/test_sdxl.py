@@ -87,10 +87,8 @@ def test_xl_concepts_compose_order_free_and_change_only_c(xl):
 @torch.no_grad()
 def test_xl_c_stream_equals_a_slow_eq7_sampler(xl):
     """Every attn2 of the depth-2 transformers, with CFG, pooled text and time ids: C == F's maps + V' = V + E Delta."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-    from test_pipeline_claims import _Record, _SlowEq7
+    from test_pipeline_claims import _slow_eq7_sampler
 
-    from infusion.processor import cross_attention_layers
     from infusion.prompts import parse_prompt
 
     pipe = InfusionPipeline.from_pipe(xl)
@@ -99,33 +97,13 @@ def test_xl_c_stream_equals_a_slow_eq7_sampler(xl):
     prompt, g = "a photo of <mycat> on the beach", 5.0
     fast = pipe(prompt, concepts=[c], guidance_scale=g, num_inference_steps=STEPS, generator=_gen(), output_type="latent")
 
-    unet, sched = xl.unet, xl.scheduler
     parsed = parse_prompt(prompt, {"mycat": "cat"}, xl.tokenizer)
     cond, uncond, pooled, uncond_pooled = xl.encode_prompt(parsed.text, None, "cpu", 1, True, None)
-    text, pooled = torch.cat([uncond, cond]), torch.cat([uncond_pooled, pooled])
-    ids = torch.tensor([[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]).repeat(2, 1)
-    added = {"text_embeds": pooled, "time_ids": ids}
-    store, layers = {}, set(cross_attention_layers(unet))
-    name = lambda k: k[: -len(".processor")]  # noqa: E731
-    f_procs = {k: _Record(name(k), store) if name(k) in layers else AttnProcessor2_0() for k in unet.attn_processors}
-    c_procs = {k: _SlowEq7(name(k), store, c.deltas[name(k)], {1: parsed.spans[0].positions}) if name(k) in layers
-               else AttnProcessor2_0() for k in unet.attn_processors}
-    sched.set_timesteps(STEPS)
+    added = {"text_embeds": torch.cat([uncond_pooled, pooled]),
+             "time_ids": torch.tensor([[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]).repeat(2, 1)}
     z = xl.prepare_latents(1, 4, 16, 16, cond.dtype, "cpu", _gen(), None)
-    zf, zc = z.clone(), z.clone()
-    saved = unet.attn_processors
-    try:
-        for t in sched.timesteps:
-            unet.set_attn_processor(dict(f_procs))
-            ef = unet(sched.scale_model_input(torch.cat([zf, zf]), t), t, encoder_hidden_states=text,
-                      added_cond_kwargs=added).sample
-            unet.set_attn_processor(dict(c_procs))
-            ec = unet(sched.scale_model_input(torch.cat([zc, zc]), t), t, encoder_hidden_states=text,
-                      added_cond_kwargs=added).sample
-            step = lambda e, z: sched.step(e[:1] + g * (e[1:] - e[:1]), t, z).prev_sample  # noqa: E731
-            zf, zc = step(ef, zf), step(ec, zc)
-    finally:
-        unet.set_attn_processor(saved)
+    zf, zc = _slow_eq7_sampler(xl.unet, xl.scheduler, z, torch.cat([uncond, cond]), c.deltas, parsed.spans[0].positions,
+                               g, STEPS, added_cond_kwargs=added)
     torch.testing.assert_close(fast.base_images, zf, rtol=1e-5, atol=1e-5)  # 4 rows vs 2: kernels' rounding
     torch.testing.assert_close(fast.images, zc, rtol=1e-4, atol=1e-5)
     assert (fast.images - fast.base_images).abs().max() > 1e-3
