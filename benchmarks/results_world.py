@@ -130,7 +130,7 @@ def build_report(out: Path, preset, doc: Path, wall: list, fingerprint: str) -> 
     fig_dir.mkdir(parents=True, exist_ok=True)
     curves = _curve_figures(rec, preset, fig_dir)
     grids = _grids(out, preset, fig_dir, rec)
-    lines = _doc(preset, table, per_concept, curves, grids, wall, rec, doc, complete)
+    lines = _doc(preset, table, per_concept, curves, grids, wall, rec, doc, complete, fingerprint)
     doc.write_text("\n".join(lines) + "\n")
     data = {"preset": preset.__class__.__name__, "model": preset.model, "model_fingerprint": fingerprint,
             "wall_seconds": wall, "complete_concepts": complete,
@@ -236,7 +236,7 @@ def _grids(out: Path, preset, fig_dir: Path, rec: dict | None = None) -> list[st
     return files
 
 
-def _doc(preset, table, per_concept, curves, grids, wall, rec, doc: Path, complete: list) -> list[str]:
+def _doc(preset, table, per_concept, curves, grids, wall, rec, doc: Path, complete: list, fingerprint: str = "") -> list[str]:
     from infusion.evaluation.world_results import BASE_ROW
 
     notes = Path(__file__).with_name("results_world_notes.md")
@@ -244,7 +244,7 @@ def _doc(preset, table, per_concept, curves, grids, wall, rec, doc: Path, comple
     n_units = len(preset.concepts) * (len(preset.rows) + 1) + sum(1 for r in preset.rows if r.mlm_lambda == 0)
     lines = ["# Every method side by side on the built-in world", "",
              "Produced by `python benchmarks/results_world.py` (resumable; `--report-only` rewrites this page from the "
-             f"records). Model: `{preset.model}`. Concepts: {', '.join(preset.concepts)}. Work units done: "
+             f"records). Model: `{preset.model}`" + (f" (weights fingerprint `{fingerprint}`)" if fingerprint else "") + f". Concepts: {', '.join(preset.concepts)}. Work units done: "
              f"**{n_done} of {n_units}**" + (" (the rest: the next run resumes them)." if n_done < n_units else "."),
              "Wall time of the runs that wrote these records: "
              + (", ".join(f"{w['started']}: {w['seconds'] / 60:.0f} min ({w['workers']} processes)" for w in wall) or "-")
@@ -412,6 +412,13 @@ def main(argv=None) -> int:
     results_json = doc.parent / "results" / "results.json"
     fingerprint = model_fingerprint(preset.model)
     committed = json.loads(results_json.read_text()) if results_json.is_file() else {}
+    if args.report_only:  # the page reports the records' model, which may not be the model installed now
+        mark = out / "model_fingerprint.txt"
+        measured = mark.read_text().strip() if mark.is_file() else committed.get("model_fingerprint", fingerprint)
+        if measured != fingerprint:
+            print(f"the records were measured on model {measured}, not on the installed {fingerprint}: "
+                  f"the page reports them as model {measured}'s; a full run starts the installed model's afresh")
+        fingerprint = measured
     # the wall time belongs to the records: a retrained model's run starts its own
     wall = committed.get("wall_seconds", []) if committed.get("model_fingerprint") == fingerprint else []
     if isinstance(wall, dict):  # an older layout: {start: seconds}

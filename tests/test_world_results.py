@@ -227,6 +227,23 @@ def test_records_of_another_model_are_not_resumed(tmp_path, monkeypatch):
     assert (out / "model_fingerprint.txt").read_text().strip() == "tiny"
 
 
+def test_report_only_labels_the_records_with_the_model_they_were_measured_on(tmp_path, capsys):
+    """After the world is retrained, --report-only must not stamp the old records with the new model's fingerprint
+    (a later full run would then resume them as the new model's)."""
+    bench = _bench()
+    out, doc = tmp_path / "work", tmp_path / "docs" / "results.md"
+    assert bench.main(["--preset", "small", "--out", str(out), "--doc", str(doc)]) == 0
+    js = doc.parent / "results" / "results.json"
+    n_records = len(json.loads(js.read_text())["records"])
+    (out / "model_fingerprint.txt").write_text("older-model\n")  # the records' model is no longer the installed one
+    assert bench.main(["--preset", "small", "--out", str(out), "--doc", str(doc), "--report-only"]) == 0
+    assert "measured on model older-model, not on the installed tiny" in capsys.readouterr().out
+    data = json.loads(js.read_text())
+    assert data["model_fingerprint"] == "older-model" and len(data["records"]) == n_records
+    assert "(weights fingerprint `older-model`)" in doc.read_text()
+    assert bench.seed_records(tmp_path / "fresh", js, wr.model_fingerprint("tiny")) == 0
+
+
 def test_world_fingerprint_follows_the_weights(tmp_path):
     import shutil as sh
 
