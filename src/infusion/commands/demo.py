@@ -148,7 +148,7 @@ def _report(concept, prompts, s_base, s_cust, cfile, t_train, t_all, args) -> st
     lb, lc = mean([s["look"] for s in s_base]), mean([s["look"] for s in s_cust])
     lines += [f"**Look rate** (share of images whose {o.cls} the object probe reads as {o.color} with "
               f"{scenes.PATTERN_LOOKS[o.pattern].format(o.color2)}, the concept's look): base {lb:.0%}, customised "
-              f"{lc:.0%}. On the world Infusion moves the object's colours towards the concept's but rarely draws its "
-              "two-colour layout; DreamBooth does (docs/results.md says how each method fares and why).", ""]
+              f"{lc:.0%}. The reading is strict: the right two colours split along another line (a diagonal, a corner) "
+              "are not the concept's look. How every method fares on the world, and why: docs/results.md.", ""]
     lines.append(f"Guidance {args.guidance}, DDIM 50 steps, seed {args.seed}. Grid: `grid.png` (rows: prompts; columns: base | customised).")
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -36,19 +37,24 @@ def register(subparsers) -> None:
     t.add_argument("--export-dir", default="", help="model stage: diffusers folder to export to (default: the packaged model folder)")
     t.add_argument("--checkpoint", default=None, help="model stage: training checkpoint to resume from and write "
                                                       "(default: checkpoints/world_train.safetensors)")
-    t.add_argument("--name-patterns", type=float, default=0.0,
-                   help="model stage: probability that a caption names a patterned object's pattern (shipped world: 0)")
-    t.add_argument("--patterned-images", type=int, default=0, help="model stage: size of the patterned set (0: none)")
-    t.add_argument("--patterned-share", type=float, default=0.0, help="model stage: share of each batch from the patterned set")
-    t.add_argument("--summary-dropout", type=float, default=0.0,
+    # the defaults are the recipe the shipped world was last trained with (its README's history), so a plain resume
+    # continues it; 0 / --no-look-only-in-class-words turn each part off
+    t.add_argument("--name-patterns", type=float, default=0.5,
+                   help="model stage: probability that a caption names a patterned object's pattern (default: %(default)s, "
+                        "the shipped world's; 0 before step 13,200)")
+    t.add_argument("--patterned-images", type=int, default=20000,
+                   help="model stage: size of the all-patterned set (0: none; default: %(default)s)")
+    t.add_argument("--patterned-share", type=float, default=0.25,
+                   help="model stage: share of each batch from the patterned set (default: %(default)s)")
+    t.add_argument("--summary-dropout", type=float, default=0.7,
                    help="model stage: probability that a caption's EOS and padding states are replaced by the empty caption's, "
-                        "so that the UNet reads an object's look from its words (shipped world: 0)")
-    t.add_argument("--hide-look-words", type=float, default=0.0,
+                        "so that the UNet reads an object's look from its words (default: %(default)s)")
+    t.add_argument("--hide-look-words", type=float, default=0.9,
                    help="model stage: probability that a caption's look words (colours, 'and', pattern words) are hidden "
-                        "from the UNet's cross-attention, so that it reads the look from the class word (shipped world: 0)")
-    t.add_argument("--look-only-in-class-words", action="store_true",
+                        "from the UNet's cross-attention, so that it reads the look from the class word (default: %(default)s)")
+    t.add_argument("--look-only-in-class-words", action=argparse.BooleanOptionalAction, default=True,
                    help="model stage, with --hide-look-words: the hidden rows' other positions take the states of the caption "
-                        "without its look words, so that only the class words carry the look")
+                        "without its look words, so that only the class words carry the look (default: on)")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images with the world model")

@@ -133,6 +133,14 @@ HISTORY = """Training history (details and measurements: `docs/world.md`):
   the text encoder trains again (it had never separated "top" from "bottom"), TokenCompose's token loss (weight 0.1)
   keeps each class word's cross-attention inside its object; from 8,300 on the re-rendered world (coarse patterns,
   30% of objects patterned).
+- From 13,200 the class word carries the object's look (so that Infusion's value residual on it can reach the look;
+  measurements: `docs/results.md`, "Can the residual express the look at all?"): captions name a patterned
+  object's pattern half the time and a quarter of each batch comes from 20,000 all-patterned scenes
+  (`--name-patterns 0.5 --patterned-images 20000 --patterned-share 0.25`); to 18,972 half the captioned rows get the
+  empty caption's EOS/padding states (`--summary-dropout 0.5`); to 24,055 `--summary-dropout 0.7 --hide-look-words
+  0.9` (the look words get zero cross-attention weight in 90% of the captioned rows); to 30,448 also
+  `--look-only-in-class-words` (in those rows every other position takes the look-free caption's state);
+  `infusion world train model` defaults to this recipe.
 - The packaged MLM contextualizer (`../contextualizer.safetensors`) was pretrained on this text encoder: re-run
   `infusion mlm pretrain --model world --captions world --save-dtype float16 ...` whenever the text encoder trains."""
 

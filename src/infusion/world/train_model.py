@@ -72,20 +72,22 @@ class ModelConfig:
     text_encoder_trains: tuple = ((0, 1300), (8101, None))
     token_loss_weight: float = 0.1  # TokenCompose's L_token on the class words' attn2 maps (0: off)
     # the patterned set (``dataset.patterned_scene``: every object patterned, captions name colour and pattern):
-    # how many images, and the share of each batch drawn from it (0: none, as the shipped model; a candidate world that
-    # names patterns: benchmarks/world_look_source.py)
+    # how many images, and the share of each batch drawn from it (0: none; the shipped model from step 13,200:
+    # 20,000 and 0.25, as `infusion world train model` defaults to; measured by benchmarks/world_look_source.py)
     patterned_images: int = 0
     patterned_share: float = 0.0
-    name_patterns: float = 0.0  # probability that a caption of the main set names a patterned object's pattern (shipped: 0)
+    name_patterns: float = 0.0  # probability that a caption of the main set names a patterned object's pattern (shipped: 0.5)
     # probability that a captioned row's EOS and padding states are replaced by the empty caption's (``drop_summary``;
-    # shipped: 0): the UNet then has to read what the caption says from its words, the class word among them
+    # shipped: 0.5, then 0.7): the UNet then has to read what the caption says from its words, the class word among them
     summary_dropout: float = 0.0
     # probability that a captioned row's look words (colours, "and", pattern words) are hidden from the UNet's
-    # cross-attention (``look_word_mask``; shipped: 0): the causal text encoder has folded them into the class word's
+    # cross-attention (``look_word_mask``; shipped: 0.9
+    # from step 18,972): the causal text encoder has folded them into the class word's
     # state, so the UNet learns to draw the look from there, as Stable Diffusion draws a zebra from "zebra"
     hide_look_words: float = 0.0
     # with ``hide_look_words``: the hidden rows' other positions (all but the class words) take their states from the
-    # caption with its look words removed (``look_only_in_class_words``), so that the look lives in the class words only
+    # caption with its look words removed (``look_only_in_class_words``), so that the look lives in the class words only (shipped:
+    # from step 24,055). The dataclass defaults are all off; the command line's are the shipped recipe
     look_only_in_class_words: bool = False
     prediction_type: str = "v_prediction"  # or "epsilon" (steps <= 8,101 of the shipped model)
     zero_terminal_snr: bool = True
@@ -192,7 +194,8 @@ def train_model(cfg: ModelConfig):
     if not 0 <= cfg.hide_look_words <= 1:
         raise ValueError(f"hide_look_words must be in [0, 1], got {cfg.hide_look_words}")
     if cfg.look_only_in_class_words and cfg.hide_look_words == 0:
-        raise ValueError("look_only_in_class_words works on the rows hide_look_words chooses: set hide_look_words > 0")
+        raise ValueError("look_only_in_class_words works on the rows hide_look_words chooses: set hide_look_words > 0 "
+                         "(command line: --hide-look-words P, or turn it off with --no-look-only-in-class-words)")
     torch.set_num_threads(cfg.threads)
     work = Path(cfg.work)
     (work / "samples").mkdir(parents=True, exist_ok=True)
