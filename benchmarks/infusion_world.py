@@ -55,21 +55,24 @@ def main(argv=None) -> int:
                       cell=96).save(run_dir / "grid.png")
             row = {"concept": name, "lr": lr, "steps": args.steps, "n_prompts": len(res["prompts"]),
                    "train_seconds": round(res["train_seconds"], 1), "seconds": round(time.time() - t0, 1)}
-            for key in ("text_fidelity", "concept_fidelity"):
+            for key in ("text_fidelity", "concept_fidelity", "look"):  # look: the object probe reads the concept's look
                 row[f"{key}_base"] = mean([s[key] for s in res["base_scores"]])
                 row[f"{key}_customised"] = mean([s[key] for s in res["scores"]])
             row["per_prompt"] = [{"prompt": p, "base": b, "customised": c} for p, b, c in zip(res["prompts"], res["base_scores"], res["scores"])]
             rows.append(row)
             print(f"{name} lr {lr:g}: text fidelity {row['text_fidelity_base']:.3f} -> {row['text_fidelity_customised']:.3f}, "
-                  f"concept fidelity {row['concept_fidelity_base']:.3f} -> {row['concept_fidelity_customised']:.3f} "
+                  f"concept fidelity {row['concept_fidelity_base']:.3f} -> {row['concept_fidelity_customised']:.3f}, "
+                  f"look rate {row['look_base']:.2f} -> {row['look_customised']:.2f} "
                   f"({row['seconds']:.0f} s)", flush=True)
     meta = {"model": args.model, "steps": args.steps, "prompts": args.prompts, "guidance": args.guidance, "seed": args.seed,
             "threads": args.threads, "machine": platform.processor() or platform.machine()}
     (out / "results.json").write_text(json.dumps({"settings": meta, "runs": rows}, indent=1) + "\n")
-    lines = ["| concept | lr | text fid. base -> customised | concept fid. base -> customised | train s |", "|---|---|---|---|---|"]
+    lines = ["| concept | lr | text fid. base -> customised | concept fid. base -> customised | look rate base -> customised | train s |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['concept']} | {r['lr']:g} | {r['text_fidelity_base']:.3f} -> {r['text_fidelity_customised']:.3f} | "
-                     f"{r['concept_fidelity_base']:.3f} -> {r['concept_fidelity_customised']:.3f} | {r['train_seconds']:.0f} |")
+                     f"{r['concept_fidelity_base']:.3f} -> {r['concept_fidelity_customised']:.3f} | "
+                     f"{r['look_base']:.2f} -> {r['look_customised']:.2f} | {r['train_seconds']:.0f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'results.json'} and {out / 'table.md'}")
     return 0
