@@ -157,17 +157,21 @@ def _slow_eq7_sampler(unet, sched, z, text, deltas, positions, g, steps, **unet_
     return zf, zc
 
 
-@torch.no_grad()
-def test_c_stream_equals_a_slow_eq7_sampler_on_every_layer_with_cfg(tiny_pipe):
+def _eq7_case(base, make_concept):
+    """The fast pipeline's latents for one concept prompt with CFG 5, and what the reference sampler needs."""
     from infusion.prompts import parse_prompt
 
-    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    pipe = InfusionPipeline.from_pipe(base)
     pipe.set_progress_bar_config(disable=True)
-    c = random_concept(pipe, scale=2.0)
+    c = make_concept(pipe, scale=2.0)
     prompt, g = "a photo of <mycat> on the beach", 5.0
     fast = pipe(prompt, concepts=[c], guidance_scale=g, num_inference_steps=STEPS, generator=_gen(), output_type="latent")
+    return pipe, c, g, fast, parse_prompt(prompt, {"mycat": "cat"}, base.tokenizer)
 
-    parsed = parse_prompt(prompt, {"mycat": "cat"}, tiny_pipe.tokenizer)
+
+@torch.no_grad()
+def test_c_stream_equals_a_slow_eq7_sampler_on_every_layer_with_cfg(tiny_pipe):
+    pipe, c, g, fast, parsed = _eq7_case(tiny_pipe, random_concept)
     cond, uncond = tiny_pipe.encode_prompt(parsed.text, "cpu", 1, True, "")
     z = pipe.prepare_latents(1, 4, 16, 16, cond.dtype, "cpu", _gen(), None)
     zf, zc = _slow_eq7_sampler(tiny_pipe.unet, tiny_pipe.scheduler, z, torch.cat([uncond, cond]), c.deltas,

@@ -87,17 +87,9 @@ def test_xl_concepts_compose_order_free_and_change_only_c(xl):
 @torch.no_grad()
 def test_xl_c_stream_equals_a_slow_eq7_sampler(xl):
     """Every attn2 of the depth-2 transformers, with CFG, pooled text and time ids: C == F's maps + V' = V + E Delta."""
-    from test_pipeline_claims import _slow_eq7_sampler
+    from test_pipeline_claims import _eq7_case, _slow_eq7_sampler
 
-    from infusion.prompts import parse_prompt
-
-    pipe = InfusionPipeline.from_pipe(xl)
-    pipe.set_progress_bar_config(disable=True)
-    c = _xl_concept(pipe, scale=2.0)
-    prompt, g = "a photo of <mycat> on the beach", 5.0
-    fast = pipe(prompt, concepts=[c], guidance_scale=g, num_inference_steps=STEPS, generator=_gen(), output_type="latent")
-
-    parsed = parse_prompt(prompt, {"mycat": "cat"}, xl.tokenizer)
+    _, c, g, fast, parsed = _eq7_case(xl, _xl_concept)
     cond, uncond, pooled, uncond_pooled = xl.encode_prompt(parsed.text, None, "cpu", 1, True, None)
     added = {"text_embeds": torch.cat([uncond_pooled, pooled]),
              "time_ids": torch.tensor([[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]).repeat(2, 1)}
