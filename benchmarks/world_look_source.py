@@ -18,7 +18,7 @@ section "Where the look lives in the world model".
 
     INFUSION_WORLD_MODEL=runs/world/model_new python benchmarks/world_look_source.py --out runs/look_source \\
         --json docs/results/look_source.json --tag named
-    python benchmarks/world_look_source.py --only prompted,summary --tag shipped ...   # the shipped world
+    python benchmarks/world_look_source.py --only prompted,summary --tag step-13200 ...   # the world shipped until 2026-12-03
 
 The candidate world whose captions name patterns (``named`` in the JSON, step 17,600) was trained from copies of
 the shipped checkpoint and model folder (its EMA is read from the folder)::
