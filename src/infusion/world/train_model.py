@@ -81,13 +81,12 @@ class ModelConfig:
     # shipped: 0.5, then 0.7): the UNet then has to read what the caption says from its words, the class word among them
     summary_dropout: float = 0.0
     # probability that a captioned row's look words (colours, "and", pattern words) are hidden from the UNet's
-    # cross-attention (``look_word_mask``; shipped: 0.9
-    # from step 18,972): the causal text encoder has folded them into the class word's
-    # state, so the UNet learns to draw the look from there, as Stable Diffusion draws a zebra from "zebra"
+    # cross-attention (``look_word_mask``; shipped: 0.9 from step 18,972): the causal text encoder has folded them into
+    # the class word's state, so the UNet learns to draw the look from there, as Stable Diffusion draws a zebra from "zebra"
     hide_look_words: float = 0.0
     # with ``hide_look_words``: the hidden rows' other positions (all but the class words) take their states from the
-    # caption with its look words removed (``look_only_in_class_words``), so that the look lives in the class words only (shipped:
-    # from step 24,055). The dataclass defaults are all off; the command line's are the shipped recipe
+    # caption with its look words removed (``look_only_in_class_words``), so that the look lives in the class words only
+    # (shipped: from step 24,055). The dataclass defaults are all off; the command line's are the shipped recipe
     look_only_in_class_words: bool = False
     prediction_type: str = "v_prediction"  # or "epsilon" (steps <= 8,101 of the shipped model)
     zero_terminal_snr: bool = True
