@@ -59,6 +59,10 @@ def test_vae_then_model_stage_resume_and_export(tmp_path, optimizer_steps):
     del optimizer_steps[:]
     train_model(mcfg)
     assert len(optimizer_steps) == 2
+    mcfg.steps, mcfg.look_in_class_values = 8, 1.0  # the class words' keys from the look-free captions
+    del optimizer_steps[:]
+    train_model(mcfg)
+    assert len(optimizer_steps) == 1
 
 
 def test_the_patterned_set_names_every_look():
@@ -112,6 +116,10 @@ def test_bad_patterned_settings_are_refused_before_any_work(tmp_path):
         train_model(ModelConfig(work=str(tmp_path / "w"), hide_look_words=-0.1))
     with pytest.raises(ValueError, match="set hide_look_words > 0"):
         train_model(ModelConfig(work=str(tmp_path / "w"), look_only_in_class_words=True))
+    with pytest.raises(ValueError, match="look_in_class_values must be in"):
+        train_model(ModelConfig(work=str(tmp_path / "w"), look_in_class_values=2.0))
+    with pytest.raises(ValueError, match="--look-only-in-class-words, or --look-in-class-values 0"):
+        train_model(ModelConfig(work=str(tmp_path / "w"), look_in_class_values=0.5, hide_look_words=0.9))
     assert not (tmp_path / "w").exists()
 
 
@@ -189,3 +197,53 @@ def test_look_only_in_class_words_swaps_every_other_position_for_the_look_free_c
     assert torch.equal(out[0, snow], free_cond[0, free_words.index("snow</w>")])  # shifted to its counterpart
     assert torch.equal(out[0, 0], free_cond[0, 0]) and torch.equal(out[0, -1], free_cond[0, 77 - 6 - 1])  # BOS; padding (6 look words)
     assert torch.equal(out[1], cond[1])  # a row not chosen is untouched
+
+
+def test_class_keys_from_look_free_swaps_the_class_words_of_the_chosen_rows_only():
+    from infusion.tiny import load_tokenizer
+    from infusion.world.train_model import class_keys_from_look_free, look_word_ids, without_look_words
+
+    tok = load_tokenizer()
+    look = look_word_ids(tok)
+    texts = ["a photo of an orange and blue dipped ball and a red box on the snow", "a green tree"]
+    enc = lambda ts: tok(ts, padding="max_length", max_length=77, return_tensors="pt").input_ids  # noqa: E731
+    ids, free_ids = enc(texts), enc([without_look_words(t) for t in texts])
+    cond, free_cond = torch.randn(2, 77, 8), torch.randn(2, 77, 8)
+    classes = torch.tensor([tok.convert_tokens_to_ids(w + "</w>") for w in ("ball", "box", "tree")])
+    keys = class_keys_from_look_free(cond, ids, free_cond, free_ids, look, classes, torch.tensor([True, False]))
+    words, free_words = (tok.convert_ids_to_tokens(i[0].tolist()) for i in (ids, free_ids))
+    for w in ("ball</w>", "box</w>"):  # each class word takes its look-free counterpart's state
+        assert torch.equal(keys[0, words.index(w)], free_cond[0, free_words.index(w)])
+    changed = (keys[0] != cond[0]).any(dim=-1).nonzero().flatten().tolist()
+    assert changed == sorted([words.index("ball</w>"), words.index("box</w>")])  # and nothing else changes
+    assert torch.equal(keys[1], cond[1])  # a row not chosen (its tree keeps its state)
+
+
+def test_recorder_takes_keys_from_key_context_and_values_from_the_text():
+    """With ``key_context`` the recording processor's maps are softmax(q K(key_context)) and its output mixes the text
+    states' values with them; without it, it is the stock processor."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from infusion.world.architecture import build_unet
+    from infusion.world.token_loss import install_recorders
+
+    torch.manual_seed(0)
+    unet = build_unet().eval()
+    name = next(n for n in unet.attn_processors if n.endswith("attn2.processor"))
+    attn = unet.get_submodule(name.rsplit(".processor", 1)[0])
+    rec = install_recorders(unet)[name]
+    hs, text = torch.randn(2, 16, attn.to_q.in_features), torch.randn(2, 77, attn.to_k.in_features)
+    with torch.no_grad():
+        stock = AttnProcessor2_0()(attn, hs, text)
+        assert torch.allclose(rec(attn, hs, text), stock, atol=1e-5)  # no key_context: stock attention
+        keys = text.clone()
+        keys[:, 5] = 3 * torch.randn(2, text.shape[-1])
+        rec.key_context = keys
+        out = rec(attn, hs, text)
+        split = lambda x: x.view(2, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(attn.to_q(hs)), split(attn.to_k(keys)), split(attn.to_v(text))
+        maps = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)  # (2, H, 16, 77)
+        want = attn.to_out[0]((maps @ v).transpose(1, 2).reshape(2, 16, -1))
+        assert torch.allclose(rec.maps, maps, atol=1e-6)
+        assert torch.allclose(out, want, atol=1e-5)
+        assert not torch.allclose(out, stock, atol=1e-3)  # the keys did change the output

@@ -55,6 +55,10 @@ def register(subparsers) -> None:
     t.add_argument("--look-only-in-class-words", action=argparse.BooleanOptionalAction, default=True,
                    help="model stage, with --hide-look-words: the hidden rows' other positions take the states of the caption "
                         "without its look words, so that only the class words carry the look (default: on)")
+    t.add_argument("--look-in-class-values", type=float, default=0.0,
+                   help="model stage, with --look-only-in-class-words: probability that such a row's class words give attn2 "
+                        "the look-free caption's key and only their value tells the look, as key-locked methods and Infusion "
+                        "assume (default: %(default)s)")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("sample", help="generate images with the world model")
@@ -148,6 +152,7 @@ def _train(args) -> int:
                                 patterned_share=args.patterned_share, summary_dropout=args.summary_dropout,
                                 hide_look_words=args.hide_look_words,
                                 look_only_in_class_words=args.look_only_in_class_words,
+                                look_in_class_values=args.look_in_class_values,
                                 **({"steps": args.steps} if args.steps else {}),
                                 **({"checkpoint": args.checkpoint} if args.checkpoint else {})))
     else:

@@ -22,16 +22,22 @@ from . import scenes
 
 
 class RecordingCrossAttnProcessor:
-    """Stock attention that also keeps the full maps of ``attn2``: ``self.maps`` (B, heads, HW, L)."""
+    """Stock attention that also keeps the full maps of ``attn2``: ``self.maps`` (B, heads, HW, L).
+
+    ``key_context`` (B, L, C_text), when set, is what the keys are computed from instead of the text states
+    (the world trainer's ``look_in_class_values``); the values always come from the text states.
+    """
 
     def __init__(self):
         self.maps: torch.Tensor | None = None
+        self.key_context: torch.Tensor | None = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         b = hidden_states.shape[0]
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         q = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B*h, HW, d)
-        k = attn.head_to_batch_dim(attn.to_k(context))  # (B*h, L, d)
+        keys_from = context if self.key_context is None or encoder_hidden_states is None else self.key_context
+        k = attn.head_to_batch_dim(attn.to_k(keys_from))  # (B*h, L, d)
         v = attn.head_to_batch_dim(attn.to_v(context))
         if attention_mask is not None:  # (B, 1, L) additive bias from the UNet's encoder_attention_mask
             attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], b)  # (B*h, 1, L)

@@ -88,6 +88,11 @@ class ModelConfig:
     # caption with its look words removed (``look_only_in_class_words``), so that the look lives in the class words only
     # (shipped: from step 24,055). The dataclass defaults are all off; the command line's are the shipped recipe
     look_only_in_class_words: bool = False
+    # with ``look_only_in_class_words``: probability that a hidden row's class words meet the UNet's attn2 with the
+    # *look-free* caption's state as their key and the captioned one as their value (``class_keys_from_look_free``):
+    # the maps are then the plain caption's and only the value tells the look, which is what key-locked methods
+    # (Perfusion) and Infusion (C reuses F's maps) assume of Stable Diffusion. 0: off
+    look_in_class_values: float = 0.0
     prediction_type: str = "v_prediction"  # or "epsilon" (steps <= 8,101 of the shipped model)
     zero_terminal_snr: bool = True
     export_every: int = 100
@@ -180,6 +185,26 @@ def look_only_in_class_words(cond: torch.Tensor, ids: torch.Tensor, free_cond: t
     return out
 
 
+def class_keys_from_look_free(cond: torch.Tensor, ids: torch.Tensor, free_cond: torch.Tensor, free_ids: torch.Tensor,
+                              look_ids: torch.Tensor, class_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The states attn2 computes its *keys* from: ``cond`` with the class words of ``rows`` taking their state in the
+    look-free caption (the k-th kept token is the look-free caption's k-th token, as in ``look_only_in_class_words``).
+
+    cond, free_cond (B, L, D); ids, free_ids (B, L); rows (B,) bool. With ``look_only_in_class_words`` applied to
+    ``cond`` first, a chosen row's keys are then the plain caption's everywhere (look words are masked), so its maps
+    are the plain caption's and the look reaches the UNet through the class words' values only. A row whose kept
+    tokens do not match the look-free caption's is left as it is.
+    """
+    out = cond.clone()
+    for r in rows.nonzero().flatten().tolist():
+        kept = (~torch.isin(ids[r], look_ids)).nonzero().flatten()  # (K,)
+        if not torch.equal(free_ids[r, : len(kept)], ids[r, kept]):
+            continue
+        cls = torch.isin(ids[r, kept], class_ids)
+        out[r, kept[cls]] = free_cond[r, : len(kept)][cls]
+    return out
+
+
 def text_encoder_trains_at(step: int, ranges) -> bool:
     """Whether ``step`` lies in one of the ``[start, stop)`` ranges (``stop`` None: no end)."""
     return any(start <= step and (stop is None or step < stop) for start, stop in ranges)
@@ -192,6 +217,11 @@ def train_model(cfg: ModelConfig):
         raise ValueError(f"summary_dropout must be in [0, 1], got {cfg.summary_dropout}")
     if not 0 <= cfg.hide_look_words <= 1:
         raise ValueError(f"hide_look_words must be in [0, 1], got {cfg.hide_look_words}")
+    if not 0 <= cfg.look_in_class_values <= 1:
+        raise ValueError(f"look_in_class_values must be in [0, 1], got {cfg.look_in_class_values}")
+    if cfg.look_in_class_values > 0 and not cfg.look_only_in_class_words:
+        raise ValueError("look_in_class_values works on the rows look_only_in_class_words rewrites: turn it on "
+                         "(command line: --look-only-in-class-words, or --look-in-class-values 0)")
     if cfg.look_only_in_class_words and cfg.hide_look_words == 0:
         raise ValueError("look_only_in_class_words works on the rows hide_look_words chooses: set hide_look_words > 0 "
                          "(command line: --hide-look-words P, or turn it off with --no-look-only-in-class-words)")
@@ -237,7 +267,8 @@ def train_model(cfg: ModelConfig):
     text_trains = text_encoder_trains_at(max(step - 1, 0), cfg.text_encoder_trains)
     if not text_trains:
         _freeze_text_encoder(text_encoder, ema_text)
-    recorders = install_recorders(unet) if cfg.token_loss_weight > 0 else {}  # ema_unet keeps stock processors
+    # ema_unet keeps stock processors; the recorders also take the separate key states of look_in_class_values
+    recorders = install_recorders(unet) if cfg.token_loss_weight > 0 or cfg.look_in_class_values > 0 else {}
     sched = build_scheduler(cfg.prediction_type, cfg.zero_terminal_snr)
     alphas = sched.alphas_cumprod  # (1000,)
     snr = alphas / (1 - alphas)
@@ -288,12 +319,20 @@ def train_model(cfg: ModelConfig):
             cond = text_encoder(ids)[0]  # (B, 77, D)
         if drop_rows is not None:
             ids, empty, cond = ids[:-1], cond[-1], cond[:-1]
+        key_cond = None  # (B, L, D) states of attn2's keys when they differ from ``cond`` (look_in_class_values)
         if n_free:
             B = len(texts)
-            cond = look_only_in_class_words(cond[:B], ids[:B], cond[B:], ids[B:], look_ids, class_ids, hide_rows)
+            free_cond, free_ids = cond[B:], ids[B:]
+            cond = look_only_in_class_words(cond[:B], ids[:B], free_cond, free_ids, look_ids, class_ids, hide_rows)
             ids = ids[:B]
+            if cfg.look_in_class_values > 0:
+                value_rows = hide_rows & (torch.rand(B, generator=gen) < cfg.look_in_class_values)
+                key_cond = class_keys_from_look_free(cond, ids, free_cond, free_ids, look_ids, class_ids, value_rows)
         if drop_rows is not None:
             cond = drop_summary(cond, ids, empty, drop_rows)
+            key_cond = None if key_cond is None else drop_summary(key_cond, ids, empty, drop_rows)
+        for rec in recorders.values():
+            rec.key_context = key_cond
         mask = None
         if hide_rows is not None:
             mask = look_word_mask(ids, look_ids, hide_rows)
