@@ -7,7 +7,7 @@ import torch
 from infusion.world.checkpoint import load_checkpoint
 
 
-def test_vae_then_model_stage_resume_and_export(tmp_path, optimizer_steps):
+def test_vae_then_model_stage_resume_and_export(tmp_path, optimizer_steps, caplog):
     from diffusers import StableDiffusionPipeline
 
     from infusion.world.architecture import build_vae
@@ -36,6 +36,10 @@ def test_vae_then_model_stage_resume_and_export(tmp_path, optimizer_steps):
     assert len(optimizer_steps) == 1
     assert json.loads((tmp_path / "model" / "training_state.json").read_text())["step"] == 3
     second = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
+    del optimizer_steps[:]
+    with caplog.at_level("WARNING", logger="infusion"):
+        train_model(mcfg)  # already at steps: says so, trains and exports nothing
+    assert optimizer_steps == [] and "is at step 3, not before steps=3: nothing to train" in caplog.text
     w1, w2 = first.unet.conv_out.weight, second.unet.conv_out.weight
     assert w1.dtype == torch.float32 and not torch.equal(w1, w2)  # training went on from the checkpoint
     # from step 2 on the text encoder is frozen at its EMA: the export keeps it bit for bit

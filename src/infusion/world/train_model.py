@@ -263,6 +263,10 @@ def train_model(cfg: ModelConfig):
         if meta["missing"]:
             _load_exported_ema(cfg, step, ema_unet, ema_text, unet, text_encoder)
         log.info("resumed from %s at step %d", cfg.checkpoint, step)
+        if step >= cfg.steps:  # a resume that would silently do nothing (the shipped world is past the default)
+            log.warning("%s is at step %d, not before steps=%d: nothing to train (command line: --steps N, N > %d)",
+                        cfg.checkpoint, step, cfg.steps, step)
+            return
     # the state the last finished step left; the loop switches when ``step`` enters or leaves a range
     text_trains = text_encoder_trains_at(max(step - 1, 0), cfg.text_encoder_trains)
     if not text_trains:
