@@ -8,6 +8,7 @@ Writes OUT/results.json, OUT/table.md and one grid per run (OUT/<concept>-lr<lr>
     python benchmarks/infusion_world.py                       # all concepts, lr 0.01, 1,000 steps
     python benchmarks/infusion_world.py --concepts sunball --lrs 0.01,0.05,0.2
     python benchmarks/infusion_world.py --model tiny --steps 2 --prompts 1 --concepts sunball   # plumbing only
+    python benchmarks/infusion_world.py --concepts slashbox --method-arg residual=query    # a variant (own run folder)
 
 It uses whatever probes and world model are installed; it never writes figures it did not measure.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     from infusion.commands.demo import train_and_compare
+    from infusion.commands.train import _method_args
     from infusion.images import make_grid
     from infusion.world.concepts import CONCEPTS
 
@@ -36,7 +38,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/infusion_world")
+    ap.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="an Infusion setting, as `infusion train --method-arg` (repeatable; e.g. residual=query)")
     args = ap.parse_args(argv)
+    method_args = _method_args(args.method_arg)
+    variant = "".join(f"-{k}-{v}" for k, v in sorted(method_args.items()))  # run folder suffix: variants never share one
 
     import torch
 
@@ -48,9 +54,9 @@ def main(argv=None) -> int:
     for name in args.concepts.split(","):
         for lr in (float(x) for x in args.lrs.split(",")):
             t0 = time.time()
-            run_dir = out / f"{name}-lr{lr:g}"
+            run_dir = out / f"{name}-lr{lr:g}{variant}"
             res = train_and_compare(name, run_dir, model=args.model, steps=args.steps, lr=lr, n_prompts=args.prompts,
-                                    guidance=args.guidance, seed=args.seed)
+                                    guidance=args.guidance, seed=args.seed, method_args=method_args)
             make_grid([[b, c] for b, c in zip(res["base_images"], res["images"])], ["base", "customised"], res["prompts"],
                       cell=96).save(run_dir / "grid.png")
             row = {"concept": name, "lr": lr, "steps": args.steps, "n_prompts": len(res["prompts"]),
@@ -64,7 +70,7 @@ def main(argv=None) -> int:
                   f"concept fidelity {row['concept_fidelity_base']:.3f} -> {row['concept_fidelity_customised']:.3f}, "
                   f"look rate {row['look_base']:.2f} -> {row['look_customised']:.2f} "
                   f"({row['seconds']:.0f} s)", flush=True)
-    meta = {"model": args.model, "steps": args.steps, "prompts": args.prompts, "guidance": args.guidance, "seed": args.seed,
+    meta = {"model": args.model, "method_args": method_args, "steps": args.steps, "prompts": args.prompts, "guidance": args.guidance, "seed": args.seed,
             "threads": args.threads, "machine": platform.processor() or platform.machine()}
     (out / "results.json").write_text(json.dumps({"settings": meta, "runs": rows}, indent=1) + "\n")
     lines = ["| concept | lr | text fid. base -> customised | concept fid. base -> customised | look rate base -> customised | train s |",

@@ -301,3 +301,21 @@ def test_world_scorer_look_takes_its_target_from_the_references():
     out = scorer.score(ims[:6] + [plain, other], texts[:6] + ["a mug"] * 2, concept_images("halfmug"), c.class_phrase)
     assert out["look"].tolist() == [1.0] * 6 + [0.0, 0.0]
     assert np.isnan(scorer.score(ims[:2], texts[:2], concept_images("halfmug"), "teddy bear")["look"]).all()
+
+
+def test_infusion_world_benchmark_trains_the_variant_it_is_given(tmp_path, monkeypatch):
+    """benchmarks/infusion_world.py --method-arg reaches the trainer, and each variant gets its own run folder."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import infusion_world
+
+    import infusion.training as training
+
+    seen = []
+    real = training.train
+    monkeypatch.setattr(training, "train", lambda cfg, **kw: seen.append(cfg.method_args) or real(cfg, **kw))
+    assert infusion_world.main(["--model", "tiny", "--steps", "1", "--prompts", "1", "--concepts", "sunball",
+                                "--method-arg", "residual=query", "--method-arg", "query_rank=2", "--out", str(tmp_path)]) == 0
+    assert seen == [{"residual": "query", "query_rank": 2}]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["settings"]["method_args"] == {"residual": "query", "query_rank": 2}
+    assert (tmp_path / "sunball-lr0.01-query_rank-2-residual-query" / "grid.png").is_file()

@@ -69,9 +69,11 @@ def run(args) -> int:
 
 
 def train_and_compare(name: str, out: Path, model: str = "world", steps: int = DEMO_STEPS, lr: float = DEMO_LR,
-                      n_prompts: int = DEMO_PROMPTS, guidance: float = 5.0, seed: int = 0) -> dict:
+                      n_prompts: int = DEMO_PROMPTS, guidance: float = 5.0, seed: int = 0,
+                      method_args: dict | None = None) -> dict:
     """Train Infusion on built-in concept ``name`` and render ``n_prompts`` of its held-out prompts
-    with the base and the customised model (same noise), scored by the world's probes.
+    with the base and the customised model (same noise), scored by the world's probes. ``method_args``:
+    Infusion's ``--method-arg`` settings (e.g. ``{"residual": "query"}``; default: the paper's).
 
     Returns ``{"prompts", "images", "base_images", "references" (PIL lists), "scores", "base_scores"
     (one {score: float} per image), "concept_file", "train_seconds"}``; writes the concept file and
@@ -94,7 +96,8 @@ def train_and_compare(name: str, out: Path, model: str = "world", steps: int = D
     cfile = out / f"{concept.name}.safetensors"
     trained = train(
         TrainConfig(model=model, images=str(out / "concept-images"), name=concept.name, class_phrase=concept.class_phrase,
-                    out=str(cfile), steps=steps, lr=lr, seed=seed, flip=False),  # no flips: the world has left and right
+                    out=str(cfile), steps=steps, lr=lr, seed=seed, flip=False,  # no flips: the world has left and right
+                    method_args=dict(method_args or {})),
         pipe=base,
     )
     t_train = time.time() - t0
