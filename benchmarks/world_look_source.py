@@ -10,6 +10,8 @@ section "Where the look lives in the world model".
    positions carry the look?
 3. ``oracle``: Infusion's residual set by hand to what the words change at the class word's value,
    to_v(h_ball | described) - to_v(h_ball | plain) in every attn2 layer: is the class word's value enough?
+3b. ``keys``: the plain prompt with the class word's attn2 key, or its value, from the described prompt (the
+   world's recording processors take separate key states): do the maps or the values carry the look?
 4. ``ti``: Textual Inversion at its defaults for 1,000 steps (does a text-side baseline gain from a world that
    can be told a look?).
 5. ``summary`` (an experiment, not a shipped option): Infusion with a second Delta row added at the
@@ -92,6 +94,46 @@ def prompted(concept, reader) -> dict:
     for how, sub in (("class word", concept.class_phrase), ("look in words", described(concept))):
         out[how] = {k: _score(reader, concept, _generate(lambda p, **kw: pipe([p.replace(tok, sub)], **kw), ps),
                               [p.replace(tok, concept.class_phrase) for p in ps]) for k, ps in sets.items()}
+    return out
+
+
+def keys_values(concept, reader, n: int = 16) -> dict:
+    """The plain prompt with the class word's attn2 *key* or *value* taken from the described prompt (the other from
+    the plain one): does the world draw the look from what a token's maps are (keys), or from what it adds (values)?
+    Infusion keeps F's maps and changes a value only, as Perfusion's key lock assumes.
+    """
+    from infusion.models import load_base_pipeline
+    from infusion.world.token_loss import install_recorders
+
+    pipe = load_base_pipeline("world")
+    pipe.set_progress_bar_config(disable=True)
+    tok, te = pipe.tokenizer, pipe.text_encoder
+
+    def enc(t):
+        ids = tok(t, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return te(ids)[0], ids[0].tolist()
+
+    cls_id = tok.convert_tokens_to_ids(concept.class_phrase + "</w>")
+    sd, idd = enc(f"a photo of a {described(concept)} on the snow")
+    sp, idp = enc(f"a photo of a {concept.class_phrase} on the snow")
+    with_cls = sp.clone()
+    with_cls[0, idp.index(cls_id)] = sd[0, idd.index(cls_id)]
+    neg, _ = enc("")
+    recorders = install_recorders(pipe.unet)  # stock attention, keys from ``key_context`` when it is set
+    cases = {"plain prompt": (sp, sp), "plain, class word's key and value from described": (with_cls, with_cls),
+             "plain, class word's key from described (value plain)": (sp, with_cls),
+             "plain, class word's value from described (key plain)": (with_cls, sp)}
+    out = {}
+    for name, (values, keys) in cases.items():
+        for r in recorders.values():
+            r.key_context = torch.cat([neg, keys])  # the pipeline's CFG batch: [unconditional, conditional]
+        ims = []
+        for s in range(n):
+            ims += pipe(prompt_embeds=values, negative_prompt_embeds=neg, generator=torch.Generator().manual_seed(s),
+                        num_inference_steps=25, guidance_scale=5.0).images
+        out[name] = _score(reader, concept, ims, [f"a photo of a {concept.class_phrase} on the snow"] * n)
+        print(name, out[name], flush=True)
     return out
 
 
@@ -328,6 +370,11 @@ def write_doc(data: dict, doc: Path) -> None:
             items = e[key].items() if key in ("prompted", "oracle") else [(None, e[key])]
             for name, r in items:
                 lines.append(f"| {label.format(name)} | {f(r['training_caption'])} | {f(r['validation'])} |")
+        if "keys" in e:
+            lines += ["", "The plain prompt (\"a photo of a ball on the snow\") with the class word's attn2 key or value from the "
+                      "described one, 16 seeds:", "", "| states | look | text fid. | concept fid. | most read |", "|---|---|---|---|---|"]
+            for name, r in e["keys"].items():
+                lines.append(f"| {name} | {f(r)} | {', '.join(f'{a} ({b})' for a, b in r['most_read'][:2])} |")
         for key in sorted(k for k in e if k.startswith("source") and not k.endswith("_seconds")):
             words = key.partition("(")[2].rstrip(")") or "the look in words"
             lines += ["", f"Text states mixed per position group (\"a photo of a ball on the snow\" vs {words}, 16 seeds):", "",
@@ -379,6 +426,8 @@ def main(argv=None) -> int:
             if args.words:
                 what = f"source ({args.words})"
             entry[what] = source(concept, reader, words=args.words)
+        elif what == "keys":
+            entry[what] = keys_values(concept, reader)
         elif what == "oracle":
             entry[what] = oracle(concept, reader, work)
         elif what == "ti":  # Textual Inversion at its defaults, 1,000 steps: does a text-side baseline gain too?

@@ -37,25 +37,27 @@ def register(subparsers) -> None:
     t.add_argument("--export-dir", default="", help="model stage: diffusers folder to export to (default: the packaged model folder)")
     t.add_argument("--checkpoint", default=None, help="model stage: training checkpoint to resume from and write "
                                                       "(default: checkpoints/world_train.safetensors)")
-    # the defaults are the recipe the shipped world was last trained with (its README's history), so a plain resume
+    # the defaults are the recipe the shipped world was last trained with (world/recipe.py), so a plain resume
     # continues it; 0 / --no-look-only-in-class-words turn each part off
-    t.add_argument("--name-patterns", type=float, default=0.5,
+    from ..world.recipe import SHIPPED_RECIPE as R
+
+    t.add_argument("--name-patterns", type=float, default=R["name_patterns"],
                    help="model stage: probability that a caption names a patterned object's pattern (default: %(default)s, "
                         "the shipped world's; 0 before step 13,200)")
-    t.add_argument("--patterned-images", type=int, default=20000,
+    t.add_argument("--patterned-images", type=int, default=R["patterned_images"],
                    help="model stage: size of the all-patterned set (0: none; default: %(default)s)")
-    t.add_argument("--patterned-share", type=float, default=0.25,
+    t.add_argument("--patterned-share", type=float, default=R["patterned_share"],
                    help="model stage: share of each batch from the patterned set (default: %(default)s)")
-    t.add_argument("--summary-dropout", type=float, default=0.7,
+    t.add_argument("--summary-dropout", type=float, default=R["summary_dropout"],
                    help="model stage: probability that a caption's EOS and padding states are replaced by the empty caption's, "
                         "so that the UNet reads an object's look from its words (default: %(default)s)")
-    t.add_argument("--hide-look-words", type=float, default=0.9,
+    t.add_argument("--hide-look-words", type=float, default=R["hide_look_words"],
                    help="model stage: probability that a caption's look words (colours, 'and', pattern words) are hidden "
                         "from the UNet's cross-attention, so that it reads the look from the class word (default: %(default)s)")
-    t.add_argument("--look-only-in-class-words", action=argparse.BooleanOptionalAction, default=True,
+    t.add_argument("--look-only-in-class-words", action=argparse.BooleanOptionalAction, default=R["look_only_in_class_words"],
                    help="model stage, with --hide-look-words: the hidden rows' other positions take the states of the caption "
-                        "without its look words, so that only the class words carry the look (default: on)")
-    t.add_argument("--look-in-class-values", type=float, default=0.0,
+                        "without its look words, so that only the class words carry the look (default: %(default)s)")
+    t.add_argument("--look-in-class-values", type=float, default=R["look_in_class_values"],
                    help="model stage, with --look-only-in-class-words: probability that such a row's class words give attn2 "
                         "the look-free caption's key and only their value tells the look, as key-locked methods and Infusion "
                         "assume (default: %(default)s)")
@@ -145,14 +147,11 @@ def _train(args) -> int:
 
         finetune_decoder(DecoderConfig(max_minutes=args.max_minutes, threads=args.threads, **({"steps": args.steps} if args.steps else {})))
     elif args.stage == "model":
+        from ..world.recipe import SHIPPED_RECIPE
         from ..world.train_model import ModelConfig, train_model
 
         train_model(ModelConfig(max_minutes=args.max_minutes, threads=args.threads, export_dir=args.export_dir,
-                                name_patterns=args.name_patterns, patterned_images=args.patterned_images,
-                                patterned_share=args.patterned_share, summary_dropout=args.summary_dropout,
-                                hide_look_words=args.hide_look_words,
-                                look_only_in_class_words=args.look_only_in_class_words,
-                                look_in_class_values=args.look_in_class_values,
+                                **{k: getattr(args, k) for k in SHIPPED_RECIPE},
                                 **({"steps": args.steps} if args.steps else {}),
                                 **({"checkpoint": args.checkpoint} if args.checkpoint else {})))
     else:

@@ -71,27 +71,27 @@ class ModelConfig:
     # step ranges [start, stop) in which the text encoder trains (stop None: open); frozen at its EMA elsewhere
     text_encoder_trains: tuple = ((0, 1300), (8101, None))
     token_loss_weight: float = 0.1  # TokenCompose's L_token on the class words' attn2 maps (0: off)
-    # the patterned set (``dataset.patterned_scene``: every object patterned, captions name colour and pattern):
-    # how many images, and the share of each batch drawn from it (0: none; the shipped model from step 13,200:
-    # 20,000 and 0.25, as `infusion world train model` defaults to; measured by benchmarks/world_look_source.py)
+    # The caption recipe (what the shipped world used, and from which step: world/recipe.py SHIPPED_RECIPE, which
+    # `infusion world train model` defaults to; the defaults here are all off, so that a fresh model starts plain).
+    # The patterned set (``dataset.patterned_scene``: every object patterned, captions name colour and pattern):
+    # how many images, and the share of each batch drawn from it (0: none)
     patterned_images: int = 0
     patterned_share: float = 0.0
-    name_patterns: float = 0.0  # probability that a caption of the main set names a patterned object's pattern (shipped: 0.5)
-    # probability that a captioned row's EOS and padding states are replaced by the empty caption's (``drop_summary``;
-    # shipped: 0.5, then 0.7): the UNet then has to read what the caption says from its words, the class word among them
+    name_patterns: float = 0.0  # probability that a caption of the main set names a patterned object's pattern
+    # probability that a captioned row's EOS and padding states are replaced by the empty caption's (``drop_summary``):
+    # the UNet then has to read what the caption says from its words, the class word among them
     summary_dropout: float = 0.0
     # probability that a captioned row's look words (colours, "and", pattern words) are hidden from the UNet's
-    # cross-attention (``look_word_mask``; shipped: 0.9 from step 18,972): the causal text encoder has folded them into
-    # the class word's state, so the UNet learns to draw the look from there, as Stable Diffusion draws a zebra from "zebra"
+    # cross-attention (``look_word_mask``): the causal text encoder has folded them into the class word's state, so
+    # the UNet learns to draw the look from there, as Stable Diffusion draws a zebra from "zebra"
     hide_look_words: float = 0.0
     # with ``hide_look_words``: the hidden rows' other positions (all but the class words) take their states from the
     # caption with its look words removed (``look_only_in_class_words``), so that the look lives in the class words only
-    # (shipped: from step 24,055). The dataclass defaults are all off; the command line's are the shipped recipe
     look_only_in_class_words: bool = False
     # with ``look_only_in_class_words``: probability that a hidden row's class words meet the UNet's attn2 with the
     # *look-free* caption's state as their key and the captioned one as their value (``class_keys_from_look_free``):
     # the maps are then the plain caption's and only the value tells the look, which is what key-locked methods
-    # (Perfusion) and Infusion (C reuses F's maps) assume of Stable Diffusion. 0: off
+    # (Perfusion) and Infusion (C reuses F's maps) assume of Stable Diffusion
     look_in_class_values: float = 0.0
     prediction_type: str = "v_prediction"  # or "epsilon" (steps <= 8,101 of the shipped model)
     zero_terminal_snr: bool = True
