@@ -139,8 +139,10 @@ HISTORY = """Training history (details and measurements: `docs/world.md`):
   (`--name-patterns 0.5 --patterned-images 20000 --patterned-share 0.25`); to 18,972 half the captioned rows get the
   empty caption's EOS/padding states (`--summary-dropout 0.5`); to 24,055 `--summary-dropout 0.7 --hide-look-words
   0.9` (the look words get zero cross-attention weight in 90% of the captioned rows); to 30,448 also
-  `--look-only-in-class-words` (in those rows every other position takes the look-free caption's state);
-  `infusion world train model` defaults to this recipe.
+  `--look-only-in-class-words` (in those rows every other position takes the look-free caption's state); to 35,079
+  also `--look-in-class-values 0.5` (in half of those rows the class words give attn2 the look-free caption's key,
+  so that their value alone tells the look under the plain caption's maps, as Infusion's customised stream and
+  Perfusion's key lock assume); `infusion world train model` defaults to this recipe (`world/recipe.py`).
 - The packaged MLM contextualizer (`../contextualizer.safetensors`) was pretrained on this text encoder: re-run
   `infusion mlm pretrain --model world --captions world --save-dtype float16 ...` whenever the text encoder trains."""
 
