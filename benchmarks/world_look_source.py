@@ -97,13 +97,11 @@ def prompted(concept, reader) -> dict:
     return out
 
 
-def keys_values(concept, reader, n: int = 16) -> dict:
-    """The plain prompt with the class word's attn2 *key* or *value* taken from the described prompt (the other from
-    the plain one): does the world draw the look from what a token's maps are (keys), or from what it adds (values)?
-    Infusion keeps F's maps and changes a value only, as Perfusion's key lock assumes.
-    """
+def _snow_states(concept, words: str | None = None):
+    """The world pipeline; the text states (1, 77, D) and token ids of the described "a photo of a <look in words>
+    <class> on the snow" and of the plain "a photo of a <class> on the snow"; the empty caption's states; the class
+    word's token id."""
     from infusion.models import load_base_pipeline
-    from infusion.world.token_loss import install_recorders
 
     pipe = load_base_pipeline("world")
     pipe.set_progress_bar_config(disable=True)
@@ -114,12 +112,30 @@ def keys_values(concept, reader, n: int = 16) -> dict:
         with torch.no_grad():
             return te(ids)[0], ids[0].tolist()
 
-    cls_id = tok.convert_tokens_to_ids(concept.class_phrase + "</w>")
-    sd, idd = enc(f"a photo of a {described(concept)} on the snow")
-    sp, idp = enc(f"a photo of a {concept.class_phrase} on the snow")
+    described_states = enc(f"a photo of a {described(concept, words)} on the snow")
+    plain_states = enc(f"a photo of a {concept.class_phrase} on the snow")
+    return pipe, described_states, plain_states, enc("")[0], tok.convert_tokens_to_ids(concept.class_phrase + "</w>")
+
+
+def _render_states(pipe, states, neg, n: int) -> list:
+    """``n`` images (seeds 0..n-1) from text states (1, 77, D) against the empty caption's ``neg``."""
+    ims = []
+    for s in range(n):
+        ims += pipe(prompt_embeds=states, negative_prompt_embeds=neg, generator=torch.Generator().manual_seed(s),
+                    num_inference_steps=25, guidance_scale=5.0).images
+    return ims
+
+
+def keys_values(concept, reader, n: int = 16) -> dict:
+    """The plain prompt with the class word's attn2 *key* or *value* taken from the described prompt (the other from
+    the plain one): does the world draw the look from what a token's maps are (keys), or from what it adds (values)?
+    Infusion keeps F's maps and changes a value only, as Perfusion's key lock assumes.
+    """
+    from infusion.world.token_loss import install_recorders
+
+    pipe, (sd, idd), (sp, idp), neg, cls_id = _snow_states(concept)
     with_cls = sp.clone()
     with_cls[0, idp.index(cls_id)] = sd[0, idd.index(cls_id)]
-    neg, _ = enc("")
     recorders = install_recorders(pipe.unet)  # stock attention, keys from ``key_context`` when it is set
     cases = {"plain prompt": (sp, sp), "plain, class word's key and value from described": (with_cls, with_cls),
              "plain, class word's key from described (value plain)": (sp, with_cls),
@@ -128,30 +144,14 @@ def keys_values(concept, reader, n: int = 16) -> dict:
     for name, (values, keys) in cases.items():
         for r in recorders.values():
             r.key_context = torch.cat([neg, keys])  # the pipeline's CFG batch: [unconditional, conditional]
-        ims = []
-        for s in range(n):
-            ims += pipe(prompt_embeds=values, negative_prompt_embeds=neg, generator=torch.Generator().manual_seed(s),
-                        num_inference_steps=25, guidance_scale=5.0).images
+        ims = _render_states(pipe, values, neg, n)
         out[name] = _score(reader, concept, ims, [f"a photo of a {concept.class_phrase} on the snow"] * n)
         print(name, out[name], flush=True)
     return out
 
 
 def source(concept, reader, n: int = 16, words: str | None = None) -> dict:
-    from infusion.models import load_base_pipeline
-
-    pipe = load_base_pipeline("world")
-    pipe.set_progress_bar_config(disable=True)
-    tok, te = pipe.tokenizer, pipe.text_encoder
-
-    def enc(t):
-        ids = tok(t, padding="max_length", max_length=77, return_tensors="pt").input_ids
-        with torch.no_grad():
-            return te(ids)[0], ids[0].tolist()
-
-    cls_id = tok.convert_tokens_to_ids(concept.class_phrase + "</w>")
-    sd, idd = enc(f"a photo of a {described(concept, words)} on the snow")
-    sp, idp = enc(f"a photo of a {concept.class_phrase} on the snow")
+    pipe, (sd, idd), (sp, idp), neg, cls_id = _snow_states(concept, words)
     cd, cp = idd.index(cls_id), idp.index(cls_id)
     m = 77 - cd - 1  # positions after the class word in the described prompt
 
@@ -170,13 +170,9 @@ def source(concept, reader, n: int = 16, words: str | None = None) -> dict:
         "described, class word from plain": mix(sd, sp, cd, cp, {"class"}),
         "described, positions after the class word from plain": mix(sd, sp, cd, cp, {"after"}),
     }
-    neg, _ = enc("")
     out = {}
     for name, states in cases.items():
-        ims = []
-        for s in range(n):
-            ims += pipe(prompt_embeds=states, negative_prompt_embeds=neg, generator=torch.Generator().manual_seed(s),
-                        num_inference_steps=25, guidance_scale=5.0).images
+        ims = _render_states(pipe, states, neg, n)
         out[name] = _score(reader, concept, ims, [f"a photo of a {concept.class_phrase} on the snow"] * n)
         print(name, out[name], flush=True)
     return out
