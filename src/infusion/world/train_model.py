@@ -272,7 +272,8 @@ def train_model(cfg: ModelConfig):
     if not text_trains:
         _freeze_text_encoder(text_encoder, ema_text)
     # ema_unet keeps stock processors; the recorders also take the separate key states of look_in_class_values
-    recorders = install_recorders(unet) if cfg.token_loss_weight > 0 or cfg.look_in_class_values > 0 else {}
+    token_loss_on = cfg.token_loss_weight > 0
+    recorders = install_recorders(unet) if token_loss_on or cfg.look_in_class_values > 0 else {}
     sched = build_scheduler(cfg.prediction_type, cfg.zero_terminal_snr)
     alphas = sched.alphas_cumprod  # (1000,)
     snr = alphas / (1 - alphas)
@@ -348,7 +349,7 @@ def train_model(cfg: ModelConfig):
             target = noise
             weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]  # Min-SNR for eps-prediction
         loss = diff_loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
-        if recorders:
+        if token_loss_on:
             tok_loss = token_loss(recorders, class_token_targets(ids, batch_scenes, tokenizer))
             loss = loss + cfg.token_loss_weight * tok_loss
         opt.zero_grad(set_to_none=True)
@@ -359,7 +360,7 @@ def train_model(cfg: ModelConfig):
         _ema_update(ema_unet, unet, decay)
         if text_trains:
             _ema_update(ema_text, text_encoder, decay)
-        bar.set_postfix(loss=f"{diff_loss.item():.4f}", tok=f"{tok_loss.item():.3f}" if recorders else "-", refresh=False)
+        bar.set_postfix(loss=f"{diff_loss.item():.4f}", tok=f"{tok_loss.item():.3f}" if token_loss_on else "-", refresh=False)
         done = step + 1
         out_of_time = (time.time() - t0) / 60 > cfg.max_minutes
         if done % cfg.export_every == 0 or done == cfg.steps or out_of_time:
@@ -368,7 +369,7 @@ def train_model(cfg: ModelConfig):
             export(pipe, cfg, done)
             if cfg.samples:
                 sample_grid(pipe, work / "samples" / "model_latest.png")
-            log.info("step %d loss %.4f token loss %.4f (%.1f min)", done, diff_loss.item(), tok_loss.item() if recorders else 0.0,
+            log.info("step %d loss %.4f token loss %.4f (%.1f min)", done, diff_loss.item(), tok_loss.item() if token_loss_on else 0.0,
                      (time.time() - t0) / 60)
         if out_of_time:
             break
