@@ -24,7 +24,7 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     from infusion.commands.demo import train_and_compare
-    from infusion.commands.train import _method_args
+    from infusion.commands.train import parse_method_args
     from infusion.images import make_grid
     from infusion.world.concepts import CONCEPTS
 
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="an Infusion setting, as `infusion train --method-arg` (repeatable; e.g. residual=query)")
     args = ap.parse_args(argv)
-    method_args = _method_args(args.method_arg)
+    method_args = parse_method_args(args.method_arg)
     variant = "".join(f"-{k}-{v}" for k, v in sorted(method_args.items()))  # run folder suffix: variants never share one
 
     import torch

@@ -231,9 +231,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     args.mlm_lambda = _lambdas(args.mlm_lambda)
-    from infusion.commands.train import _method_args
+    from infusion.commands.train import parse_method_args
 
-    args.method_arg = _method_args(args.method_arg)
+    args.method_arg = parse_method_args(args.method_arg)
 
     if args.model != "tiny":
         why = world_available(args.model)

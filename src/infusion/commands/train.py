@@ -57,7 +57,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _method_args(pairs: list[str]) -> dict:
+def parse_method_args(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
@@ -78,7 +78,7 @@ def run(args) -> int:
         method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size, resolution=args.resolution,
         seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, resume=args.resume, flip=args.flip, model_config=args.model_config,
-        method_args=_method_args(args.method_arg), mlm_lambda=args.mlm_lambda, mlm_prompts=args.mlm_prompts,
+        method_args=parse_method_args(args.method_arg), mlm_lambda=args.mlm_lambda, mlm_prompts=args.mlm_prompts,
         mlm_batch=args.mlm_batch,
         contextualizer=args.contextualizer,
     )

@@ -16,11 +16,3 @@ SHIPPED_RECIPE = {
 }
 """ModelConfig field -> value."""
 
-
-def as_flags(recipe: dict = SHIPPED_RECIPE) -> str:
-    """The recipe as ``infusion world train model`` options ("--name-patterns 0.5 ... --look-only-in-class-words")."""
-    flags = []
-    for k, v in recipe.items():
-        flag = "--" + k.replace("_", "-")
-        flags.append((flag if v else "--no-" + flag[2:]) if isinstance(v, bool) else f"{flag} {v}")
-    return " ".join(flags)

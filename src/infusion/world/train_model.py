@@ -164,6 +164,21 @@ def without_look_words(text: str) -> str:
     return " ".join(w for w in text.split() if w not in LOOK_WORDS)
 
 
+def _from_look_free(cond: torch.Tensor, ids: torch.Tensor, free_cond: torch.Tensor, free_ids: torch.Tensor,
+                    look_ids: torch.Tensor, class_ids: torch.Tensor, rows: torch.Tensor, class_words: bool) -> torch.Tensor:
+    """``cond`` with, in ``rows``, the class words (``class_words``) or every other kept position taking the state of
+    its counterpart in the look-free caption: the k-th kept token (not a look word) is the look-free caption's k-th
+    token. A row whose kept tokens do not match the look-free caption's is left as it is."""
+    out = cond.clone()
+    for r in rows.nonzero().flatten().tolist():
+        kept = (~torch.isin(ids[r], look_ids)).nonzero().flatten()  # (K,)
+        if not torch.equal(free_ids[r, : len(kept)], ids[r, kept]):
+            continue
+        swap = torch.isin(ids[r, kept], class_ids) == class_words
+        out[r, kept[swap]] = free_cond[r, : len(kept)][swap]
+    return out
+
+
 def look_only_in_class_words(cond: torch.Tensor, ids: torch.Tensor, free_cond: torch.Tensor, free_ids: torch.Tensor,
                              look_ids: torch.Tensor, class_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """States in which a row's look is carried by its class words only.
@@ -175,34 +190,19 @@ def look_only_in_class_words(cond: torch.Tensor, ids: torch.Tensor, free_cond: t
     has computed with the look words in view. Look words keep theirs too: ``look_word_mask`` hides them.
     A row whose kept tokens do not match the look-free caption's is left as it is.
     """
-    out = cond.clone()
-    for r in rows.nonzero().flatten().tolist():
-        kept = (~torch.isin(ids[r], look_ids)).nonzero().flatten()  # (K,)
-        if not torch.equal(free_ids[r, : len(kept)], ids[r, kept]):
-            continue
-        swap = ~torch.isin(ids[r, kept], class_ids)
-        out[r, kept[swap]] = free_cond[r, : len(kept)][swap]
-    return out
+    return _from_look_free(cond, ids, free_cond, free_ids, look_ids, class_ids, rows, class_words=False)
 
 
 def class_keys_from_look_free(cond: torch.Tensor, ids: torch.Tensor, free_cond: torch.Tensor, free_ids: torch.Tensor,
                               look_ids: torch.Tensor, class_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The states attn2 computes its *keys* from: ``cond`` with the class words of ``rows`` taking their state in the
-    look-free caption (the k-th kept token is the look-free caption's k-th token, as in ``look_only_in_class_words``).
+    look-free caption (the counterpart of ``look_only_in_class_words``).
 
     cond, free_cond (B, L, D); ids, free_ids (B, L); rows (B,) bool. With ``look_only_in_class_words`` applied to
     ``cond`` first, a chosen row's keys are then the plain caption's everywhere (look words are masked), so its maps
-    are the plain caption's and the look reaches the UNet through the class words' values only. A row whose kept
-    tokens do not match the look-free caption's is left as it is.
+    are the plain caption's and the look reaches the UNet through the class words' values only.
     """
-    out = cond.clone()
-    for r in rows.nonzero().flatten().tolist():
-        kept = (~torch.isin(ids[r], look_ids)).nonzero().flatten()  # (K,)
-        if not torch.equal(free_ids[r, : len(kept)], ids[r, kept]):
-            continue
-        cls = torch.isin(ids[r, kept], class_ids)
-        out[r, kept[cls]] = free_cond[r, : len(kept)][cls]
-    return out
+    return _from_look_free(cond, ids, free_cond, free_ids, look_ids, class_ids, rows, class_words=True)
 
 
 def text_encoder_trains_at(step: int, ranges) -> bool:
