@@ -1,12 +1,15 @@
-"""Infusion's variants beyond the paper (``residual=query``, ``t_max``): they keep the guarantees
-(F's maps, zero residual == base, placeholder-free prompts == base, concepts add) and do what they say."""
+"""Infusion's variants beyond the paper (``residual=query``, ``t_max``, ``maps=own``): they keep the guarantees
+(zero residual == base, placeholder-free prompts == base, concepts add; F's maps except for ``maps=own``, which
+gives that one up on purpose) and do what they say."""
 
 import pytest
 import torch
 
 from infusion.processor import InfusionAttnProcessor, InfusionPlan
 from infusion.prompts import ConceptSpan
-from test_processor import _attention  # the same small random attn2 layer
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from test_processor import _attention, eq7_reference  # the same small random attn2 layer; Eq. 7 written out
 
 
 def query_reference(attn, hs_f, hs_c, text, pos, delta, a, b):
@@ -81,6 +84,115 @@ def test_query_and_plain_concepts_compose_order_free_and_record_inject_matches_f
         o = proc(attn, torch.cat([hs, c_hs]), torch.cat([text, text]), infusion=InfusionPlan.build("fused", 2, [0, 1], sp))
         only[name] = o[2:] - o[:2]
     torch.testing.assert_close(fused[2:] - fused[:2], only["a"] + only["b"], rtol=1e-5, atol=1e-5)
+
+
+def test_own_maps_use_c_own_attention_and_f_rows_stay_stock():
+    """maps=own: C's row is softmax(Q_C K^T)(V + E_obj Delta) W_O + b on C's own hidden state (Eq. 7 written out with C's
+    queries); F's rows are the stock processor's, bit for bit; the paper's processor would give F's maps instead."""
+    attn = _attention(3)
+    N = 6
+    hs_f, hs_c, text = torch.randn(N, 24), torch.randn(N, 24), torch.randn(77, 16)
+    proc = InfusionAttnProcessor("L")
+    delta = torch.randn(1, 24)
+    proc.deltas, proc.own_maps = {"c": delta}, {"c"}
+    plan = InfusionPlan.build("fused", 1, [0], [[ConceptSpan("c", (4,))]])
+    out = proc(attn, torch.stack([hs_f, hs_c]), torch.stack([text, text]), infusion=plan)
+    with torch.no_grad():
+        ref_own, ref_paper = eq7_reference(attn, hs_c, text, {4: delta[0]}), eq7_reference(attn, hs_f, text, {4: delta[0]})
+        stock = AttnProcessor2_0()(attn, hs_f[None], text[None])
+    torch.testing.assert_close(out[1], ref_own, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out[1], ref_paper, atol=1e-3)
+    assert torch.equal(out[:1], stock)
+    proc.own_maps = set()  # the same Delta, the paper's maps
+    torch.testing.assert_close(proc(attn, torch.stack([hs_f, hs_c]), torch.stack([text, text]), infusion=plan)[1], ref_paper,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_own_maps_with_zero_delta_is_stock_attention_bit_for_bit_and_record_inject_matches_fused():
+    attn = _attention(4)
+    hs, c_hs, text = torch.randn(2, 5, 24), torch.randn(2, 5, 24), torch.randn(2, 77, 16)
+    proc = InfusionAttnProcessor("L")
+    proc.deltas, proc.own_maps = {"c": torch.zeros(1, 24)}, {"c"}
+    spans = [[ConceptSpan("c", (2,))], []]  # the second C row has no concept (inactive, like C_uncond)
+    out = proc(attn, torch.cat([hs, c_hs]), torch.cat([text, text]), infusion=InfusionPlan.build("fused", 2, [0, 1], spans))
+    with torch.no_grad():
+        assert torch.equal(out[2:], AttnProcessor2_0()(attn, c_hs, text))  # C's own stock attention, active or not
+        assert torch.equal(out[:2], AttnProcessor2_0()(attn, hs, text))
+    proc.deltas = {"c": torch.randn(1, 24)}
+    fused = proc(attn, torch.cat([hs, c_hs]), torch.cat([text, text]), infusion=InfusionPlan.build("fused", 2, [0, 1], spans))
+    plan = InfusionPlan.build("inject", 2, [0, 1], spans)  # training's C pass: no F records needed
+    torch.testing.assert_close(proc(attn, c_hs, text, infusion=plan), fused[2:], rtol=0, atol=1e-6)
+    assert torch.equal(fused[3], out[3])  # the inactive row gets no residual
+
+
+def test_own_maps_concepts_compose_order_free_and_add():
+    """An own-maps concept (a) and one of the paper's kind (b) in one prompt: the call runs C's own maps for both (as
+    the processor's docstring says); their updates add; the order of the spans does not matter."""
+    attn = _attention(5)
+    hs, c_hs, text = torch.randn(1, 7, 24), torch.randn(1, 7, 24), torch.randn(1, 77, 16)
+    da, db = torch.randn(1, 24), torch.randn(2, 24)
+    proc = InfusionAttnProcessor("L")
+    proc.own_maps = {"a"}
+    spans = [[ConceptSpan("b", (2, 3)), ConceptSpan("a", (6,))]]
+    x, t = torch.cat([hs, c_hs]), torch.cat([text, text])
+
+    def c_row(a, b, sp=spans):
+        proc.deltas = {"a": a, "b": b}
+        return proc(attn, x, t, infusion=InfusionPlan.build("fused", 1, [0], sp))[1]
+
+    both, zero = c_row(da, db), c_row(torch.zeros_like(da), torch.zeros_like(db))
+    assert torch.equal(both, c_row(da, db, [spans[0][::-1]]))
+    torch.testing.assert_close(both - zero, (c_row(da, 0 * db) - zero) + (c_row(0 * da, db) - zero), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(c_row(0 * da, db), eq7_reference(attn, c_hs[0], text[0], {2: db[0], 3: db[1]}),
+                                   rtol=1e-4, atol=1e-4)  # b's Delta placed by C's own maps
+
+
+def test_own_maps_trains_saves_loads_and_generates(tiny_pipe, concept_images, tmp_path):
+    """maps=own end to end: one C pass per step (no F record), frozen weights unchanged, the file says maps=own (format 2),
+    a zero-Delta own-maps concept generates the base images bit for bit, a trained one does not, and a prompt without
+    the concept is the stock pipeline's."""
+    from safetensors import safe_open
+
+    from infusion.concept import Concept
+    from infusion.pipeline import InfusionPipeline
+    from infusion.training import TrainConfig, train
+    from infusion.training.methods import get_method
+
+    out = tmp_path / "own.safetensors"
+    cfg = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square", out=str(out), steps=3,
+                      lr=1e-2, method_args={"maps": "own"})
+    m = get_method("infusion")(tiny_pipe, cfg)
+    calls = []
+    hook = tiny_pipe.unet.register_forward_hook(lambda mod, args, kw, o: calls.append(kw["cross_attention_kwargs"]["infusion"].mode),
+                                                with_kwargs=True)
+    m(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), m.encode_captions(["a photo of a <sq>"] * 2))
+    hook.remove()
+    assert calls == ["inject"]
+    base_unet = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    c = train(cfg, pipe=tiny_pipe, progress=False)
+    assert all(torch.equal(v, base_unet[k]) for k, v in tiny_pipe.unet.state_dict().items())
+    assert c.maps == "own" and all(d.abs().sum() > 0 for d in c.deltas.values())
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["maps"] == "own" and meta["format_version"] == "2"
+    loaded = Concept.load(out)
+    assert loaded.maps == "own"
+    pipe = InfusionPipeline.from_pipe(tiny_pipe)
+    pipe.set_progress_bar_config(disable=True)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    zero = Concept("zq", "square", {k: torch.zeros_like(v) for k, v in loaded.deltas.items()}, maps="own")
+    res = pipe("a photo of a <zq>", concepts=[zero], num_inference_steps=2, generator=g(), output_type="pt")
+    assert torch.equal(res.images, res.base_images)
+    res = pipe("a photo of a <sq>", concepts=[loaded], num_inference_steps=2, generator=g(), output_type="pt")
+    assert (res.images - res.base_images).abs().max() > 0
+    plain = pipe("a photo of a square", concepts=[loaded], num_inference_steps=2, generator=g(), output_type="pt",
+                 guidance_scale=8.0)
+    stock = tiny_pipe("a photo of a square", num_inference_steps=2, generator=g(), output_type="pt",
+                      guidance_scale=8.0).images
+    assert torch.equal(plain.images, stock)
+    with pytest.raises(ValueError, match="maps"):
+        Concept("x", "square", loaded.deltas, maps="theirs")
 
 
 def test_query_variant_trains_saves_loads_and_generates(tiny_pipe, concept_images, tmp_path):
@@ -173,7 +285,8 @@ def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_p
 
 @pytest.mark.parametrize("args,match", [({"residual": "key"}, "residual"), ({"query_rank": 0, "residual": "query"}, "query_rank"),
                                         ({"t_max": 0}, "t_max"), ({"paired": True, "paired_strength": 0}, "paired_strength"),
-                                        ({"paired": True, "paired_views": 0}, "paired_views")])
+                                        ({"paired": True, "paired_views": 0}, "paired_views"), ({"maps": "mine"}, "maps"),
+                                        ({"paired": True, "maps": "own"}, "maps=own")])
 def test_bad_variant_arguments_are_clear_errors(tiny_pipe, concept_images, tmp_path, args, match):
     from infusion.training import TrainConfig
     from infusion.training.methods import get_method

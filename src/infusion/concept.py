@@ -3,8 +3,8 @@
 File layout: tensor key = diffusers module name of the layer
 (``down_blocks.0.attentions.0.transformer_blocks.0.attn2``), shape ``[n_tokens, D]``; a concept of the
 ``query`` variant (``processor`` module docstring) adds ``<layer>.query_a`` ``[n_tokens, D, r]`` and
-``<layer>.query_b`` ``[n_tokens, r, D]`` per layer and is written as format version 2; metadata holds
-format name/version, method, name, class phrase, base model id, base fingerprint, model family
+``<layer>.query_b`` ``[n_tokens, r, D]`` per layer and is written as format version 2, as is a concept of
+the own-maps variant (metadata ``maps = own``: C's attn2 runs its own maps); metadata holds format name/version, method, name, class phrase, base model id, base fingerprint, model family
 (``sd`` | ``sdxl``) and layer widths (``"320x5,640x5,1280x6"``: width x layers), training settings (JSON)
 and the library version. Writes are atomic (temp file + rename); a file holding NaN or Inf is refused
 at save and at load.
@@ -27,7 +27,8 @@ from . import __version__
 
 FORMAT_NAME = "infusion-concept"
 FORMAT_VERSION = "1"  # plain concepts (the paper's Infusion)
-FORMAT_VERSION_QUERY = "2"  # with the query variant's terms
+FORMAT_VERSION_QUERY = "2"  # a variant beyond the paper: the query variant's terms, or own maps
+MAPS = ("base", "own")  # whose attn2 maps place the residual: F's (the paper's) or C's own
 QUERY_SUFFIXES = (".query_a", ".query_b")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_\-\.]*"
 
@@ -53,6 +54,7 @@ class Concept:
 
     deltas: layer name -> Delta, shape [n_tokens, D] (D = that layer's value width)
     query:  ``query`` variant only: layer name -> (A [n_tokens, D, r], B [n_tokens, r, D]); empty otherwise
+    maps:   ``"base"`` (C takes F's attn2 maps, the paper's) or ``"own"`` (C's own; ``processor`` docstring)
     """
 
     name: str
@@ -65,6 +67,7 @@ class Concept:
     query: dict = field(default_factory=dict)
     t_max: float = 1.0  # inject at timesteps t < t_max * T only (1.0: every step, the paper's)
     family: str = ""  # "sd" | "sdxl" (families.py); "" in files older than the field
+    maps: str = "base"
 
     def __post_init__(self):
         import re
@@ -78,6 +81,8 @@ class Concept:
             raise ValueError("class phrase must not be empty (e.g. 'cat', 'teddy bear')")
         if not self.deltas:
             raise ValueError("a concept needs at least one layer Delta")
+        if self.maps not in MAPS:
+            raise ValueError(f"maps={self.maps!r}: use one of {', '.join(MAPS)}")
         rows = {t.shape[0] for t in self.deltas.values()}
         if len(rows) != 1 or any(t.ndim != 2 for t in self.deltas.values()):
             raise ValueError(f"every Delta must be [n_tokens, D] with one n_tokens; got rows {sorted(rows)}")
@@ -105,7 +110,7 @@ class Concept:
     def metadata(self) -> dict[str, str]:
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION_QUERY if self.query else FORMAT_VERSION,
+            "format_version": FORMAT_VERSION_QUERY if self.query or self.maps != "base" else FORMAT_VERSION,
             "method": self.method,
             "name": self.name,
             "class_phrase": self.class_phrase,
@@ -115,6 +120,7 @@ class Concept:
             "library_version": __version__,
             **({"t_max": repr(self.t_max)} if self.t_max != 1.0 else {}),
             **({"family": self.family} if self.family else {}),
+            **({"maps": self.maps} if self.maps != "base" else {}),
             "layer_widths": self.widths_summary(),
         }
 
@@ -165,6 +171,7 @@ class Concept:
             query=query,
             t_max=float(meta.get("t_max", 1.0)),
             family=meta.get("family", ""),
+            maps=meta.get("maps", "base"),
             base_model=meta.get("base_model", ""),
             base_fingerprint=meta.get("base_fingerprint", ""),
             method=meta.get("method", "infusion"),

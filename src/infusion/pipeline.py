@@ -80,6 +80,7 @@ class InfusionMixin:
         for proc in infusion_processors(self.unet).values():
             proc.deltas = {}
             proc.query_terms = {}
+            proc.own_maps = set()
 
     @property
     def concepts(self) -> dict[str, Concept]:
@@ -104,6 +105,7 @@ class InfusionMixin:
             proc.deltas = {n: c.deltas[layer].to(device=device, dtype=dtype) for n, c in concepts.items()}
             proc.query_terms = {n: tuple(t.to(device=device, dtype=dtype) for t in c.query[layer])
                                 for n, c in concepts.items() if c.query}
+            proc.own_maps = {n for n, c in concepts.items() if c.maps == "own"}
 
     # -- prompts ----------------------------------------------------------------------------
     def parse(self, prompts: list[str], concepts: dict[str, Concept]) -> list[ParsedPrompt]:

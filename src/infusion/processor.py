@@ -11,6 +11,14 @@ own. This processor computes the F rows with SDPA (bit-identical to diffusers'
 ``AttnProcessor2_0``), the concept columns of F's maps with an explicit softmax, and derives the
 C rows from them with a rank-n update.
 
+Variants beyond the paper (each a concept's training option, stored in its file):
+- ``query``: Delta + q_C A B, a per-pixel term of C's own query (``query_terms``).
+- ``own maps`` (``own_maps``): C's ``attn2`` runs its own attention, softmax(Q_C K^T) (V + E_obj Delta),
+  with the same text (so the concept's key is the class word's: Perfusion's key lock). C's output then
+  depends on C's own image, which the paper's design rules out: the "where" pathway is no longer F's.
+  Zero Delta and prompts without the concept stay bit-identical to the base model. A call whose prompts
+  hold any own-maps concept runs every concept of that call with C's own maps.
+
 Shapes (letters used in comments):
     B  batch rows      N  image tokens (h*w)     L  text tokens (77)
     H  heads           d  head dim               D  inner dim = H*d (320/640/1280 in SD1.x)
@@ -19,6 +27,7 @@ Shapes (letters used in comments):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -115,13 +124,15 @@ class InfusionAttnProcessor:
 
     ``deltas`` maps a concept name to this layer's residual, shape [n_tokens, D]; it may hold
     ``nn.Parameter`` objects (training) or plain tensors (inference). ``query_terms`` maps a concept
-    of the ``query`` variant to its ``(A [n_tokens, D, r], B [n_tokens, r, D])``.
+    of the ``query`` variant to its ``(A [n_tokens, D, r], B [n_tokens, r, D])``; ``own_maps`` names the
+    concepts of the own-maps variant.
     """
 
     def __init__(self, layer_name: str):
         self.layer_name = layer_name
         self.deltas: dict[str, torch.Tensor] = {}
         self.query_terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.own_maps: set[str] = set()
         self._base = AttnProcessor2_0()
 
     def __call__(
@@ -147,20 +158,28 @@ class InfusionAttnProcessor:
             hidden_states = hidden_states.view(b, ch, h * w).transpose(1, 2)  # (B, N, C)
 
         plan = infusion
+        own = any(n in self.own_maps for n in plan.concepts_used())
         if plan.mode == "inject":
-            core_src, maps = plan.records[self.layer_name]  # (B, N, D), (n_a, H, N, T)
+            if own:  # C's own attention on its own rows; F's records are not read
+                core_src, maps = self._own_core(attn, hidden_states, encoder_hidden_states, attention_mask, plan)
+            else:
+                core_src, maps = plan.records[self.layer_name]  # (B, N, D), (n_a, H, N, T)
             queries = self._c_queries(attn, hidden_states, plan)  # (n_a, N, D) or None
             core = self._c_core(attn, core_src, maps, queries, plan)  # (B, N, D)
         else:
             n_f = plan.n_f if plan.mode == "fused" else hidden_states.shape[0]
             core_f, maps = self._f_core(
-                attn, hidden_states[:n_f], encoder_hidden_states[:n_f], attention_mask, plan
+                attn, hidden_states[:n_f], encoder_hidden_states[:n_f], attention_mask[:n_f] if
+                attention_mask is not None else None, plan
             )  # (n_f, N, D), (n_a, H, N, T)
             core_src = core_f[plan.c_source]  # (n_c, N, D)
             if plan.mode == "record":
                 plan.records[self.layer_name] = (core_src, maps)
                 core = core_f
             else:
+                if own:
+                    core_src, maps = self._own_core(attn, hidden_states[n_f:], encoder_hidden_states[n_f:],
+                                                    attention_mask[n_f:] if attention_mask is not None else None, plan)
                 queries = self._c_queries(attn, hidden_states[n_f:], plan)
                 core = torch.cat([core_f, self._c_core(attn, core_src, maps, queries, plan)], dim=0)  # (B, N, D)
 
@@ -209,6 +228,12 @@ class InfusionAttnProcessor:
             m = maps.float().mean(1).detach()  # (n_a, N, T)
             plan.map_sink[self.layer_name] = plan.map_sink.get(self.layer_name, 0) + m
         return core, maps
+
+    def _own_core(self, attn, hs_c, ehs_c, attention_mask, plan):
+        """The own-maps variant: the C rows' own attention (as ``_f_core`` computes F's) and their own maps at the
+        concept columns. hs_c (n_c, N, C), ehs_c (n_c, L, C_text) -> core (n_c, N, D), maps (n_a, H, N, T)."""
+        own = dataclasses.replace(plan, c_source=torch.arange(hs_c.shape[0]), map_sink=None)
+        return self._f_core(attn, hs_c, ehs_c, attention_mask, own)
 
     def _c_queries(self, attn, hs_c, plan):
         """The ``query`` variant's input: the active C rows' own queries (n_a, N, D), heads concatenated;

@@ -53,6 +53,7 @@ class Row:
 # Sweep grids per method on the world (learning rates around each method's default, x3-x10 apart).
 WORLD_ROWS = (
     Row("infusion", "infusion", {}, 0.0, (0.01, 0.05)),
+    Row("infusion-own", "infusion", {"maps": "own"}, 0.0, (0.01, 0.03)),  # beyond the paper: C's own attn2 maps
     Row("infusion-query", "infusion", {"residual": "query"}, 0.0, (0.003, 0.01)),
     Row("infusion-paired", "infusion", {"residual": "query", "paired": True}, 0.0, (0.01, 0.03)),
     Row("ti", "ti", {}, 0.0, (2e-3, 2e-2)),

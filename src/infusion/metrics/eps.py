@@ -115,6 +115,8 @@ class InfusionEps:
                 proc.deltas[concept.name] = concept.deltas[layer]
                 if concept.query:
                     proc.query_terms[concept.name] = concept.query[layer]
+                if concept.maps == "own":
+                    proc.own_maps.add(concept.name)
             self.class_phrases[concept.name] = concept.class_phrase
             self.t_max[concept.name] = float(concept.t_max)
 

@@ -14,6 +14,12 @@ redraw each training latent (SDEdit: noised to ``paired_strength`` x T, denoised
 caption; ``paired_views`` redraws each), which keeps the layout and gives the object the base model's
 appearance; each step F then runs on the redraw (same noise and t) and C, on the concept's latent,
 learns to denoise towards the concept with F's maps and outputs of the redraw.
+
+``--method-arg maps=own`` (beyond the paper) trains the own-maps variant (``processor`` module docstring): C's
+attn2 runs its own attention with the concept's key locked to the class word's, and the Delta on its value,
+so each step is a single C forward (no F pass). On the built-in world the look's layout (a bottom half, a
+diagonal) needs it: the same hand-set Delta draws <sunball>'s look on 16 of 16 seeds with C's own maps and on
+0 of 12 with F's (docs/results.md, "Where the look lives").
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from ...prompts import parse_prompt, phrase_token_count
 from .base import Method, TextBatch, register_method, param_key
 
 RESIDUALS = ("value", "query")
+MAPS = ("base", "own")
 # Redraw depth of paired training. <sunball>, residual=query, 1,000 steps, 12 validation prompts x 2 seeds
 # (look rate / text fid. / concept fid.): 0.4 -> 0.08 / 0.93 / 0.52, 0.7 -> 0.13 / 0.95 / 0.59, 0.85 -> 0.08 / 0.92 / 0.51
 PAIRED_STRENGTH = 0.7
@@ -45,6 +52,8 @@ class InfusionMethod(Method):
     method_args_help = {
         "residual": "value (the paper's constant Delta per layer, default) | query (Delta + a per-pixel term of F's query)",
         "query_rank": "rank r of the query term (default 4)",
+        "maps": "base (C takes F's attn2 maps, the paper's, default) | own (C's own attention, the concept's key "
+                "locked to the class word's; beyond the paper: the 'where' pathway is no longer F's)",
         "t_max": "inject only at timesteps t < t_max * T, in training and generation (default 1.0: every step, the paper's)",
         "paired": "F runs on base-model redraws of the training images (default false: on the images, the paper's)",
         "paired_strength": "how far the redraw starts from the image, fraction of T (default 0.7: on the world's "
@@ -62,8 +71,14 @@ class InfusionMethod(Method):
         self.residual = str(cfg.method_args.get("residual", "value"))
         if self.residual not in RESIDUALS:
             raise ValueError(f"--method-arg residual={self.residual!r}: use one of {', '.join(RESIDUALS)}")
+        self.maps = str(cfg.method_args.get("maps", "base"))
+        if self.maps not in MAPS:
+            raise ValueError(f"--method-arg maps={self.maps!r}: use one of {', '.join(MAPS)}")
         self.t_max = float(cfg.method_args.get("t_max", 1.0))
         self.paired = str(cfg.method_args.get("paired", False)).lower() in ("1", "true", "yes")
+        if self.paired and self.maps == "own":
+            raise ValueError("--method-arg paired=true changes what F runs on, and with maps=own C does not use F: "
+                             "use one of them")
         if self.paired and self.family != "sd":
             raise ValueError("--method-arg paired=true supports Stable Diffusion 1.x/2.x models only")
         if self.paired and not 0 < float(cfg.method_args.get("paired_strength", PAIRED_STRENGTH)) <= 1:
@@ -95,6 +110,7 @@ class InfusionMethod(Method):
             k = param_key(layer)
             proc.deltas = {cfg.name: self.deltas[k]}
             proc.query_terms = {cfg.name: (self.query_a[k], self.query_b[k])} if self.residual == "query" else {}
+            proc.own_maps = {cfg.name} if self.maps == "own" else set()
 
     @torch.no_grad()
     def attach_latents(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -156,6 +172,10 @@ class InfusionMethod(Method):
     def forward(self, noisy_latents, timesteps, text: TextBatch):
         """noisy_latents (B, 4, h, w), timesteps (B,) -> eps_C (B, 4, h, w)."""
         B = noisy_latents.shape[0]
+        if self.maps == "own":  # C alone: its own attention + Deltas
+            plan = InfusionPlan.build("inject", B, list(range(B)), text.spans)
+            return self.unet(noisy_latents, timesteps, cross_attention_kwargs={"infusion": plan},
+                             **text.unet_cond()).sample
         plan = InfusionPlan.build("record", B, list(range(B)), text.spans)
         f_in = noisy_latents
         if self.paired and self.training and self._f_latents is not None:  # F on the redraw (same noise and t)
@@ -179,6 +199,7 @@ class InfusionMethod(Method):
             if self.residual == "query" else {},
             t_max=self.t_max,
             family=self.family,
+            maps=self.maps,
         )
         concept.save(Path(path))
         return concept
