@@ -86,9 +86,24 @@ def test_query_and_plain_concepts_compose_order_free_and_record_inject_matches_f
     torch.testing.assert_close(fused[2:] - fused[:2], only["a"] + only["b"], rtol=1e-5, atol=1e-5)
 
 
-def test_own_maps_use_c_own_attention_and_f_rows_stay_stock():
-    """maps=own: C's row is softmax(Q_C K^T)(V + E_obj Delta) W_O + b on C's own hidden state (Eq. 7 written out with C's
-    queries); F's rows are the stock processor's, bit for bit; the paper's processor would give F's maps instead."""
+def own_maps_reference(attn, hs_f, hs_c, text, deltas_at):
+    """Slow reference of maps=own: F's output (Eq. 7 with no residual) + each concept token's Delta placed by C's own map
+    softmax(Q_C K^T)[:, pos] per head, through W_O. hs_f, hs_c (N, C); deltas_at {position: (D,)} -> out_C (N, C)."""
+    H = attn.heads
+    q_c, k = attn.to_q(hs_c), attn.to_k(text)
+    d = k.shape[1] // H
+    upd = torch.zeros(hs_c.shape[0], k.shape[1])
+    for h in range(H):
+        sl = slice(h * d, (h + 1) * d)
+        m = torch.softmax(q_c[:, sl] @ k[:, sl].T / d**0.5, dim=-1)  # C's own map (N, L)
+        for pos, row in deltas_at.items():
+            upd[:, sl] += m[:, pos:pos + 1] * row[sl]
+    return eq7_reference(attn, hs_f, text, {}) + upd @ attn.to_out[0].weight.T
+
+
+def test_own_maps_place_delta_with_c_own_map_and_keep_f_output():
+    """maps=own: C's row is F's output + Delta placed by C's own map of the concept token; F's rows are the stock
+    processor's, bit for bit; the paper's processor would place the same Delta with F's map."""
     attn = _attention(3)
     N = 6
     hs_f, hs_c, text = torch.randn(N, 24), torch.randn(N, 24), torch.randn(77, 16)
@@ -98,7 +113,7 @@ def test_own_maps_use_c_own_attention_and_f_rows_stay_stock():
     plan = InfusionPlan.build("fused", 1, [0], [[ConceptSpan("c", (4,))]])
     out = proc(attn, torch.stack([hs_f, hs_c]), torch.stack([text, text]), infusion=plan)
     with torch.no_grad():
-        ref_own, ref_paper = eq7_reference(attn, hs_c, text, {4: delta[0]}), eq7_reference(attn, hs_f, text, {4: delta[0]})
+        ref_own, ref_paper = own_maps_reference(attn, hs_f, hs_c, text, {4: delta[0]}), eq7_reference(attn, hs_f, text, {4: delta[0]})
         stock = AttnProcessor2_0()(attn, hs_f[None], text[None])
     torch.testing.assert_close(out[1], ref_own, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(out[1], ref_paper, atol=1e-3)
@@ -108,48 +123,50 @@ def test_own_maps_use_c_own_attention_and_f_rows_stay_stock():
                                rtol=1e-4, atol=1e-4)
 
 
-def test_own_maps_with_zero_delta_is_stock_attention_bit_for_bit_and_record_inject_matches_fused():
+def test_own_maps_with_zero_delta_is_f_bit_for_bit_and_record_inject_matches_fused():
     attn = _attention(4)
     hs, c_hs, text = torch.randn(2, 5, 24), torch.randn(2, 5, 24), torch.randn(2, 77, 16)
     proc = InfusionAttnProcessor("L")
     proc.deltas, proc.own_maps = {"c": torch.zeros(1, 24)}, {"c"}
     spans = [[ConceptSpan("c", (2,))], []]  # the second C row has no concept (inactive, like C_uncond)
     out = proc(attn, torch.cat([hs, c_hs]), torch.cat([text, text]), infusion=InfusionPlan.build("fused", 2, [0, 1], spans))
+    assert torch.equal(out[2:], out[:2])  # C == F whatever C's own hidden state
     with torch.no_grad():
-        assert torch.equal(out[2:], AttnProcessor2_0()(attn, c_hs, text))  # C's own stock attention, active or not
         assert torch.equal(out[:2], AttnProcessor2_0()(attn, hs, text))
     proc.deltas = {"c": torch.randn(1, 24)}
     fused = proc(attn, torch.cat([hs, c_hs]), torch.cat([text, text]), infusion=InfusionPlan.build("fused", 2, [0, 1], spans))
-    plan = InfusionPlan.build("inject", 2, [0, 1], spans)  # training's C pass: no F records needed
+    plan = InfusionPlan.build("record", 2, [0, 1], spans)
+    proc(attn, hs, text, infusion=plan)
+    plan.mode = "inject"
     torch.testing.assert_close(proc(attn, c_hs, text, infusion=plan), fused[2:], rtol=0, atol=1e-6)
-    assert torch.equal(fused[3], out[3])  # the inactive row gets no residual
+    assert torch.equal(fused[3], out[3]) and not torch.allclose(fused[2], out[2])  # only the active row moves
 
 
-def test_own_maps_concepts_compose_order_free_and_add():
-    """An own-maps concept (a) and one of the paper's kind (b) in one prompt: the call runs C's own maps for both (as
-    the processor's docstring says); their updates add; the order of the spans does not matter."""
+def test_own_maps_and_paper_concepts_compose_order_free_and_add():
+    """An own-maps concept (a) and one of the paper's kind (b) in one prompt: a placed by C's map, b by F's; their
+    updates add; the order of the spans does not matter."""
     attn = _attention(5)
-    hs, c_hs, text = torch.randn(1, 7, 24), torch.randn(1, 7, 24), torch.randn(1, 77, 16)
+    hs, c_hs, text = torch.randn(7, 24), torch.randn(7, 24), torch.randn(77, 16)
     da, db = torch.randn(1, 24), torch.randn(2, 24)
     proc = InfusionAttnProcessor("L")
     proc.own_maps = {"a"}
     spans = [[ConceptSpan("b", (2, 3)), ConceptSpan("a", (6,))]]
-    x, t = torch.cat([hs, c_hs]), torch.cat([text, text])
+    x, t = torch.stack([hs, c_hs]), torch.stack([text, text])
 
     def c_row(a, b, sp=spans):
         proc.deltas = {"a": a, "b": b}
         return proc(attn, x, t, infusion=InfusionPlan.build("fused", 1, [0], sp))[1]
 
-    both, zero = c_row(da, db), c_row(torch.zeros_like(da), torch.zeros_like(db))
+    both = c_row(da, db)
     assert torch.equal(both, c_row(da, db, [spans[0][::-1]]))
-    torch.testing.assert_close(both - zero, (c_row(da, 0 * db) - zero) + (c_row(0 * da, db) - zero), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(c_row(0 * da, db), eq7_reference(attn, c_hs[0], text[0], {2: db[0], 3: db[1]}),
-                                   rtol=1e-4, atol=1e-4)  # b's Delta placed by C's own maps
+        f_out = eq7_reference(attn, hs, text, {})
+        ref = own_maps_reference(attn, hs, c_hs, text, {6: da[0]}) + eq7_reference(attn, hs, text, {2: db[0], 3: db[1]}) - f_out
+    torch.testing.assert_close(both, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_own_maps_trains_saves_loads_and_generates(tiny_pipe, concept_images, tmp_path):
-    """maps=own end to end: one C pass per step (no F record), frozen weights unchanged, the file says maps=own (format 2),
+    """maps=own end to end: F's record pass then C's, frozen weights unchanged, the file says maps=own (format 2),
     a zero-Delta own-maps concept generates the base images bit for bit, a trained one does not, and a prompt without
     the concept is the stock pipeline's."""
     from safetensors import safe_open
@@ -168,7 +185,7 @@ def test_own_maps_trains_saves_loads_and_generates(tiny_pipe, concept_images, tm
                                                 with_kwargs=True)
     m(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), m.encode_captions(["a photo of a <sq>"] * 2))
     hook.remove()
-    assert calls == ["inject"]
+    assert calls == ["record", "inject"]
     base_unet = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
     c = train(cfg, pipe=tiny_pipe, progress=False)
     assert all(torch.equal(v, base_unet[k]) for k, v in tiny_pipe.unet.state_dict().items())
@@ -285,8 +302,7 @@ def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_p
 
 @pytest.mark.parametrize("args,match", [({"residual": "key"}, "residual"), ({"query_rank": 0, "residual": "query"}, "query_rank"),
                                         ({"t_max": 0}, "t_max"), ({"paired": True, "paired_strength": 0}, "paired_strength"),
-                                        ({"paired": True, "paired_views": 0}, "paired_views"), ({"maps": "mine"}, "maps"),
-                                        ({"paired": True, "maps": "own"}, "maps=own")])
+                                        ({"paired": True, "paired_views": 0}, "paired_views"), ({"maps": "mine"}, "maps")])
 def test_bad_variant_arguments_are_clear_errors(tiny_pipe, concept_images, tmp_path, args, match):
     from infusion.training import TrainConfig
     from infusion.training.methods import get_method

@@ -13,11 +13,12 @@ C rows from them with a rank-n update.
 
 Variants beyond the paper (each a concept's training option, stored in its file):
 - ``query``: Delta + q_C A B, a per-pixel term of C's own query (``query_terms``).
-- ``own maps`` (``own_maps``): C's ``attn2`` runs its own attention, softmax(Q_C K^T) (V + E_obj Delta),
-  with the same text (so the concept's key is the class word's: Perfusion's key lock). C's output then
-  depends on C's own image, which the paper's design rules out: the "where" pathway is no longer F's.
-  Zero Delta and prompts without the concept stay bit-identical to the base model. A call whose prompts
-  hold any own-maps concept runs every concept of that call with C's own maps.
+- ``own maps`` (``own_maps``): the concept's residual is placed by C's own map of its tokens,
+  out_C = out_F + concat_h( M_C[h, :, obj] (outer) Delta[h] ) W_O, with M_C = softmax(Q_C K^T) from C's own
+  hidden state and the same text (the concept's key is the class word's: Perfusion's key lock). Everything
+  else is F's (its output, every other column of its maps); but C's output now depends on C's own image at
+  the concept's columns, which the paper's design rules out. Zero Delta and prompts without the concept stay
+  bit-identical to the base model; concepts still add, each placed by its own kind of map.
 
 Shapes (letters used in comments):
     B  batch rows      N  image tokens (h*w)     L  text tokens (77)
@@ -27,7 +28,6 @@ Shapes (letters used in comments):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -158,28 +158,23 @@ class InfusionAttnProcessor:
             hidden_states = hidden_states.view(b, ch, h * w).transpose(1, 2)  # (B, N, C)
 
         plan = infusion
-        own = any(n in self.own_maps for n in plan.concepts_used())
         if plan.mode == "inject":
-            if own:  # C's own attention on its own rows; F's records are not read
-                core_src, maps = self._own_core(attn, hidden_states, encoder_hidden_states, attention_mask, plan)
-            else:
-                core_src, maps = plan.records[self.layer_name]  # (B, N, D), (n_a, H, N, T)
+            core_src, maps = plan.records[self.layer_name]  # (B, N, D), (n_a, H, N, T)
+            maps = self._with_own_maps(attn, hidden_states, encoder_hidden_states, attention_mask, maps, plan)
             queries = self._c_queries(attn, hidden_states, plan)  # (n_a, N, D) or None
             core = self._c_core(attn, core_src, maps, queries, plan)  # (B, N, D)
         else:
             n_f = plan.n_f if plan.mode == "fused" else hidden_states.shape[0]
             core_f, maps = self._f_core(
-                attn, hidden_states[:n_f], encoder_hidden_states[:n_f], attention_mask[:n_f] if
-                attention_mask is not None else None, plan
+                attn, hidden_states[:n_f], encoder_hidden_states[:n_f], attention_mask, plan
             )  # (n_f, N, D), (n_a, H, N, T)
             core_src = core_f[plan.c_source]  # (n_c, N, D)
             if plan.mode == "record":
                 plan.records[self.layer_name] = (core_src, maps)
                 core = core_f
             else:
-                if own:
-                    core_src, maps = self._own_core(attn, hidden_states[n_f:], encoder_hidden_states[n_f:],
-                                                    attention_mask[n_f:] if attention_mask is not None else None, plan)
+                maps = self._with_own_maps(attn, hidden_states[n_f:], encoder_hidden_states[n_f:], attention_mask,
+                                           maps, plan)
                 queries = self._c_queries(attn, hidden_states[n_f:], plan)
                 core = torch.cat([core_f, self._c_core(attn, core_src, maps, queries, plan)], dim=0)  # (B, N, D)
 
@@ -214,26 +209,51 @@ class InfusionAttnProcessor:
         core = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         core = core.transpose(1, 2).reshape(B, -1, D).to(q.dtype)  # (B, N, D)
 
-        # Explicit softmax over all L keys, kept only at the concept columns: M_F[h, :, obj].
-        active = plan.active.to(q.device)
-        src = plan.c_source.to(q.device)[active]
-        qs, ks = q[src].float(), k[src].float()  # (n_a, H, N, d), (n_a, H, L, d)
-        scores = qs @ ks.transpose(-1, -2) * attn.scale  # (n_a, H, N, L)
-        if attention_mask is not None:
-            scores = scores + attention_mask[src].float()
-        probs = scores.softmax(dim=-1)
-        pos = plan.positions.to(q.device)[active][:, None, None, :].expand(-1, H, probs.shape[2], -1)  # (n_a, H, N, T)
-        maps = probs.gather(-1, pos).to(q.dtype)  # (n_a, H, N, T)
+        maps = self._concept_maps(attn, q, k, attention_mask, plan.c_source, plan)  # M_F[h, :, obj]
         if plan.map_sink is not None:
             m = maps.float().mean(1).detach()  # (n_a, N, T)
             plan.map_sink[self.layer_name] = plan.map_sink.get(self.layer_name, 0) + m
         return core, maps
 
-    def _own_core(self, attn, hs_c, ehs_c, attention_mask, plan):
-        """The own-maps variant: the C rows' own attention (as ``_f_core`` computes F's) and their own maps at the
-        concept columns. hs_c (n_c, N, C), ehs_c (n_c, L, C_text) -> core (n_c, N, D), maps (n_a, H, N, T)."""
-        own = dataclasses.replace(plan, c_source=torch.arange(hs_c.shape[0]), map_sink=None)
-        return self._f_core(attn, hs_c, ehs_c, attention_mask, own)
+    @staticmethod
+    def _concept_maps(attn, q, k, attention_mask, rows, plan):
+        """Explicit softmax over all L keys, kept only at the concept columns. q (B, H, N, d), k (B, H, L, d),
+        attention_mask (B, H, 1|N, L) or None; ``rows`` [n_c]: the row of q/k/mask each C row reads
+        -> (n_a, H, N, T) for the active C rows."""
+        active = plan.active.to(q.device)
+        src = rows.to(q.device)[active]
+        qs, ks = q[src].float(), k[src].float()  # (n_a, H, N, d), (n_a, H, L, d)
+        scores = qs @ ks.transpose(-1, -2) * attn.scale  # (n_a, H, N, L)
+        if attention_mask is not None:
+            scores = scores + attention_mask[src].float()
+        probs = scores.softmax(dim=-1)
+        pos = plan.positions.to(q.device)[active][:, None, None, :].expand(-1, q.shape[1], probs.shape[2], -1)
+        return probs.gather(-1, pos).to(q.dtype)  # (n_a, H, N, T)
+
+    def _with_own_maps(self, attn, hs_c, ehs_c, attention_mask, maps_f, plan):
+        """The own-maps variant: F's maps (n_a, H, N, T) with the slots of own-maps concepts replaced by C's own
+        maps, softmax(Q_C K^T) from the C rows' hidden states hs_c (n_c, N, C) and text ehs_c (n_c, L, C_text)."""
+        names = [n for n in plan.concepts_used() if n in self.own_maps]
+        if not names:
+            return maps_f
+        n_c, L = hs_c.shape[0], ehs_c.shape[1]
+        if attention_mask is not None:  # the mask of the whole call; the C rows are its last n_c
+            attention_mask = attn.prepare_attention_mask(attention_mask, L, attention_mask.shape[0])
+            attention_mask = attention_mask.view(-1, attn.heads, attention_mask.shape[-2], L)[-n_c:]
+        if attn.norm_cross:
+            ehs_c = attn.norm_encoder_hidden_states(ehs_c)
+        q, k = attn.to_q(hs_c), attn.to_k(ehs_c)  # (n_c, N, D), (n_c, L, D)
+        H, d = attn.heads, k.shape[-1] // attn.heads
+        q = q.view(n_c, -1, H, d).transpose(1, 2)  # (n_c, H, N, d)
+        k = k.view(n_c, -1, H, d).transpose(1, 2)  # (n_c, H, L, d)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        own = self._concept_maps(attn, q, k, attention_mask, torch.arange(n_c), plan)  # (n_a, H, N, T)
+        sel = torch.tensor([[s is not None and s[0] in names for s in plan.slots[i]] for i in plan.active.tolist()],
+                           dtype=torch.bool, device=own.device)  # (n_a, T)
+        return torch.where(sel[:, None, None, :], own, maps_f.to(own.dtype))
 
     def _c_queries(self, attn, hs_c, plan):
         """The ``query`` variant's input: the active C rows' own queries (n_a, N, D), heads concatenated;

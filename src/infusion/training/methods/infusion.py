@@ -15,11 +15,10 @@ caption; ``paired_views`` redraws each), which keeps the layout and gives the ob
 appearance; each step F then runs on the redraw (same noise and t) and C, on the concept's latent,
 learns to denoise towards the concept with F's maps and outputs of the redraw.
 
-``--method-arg maps=own`` (beyond the paper) trains the own-maps variant (``processor`` module docstring): C's
-attn2 runs its own attention with the concept's key locked to the class word's, and the Delta on its value,
-so each step is a single C forward (no F pass). On the built-in world the look's layout (a bottom half, a
-diagonal) needs it: the same hand-set Delta draws <sunball>'s look on 16 of 16 seeds with C's own maps and on
-0 of 12 with F's (docs/results.md, "Where the look lives").
+``--method-arg maps=own`` (beyond the paper) trains the own-maps variant (``processor`` module docstring): the
+Delta is placed by C's own map of the concept's tokens (their key is the class word's), the rest of attn2 is F's.
+On the built-in world the look's layout (a bottom half, a diagonal) needs it: the same hand-set Delta draws
+<sunball>'s look on 16 of 16 seeds placed by C's own map and on 0 of 16 placed by F's (docs/results.md).
 """
 
 from __future__ import annotations
@@ -52,8 +51,8 @@ class InfusionMethod(Method):
     method_args_help = {
         "residual": "value (the paper's constant Delta per layer, default) | query (Delta + a per-pixel term of F's query)",
         "query_rank": "rank r of the query term (default 4)",
-        "maps": "base (C takes F's attn2 maps, the paper's, default) | own (C's own attention, the concept's key "
-                "locked to the class word's; beyond the paper: the 'where' pathway is no longer F's)",
+        "maps": "base (the Delta is placed by F's attn2 maps, the paper's, default) | own (by C's own map of the "
+                "concept's tokens, whose key is the class word's; beyond the paper)",
         "t_max": "inject only at timesteps t < t_max * T, in training and generation (default 1.0: every step, the paper's)",
         "paired": "F runs on base-model redraws of the training images (default false: on the images, the paper's)",
         "paired_strength": "how far the redraw starts from the image, fraction of T (default 0.7: on the world's "
@@ -76,9 +75,6 @@ class InfusionMethod(Method):
             raise ValueError(f"--method-arg maps={self.maps!r}: use one of {', '.join(MAPS)}")
         self.t_max = float(cfg.method_args.get("t_max", 1.0))
         self.paired = str(cfg.method_args.get("paired", False)).lower() in ("1", "true", "yes")
-        if self.paired and self.maps == "own":
-            raise ValueError("--method-arg paired=true changes what F runs on, and with maps=own C does not use F: "
-                             "use one of them")
         if self.paired and self.family != "sd":
             raise ValueError("--method-arg paired=true supports Stable Diffusion 1.x/2.x models only")
         if self.paired and not 0 < float(cfg.method_args.get("paired_strength", PAIRED_STRENGTH)) <= 1:
@@ -172,10 +168,6 @@ class InfusionMethod(Method):
     def forward(self, noisy_latents, timesteps, text: TextBatch):
         """noisy_latents (B, 4, h, w), timesteps (B,) -> eps_C (B, 4, h, w)."""
         B = noisy_latents.shape[0]
-        if self.maps == "own":  # C alone: its own attention + Deltas
-            plan = InfusionPlan.build("inject", B, list(range(B)), text.spans)
-            return self.unet(noisy_latents, timesteps, cross_attention_kwargs={"infusion": plan},
-                             **text.unet_cond()).sample
         plan = InfusionPlan.build("record", B, list(range(B)), text.spans)
         f_in = noisy_latents
         if self.paired and self.training and self._f_latents is not None:  # F on the redraw (same noise and t)
