@@ -12,6 +12,11 @@ section "Where the look lives in the world model".
    to_v(h_ball | described) - to_v(h_ball | plain) in every attn2 layer: is the class word's value enough?
 3b. ``keys``: the plain prompt with the class word's attn2 key, or its value, from the described prompt (the
    world's recording processors take separate key states): do the maps or the values carry the look?
+3c. ``maps``: the same hand-set Delta placed by F's maps (the paper's Infusion) or by C's own map of the class
+   word (``--method-arg maps=own``), and, as experiments, by C's whole attention, by F's map inside C's own attention,
+   or by C's own map only in the late or early half of sampling (16 seeds, "... on the snow"); then Infusion trained
+   with ``maps=own`` (lr 1e-2, 1,000 steps) on the training caption and validation prompts. Which part of attn2
+   lets the value draw the look's layout?
 4. ``ti``: Textual Inversion at its defaults for 1,000 steps (does a text-side baseline gain from a world that
    can be told a look?).
 5. ``summary`` (an experiment, not a shipped option): Infusion with a second Delta row added at the
@@ -35,6 +40,7 @@ the shipped checkpoint and model folder (its EMA is read from the folder)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -92,7 +98,7 @@ def prompted(concept, reader) -> dict:
     tok, sets = _sets(concept)
     out = {}
     for how, sub in (("class word", concept.class_phrase), ("look in words", described(concept))):
-        out[how] = {k: _score(reader, concept, _generate(lambda p, **kw: pipe([p.replace(tok, sub)], **kw), ps),
+        out[how] = {k: _score(reader, concept, _generate(lambda p, _sub=sub, **kw: pipe([p.replace(tok, _sub)], **kw), ps),
                               [p.replace(tok, concept.class_phrase) for p in ps]) for k, ps in sets.items()}
     return out
 
@@ -178,7 +184,7 @@ def source(concept, reader, n: int = 16, words: str | None = None) -> dict:
     return out
 
 
-def _train(concept, work: Path, tag: str, lr=1e-2, steps=1000, method="infusion") -> Path:
+def _train(concept, work: Path, tag: str, lr=1e-2, steps=1000, method="infusion", method_args=None) -> Path:
     from infusion.training import TrainConfig, train
     from infusion.world.concepts import write_concept_images
 
@@ -187,7 +193,8 @@ def _train(concept, work: Path, tag: str, lr=1e-2, steps=1000, method="infusion"
         images = work / "images"
         write_concept_images(concept.name, images)
         train(TrainConfig(model="world", images=str(images), name=concept.name, class_phrase=concept.class_phrase,
-                          out=str(dest), method=method, lr=lr, steps=steps), progress=False)
+                          out=str(dest), method=method, lr=lr, steps=steps, method_args=method_args or {}),
+              progress=False)
     return dest
 
 
@@ -215,12 +222,13 @@ def _score_concept(concept, reader, path: Path) -> dict:
     return {k: score_prompts(concept, reader, path, ps) for k, ps in sets.items()}
 
 
-def oracle(concept, reader, work: Path) -> dict:
-    """The paper's Infusion (trained) and the same file with its Deltas set to the class word's value change."""
+def oracle_concept(concept, maps: str = "base"):
+    """An Infusion concept whose Delta in every attn2 layer is set by hand to what the words change at the class
+    word's value: to_v(h_class | "a photo of a <look in words>") - to_v(h_class | "a photo of a <class>")."""
     from infusion.concept import Concept
     from infusion.models import load_base_pipeline
+    from infusion.processor import cross_attention_layers
 
-    trained = _train(concept, work, "infusion")
     pipe = load_base_pipeline("world")
     tok, te = pipe.tokenizer, pipe.text_encoder
 
@@ -231,15 +239,90 @@ def oracle(concept, reader, work: Path) -> dict:
             return te(ids)[0][0, pos]
 
     hd, hp = state(f"a photo of a {described(concept)}"), state(f"a photo of a {concept.class_phrase}")
-    c = Concept.load(trained)
-    mods = dict(pipe.unet.named_modules())
     with torch.no_grad():
-        for k in c.deltas:
-            c.deltas[k] = (mods[k].to_v(hd) - mods[k].to_v(hp))[None].to(c.deltas[k].dtype)
-    dest = work / "oracle.safetensors"
-    c.save(dest)
+        deltas = {k: (a.to_v(hd) - a.to_v(hp))[None] for k, a in cross_attention_layers(pipe.unet).items()}
+    return Concept(concept.name, concept.class_phrase, deltas, base_model="world", maps=maps)
+
+
+def oracle(concept, reader, work: Path) -> dict:
+    """The paper's Infusion (trained) and the same kind of file with its Deltas set to the class word's value change."""
+    trained = _train(concept, work, "infusion")
+    dest = oracle_concept(concept).save(work / "oracle.safetensors")
     return {"trained (paper's Infusion)": _score_concept(concept, reader, trained),
             "oracle (class word's value change)": _score_concept(concept, reader, dest)}
+
+
+MAP_CASES = {  # name -> (placement, experiment patch): what places the hand-set Delta in C's attn2
+    "F's maps (the paper's Infusion)": ("base", None),
+    "C's own map of the class word (maps=own)": ("own", None),
+    "C's whole attention: its own output and maps (experiment)": ("own", "whole"),
+    "F's map, inside C's own attention output (experiment)": ("base", "own_output"),
+    "C's own map at t < T/2 only, F's above (experiment)": ("own", "late"),
+    "C's own map at t >= T/2 only, F's below (experiment)": ("own", "early"),
+}
+
+
+def _map_patch(kind: str | None, clock: dict):
+    """Experiment only: ``whole`` replaces C's attn2 output (F's, in both kinds of Infusion) by C's own attention;
+    ``own_output`` does so under F's maps; ``late``/``early`` keep C's own map on one half of sampling (``clock['t']``
+    is the UNet call's timestep). Returns the processor's original ``__call__`` to restore."""
+    import infusion.processor as pr
+
+    orig = pr.InfusionAttnProcessor.__call__
+
+    def call(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, infusion=None):
+        plan = infusion
+        if kind is None or plan is None or plan.mode != "fused" or plan.n_c == 0:
+            return orig(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, infusion)
+        own_names = self.own_maps
+        if kind in ("late", "early") and (clock["t"] < 500) != (kind == "late"):
+            self.own_maps = set()  # F's maps on this half
+        if kind in ("whole", "own_output"):
+            n_f = plan.n_f
+            hs, ehs = hidden_states, encoder_hidden_states
+            core_f, maps_f = self._f_core(attn, hs[:n_f], ehs[:n_f], None, plan)
+            own_rows = dataclasses.replace(plan, c_source=torch.arange(hs.shape[0] - n_f), map_sink=None)
+            core_c, maps_c = self._f_core(attn, hs[n_f:], ehs[n_f:], None, own_rows)
+            core = torch.cat([core_f, self._c_core(attn, core_c, maps_c if kind == "whole" else maps_f, None, plan)])
+            out = attn.to_out[1](attn.to_out[0](core))
+            out = out + hs if attn.residual_connection else out
+            return out / attn.rescale_output_factor
+        try:
+            return orig(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, infusion)
+        finally:
+            self.own_maps = own_names
+
+    pr.InfusionAttnProcessor.__call__ = call
+    return orig
+
+
+def maps_check(concept, reader, work: Path, n: int = 16) -> dict:
+    """``MAP_CASES`` on "a photo of a <c> on the snow" (``n`` seeds), then Infusion trained with maps=own."""
+    import infusion.processor as pr
+    from infusion.customized import load_customized
+
+    tok = f"<{concept.name}>"
+    prompt = f"a photo of a {tok} on the snow"
+    out, clock = {}, {"t": 0.0}
+    for name, (maps, kind) in MAP_CASES.items():
+        gen = load_customized("world", [oracle_concept(concept, maps).save(work / f"oracle-{maps}.safetensors")])
+        unet_forward = gen.pipe.unet.forward
+
+        def forward(sample, timestep, *a, _forward=unet_forward, **kw):
+            clock["t"] = float(timestep)
+            return _forward(sample, timestep, *a, **kw)
+
+        gen.pipe.unet.forward = forward
+        orig = _map_patch(kind, clock)
+        try:
+            ims = _generate(lambda p, _gen=gen, **kw: _gen([p], **kw), [prompt] * n)
+        finally:
+            pr.InfusionAttnProcessor.__call__ = orig
+        out[name] = _score(reader, concept, ims, [prompt.replace(tok, concept.class_phrase)] * n)
+        print(name, out[name], flush=True)
+    trained = _train(concept, work, "infusion-own", method_args={"maps": "own"})
+    out["trained"] = _score_concept(concept, reader, trained)
+    return out
 
 
 _PATCHED: set = set()
@@ -334,7 +417,7 @@ def figure(concept, work: Path, png: Path, n: int = 8) -> None:
         if gated is not None:
             _summary_patch(gated)
         gen = load_customized("world", [path])
-        rows.append((label, _generate(lambda p, **kw: gen([p], **kw), prompts)))
+        rows.append((label, _generate(lambda p, _gen=gen, **kw: _gen([p], **kw), prompts)))
     cell, left = 96, 150
     grid = Image.new("RGB", (left + cell * n, cell * len(rows)), "white")
     draw = ImageDraw.Draw(grid)
@@ -348,7 +431,9 @@ def figure(concept, work: Path, png: Path, n: int = 8) -> None:
 
 def write_doc(data: dict, doc: Path) -> None:
     """The JSON as tables: one per world model (tag)."""
-    f = lambda r: f"{r['look_rate']:.2f} | {r['text_fidelity']:.3f} | {r['concept_fidelity']:.3f}"  # noqa: E731
+    def f(r):
+        return f"{r['look_rate']:.2f} | {r['text_fidelity']:.3f} | {r['concept_fidelity']:.3f}"
+
     lines = ["Where the world model reads an object's look from (`<sunball>`; `python benchmarks/world_look_source.py`;",
              "DDIM 25, guidance 5; training caption x 12 seeds, the 12 validation prompts x 2 seeds; the doc section:",
              "docs/results.md, \"Where the look lives in the world model\").", ""]
@@ -367,13 +452,24 @@ def write_doc(data: dict, doc: Path) -> None:
             for name, r in items:
                 lines.append(f"| {label.format(name)} | {f(r['training_caption'])} | {f(r['validation'])} |")
         if "keys" in e:
-            lines += ["", "The plain prompt (\"a photo of a ball on the snow\") with the class word's attn2 key or value from the "
-                      "described one, 16 seeds:", "", "| states | look | text fid. | concept fid. | most read |", "|---|---|---|---|---|"]
+            lines += ["", ("The plain prompt (\"a photo of a <class> on the snow\") with the class word's attn2 key or value "
+                           "from the described one, 16 seeds:"), "", "| states | look | text fid. | concept fid. | most read |", "|---|---|---|---|---|"]
             for name, r in e["keys"].items():
                 lines.append(f"| {name} | {f(r)} | {', '.join(f'{a} ({b})' for a, b in r['most_read'][:2])} |")
+        if "maps" in e:
+            lines += ["", ("The hand-set Delta (the class word's value change) placed by F's maps or by C's own, \"a photo of a "
+                           "<concept> on the snow\", 16 seeds; then Infusion trained with `maps=own` (lr 1e-2, 1,000 steps):"), "",
+                      "| the Delta placed by | look | text fid. | concept fid. | most read |", "|---|---|---|---|---|"]
+            for name, r in e["maps"].items():
+                if name != "trained":
+                    lines.append(f"| {name} | {f(r)} | {', '.join(f'{a} ({b})' for a, b in r['most_read'][:2])} |")
+            t = e["maps"]["trained"]
+            lines += ["", ("| trained, `maps=own` | look, training caption | text fid. | concept fid. | look, validation | text fid. "
+                           "| concept fid. |"), "|---|---|---|---|---|---|---|",
+                      f"| Infusion, `maps=own` | {f(t['training_caption'])} | {f(t['validation'])} |"]
         for key in sorted(k for k in e if k.startswith("source") and not k.endswith("_seconds")):
             words = key.partition("(")[2].rstrip(")") or "the look in words"
-            lines += ["", f"Text states mixed per position group (\"a photo of a ball on the snow\" vs {words}, 16 seeds):", "",
+            lines += ["", f"Text states mixed per position group (\"a photo of a <class> on the snow\" vs {words}, 16 seeds):", "",
                       "| states | look | text fid. | concept fid. | most read |", "|---|---|---|---|---|"]
             for name, r in e[key].items():
                 lines.append(f"| {name} | {f(r)} | {', '.join(f'{a} ({b})' for a, b in r['most_read'][:2])} |")
@@ -426,6 +522,8 @@ def main(argv=None) -> int:
             entry[what] = keys_values(concept, reader)
         elif what == "oracle":
             entry[what] = oracle(concept, reader, work)
+        elif what == "maps":
+            entry[what] = maps_check(concept, reader, work)
         elif what == "ti":  # Textual Inversion at its defaults, 1,000 steps: does a text-side baseline gain too?
             entry[what] = _score_concept(concept, reader, _train(concept, work, "ti", lr=None, method="ti"))
         elif what in ("summary", "summary-gated"):

@@ -1,8 +1,11 @@
 """``infusion demo``: on the built-in world, train an Infusion concept from 5 images and show
 base | customised images for held-out prompts, scored by the world's probes.
 
-Writes ``<out>/grid.png`` (rows: prompts; columns: base | customised) and ``<out>/report.md``
-(text fidelity of both columns and concept fidelity, per prompt and on average).
+Two concepts are trained from the same images: the paper's Infusion (C takes F's attn2 maps) and the
+``maps=own`` variant (C's own map of the concept's tokens places the residual), which on the world is
+what lets the residual draw the look's layout (docs/results.md). Writes ``<out>/grid.png`` (rows: prompts;
+columns: base | Infusion | Infusion, maps=own) and ``<out>/report.md`` (text fidelity, concept fidelity and
+look rate of each column, per prompt and on average).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 DEMO_PROMPTS = 6  # held-out prompts shown (of the concept's 22)
 DEMO_LR = 0.01  # see --lr
 DEMO_STEPS = 1000
+# --variants key -> (column title, Infusion's --method-arg settings)
+DEMO_VARIANTS = {"paper": ("Infusion", {}), "own": ("Infusion, maps=own", {"maps": "own"})}
 
 
 def register(sub) -> None:
@@ -26,6 +31,9 @@ def register(sub) -> None:
                         "fidelity of sunball 0.526/0.606/0.595/0.560 at lr 0.005/0.01/0.02/0.05, text fidelity falls above "
                         "0.01; benchmarks/infusion_world.py, docs/world.md)")
     p.add_argument("--prompts", type=int, default=DEMO_PROMPTS, help="how many held-out prompts to show")
+    p.add_argument("--variants", default=",".join(DEMO_VARIANTS),
+                   help="which Infusion columns to train and show, comma-separated: paper (the paper's Infusion), own "
+                        "(maps=own); default both")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
@@ -52,28 +60,39 @@ def run(args) -> int:
         raise ValueError(f"--prompts must be >= 1, got {args.prompts}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in DEMO_VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"--variants: unknown {unknown or 'none given'}; use some of {', '.join(DEMO_VARIANTS)}")
     torch.set_num_threads(args.threads)
     concept = get_concept(args.concept)
     out = Path(args.out)
     t0 = time.time()
-    res = train_and_compare(concept.name, out, model=args.model, steps=args.steps, lr=args.lr, n_prompts=args.prompts,
-                            guidance=args.guidance, seed=args.seed)
-    refs = [im.resize((96, 96)) for im in res["references"]]
-    grid = make_grid([[b, c] for b, c in zip(res["base_images"], res["images"])], ["base", "customised"], res["prompts"], cell=96)
-    grid.save(out / "grid.png")
+    runs = {}
+    for v in variants:
+        title, method_args = DEMO_VARIANTS[v]
+        suffix = "".join(f"-{k}-{x}" for k, x in method_args.items())  # sunball.safetensors, sunball-maps-own.safetensors
+        runs[title] = train_and_compare(concept.name, out, model=args.model, steps=args.steps, lr=args.lr,
+                                        n_prompts=args.prompts, guidance=args.guidance, seed=args.seed,
+                                        method_args=method_args, file_suffix=suffix)
+    first = next(iter(runs.values()))
+    refs = [im.resize((96, 96)) for im in first["references"]]
+    rows = [[b, *(r["images"][i] for r in runs.values())] for i, b in enumerate(first["base_images"])]
+    make_grid(rows, ["base", *runs], first["prompts"], cell=96).save(out / "grid.png")
     make_grid([refs], None, None, cell=96).save(out / "concept-images.png")
-    (out / "report.md").write_text(_report(concept, res["prompts"], res["base_scores"], res["scores"], res["concept_file"],
-                                           res["train_seconds"], time.time() - t0, args))
-    print(f"demo: trained <{concept.name}> in {res['train_seconds']:.0f} s; wrote {out / 'grid.png'} and {out / 'report.md'}")
+    (out / "report.md").write_text(_report(concept, first["prompts"], first["base_scores"], runs, time.time() - t0, args))
+    took = ", ".join(f"{v} in {r['train_seconds']:.0f} s" for v, r in runs.items())
+    print(f"demo: trained <{concept.name}> ({took}); wrote {out / 'grid.png'} and {out / 'report.md'}")
     return 0
 
 
 def train_and_compare(name: str, out: Path, model: str = "world", steps: int = DEMO_STEPS, lr: float = DEMO_LR,
                       n_prompts: int = DEMO_PROMPTS, guidance: float = 5.0, seed: int = 0,
-                      method_args: dict | None = None) -> dict:
+                      method_args: dict | None = None, file_suffix: str = "") -> dict:
     """Train Infusion on built-in concept ``name`` and render ``n_prompts`` of its held-out prompts
     with the base and the customised model (same noise), scored by the world's probes. ``method_args``:
-    Infusion's ``--method-arg`` settings (e.g. ``{"residual": "query"}``; default: the paper's).
+    Infusion's ``--method-arg`` settings (e.g. ``{"maps": "own"}``; default: the paper's); the concept file is
+    ``out/<name><file_suffix>.safetensors``.
 
     Returns ``{"prompts", "images", "base_images", "references" (PIL lists), "scores", "base_scores"
     (one {score: float} per image), "concept_file", "train_seconds"}``; writes the concept file and
@@ -85,7 +104,12 @@ def train_and_compare(name: str, out: Path, model: str = "world", steps: int = D
     from ..models import load_base_pipeline
     from ..pipeline import InfusionPipeline
     from ..training import TrainConfig, train
-    from ..world.concepts import concept_images, eval_prompts, get_concept, write_concept_images
+    from ..world.concepts import (
+        concept_images,
+        eval_prompts,
+        get_concept,
+        write_concept_images,
+    )
 
     concept = get_concept(name)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +117,7 @@ def train_and_compare(name: str, out: Path, model: str = "world", steps: int = D
     write_concept_images(concept.name, out / "concept-images")
     base = load_base_pipeline(model)
     base.set_progress_bar_config(disable=True)
-    cfile = out / f"{concept.name}.safetensors"
+    cfile = out / f"{concept.name}{file_suffix}.safetensors"
     trained = train(
         TrainConfig(model=model, images=str(out / "concept-images"), name=concept.name, class_phrase=concept.class_phrase,
                     out=str(cfile), steps=steps, lr=lr, seed=seed, flip=False,  # no flips: the world has left and right
@@ -122,36 +146,53 @@ def _per_image(scores: dict) -> list[dict]:
     return [dict(zip(scores, map(float, values))) for values in zip(*scores.values())]
 
 
-def _report(concept, prompts, s_base, s_cust, cfile, t_train, t_all, args) -> str:
+def _report(concept, prompts, s_base, runs: dict, t_all, args) -> str:
+    """``runs``: column name -> ``train_and_compare``'s result."""
     from ..world import scenes
 
     o = concept.obj
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+
+    def avg(scores, key):
+        return sum(s[key] for s in scores) / len(scores)
+
+    names = list(runs)
+    trained = "; ".join(f"{n}: `{r['concept_file'].name}` ({r['concept_file'].stat().st_size:,} bytes, {r['train_seconds']:.0f} s)"
+                        for n, r in runs.items())
     lines = [
         "# infusion demo on the built-in world",
         "",
-        f"Concept `<{concept.name}>`: a {o.color} {o.cls} with {scenes.PATTERN_LOOKS[o.pattern].format(o.color2)} (pattern "
-        f"`{o.pattern}`; no word names it), "
-        f"learnt from 5 images ({o.size}, {o.position}, {concept.background}; `concept-images.png`) with Infusion, "
-        f"{args.steps} steps at lr {args.lr:g} in {t_train:.0f} s (demo total {t_all:.0f} s). Concept file: `{cfile.name}` "
-        f"({cfile.stat().st_size:,} bytes).",
+        (f"Concept `<{concept.name}>`: a {o.color} {o.cls} with {scenes.PATTERN_LOOKS[o.pattern].format(o.color2)} (pattern "
+         f"`{o.pattern}`; no word names it), "
+         f"learnt from 5 images ({o.size}, {o.position}, {concept.background}; `concept-images.png`), "
+         f"{args.steps} steps at lr {args.lr:g} each (demo total {t_all:.0f} s). {trained}."),
         "",
-        "Scores by the world's probes (DESIGN section 4): **text fidelity** = share of the attributes the prompt names "
-        "that the image shows (CLIP-T's role); **concept fidelity** = cosine similarity of the object's appearance "
-        "embedding to the concept's training images (DINO-I's role). Base = the unchanged model (class phrase only).",
+        "- **Infusion**: the paper's method. C takes F's attn2 maps; only the concept token's value gets a residual.",
+        ("- **Infusion, maps=own** (beyond the paper; `--method-arg maps=own`): the same residual, placed by C's own map "
+         "of the concept token (its key is the class word's) instead of F's; everything else in attn2 stays F's. On this "
+         "world the look's layout (a half, a diagonal) is drawn where C's own image attends to the class word, which F's "
+         "maps cannot follow (docs/results.md)."),
         "",
-        "| prompt | text fid. base | text fid. customised | concept fid. base | concept fid. customised |",
-        "|---|---|---|---|---|",
+        ("Scores by the world's probes (DESIGN section 4): **text fidelity** = share of the attributes the prompt names "
+         "that the image shows (CLIP-T's role); **concept fidelity** = cosine similarity of the object's appearance "
+         "embedding to the concept's training images (DINO-I's role); **look** = the object probe reads the concept's "
+         f"look ({o.color} with {scenes.PATTERN_LOOKS[o.pattern].format(o.color2)}). Base = the unchanged model (class "
+         "phrase only)."),
+        "",
+        ("| prompt | text fid. base | " + " | ".join(f"text fid. {n}" for n in names) + " | concept fid. base | "
+         + " | ".join(f"concept fid. {n}" for n in names) + " |"),
+        "|---|" + "---|" * (2 + 2 * len(names)),
     ]
-    for p, b, c in zip(prompts, s_base, s_cust):
-        lines.append(f"| {p} | {b['text_fidelity']:.2f} | {c['text_fidelity']:.2f} | {b['concept_fidelity']:.3f} | {c['concept_fidelity']:.3f} |")
-    tb, tc = mean([s["text_fidelity"] for s in s_base]), mean([s["text_fidelity"] for s in s_cust])
-    cb, cc = mean([s["concept_fidelity"] for s in s_base]), mean([s["concept_fidelity"] for s in s_cust])
-    lines += [f"| **mean** | **{tb:.2f}** | **{tc:.2f}** | **{cb:.3f}** | **{cc:.3f}** |", ""]
-    lb, lc = mean([s["look"] for s in s_base]), mean([s["look"] for s in s_cust])
+    cols = [runs[n]["scores"] for n in names]
+    for i, (p, b) in enumerate(zip(prompts, s_base)):
+        lines.append(f"| {p} | {b['text_fidelity']:.2f} | " + " | ".join(f"{c[i]['text_fidelity']:.2f}" for c in cols)
+                     + f" | {b['concept_fidelity']:.3f} | " + " | ".join(f"{c[i]['concept_fidelity']:.3f}" for c in cols) + " |")
+    lines += ["| **mean** | " + " | ".join(f"**{avg(c, 'text_fidelity'):.2f}**" for c in [s_base, *cols]) + " | "
+              + " | ".join(f"**{avg(c, 'concept_fidelity'):.3f}**" for c in [s_base, *cols]) + " |", ""]
     lines += [f"**Look rate** (share of images whose {o.cls} the object probe reads as {o.color} with "
-              f"{scenes.PATTERN_LOOKS[o.pattern].format(o.color2)}, the concept's look): base {lb:.0%}, customised "
-              f"{lc:.0%}. The reading is strict: the right two colours split along another line (a diagonal, a corner) "
+              f"{scenes.PATTERN_LOOKS[o.pattern].format(o.color2)}, the concept's look): base {avg(s_base, 'look'):.0%}, "
+              + ", ".join(f"{n} {avg(c, 'look'):.0%}" for n, c in zip(names, cols))
+              + ". The reading is strict: the right two colours split along another line (a diagonal, a corner) "
               "are not the concept's look. How every method fares on the world, and why: docs/results.md.", ""]
-    lines.append(f"Guidance {args.guidance}, DDIM 50 steps, seed {args.seed}. Grid: `grid.png` (rows: prompts; columns: base | customised).")
+    lines.append(f"Guidance {args.guidance}, DDIM 50 steps, seed {args.seed}. Grid: `grid.png` (rows: prompts; columns: "
+                 f"base | {' | '.join(names)}; the same noise in every column).")
     return "\n".join(lines) + "\n"
