@@ -460,7 +460,8 @@ def write_doc(data: dict, doc: Path) -> None:
             lines += ["", ("The hand-set Delta (the class word's value change) placed by F's maps or by C's own, \"a photo of a "
                            "<concept> on the snow\", 16 seeds; then Infusion trained with `maps=own` (lr 1e-2, 1,000 steps):"), "",
                       "| the Delta placed by | look | text fid. | concept fid. | most read |", "|---|---|---|---|---|"]
-            for name, r in e["maps"].items():
+            for name in [k for k in MAP_CASES if k in e["maps"]]:  # the JSON's keys are sorted
+                r = e["maps"][name]
                 if name != "trained":
                     lines.append(f"| {name} | {f(r)} | {', '.join(f'{a} ({b})' for a, b in r['most_read'][:2])} |")
             t = e["maps"]["trained"]
