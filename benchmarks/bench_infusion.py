@@ -2,6 +2,7 @@
 
 Ratios (targets from the foundation issue):
   generation   Infusion / base pipeline, same steps and batch     floor 2.0, target <= 2.05
+  maps=own     Infusion maps=own / the paper's Infusion            (reported; C's own map costs a Q projection)
   concepts     3 concepts / 1 concept                              floor 1.0, target <= 1.02
   train step   Infusion / Textual-Inversion-style step             floor ~1.5, target <= 1.6
   peak memory  Infusion / TI-style training step                   target <= 1.1
@@ -22,6 +23,7 @@ over the loaded model; CUDA: ``max_memory_allocated``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -107,12 +109,14 @@ def bench_generation(kind, latent, steps, repeats):
     base = build(kind, latent)
     pipe = InfusionPipeline.from_pipe(base)
     one, three = concepts_for(pipe, 1), concepts_for(pipe, 3)
+    own = [dataclasses.replace(one[0], name="o0", maps="own")]
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     kw = dict(num_inference_steps=steps, guidance_scale=8.0, output_type="latent")
     runs = {
         "base": lambda: base("a photo of a cat on the beach", generator=g(), **kw),
         "infusion_1": lambda: pipe("a photo of <c0> on the beach", concepts=one, generator=g(), **kw),
         "infusion_3": lambda: pipe("<c0> with <c1> and a <c2> on the beach", concepts=three, generator=g(), **kw),
+        "infusion_own_maps": lambda: pipe("a photo of <o0> on the beach", concepts=own, generator=g(), **kw),
     }
     for f in runs.values():  # warm-up
         f()
@@ -125,6 +129,7 @@ def bench_generation(kind, latent, steps, repeats):
         "seconds": med,
         "generation_ratio_infusion_over_base": med["infusion_1"] / med["base"],
         "concepts_ratio_3_over_1": med["infusion_3"] / med["infusion_1"],
+        "own_maps_ratio_over_infusion": med["infusion_own_maps"] / med["infusion_1"],
     }
 
 
@@ -284,7 +289,8 @@ def main():
         if "generation" in parts:
             r["generation"] = g = bench_generation(kind, args.latent, args.steps, args.repeats)
             print(f"[{kind}] generation Infusion/base = {g['generation_ratio_infusion_over_base']:.3f} (floor 2.0, "
-                  f"target <= 2.05); 3 concepts/1 = {g['concepts_ratio_3_over_1']:.3f} (target <= 1.02)", flush=True)
+                  f"target <= 2.05); 3 concepts/1 = {g['concepts_ratio_3_over_1']:.3f} (target <= 1.02); maps=own/paper = "
+                  f"{g['own_maps_ratio_over_infusion']:.3f}", flush=True)
         if "training" in parts:
             r["training"] = t = bench_training(kind, args.latent, args.batch, args.repeats)
             print(f"[{kind}] train step Infusion/TI = {t['train_step_ratio_infusion_over_ti']:.3f} (target <= 1.6)",
