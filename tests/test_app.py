@@ -60,6 +60,21 @@ def test_page_training_equals_cli_training_bit_for_bit(tmp_path, world_images):
     assert [e.name for e in lib.entries()] == ["sunball"] and len(lib.entries()[0].images) == len(world_images)
 
 
+def test_page_training_takes_method_options_and_refuses_unknown_ones(tmp_path, world_images):
+    """Method options as `--method-arg` takes them: maps=own reaches the concept file; a key the method does not read
+    is refused before any work, naming the ones it does."""
+    from infusion.concept import Concept
+
+    lib = Library(tmp_path / "lib")
+    trainer = Trainer(lib, "world")
+    with pytest.raises(ValueError, match="infusion has no option nope; it reads: .*maps"):
+        trainer.start(world_images, "x", "ball", "infusion", steps=1, lr=None, options="maps=own nope=1")
+    assert trainer.job is None and lib.entries() == []
+    job = trainer.start(world_images, "own", "ball", "infusion", steps=1, lr=None, options="maps=own", blocking=True)
+    assert job.status == "done", job.message
+    assert Concept.load(job.result).maps == "own"
+
+
 def test_one_job_at_a_time_and_cancel_keeps_the_library_unchanged(tmp_path, world_images):
     lib = Library(tmp_path / "lib")
     trainer = Trainer(lib, "world")

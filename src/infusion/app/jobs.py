@@ -88,8 +88,12 @@ class Trainer:
         self._lock = threading.Lock()
 
     def start(self, images: list[str | Path], name: str, class_phrase: str, method: str, steps: int, lr: float | None,
-              sample_every: int = 0, seed: int = 0, batch_size: int = 4, blocking: bool = False) -> Job:
-        """Validate and start; ``ValueError`` with a page message on bad input or while another job runs."""
+              sample_every: int = 0, seed: int = 0, batch_size: int = 4, blocking: bool = False,
+              options: str = "") -> Job:
+        """Validate and start; ``ValueError`` with a page message on bad input or while another job runs.
+        ``options``: the method's settings as ``infusion train --method-arg`` takes them, space-separated
+        (``"maps=own"``); a key the method does not read is refused, naming the ones it does."""
+        from ..commands.train import parse_method_args
         from ..training import TrainConfig
         from ..training.methods import get_method
 
@@ -106,7 +110,11 @@ class Trainer:
             images = check_images(images)
             if not 1 <= int(steps) <= 100_000:
                 raise ValueError("steps must be between 1 and 100,000")
-            get_method(method)
+            method_args = parse_method_args((options or "").split())
+            known = get_method(method).method_args_help or {}
+            unknown = sorted(set(method_args) - set(known))
+            if unknown:
+                raise ValueError(f"{method} has no option {', '.join(unknown)}; it reads: {', '.join(sorted(known)) or 'none'}")
             job = Job(uuid.uuid4().hex[:8], name, method, int(steps))
             folder = self.library.images_dir(name)
             shutil.rmtree(folder, ignore_errors=True)
@@ -117,7 +125,8 @@ class Trainer:
             cfg = TrainConfig(model=self.model, images=str(folder), name=name, class_phrase=class_phrase.strip(),
                               out=str(self.library.output_path(name, method, staging)), method=method,
                               steps=int(steps), lr=lr, batch_size=int(batch_size), seed=int(seed),
-                              checkpoint_every=int(sample_every or 0), model_config=self.model_config)
+                              checkpoint_every=int(sample_every or 0), model_config=self.model_config,
+                              method_args=method_args)
             self.job = job
         thread = threading.Thread(target=self._run, args=(job, cfg, int(sample_every or 0)), daemon=True)
         thread.start()

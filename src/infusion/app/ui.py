@@ -80,6 +80,9 @@ def build(model: str = "world", library: str = "library", model_config: str | No
                                        elem_id="train-lr")
                         every = gr.Number(SAMPLE_EVERY, label="Sample every N steps (0: none)", precision=0,
                                           elem_id="train-every")
+                    options = gr.Textbox(label="Method options (KEY=VALUE, space-separated, as `infusion train "
+                                               "--method-arg`)", placeholder=_options_hint("infusion"),
+                                         elem_id="train-options")
                     with gr.Row():
                         start = gr.Button("Start training", variant="primary", elem_id="train-start")
                         cancel = gr.Button("Cancel", elem_id="train-cancel")
@@ -106,15 +109,15 @@ def build(model: str = "world", library: str = "library", model_config: str | No
                 return [f for f in files or [] if Path(f).suffix.lower() in IMAGE_SUFFIXES]
 
             images.upload(shown, images, preview)
-            method.change(lambda m: default_lr(m), method, lr)
+            method.change(lambda m: (default_lr(m), gr.update(placeholder=_options_hint(m))), method, [lr, options])
 
             @_safe(0, 2)
-            def on_start(files, nm, ph, m, n_steps, rate, n_every):
+            def on_start(files, nm, ph, m, n_steps, rate, n_every, opts):
                 rate = None if rate is None or abs(float(rate) - default_lr(m)) <= 1e-12 * default_lr(m) else float(rate)
-                job = trainer.start(files or [], nm, ph, m, int(n_steps or 0), rate, int(n_every or 0))
+                job = trainer.start(files or [], nm, ph, m, int(n_steps or 0), rate, int(n_every or 0), options=opts or "")
                 return _md(f"training <{job.name}> with {job.method}: starting..."), gr.Timer(active=True)
 
-            start.click(on_start, [images, name, phrase, method, steps, lr, every], [status, timer])
+            start.click(on_start, [images, name, phrase, method, steps, lr, every, options], [status, timer])
             cancel.click(lambda: _md(trainer.cancel()), None, status)
 
             def tick():
@@ -275,6 +278,16 @@ def build(model: str = "world", library: str = "library", model_config: str | No
         poll.tick(follow, seen, [gen_concepts, cmp_entries, att_entry, table, lib_entry, lib_status, seen],
                   show_progress="hidden")
     return page
+
+
+def _options_hint(method: str) -> str:
+    """The page's hint for a method's options: the keys it reads (Infusion: e.g. maps=own)."""
+    from ..training.methods import get_method
+
+    keys = sorted(get_method(method).method_args_help or {})
+    if not keys:
+        return f"{method} takes no options"
+    return ("e.g. maps=own; " if method == "infusion" else "") + "keys: " + ", ".join(keys)
 
 
 def _world_concepts() -> list[str]:
