@@ -69,6 +69,34 @@ def test_xl_zero_residual_equals_stock_and_untouched_prompts_are_bit_identical(x
     assert np.array_equal(plain.images, ref) and np.array_equal(plain.base_images, ref)
 
 
+def test_xl_own_maps_zero_residual_is_f_and_trains_only_residuals(xl, tmp_path):
+    """maps=own on SDXL: a zero residual keeps C == F bit for bit; a nonzero one changes C, otherwise than the paper's
+    maps do; training with it touches only the residuals and writes maps=own."""
+    import dataclasses
+
+    from infusion.training import TrainConfig, train
+
+    pipe = InfusionPipeline.from_pipe(xl)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=STEPS, guidance_scale=5.0, output_type="np")
+    zero = dataclasses.replace(_xl_concept(pipe, scale=0.0), maps="own")
+    out = pipe("a photo of <mycat> on the beach", concepts=[zero], generator=_gen(), **kw)
+    assert np.array_equal(out.images, out.base_images)
+    paper = _xl_concept(pipe, scale=5.0)
+    own = pipe("a photo of <mycat> on the beach", concepts=[dataclasses.replace(paper, maps="own")], generator=_gen(), **kw)
+    theirs = pipe("a photo of <mycat> on the beach", concepts=[paper], generator=_gen(), **kw)
+    assert not np.array_equal(own.images, own.base_images) and not np.array_equal(own.images, theirs.images)
+    assert np.array_equal(own.base_images, theirs.base_images)
+    folder = tmp_path / "images"
+    write_square_images(folder, 2)
+    before, mods = _frozen(xl)
+    concept = train(TrainConfig(model="tiny-sdxl", images=str(folder), name="mycat", class_phrase="cat",
+                                out=str(tmp_path / "c.safetensors"), steps=2, batch_size=2, resolution=16,
+                                method_args={"maps": "own"}), pipe=xl, progress=False)
+    assert _unchanged(before, mods) and concept.maps == "own"
+    assert any(float(d.abs().max()) > 0 for d in concept.deltas.values())
+
+
 def test_xl_concepts_compose_order_free_and_change_only_c(xl):
     pipe = InfusionPipeline.from_pipe(xl)
     pipe.set_progress_bar_config(disable=True)
