@@ -4,9 +4,10 @@ File layout: tensor key = diffusers module name of the layer
 (``down_blocks.0.attentions.0.transformer_blocks.0.attn2``), shape ``[n_tokens, D]``; a concept of the
 ``query`` variant (``processor`` module docstring) adds ``<layer>.query_a`` ``[n_tokens, D, r]`` and
 ``<layer>.query_b`` ``[n_tokens, r, D]`` per layer and is written as format version 2, as is a concept of
-the own-maps variant (metadata ``maps = own``: C's own map places the Delta); metadata holds format name/version, method, name, class phrase, base model id, base fingerprint, model family
-(``sd`` | ``sdxl``) and layer widths (``"320x5,640x5,1280x6"``: width x layers), training settings (JSON)
-and the library version. Writes are atomic (temp file + rename); a file holding NaN or Inf is refused
+the own-maps variant (metadata ``maps = own``: C's own map places the Delta); metadata holds format
+name/version, method, name, class phrase, base model id, base fingerprint, model family (``sd`` | ``sdxl``)
+and layer widths (``"320x5,640x5,1280x6"``: width x layers), training settings (JSON) and the library
+version. Writes are atomic (temp file + rename); a file holding NaN or Inf is refused
 at save and at load.
 """
 

@@ -29,14 +29,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...concept import Concept
+from ...concept import MAPS, Concept
 from ...families import encode_ids, text_encoders, text_parts, tokenize
 from ...processor import InfusionPlan, install_processors, layer_widths
 from ...prompts import parse_prompt, phrase_token_count
 from .base import Method, TextBatch, register_method, param_key
 
 RESIDUALS = ("value", "query")
-MAPS = ("base", "own")
 # Redraw depth of paired training. <sunball>, residual=query, 1,000 steps, 12 validation prompts x 2 seeds
 # (look rate / text fid. / concept fid.): 0.4 -> 0.08 / 0.93 / 0.52, 0.7 -> 0.13 / 0.95 / 0.59, 0.85 -> 0.08 / 0.92 / 0.51
 PAIRED_STRENGTH = 0.7
@@ -49,7 +48,7 @@ class InfusionMethod(Method):
     out_help = "an Infusion concept .safetensors file (one Delta per attn2 layer)"
     families = ("sd", "sdxl")
     method_args_help = {
-        "residual": "value (the paper's constant Delta per layer, default) | query (Delta + a per-pixel term of F's query)",
+        "residual": "value (the paper's constant Delta per layer, default) | query (Delta + a per-pixel term of C's own query)",
         "query_rank": "rank r of the query term (default 4)",
         "maps": "base (the Delta is placed by F's attn2 maps, the paper's, default) | own (by C's own map of the "
                 "concept's tokens, whose key is the class word's; beyond the paper)",
