@@ -50,20 +50,28 @@ def main():
     ap.add_argument("files", nargs="+")
     ap.add_argument("--model", default="world")
     ap.add_argument("--n", type=int, default=2000, help="held-out captions")
-    ap.add_argument("--out", default=None, help="JSON of the figures")
+    ap.add_argument("--out", default=None, help="JSON of the figures (rows of other files or models already there are kept)")
     args = ap.parse_args()
     from infusion.mlm.pretrain import load_text_side, world_captions
 
     text_encoder, tokenizer = load_text_side(args.model)
     text_encoder.eval()
     captions = world_captions(args.n, seed=50_000_000)  # pretraining draws scenes 0..19,999
-    rows = [evaluate(f, text_encoder, tokenizer, captions) for f in args.files]
+    from infusion.evaluation.world_results import model_fingerprint
+
+    fingerprint = model_fingerprint(args.model)  # the text encoder the figures are of
+    rows = [{**evaluate(f, text_encoder, tokenizer, captions), "model": args.model, "model_fingerprint": fingerprint}
+            for f in args.files]
     for r in rows:
         print(f"{r['file']}: objective {r['objective']}, mask {r['mask_rate']}: top-1 {r['top1']:.3f}, top-5 "
               f"{r['top5']:.3f}, CE {r['ce']:.3f} on {r['masked_tokens']} masked tokens")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        new = {(r["file"], r["model_fingerprint"]) for r in rows}
+        kept = [r for r in (json.loads(out.read_text()) if out.is_file() else [])
+                if (r["file"], r.get("model_fingerprint")) not in new]
+        out.write_text(json.dumps(kept + rows, indent=1))
 
 
 if __name__ == "__main__":
