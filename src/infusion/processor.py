@@ -194,18 +194,8 @@ class InfusionAttnProcessor:
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, L, B)
             attention_mask = attention_mask.view(B, attn.heads, -1, attention_mask.shape[-1])  # (B, H, 1|N, L)
-        if attn.norm_cross:
-            ehs = attn.norm_encoder_hidden_states(ehs)
-        q, k, v = attn.to_q(hs), attn.to_k(ehs), attn.to_v(ehs)  # (B, N, D), (B, L, D), (B, L, D)
-        D = k.shape[-1]
-        H, d = attn.heads, D // attn.heads
-        q = q.view(B, -1, H, d).transpose(1, 2)  # (B, H, N, d)
-        k = k.view(B, -1, H, d).transpose(1, 2)  # (B, H, L, d)
-        v = v.view(B, -1, H, d).transpose(1, 2)  # (B, H, L, d)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = self._heads(attn, hs, ehs)  # (B, H, N, d), (B, H, L, d), (B, H, L, d)
+        D = q.shape[1] * q.shape[-1]
         core = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         core = core.transpose(1, 2).reshape(B, -1, D).to(q.dtype)  # (B, N, D)
 
@@ -214,6 +204,25 @@ class InfusionAttnProcessor:
             m = maps.float().mean(1).detach()  # (n_a, N, T)
             plan.map_sink[self.layer_name] = plan.map_sink.get(self.layer_name, 0) + m
         return core, maps
+
+    @staticmethod
+    def _heads(attn, hs, ehs, value: bool = True):
+        """Q, K (and V) per head as ``AttnProcessor2_0`` makes them (norm_cross, norm_q, norm_k included).
+        hs (B, N, C), ehs (B, L, C_text) -> q (B, H, N, d), k (B, H, L, d), v (B, H, L, d) or None."""
+        B, H = hs.shape[0], attn.heads
+        if attn.norm_cross:
+            ehs = attn.norm_encoder_hidden_states(ehs)
+
+        def split(x):  # (B, S, D) -> (B, H, S, d)
+            return x.view(B, -1, H, x.shape[-1] // H).transpose(1, 2)
+
+        q, k = split(attn.to_q(hs)), split(attn.to_k(ehs))
+        v = split(attn.to_v(ehs)) if value else None
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        return q, k, v
 
     @staticmethod
     def _concept_maps(attn, q, k, attention_mask, rows, plan):
@@ -240,16 +249,7 @@ class InfusionAttnProcessor:
         if attention_mask is not None:  # the mask of the whole call; the C rows are its last n_c
             attention_mask = attn.prepare_attention_mask(attention_mask, L, attention_mask.shape[0])
             attention_mask = attention_mask.view(-1, attn.heads, attention_mask.shape[-2], L)[-n_c:]
-        if attn.norm_cross:
-            ehs_c = attn.norm_encoder_hidden_states(ehs_c)
-        q, k = attn.to_q(hs_c), attn.to_k(ehs_c)  # (n_c, N, D), (n_c, L, D)
-        H, d = attn.heads, k.shape[-1] // attn.heads
-        q = q.view(n_c, -1, H, d).transpose(1, 2)  # (n_c, H, N, d)
-        k = k.view(n_c, -1, H, d).transpose(1, 2)  # (n_c, H, L, d)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, _ = self._heads(attn, hs_c, ehs_c, value=False)  # (n_c, H, N, d), (n_c, H, L, d)
         own = self._concept_maps(attn, q, k, attention_mask, torch.arange(n_c), plan)  # (n_a, H, N, T)
         sel = torch.tensor([[s is not None and s[0] in names for s in plan.slots[i]] for i in plan.active.tolist()],
                            dtype=torch.bool, device=own.device)  # (n_a, T)
