@@ -319,3 +319,20 @@ def test_infusion_world_benchmark_trains_the_variant_it_is_given(tmp_path, monke
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["settings"]["method_args"] == {"residual": "query", "query_rank": 2}
     assert (tmp_path / "sunball-lr0.01-query_rank-2-residual-query" / "grid.png").is_file()
+
+
+def test_goal_reading_compares_each_infusion_row_with_the_best_baseline_only():
+    """The goal of the comparison issue, read per Infusion row: the best baseline excludes the Infusion variants, and the
+    verdict needs look rate, concept fidelity and text fidelity (within 0.01 of the base model's) all met."""
+    goal_lines = _bench().goal_lines
+    row = lambda look, fid, text: {"look_rate": look, "concept_fidelity": fid, "text_fidelity": text}
+    tuned = {"infusion": row(0.3, 0.70, 1.0), "infusion-own": row(0.9, 0.86, 0.995), "infusion-query": row(0.95, 0.9, 0.8),
+             "lora": row(0.85, 0.85, 0.94), "ti": row(0.5, 0.86, 1.0)}
+    lines = goal_lines(tuned, row(0.0, 0.26, 1.0), list(tuned))
+    assert len(lines) == 3
+    paper, own, query = lines
+    assert "Infusion's look rate 0.30 vs the best baseline's 0.85 (lora)" in paper and "0.860 (ti)" in paper
+    assert "**does not hold**" in paper and "short on look, concept fidelity)" in paper
+    assert own.startswith("  `infusion-own`'s (beyond the paper)") and "**holds**" in own
+    assert "**does not hold**" in query and "short on text fidelity)" in query  # infusion-query is no baseline
+    assert goal_lines({"infusion": row(1, 1, 1)}, row(0, 0, 1), ["infusion"]) == []
