@@ -54,6 +54,7 @@ class Row:
 WORLD_ROWS = (
     Row("infusion", "infusion", {}, 0.0, (0.01, 0.05)),
     Row("infusion-own", "infusion", {"maps": "own"}, 0.0, (0.01, 0.03)),  # beyond the paper: C's own attn2 maps
+    Row("infusion-own-late", "infusion", {"maps": "own", "t_max": 0.5}, 0.0, (0.01, 0.03)),  # ... at t < T/2 only
     Row("infusion-query", "infusion", {"residual": "query"}, 0.0, (0.003, 0.01)),
     Row("infusion-paired", "infusion", {"residual": "query", "paired": True}, 0.0, (0.01, 0.03)),
     Row("ti", "ti", {}, 0.0, (2e-3, 2e-2)),
