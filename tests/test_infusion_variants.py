@@ -197,7 +197,7 @@ def test_own_maps_trains_saves_loads_and_generates(tiny_pipe, concept_images, tm
     assert loaded.maps == "own"
     pipe = InfusionPipeline.from_pipe(tiny_pipe)
     pipe.set_progress_bar_config(disable=True)
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(0)
     zero = Concept("zq", "square", {k: torch.zeros_like(v) for k, v in loaded.deltas.items()}, maps="own")
     res = pipe("a photo of a <zq>", concepts=[zero], num_inference_steps=2, generator=g(), output_type="pt")
     assert torch.equal(res.images, res.base_images)

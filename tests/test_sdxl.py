@@ -78,7 +78,7 @@ def test_xl_own_maps_zero_residual_is_f_and_trains_only_residuals(xl, tmp_path):
 
     pipe = InfusionPipeline.from_pipe(xl)
     pipe.set_progress_bar_config(disable=True)
-    kw = dict(num_inference_steps=STEPS, guidance_scale=5.0, output_type="np")
+    kw = {"num_inference_steps": STEPS, "guidance_scale": 5.0, "output_type": "np"}
     zero = dataclasses.replace(_xl_concept(pipe, scale=0.0), maps="own")
     out = pipe("a photo of <mycat> on the beach", concepts=[zero], generator=_gen(), **kw)
     assert np.array_equal(out.images, out.base_images)
