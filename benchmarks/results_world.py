@@ -115,8 +115,10 @@ def build_report(out: Path, preset, doc: Path, wall: list, fingerprint: str) -> 
             have = {c: rec[f"test/{row}/{c}/{setting}"] for c in preset.concepts if rec.get(f"test/{row}/{c}/{setting}")}
             if have:
                 per_concept[(row, setting)] = have
-    # the main table averages over the concepts every row has finished, so that rows compare like with like
-    complete = [c for c in preset.concepts if all(c in per_concept.get((r, s), {}) for r in rows
+    # the main table averages over the concepts every started row has finished, so that rows compare like with like
+    # (a row with no record yet, e.g. one added to the preset during a run, waits below the table)
+    started = [r for r in rows if any(r == k[0] for k in per_concept)]
+    complete = [c for c in preset.concepts if all(c in per_concept.get((r, s), {}) for r in started
                                                   for s in settings.get(r, ["default", "tuned"]))]
     table = {}
     keys = [m[0] for m in METRICS] + [m[0] for m in COST]
@@ -241,6 +243,7 @@ def _doc(preset, table, per_concept, curves, grids, wall, rec, doc: Path, comple
 
     notes = Path(__file__).with_name("results_world_notes.md")
     n_done = sum(1 for k in rec if k.startswith("done/"))
+    unstarted = [r.name for r in preset.rows if not any(k[0] == r.name for k in per_concept)]
     n_units = len(preset.concepts) * (len(preset.rows) + 1) + sum(1 for r in preset.rows if r.mlm_lambda == 0)
     lines = ["# Every method side by side on the built-in world", "",
              "Produced by `python benchmarks/results_world.py` (resumable; `--report-only` rewrites this page from the "
@@ -258,7 +261,8 @@ def _doc(preset, table, per_concept, curves, grids, wall, rec, doc: Path, comple
             lines += [f"## {title}", "", part.read_text().strip(), ""]
     lines += ["## Table", "",
               f"Mean over the concepts every row has finished: **{', '.join(complete) or 'none yet'}** (the others, "
-              "partly done, are in the per-concept tables below).", "",
+              "partly done, are in the per-concept tables below)."
+              + (f" Rows not started yet: {', '.join(unstarted)}." if unstarted else ""), "",
               "`default`: `infusion train --model world --method M` as a new user runs it. `tuned`: the best point of "
               "the sweep on validation prompts (never the test prompts; `selection_score` = look rate + text fidelity "
               "+ concept fidelity / 10). Test: 22 held-out prompts x "
