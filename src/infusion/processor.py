@@ -246,11 +246,14 @@ class InfusionAttnProcessor:
         if not names:
             return maps_f
         n_c, L = hs_c.shape[0], ehs_c.shape[1]
+        active = plan.active.to(hs_c.device)  # only the active C rows need Q and K
         if attention_mask is not None:  # the mask of the whole call; the C rows are its last n_c
             attention_mask = attn.prepare_attention_mask(attention_mask, L, attention_mask.shape[0])
-            attention_mask = attention_mask.view(-1, attn.heads, attention_mask.shape[-2], L)[-n_c:]
-        q, k, _ = self._heads(attn, hs_c, ehs_c, value=False)  # (n_c, H, N, d), (n_c, H, L, d)
-        own = self._concept_maps(attn, q, k, attention_mask, torch.arange(n_c), plan)  # (n_a, H, N, T)
+            attention_mask = attention_mask.view(-1, attn.heads, attention_mask.shape[-2], L)[-n_c:][active]
+        q, k, _ = self._heads(attn, hs_c[active], ehs_c[active], value=False)  # (n_a, H, N, d), (n_a, H, L, d)
+        rows = torch.zeros(n_c, dtype=torch.long, device=active.device)
+        rows[active] = torch.arange(active.numel(), device=active.device)  # C row -> its row of q and k
+        own = self._concept_maps(attn, q, k, attention_mask, rows, plan)  # (n_a, H, N, T)
         sel = torch.tensor([[s is not None and s[0] in names for s in plan.slots[i]] for i in plan.active.tolist()],
                            dtype=torch.bool, device=own.device)  # (n_a, T)
         return torch.where(sel[:, None, None, :], own, maps_f.to(own.dtype))

@@ -111,10 +111,11 @@ class Trainer:
             if not 1 <= int(steps) <= 100_000:
                 raise ValueError("steps must be between 1 and 100,000")
             method_args = parse_method_args((options or "").split())
-            known = get_method(method).method_args_help or {}
-            unknown = sorted(set(method_args) - set(known))
+            cls = get_method(method)
+            unknown = cls.unknown_method_args(method_args)
             if unknown:
-                raise ValueError(f"{method} has no option {', '.join(unknown)}; it reads: {', '.join(sorted(known)) or 'none'}")
+                known = ", ".join(sorted(cls.method_args_help or {})) or "none"
+                raise ValueError(f"{method} has no option {', '.join(unknown)}; it reads: {known}")
             job = Job(uuid.uuid4().hex[:8], name, method, int(steps))
             folder = self.library.images_dir(name)
             shutil.rmtree(folder, ignore_errors=True)

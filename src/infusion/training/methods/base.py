@@ -163,11 +163,14 @@ class Method(nn.Module):
             pipe.unet.enable_gradient_checkpointing()
         self._check_method_args(cfg.method_args)
 
+    @classmethod
+    def unknown_method_args(cls, args: dict) -> list[str]:
+        """The --method-arg keys in ``args`` this method does not read (none when it declares no keys)."""
+        return [] if cls.method_args_help is None else sorted(set(args) - set(cls.method_args_help))
+
     def _check_method_args(self, args: dict) -> None:
         """Warn about --method-arg keys this method does not read (a typo would otherwise pass silently)."""
-        if self.method_args_help is None:
-            return
-        unknown = sorted(set(args) - set(self.method_args_help))
+        unknown = self.unknown_method_args(args)
         if unknown:
             import warnings
 
