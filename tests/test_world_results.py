@@ -336,3 +336,24 @@ def test_goal_reading_compares_each_infusion_row_with_the_best_baseline_only():
     assert own.startswith("  `infusion-own`'s (beyond the paper)") and "**holds**" in own
     assert "**does not hold**" in query and "short on text fidelity)" in query  # infusion-query is no baseline
     assert goal_lines({"infusion": row(1, 1, 1)}, row(0, 0, 1), ["infusion"]) == []
+
+
+def test_look_gap_sorts_every_test_prompt_by_kind_and_counts_look_and_obedience_by_hand():
+    """benchmarks/world_look_gap.py: each of a concept's test prompts gets one kind; the breakdown counts an image as
+    "look & obeys" only when it has the look and every named attribute (text fidelity 1)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import world_look_gap as gap
+
+    c = get_concept("sunball")
+    kinds = [gap.prompt_kind(p.replace("<sunball>", c.class_phrase), c.obj.cls) for p in eval_prompts("sunball")]
+    assert set(kinds) == set(gap.KINDS)
+    assert kinds[0] == "scene" and kinds.count("small") == 5 and kinds.count("two objects") == 5
+    assert gap.prompt_kind("a small ball in the top left corner and a red mug in the top right corner", "ball") == "small"
+    assert gap.prompt_kind("a ball in the top left corner and a red mug in the top right corner", "ball") == "two objects"
+    assert gap.prompt_kind("a ball in the top left corner, on the grass", "ball") == "corner"
+    reads = [{"look": True, "text_fidelity": 1.0}, {"look": True, "text_fidelity": 0.5}, {"look": False, "text_fidelity": 1.0},
+             {"look": True, "text_fidelity": 1.0}]
+    b = gap.breakdown(reads, ["scene", "scene", "scene", "small"])
+    assert b["scene"] == {"look": 2 / 3, "obeys": 2 / 3, "look_and_obeys": 1 / 3, "n": 3}
+    assert b["all"] == {"look": 0.75, "obeys": 0.75, "look_and_obeys": 0.5, "n": 4}
+    assert "corner" not in b and "two objects" not in b
