@@ -255,7 +255,8 @@ def _doc(preset, table, per_concept, curves, grids, wall, rec, doc: Path, comple
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
     for title, name in (("The look rate, checked on renders first", "look_validation.md"),
-                        ("Is the world fair? Can a method learn a concept's look here at all?", "fairness.md")):
+                        ("Is the world fair? Can a method learn a concept's look here at all?", "fairness.md"),
+                        ("Where the look-rate gap to the best baseline is: per prompt kind", "look_gap.md")):
         part = doc.parent / "results" / name
         if part.is_file():
             lines += [f"## {title}", "", part.read_text().strip(), ""]

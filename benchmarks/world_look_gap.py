@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/look_gap", help="work folder (its own training records)")
     ap.add_argument("--results", default="docs/results/results.json",
                     help="the table's JSON, or the work folder of a run in progress (runs/results_world): LoRA's chosen setting")
-    ap.add_argument("--json", default="docs/results/look_gap.json")
+    ap.add_argument("--json", default="docs/results/look_gap.json", help="the numbers; the tables go beside it (.md)")
     args = ap.parse_args(argv)
 
     import torch
@@ -114,13 +114,19 @@ def main(argv=None) -> int:
                   f"({time.time() - t0:.0f} s)", flush=True)
             out_json.parent.mkdir(parents=True, exist_ok=True)
             out_json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    print(markdown(result))
+    md = markdown(result)
+    out_json.with_suffix(".md").write_text(md)
+    print(md)
     return 0
 
 
 def markdown(result: dict) -> str:
     """The JSON -> one table per concept (rows: models; columns: look / obeys / look & obeys per prompt kind)."""
-    lines = []
+    lines = [("Produced by `python benchmarks/world_look_gap.py` (`docs/results/look_gap.json`): the table's test prompts "
+              "and seeds, split by what they ask for; each cell **look rate / obeys / look & obeys** (obeys: every "
+              "attribute the prompt names is shown; look & obeys: both in the same image). Scene: no size or corner "
+              "named (the concept's own, large and centred); corner: a corner named; small: a small size named (the "
+              "concept was trained large); two objects: a corner and a second object named."), ""]
     for name, entry in result.items():
         lines += [f"`<{name}>`", "",
                   "| model | " + " | ".join(f"{k} (n={next(iter(entry.values()))[k]['n']})" for k in (*KINDS, "all")
