@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 KINDS = ("scene", "corner", "small", "two objects")
+MODELS = ("prompted", "infusion", "own", "lora")  # --rows, in the tables' order
 
 
 def prompt_kind(text: str, cls: str) -> str:
@@ -127,7 +128,10 @@ def markdown(result: dict) -> str:
               "attribute the prompt names is shown; look & obeys: both in the same image). Scene: no size or corner "
               "named (the concept's own, large and centred); corner: a corner named; small: a small size named (the "
               "concept was trained large); two objects: a corner and a second object named."), ""]
-    for name, entry in result.items():
+    from infusion.world.concepts import CONCEPTS
+
+    for name in sorted(result, key=lambda c: list(CONCEPTS).index(c) if c in CONCEPTS else len(CONCEPTS)):
+        entry = {m: result[name][m] for m in sorted(result[name], key=lambda m: MODELS.index(m) if m in MODELS else len(MODELS))}
         lines += [f"`<{name}>`", "",
                   "| model | " + " | ".join(f"{k} (n={next(iter(entry.values()))[k]['n']})" for k in (*KINDS, "all")
                                            if k in next(iter(entry.values()))) + " |",
