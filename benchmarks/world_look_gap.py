@@ -9,12 +9,13 @@ prompt names is shown: the probes' text fidelity is 1) and **look & obeys** (the
 that my object, where and how I asked for it?").
 
 Models: the base model told the look in words (``<c>`` replaced by "yellow and blue dipped ball": what
-the world itself can draw), the paper's Infusion (defaults), ``infusion-own`` (defaults), and the baseline
-with the highest look rate in the table, LoRA, at the setting its validation sweep chose (read from
+the world itself can draw), the paper's Infusion, ``infusion-own`` and ``infusion-own-late``, each at its
+defaults, and the baseline with the highest look rate in the table, LoRA, at the setting its validation sweep chose (read from
 ``docs/results/results.json``; retrained here, same seed). Every model sees the same noise.
 
     python benchmarks/world_look_gap.py                        # sunball, slashbox -> docs/results/look_gap.json
-    python benchmarks/world_look_gap.py --concepts halfmug --rows own,lora
+    python benchmarks/world_look_gap.py --concepts halfmug --results runs/results_world   # a run in progress
+    python benchmarks/world_look_gap.py --concepts halfstar --rows late,lora
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 KINDS = ("scene", "corner", "small", "two objects")
-MODELS = ("prompted", "infusion", "own", "lora")  # --rows, in the tables' order
+MODELS = ("prompted", "infusion", "own", "late", "lora")  # --rows, in the tables' order
 
 
 def prompt_kind(text: str, cls: str) -> str:
@@ -60,7 +61,7 @@ def breakdown(reads: list[dict], kinds: list[str]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concepts", default="sunball,slashbox")
-    ap.add_argument("--rows", default="prompted,infusion,own,lora", help="which models: prompted, infusion, own, lora")
+    ap.add_argument("--rows", default=",".join(MODELS), help="which models: prompted, infusion, own (maps=own), late (maps=own t_max=0.5), lora")
     ap.add_argument("--out", default="runs/look_gap", help="work folder (its own training records)")
     ap.add_argument("--results", default="docs/results/results.json",
                     help="the table's JSON, or the work folder of a run in progress (runs/results_world): LoRA's chosen setting")
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
             if what == "prompted":
                 gen, ps, label = run.load(None), [p.replace(tok, described(concept)) for p in prompts], "base, look in words"
             else:
-                row = rows[{"own": "infusion-own"}.get(what, what)]
+                row = rows[{"own": "infusion-own", "late": "infusion-own-late"}.get(what, what)]
                 if what == "lora":
                     choice = table.get(f"choice/{row.name}/{name}")
                     if choice is None:
