@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 KINDS = ("scene", "corner", "small", "two objects")
-MODELS = ("prompted", "infusion", "own", "late", "lora")  # --rows, in the tables' order
+# --rows -> the table's row (None: the base model told the look in words), in the tables' order
+MODELS = {"prompted": None, "infusion": "infusion", "own": "infusion-own", "late": "infusion-own-late", "lora": "lora"}
 
 
 def prompt_kind(text: str, cls: str) -> str:
@@ -67,6 +68,9 @@ def main(argv=None) -> int:
                     help="the table's JSON, or the work folder of a run in progress (runs/results_world): LoRA's chosen setting")
     ap.add_argument("--json", default="docs/results/look_gap.json", help="the numbers; the tables go beside it (.md)")
     args = ap.parse_args(argv)
+    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if not wanted or set(wanted) - set(MODELS):
+        ap.error(f"--rows: unknown {sorted(set(wanted) - set(MODELS)) or 'none given'}; use some of {', '.join(MODELS)}")
 
     import torch
 
@@ -92,12 +96,12 @@ def main(argv=None) -> int:
         texts = [p.replace(tok, concept.class_phrase) for p in prompts for _ in seeds]
         kinds = [prompt_kind(t, concept.obj.cls) for t in texts]
         entry = result.setdefault(name, {})
-        for what in [r.strip() for r in args.rows.split(",") if r.strip()]:
+        for what in wanted:
             t0 = time.time()
             if what == "prompted":
                 gen, ps, label = run.load(None), [p.replace(tok, described(concept)) for p in prompts], "base, look in words"
             else:
-                row = rows[{"own": "infusion-own", "late": "infusion-own-late"}.get(what, what)]
+                row = rows[MODELS[what]]
                 if what == "lora":
                     choice = table.get(f"choice/{row.name}/{name}")
                     if choice is None:
@@ -131,15 +135,15 @@ def markdown(result: dict) -> str:
               "concept was trained large); two objects: a corner and a second object named."), ""]
     from infusion.world.concepts import CONCEPTS
 
+    order = list(MODELS)
     for name in sorted(result, key=lambda c: list(CONCEPTS).index(c) if c in CONCEPTS else len(CONCEPTS)):
-        entry = {m: result[name][m] for m in sorted(result[name], key=lambda m: MODELS.index(m) if m in MODELS else len(MODELS))}
-        lines += [f"`<{name}>`", "",
-                  "| model | " + " | ".join(f"{k} (n={next(iter(entry.values()))[k]['n']})" for k in (*KINDS, "all")
-                                           if k in next(iter(entry.values()))) + " |",
-                  "|---|" + "---|" * (len(KINDS) + 1)]
-        for e in entry.values():
+        entries = [result[name][m] for m in sorted(result[name], key=lambda m: order.index(m) if m in order else len(order))]
+        kinds = [k for k in (*KINDS, "all") if k in entries[0]]
+        lines += [f"`<{name}>`", "", "| model | " + " | ".join(f"{k} (n={entries[0][k]['n']})" for k in kinds) + " |",
+                  "|---|" + "---|" * len(kinds)]
+        for e in entries:
             lines.append(f"| {e['label']} | " + " | ".join(
-                f"{e[k]['look']:.2f} / {e[k]['obeys']:.2f} / **{e[k]['look_and_obeys']:.2f}**" for k in (*KINDS, "all") if k in e) + " |")
+                f"{e[k]['look']:.2f} / {e[k]['obeys']:.2f} / **{e[k]['look_and_obeys']:.2f}**" for k in kinds) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -357,3 +357,5 @@ def test_look_gap_sorts_every_test_prompt_by_kind_and_counts_look_and_obedience_
     assert b["scene"] == {"look": 2 / 3, "obeys": 2 / 3, "look_and_obeys": 1 / 3, "n": 3}
     assert b["all"] == {"look": 0.75, "obeys": 0.75, "look_and_obeys": 0.5, "n": 4}
     assert "corner" not in b and "two objects" not in b
+    with pytest.raises(SystemExit):  # argparse's error: an unknown model is named before anything is trained
+        gap.main(["--rows", "own,dreambooth"])
