@@ -74,7 +74,14 @@ def main(argv=None) -> int:
 
     import torch
 
-    from infusion.evaluation.world_results import PRESETS, WORLD_ROWS, Records, ResultsRun, generate, test_prompt_set
+    from infusion.evaluation.world_results import (
+        PRESETS,
+        WORLD_ROWS,
+        Records,
+        ResultsRun,
+        generate,
+        test_prompt_set,
+    )
     from infusion.world.concepts import get_concept
 
     sys.path.insert(0, str(Path(__file__).parent))
