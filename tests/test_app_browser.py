@@ -120,10 +120,16 @@ def test_train_generate_download_compare_attention_rename_delete(browser_page, a
     _fill(page, "train-every", 5)
     page.click("#train-start")
     expect(page.locator("#train-status")).to_contain_text("step 10/10", timeout=LONG)
-    expect(page.locator("#train-status")).to_contain_text("is in the library", timeout=LONG)
+    try:
+        expect(page.locator("#train-status")).to_contain_text("is in the library", timeout=LONG)
+    except AssertionError as e:  # tell a stalled page from a stalled job
+        on_disk = (Path(lib) / "sunball.safetensors").is_file()
+        raise AssertionError(f"{e}\n(the library file {'exists' if on_disk else 'does not exist'})") from None
     expect(page.locator("#train-sample img")).to_have_count(1, timeout=LONG)
     _shot(page, "train")
     assert (Path(lib) / "sunball.safetensors").is_file()
+    page.reload()  # a reloaded page shows the last job's outcome
+    expect(page.locator("#train-status")).to_contain_text("is in the library", timeout=LONG)
     # a second method for Compare, trained by the CLI's function into the library
     train(TrainConfig(model="world", images=str(Path(lib) / ".images" / "sunball"), name="sunball-ti",
                       class_phrase="ball", out=str(Path(lib) / "sunball-ti.safetensors"), method="ti", steps=10),

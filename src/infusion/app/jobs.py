@@ -157,12 +157,13 @@ class Trainer:
         try:
             train(cfg, progress=False, callback=report)
             job.result = self.library.add(Path(cfg.out), job.name).path
-            job.status, job.message = "done", f"<{job.name}> is in the library: {job.result.name}"
+            # the message before the status: a page tick between the two must not see a finished job without it
+            job.message, job.status = f"<{job.name}> is in the library: {job.result.name}", "done"
         except Cancelled as e:
-            job.status, job.message = "cancelled", f"cancelled after step {e.step}; nothing was added to the library"
+            job.message, job.status = f"cancelled after step {e.step}; nothing was added to the library", "cancelled"
         except Exception as e:  # shown in the page, logged with its trace
             traceback.print_exc()
-            job.status, job.message = "failed", f"training failed: {type(e).__name__}: {e}"
+            job.message, job.status = f"training failed: {type(e).__name__}: {e}", "failed"
 
     def _sample(self, job: Job, cfg, checkpoint: Path, step: int) -> None:
         """An image of ``a photo of <name>`` from ``checkpoint`` (seed 0), kept in the staging folder."""

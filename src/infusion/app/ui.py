@@ -90,7 +90,9 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             with gr.Row():
                 curve = gr.Plot(label="loss", elem_id="train-curve")
                 sample = gr.Image(label="sample (a photo of <name>)", type="pil", elem_id="train-sample")
-            timer = gr.Timer(1.0, active=False)
+            # always ticking, like the library poll below: a timer switched on and off by the handlers could be
+            # left off by a lost tick; a tick that finds nothing new sends nothing
+            timer, shown_job = gr.Timer(1.0), gr.State(None)
 
             def pick_builtin(choice):
                 if choice == "none":
@@ -111,28 +113,30 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             images.upload(shown, images, preview)
             method.change(lambda m: (default_lr(m), gr.update(placeholder=_options_hint(m))), method, [lr, options])
 
-            @_safe(0, 2)
+            @_safe(0)
             def on_start(files, nm, ph, m, n_steps, rate, n_every, opts):
                 rate = None if rate is None or abs(float(rate) - default_lr(m)) <= 1e-12 * default_lr(m) else float(rate)
                 job = trainer.start(files or [], nm, ph, m, int(n_steps or 0), rate, int(n_every or 0), options=opts or "")
-                return _md(f"training <{job.name}> with {job.method}: starting..."), gr.Timer(active=True)
+                return _md(f"training <{job.name}> with {job.method}: starting...")
 
-            start.click(on_start, [images, name, phrase, method, steps, lr, every, options], [status, timer])
+            start.click(on_start, [images, name, phrase, method, steps, lr, every, options], status)
             cancel.click(lambda: _md(trainer.cancel()), None, status)
 
-            def tick():
+            def tick(last):
                 job = trainer.job
-                if job is None:
-                    return gr.update(), gr.update(), gr.update(), gr.Timer(active=False)
+                sig = None if job is None else (job.id, job.step, job.status, job.message, len(job.samples))
+                if sig == last:
+                    return gr.update(), gr.update(), gr.update(), last
                 eta = "" if job.eta is None else f", about {job.eta:.0f} s left"
                 loss = f", loss {job.losses[-1]:.4f}" if job.losses else ""
                 text = f"**{job.status}**: " + _md(f"<{job.name}> ({job.method}) step {job.step}/{job.steps}{loss}{eta}")
                 if job.message:
                     text += f"\n\n{_md(job.message)}"
                 img = _enlarged(job.samples[-1][1]) if job.samples else gr.update()
-                return text, _loss_figure(job.losses), img, gr.Timer(active=not job.finished)
+                return text, _loss_figure(job.losses), img, sig
 
-            timer.tick(tick, None, [status, curve, sample, timer])
+            # a reloaded page starts with no state, so it shows the job that runs (or last ran) at its first tick
+            timer.tick(tick, shown_job, [status, curve, sample, shown_job], show_progress="hidden")
 
         # -- Generate -----------------------------------------------------------------------------
         with gr.Tab("Generate", elem_id="tab-generate") as gen_tab:
