@@ -16,6 +16,7 @@ defaults, and the baseline with the highest look rate in the table, LoRA, at the
     python benchmarks/world_look_gap.py                        # sunball, slashbox -> docs/results/look_gap.json
     python benchmarks/world_look_gap.py --concepts halfmug --results runs/results_world   # a run in progress
     python benchmarks/world_look_gap.py --concepts halfstar --rows late,lora
+    python benchmarks/world_look_gap.py --concepts halfstar --rows own@late,late@full   # training vs. generation window
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from pathlib import Path
 
 KINDS = ("scene", "corner", "small", "two objects")
 # --rows -> the table's row (None: the base model told the look in words), in the tables' order
-MODELS = {"prompted": None, "infusion": "infusion", "own": "infusion-own", "late": "infusion-own-late", "lora": "lora"}
+MODELS = {"prompted": None, "infusion": "infusion", "own": "infusion-own", "late": "infusion-own-late", "lora": "lora",
+          "own@late": "infusion-own", "late@full": "infusion-own-late"}
+# rows whose trained file is generated with another injection window (t_max): training vs. generation's share
+WINDOWS = {"own@late": 0.5, "late@full": 1.0}
 
 
 def prompt_kind(text: str, cls: str) -> str:
@@ -59,10 +63,21 @@ def breakdown(reads: list[dict], kinds: list[str]) -> dict:
     return out
 
 
+def with_window(path: str | Path, t_max: float, out: Path) -> Path:
+    """A copy of the concept file at ``path`` that injects at t < t_max * T only (its Deltas unchanged)."""
+    from infusion.concept import Concept
+
+    concept = Concept.load(path)
+    concept.t_max = float(t_max)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return concept.save(out, dtype=next(iter(concept.deltas.values())).dtype)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concepts", default="sunball,slashbox")
-    ap.add_argument("--rows", default=",".join(MODELS), help="which models: prompted, infusion, own (maps=own), late (maps=own t_max=0.5), lora")
+    ap.add_argument("--rows", default=",".join(MODELS), help="which models: prompted, infusion, own (maps=own), late (maps=own t_max=0.5), lora, "
+                    "own@late (own's file generated at t < T/2 only), late@full (late's file generated at every step)")
     ap.add_argument("--out", default="runs/look_gap", help="work folder (its own training records)")
     ap.add_argument("--results", default="docs/results/results.json",
                     help="the table's JSON, or the work folder of a run in progress (runs/results_world): LoRA's chosen setting")
@@ -119,7 +134,11 @@ def main(argv=None) -> int:
                 else:
                     rec = run.train(row, concept, "default")
                     label = f"{row.name} defaults"
-                gen, ps = run.load(rec["out"]), prompts
+                path = rec["out"]
+                if what in WINDOWS:
+                    path = with_window(path, WINDOWS[what], Path(args.out) / "windows" / what / f"{name}.safetensors")
+                    label += f", generated with t_max={WINDOWS[what]:g}"
+                gen, ps = run.load(str(path)), prompts
             reads = run.reader.read(generate(gen, ps, seeds, preset), texts, concept)
             entry[what] = {"label": label, **breakdown(reads, kinds)}
             a = entry[what]["all"]

@@ -263,6 +263,31 @@ def test_t_max_injects_only_below_it(tiny_pipe, tmp_path):
     assert Concept.load(path).t_max == late.t_max
 
 
+def test_train_t_max_trains_below_it_and_the_concept_injects_at_every_step(tiny_pipe, concept_images, tmp_path):
+    """``train_t_max=0.5``: every training row's timestep is below T/2, and the file's t_max stays 1 (generation
+    injects at every step); ``t_max`` alone sets both."""
+    from infusion.concept import Concept
+    from infusion.tiny import tiny_sd_pipeline
+    from infusion.training import TrainConfig, train
+
+    seen = []
+    pipe = tiny_sd_pipeline()
+    hook = pipe.unet.register_forward_hook(lambda mod, args, kw, out: seen.append(args[1].clone()), with_kwargs=True)
+    cfg = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square", steps=6, batch_size=2,
+                      out=str(tmp_path / "sq.safetensors"), method_args={"maps": "own", "train_t_max": 0.5})
+    c = train(cfg, pipe=pipe, progress=False)
+    hook.remove()
+    T = pipe.scheduler.config.num_train_timesteps
+    t = torch.cat([x.reshape(-1) for x in seen])
+    assert len(t) >= 12 and int(t.max()) < T // 2
+    assert c.t_max == 1.0 and Concept.load(tmp_path / "sq.safetensors").t_max == 1.0
+    from infusion.training.methods import get_method
+
+    both = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square",
+                       out=str(tmp_path / "x.safetensors"), method_args={"t_max": 0.25})
+    assert get_method("infusion")(tiny_sd_pipeline(), both).max_train_timestep(T) == T // 4
+
+
 def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_path):
     """``paired=true``: F's record pass gets the base model's redraw of each row's image, noised with the row's own
     noise and t; C's pass gets the concept's noisy latent; the redraws differ from the images; frozen weights stay."""
@@ -302,7 +327,8 @@ def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_p
 
 @pytest.mark.parametrize("args,match", [({"residual": "key"}, "residual"), ({"query_rank": 0, "residual": "query"}, "query_rank"),
                                         ({"t_max": 0}, "t_max"), ({"paired": True, "paired_strength": 0}, "paired_strength"),
-                                        ({"paired": True, "paired_views": 0}, "paired_views"), ({"maps": "mine"}, "maps")])
+                                        ({"paired": True, "paired_views": 0}, "paired_views"), ({"maps": "mine"}, "maps"),
+                                        ({"train_t_max": 1.5}, "train_t_max")])
 def test_bad_variant_arguments_are_clear_errors(tiny_pipe, concept_images, tmp_path, args, match):
     from infusion.training import TrainConfig
     from infusion.training.methods import get_method

@@ -359,3 +359,23 @@ def test_look_gap_sorts_every_test_prompt_by_kind_and_counts_look_and_obedience_
     assert "corner" not in b and "two objects" not in b
     with pytest.raises(SystemExit):  # argparse's error: an unknown model is named before anything is trained
         gap.main(["--rows", "own,dreambooth"])
+
+
+def test_look_gap_window_copy_changes_only_the_injection_window(tmp_path):
+    """benchmarks/world_look_gap.py's ``own@late`` / ``late@full`` rows: the copy has the new t_max, the same Deltas
+    bit for bit, and the rest of the file's fields."""
+    import torch
+
+    from infusion.concept import Concept
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import world_look_gap as gap
+
+    deltas = {"a.attn2": torch.randn(1, 8), "b.attn2": torch.randn(1, 16)}
+    src = Concept(name="c", class_phrase="ball", deltas=deltas, maps="own").save(tmp_path / "c.safetensors")
+    late = Concept.load(gap.with_window(src, 0.5, tmp_path / "w" / "late.safetensors"))
+    assert late.t_max == 0.5 and late.maps == "own" and late.name == "c" and late.class_phrase == "ball"
+    for k, v in Concept.load(src).deltas.items():
+        assert torch.equal(late.deltas[k], v)
+    assert Concept.load(gap.with_window(tmp_path / "w" / "late.safetensors", 1.0, tmp_path / "full.safetensors")).t_max == 1.0
+    assert set(gap.WINDOWS) <= set(gap.MODELS)

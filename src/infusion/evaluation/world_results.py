@@ -55,6 +55,8 @@ WORLD_ROWS = (
     Row("infusion", "infusion", {}, 0.0, (0.01, 0.05)),
     Row("infusion-own", "infusion", {"maps": "own"}, 0.0, (0.01, 0.03)),  # beyond the paper: C's own attn2 maps
     Row("infusion-own-late", "infusion", {"maps": "own", "t_max": 0.5}, 0.0, (0.01, 0.03)),  # ... at t < T/2 only
+    # ... trained at t < T/2, added at every step (the look gap's window swap: the training window decides)
+    Row("infusion-own-late-train", "infusion", {"maps": "own", "train_t_max": 0.5}, 0.0, (0.01, 0.03)),
     Row("infusion-query", "infusion", {"residual": "query"}, 0.0, (0.003, 0.01)),
     Row("infusion-paired", "infusion", {"residual": "query", "paired": True}, 0.0, (0.01, 0.03)),
     Row("ti", "ti", {}, 0.0, (2e-3, 2e-2)),
