@@ -19,6 +19,11 @@ learns to denoise towards the concept with F's maps and outputs of the redraw.
 Delta is placed by C's own map of the concept's tokens (their key is the class word's), the rest of attn2 is F's.
 On the built-in world the look's layout (a bottom half, a diagonal) needs it: the same hand-set Delta draws
 <sunball>'s look on 16 of 16 seeds placed by C's own map and on 0 of 16 placed by F's (docs/results.md).
+
+``--method-arg t_max=0.5`` adds the Delta at t < T/2 only, in training and in generation; ``train_t_max=0.5``
+(beyond the paper) trains there only but adds the Delta at every step. On the world the training window is
+what matters: own maps' Delta trained at every t reads <halfstar> on 0 of 44 test images whichever steps it is
+added at, trained at t < T/2 on 13 of 44 (``benchmarks/world_look_gap.py --rows own@late,late@full``).
 """
 
 from __future__ import annotations
