@@ -11,7 +11,9 @@ that my object, where and how I asked for it?").
 Models: the base model told the look in words (``<c>`` replaced by "yellow and blue dipped ball": what
 the world itself can draw), the paper's Infusion, ``infusion-own`` and ``infusion-own-late``, each at its
 defaults, and the baseline with the highest look rate in the table, LoRA, at the setting its validation sweep chose (read from
-``docs/results/results.json``; retrained here, same seed). Every model sees the same noise.
+``docs/results/results.json``; retrained here, same seed). Every model sees the same noise. The window swap
+(``own@late``, ``late@full``) regenerates ``infusion-own``'s file adding its Delta at t < T/2 only and
+``infusion-own-late``'s adding it at every step: which of training and sampling window makes the difference.
 
     python benchmarks/world_look_gap.py                        # sunball, slashbox -> docs/results/look_gap.json
     python benchmarks/world_look_gap.py --concepts halfmug --results runs/results_world   # a run in progress
