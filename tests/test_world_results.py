@@ -379,3 +379,25 @@ def test_look_gap_window_copy_changes_only_the_injection_window(tmp_path):
         assert torch.equal(late.deltas[k], v)
     assert Concept.load(gap.with_window(tmp_path / "w" / "late.safetensors", 1.0, tmp_path / "full.safetensors")).t_max == 1.0
     assert set(gap.WINDOWS) <= set(gap.MODELS)
+
+
+def test_train_window_rows_and_table():
+    """benchmarks/world_train_window.py: w = 1 is plain ``maps=own`` (the table's ``infusion-own``), other w set
+    ``train_t_max``; a window outside (0, 1] is refused; the table averages each window over the concepts it has."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import world_train_window as win
+
+    assert win.window_row(1.0).method_args == {"maps": "own"}
+    assert win.window_row(0.5).method_args == {"maps": "own", "train_t_max": 0.5}
+    assert win.window_row(0.5).name == "own-train0.5"
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="training window"):
+            win.window_row(bad)
+    with pytest.raises(SystemExit):
+        win.main(["--windows", "0.5,2"])
+    rec = lambda look, text: {"look_rate": look, "text_fidelity": text, "concept_fidelity": 0.5}  # noqa: E731
+    md = win.markdown({"sunball": {"1": rec(0.5, 1.0), "0.5": rec(1.0, 0.9)}, "slashbox": {"1": rec(0.0, 1.0)}})
+    lines = md.splitlines()
+    assert lines[2].startswith("| w | `<sunball>` | `<slashbox>` |")
+    assert lines[4].startswith("| 1 |") and lines[4].endswith("**0.25** / 1.000 / 0.500 |")
+    assert lines[5].startswith("| 0.5 |") and "| - |" in lines[5] and lines[5].endswith("(partial) |")
