@@ -251,7 +251,7 @@ def _doc(preset, table, per_concept, curves, grids, wall, rec, doc: Path, comple
              f"**{n_done} of {n_units}**" + (" (the rest: the next run resumes them)." if n_done < n_units else "."),
              "Wall time of the runs that wrote these records: "
              + (", ".join(f"{w['started']}: {w['seconds'] / 60:.0f} min ({w['workers']} processes)" for w in wall) or "-")
-             + f"; total {sum(w['seconds'] for w in wall) / 60:.0f} min on a 2-core CPU, one process per core.", ""]
+             + f"; total {sum(w['seconds'] for w in wall) / 60:.0f} min on a 2-core CPU (processes beyond two shared the cores).", ""]
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
     for title, name in (("The look rate, checked on renders first", "look_validation.md"),
