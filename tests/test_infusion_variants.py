@@ -328,7 +328,8 @@ def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_p
 @pytest.mark.parametrize("args,match", [({"residual": "key"}, "residual"), ({"query_rank": 0, "residual": "query"}, "query_rank"),
                                         ({"t_max": 0}, "t_max"), ({"paired": True, "paired_strength": 0}, "paired_strength"),
                                         ({"paired": True, "paired_views": 0}, "paired_views"), ({"maps": "mine"}, "maps"),
-                                        ({"train_t_max": 1.5}, "train_t_max")])
+                                        ({"train_t_max": 1.5}, "train_t_max"),
+                                        ({"t_max": 0.5, "train_t_max": 0.8}, r"train_t_max must be in \(0, t_max = 0.5\]")])
 def test_bad_variant_arguments_are_clear_errors(tiny_pipe, concept_images, tmp_path, args, match):
     from infusion.training import TrainConfig
     from infusion.training.methods import get_method

@@ -58,7 +58,7 @@ class InfusionMethod(Method):
         "maps": "base (the Delta is placed by F's attn2 maps, the paper's, default) | own (by C's own map of the "
                 "concept's tokens, whose key is the class word's; beyond the paper)",
         "t_max": "inject only at timesteps t < t_max * T, in training and generation (default 1.0: every step, the paper's)",
-        "train_t_max": "train on timesteps t < train_t_max * T only, and inject at every t < t_max * T in generation "
+        "train_t_max": "train on timesteps t < train_t_max * T only (at most t_max), and inject at every t < t_max * T in generation "
                        "(default: t_max; maps=own train_t_max=0.5 learns the low-noise half's Delta and uses it at "
                        "every step; beyond the paper)",
         "paired": "F runs on base-model redraws of the training images (default false: on the images, the paper's)",
@@ -93,8 +93,8 @@ class InfusionMethod(Method):
         if not 0 < self.t_max <= 1:
             raise ValueError(f"--method-arg t_max must be in (0, 1], got {self.t_max}")
         self.train_t_max = float(cfg.method_args.get("train_t_max", self.t_max))
-        if not 0 < self.train_t_max <= 1:
-            raise ValueError(f"--method-arg train_t_max must be in (0, 1], got {self.train_t_max}")
+        if not 0 < self.train_t_max <= self.t_max:  # above t_max the Delta would learn steps it is never added at
+            raise ValueError(f"--method-arg train_t_max must be in (0, t_max = {self.t_max:g}], got {self.train_t_max}")
         dev = self.unet.device
         # Zero init: at step 0 C == F exactly.
         self.deltas = nn.ParameterDict(
