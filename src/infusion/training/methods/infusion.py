@@ -58,9 +58,9 @@ class InfusionMethod(Method):
         "maps": "base (the Delta is placed by F's attn2 maps, the paper's, default) | own (by C's own map of the "
                 "concept's tokens, whose key is the class word's; beyond the paper)",
         "t_max": "inject only at timesteps t < t_max * T, in training and generation (default 1.0: every step, the paper's)",
-        "train_t_max": "train on timesteps t < train_t_max * T only (at most t_max), and inject at every t < t_max * T in generation "
-                       "(default: t_max; maps=own train_t_max=0.5 learns the low-noise half's Delta and uses it at "
-                       "every step; beyond the paper)",
+        "train_t_max": "train on timesteps t < train_t_max * T only (at most t_max), and inject at every "
+                       "t < t_max * T in generation (default: t_max; maps=own train_t_max=0.5 learns the low-noise "
+                       "half's Delta and uses it at every step; beyond the paper)",
         "paired": "F runs on base-model redraws of the training images (default false: on the images, the paper's)",
         "paired_strength": "how far the redraw starts from the image, fraction of T (default 0.7: on the world's "
                            "validation prompts it beats 0.4 and 0.85 on look rate, text and concept fidelity)",
