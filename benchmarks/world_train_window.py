@@ -6,7 +6,7 @@ issue asks. w = 1 is ``infusion-own`` (the table's row), w = 0.5 ``infusion-own-
     python benchmarks/world_train_window.py                                   # 5 concepts x w in 1, 0.7, 0.5, 0.3
     python benchmarks/world_train_window.py --concepts sunball --windows 0.5,0.2
 
-Writes docs/results/train_window.json and .md beside it (a table per concept and the mean).
+Writes docs/results/train_window.json and .md beside it (one table: a row per w, a column per concept and the mean).
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ def main(argv=None) -> int:
                   f"{val['concept_fidelity']:.3f} ({val['n_images']} images, {time.time() - t0:.0f} s)", flush=True)
             out_json.parent.mkdir(parents=True, exist_ok=True)
             out_json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    out_json.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    md = markdown(result)
+    out_json.with_suffix(".md").write_text(md)
+    print(md)
     return 0
 
 
