@@ -25,8 +25,15 @@ install-browser:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser tests"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
+# BROWSER=0 skips Debian's chromium (no apt) and the browser tests: `make test BROWSER=0`
+BROWSER ?= 1
+ifeq ($(BROWSER),0)
+test: $(STAMP)
+	$(BIN)/python -m pytest tests --ignore=tests/test_app_browser.py
+else
 test: $(STAMP) install-browser
 	$(BIN)/python -m pytest tests
+endif
 
 app: $(STAMP)
 	$(BIN)/infusion app --model world --library library

@@ -40,7 +40,7 @@ def build(kind: str, latent: int):
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from infusion.tiny import sd15_unet_config, tiny_sd_pipeline
+    from infusion.core.model_configs import sd15_unet_config, tiny_sd_pipeline
 
     if kind == "tiny":
         return tiny_sd_pipeline()
@@ -72,7 +72,7 @@ def build_sdxl(latent: int):
     """SDXL 1.0's UNet (exact config, random weights) with small stand-ins for the parts off the per-step path."""
     from diffusers import StableDiffusionXLPipeline
 
-    from infusion.tiny import clip_text_encoder, ddim_scheduler, load_tokenizer, sdxl_unet_config
+    from infusion.core.model_configs import clip_text_encoder, ddim_scheduler, load_tokenizer, sdxl_unet_config
 
     unet, vae = _unet_and_small_vae(sdxl_unet_config(), latent)
     tok, tok2 = load_tokenizer(), load_tokenizer(pad_token="!")
@@ -85,8 +85,8 @@ def build_sdxl(latent: int):
 
 
 def concepts_for(pipe, n: int):
-    from infusion.concept import Concept
-    from infusion.processor import layer_widths
+    from infusion.methods.infusion.concept import Concept
+    from infusion.methods.infusion.processor import layer_widths
 
     g = torch.Generator().manual_seed(0)
     phrases = ["cat", "dog", "teapot"]
@@ -104,7 +104,7 @@ def _timeit(fn, repeats):
 
 
 def bench_generation(kind, latent, steps, repeats):
-    from infusion.pipeline import InfusionPipeline
+    from infusion.methods.infusion.pipeline import InfusionPipeline
 
     base = build(kind, latent)
     pipe = InfusionPipeline.from_pipe(base)
@@ -135,9 +135,9 @@ def bench_generation(kind, latent, steps, repeats):
 
 def _method_step_fn(pipe, method, latent, batch):
     """One optimisation step of the trainer's own ``method`` ('infusion' | 'ti') on ``pipe`` (SDXL: with time ids)."""
-    from infusion.families import time_ids
+    from infusion.core.model_families import time_ids
     from infusion.training import TrainConfig
-    from infusion.training.methods import get_method
+    from infusion.methods import get_method
 
     cfg = TrainConfig(model="sdxl-random", images=".", name="c0", class_phrase="cat", out="x", method=method)
     m = get_method(method)(pipe, cfg)
@@ -161,7 +161,7 @@ def _method_step_fn(pipe, method, latent, batch):
 def _train_step_fn(kind, latent, method, batch, pipe=None):
     """A closure doing one optimisation step of ``method`` ('infusion' or 'ti')."""
     from infusion.training import TrainConfig
-    from infusion.training.methods import get_method
+    from infusion.methods import get_method
 
     pipe = pipe or build(kind, latent)
     if kind == "sdxl":

@@ -68,7 +68,7 @@ def step_fn(method, pipe, latent: int):
 
 
 def file_bytes(name: str, method, pipe) -> tuple[int, str]:
-    from infusion.files import storage_bytes
+    from infusion.core.customization_files import storage_bytes
 
     if name == "dreambooth":
         return sum(p.numel() for p in pipe.unet.parameters()) * 4, "computed (UNet x fp32)"

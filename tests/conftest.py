@@ -17,14 +17,14 @@ warnings.filterwarnings("ignore", message=".*torchvision.*")
 @pytest.fixture
 def tiny_pipe():
     """A fresh tiny StableDiffusionPipeline (same weights every time: seeded)."""
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.core.model_configs import tiny_sd_pipeline
 
     return tiny_sd_pipeline(seed=0)
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from infusion.tiny import load_tokenizer
+    from infusion.core.model_configs import load_tokenizer
 
     return load_tokenizer()
 
@@ -52,7 +52,7 @@ def concept_images(tmp_path):
 
 def tiny_text_encoder(tokenizer, width: int = 32):
     """A tiny random CLIP text encoder (2 layers, seeded) over the real vocabulary, in eval mode."""
-    from infusion.tiny import clip_text_encoder
+    from infusion.core.model_configs import clip_text_encoder
 
     torch.manual_seed(0)
     return clip_text_encoder(width, layers=2, heads=2, ff_mult=2, tokenizer=tokenizer).eval()
@@ -60,9 +60,9 @@ def tiny_text_encoder(tokenizer, width: int = 32):
 
 def random_concept(pipe, name="mycat", class_phrase="cat", scale=1.0, seed=0):
     """A Concept with random Deltas that fits ``pipe.unet``."""
-    from infusion.concept import Concept
-    from infusion.processor import layer_widths
-    from infusion.prompts import phrase_token_count
+    from infusion.methods.infusion.concept import Concept
+    from infusion.methods.infusion.processor import layer_widths
+    from infusion.core.placeholders import phrase_token_count
 
     g = torch.Generator().manual_seed(seed)
     n = phrase_token_count(class_phrase, pipe.tokenizer)

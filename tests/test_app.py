@@ -63,7 +63,7 @@ def test_page_training_equals_cli_training_bit_for_bit(tmp_path, world_images):
 def test_page_training_takes_method_options_and_refuses_unknown_ones(tmp_path, world_images):
     """Method options as `--method-arg` takes them: maps=own reaches the concept file; a key the method does not read
     is refused before any work, naming the ones it does."""
-    from infusion.concept import Concept
+    from infusion.methods.infusion.concept import Concept
 
     lib = Library(tmp_path / "lib")
     trainer = Trainer(lib, "world")
@@ -108,7 +108,7 @@ def test_failed_job_reports_and_leaves_the_library_alone(tmp_path, world_images,
 
 
 def test_library_rename_and_delete_are_atomic_and_update_the_concept(tmp_path, world_images):
-    from infusion.concept import Concept
+    from infusion.methods.infusion.concept import Concept
 
     lib = Library(tmp_path / "lib")
     Trainer(lib, "world").start(world_images, "sunball", "ball", "infusion", steps=1, lr=None, blocking=True)
@@ -126,7 +126,7 @@ def test_library_rename_and_delete_are_atomic_and_update_the_concept(tmp_path, w
 
 def test_actions_generate_pngs_with_parameters_and_attention(tmp_path, world_images):
     from infusion.app.actions import Actions
-    from infusion.images import read_png_params
+    from infusion.core.images import read_png_params
 
     lib = Library(tmp_path / "lib")
     Trainer(lib, "world").start(world_images, "sunball", "ball", "infusion", steps=2, lr=None, blocking=True)

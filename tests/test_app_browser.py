@@ -105,7 +105,7 @@ def test_bad_uploads_and_names_get_messages(browser_page, concept_pngs, tmp_path
 def test_train_generate_download_compare_attention_rename_delete(browser_page, app, concept_pngs, tmp_path):
     from playwright.sync_api import expect
 
-    from infusion.images import read_png_params
+    from infusion.core.images import read_png_params
     from infusion.training import TrainConfig, train
 
     page, lib = browser_page, app[1]

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import random_concept
-from infusion.concept import Concept, base_fingerprint
+from infusion.methods.infusion.concept import Concept, base_fingerprint
 
 
 def test_round_trip_and_metadata(tiny_pipe, tmp_path):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from infusion.concept import Concept
+from infusion.methods.infusion.concept import Concept
 from infusion.evaluation import EvalConfig, build_jobs, discover_entries, dreambench_prompts, prompts_for, run_evaluation
 from infusion.metrics import FunctionScorer
-from infusion.processor import layer_widths
-from infusion.tiny import tiny_sd_pipeline
+from infusion.methods.infusion.processor import layer_widths
+from infusion.core.model_configs import tiny_sd_pipeline
 
 
 def _brightness(images, texts):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from infusion.evaluation.prompts import prompts_for
-from infusion.evaluation.world_scorer import WorldProbeScorer
+from infusion.world.scorer import WorldProbeScorer
 from infusion.world.concepts import concept_images
 from infusion.world.probes import ObjectProbe, SceneProbe
 

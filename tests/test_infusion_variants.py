@@ -5,8 +5,8 @@ gives that one up on purpose) and do what they say."""
 import pytest
 import torch
 
-from infusion.processor import InfusionAttnProcessor, InfusionPlan
-from infusion.prompts import ConceptSpan
+from infusion.methods.infusion.processor import InfusionAttnProcessor, InfusionPlan
+from infusion.core.placeholders import ConceptSpan
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from test_processor import _attention, eq7_reference  # the same small random attn2 layer; Eq. 7 written out
@@ -171,10 +171,10 @@ def test_own_maps_trains_saves_loads_and_generates(tiny_pipe, concept_images, tm
     the concept is the stock pipeline's."""
     from safetensors import safe_open
 
-    from infusion.concept import Concept
-    from infusion.pipeline import InfusionPipeline
+    from infusion.methods.infusion.concept import Concept
+    from infusion.methods.infusion.pipeline import InfusionPipeline
     from infusion.training import TrainConfig, train
-    from infusion.training.methods import get_method
+    from infusion.methods import get_method
 
     out = tmp_path / "own.safetensors"
     cfg = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square", out=str(out), steps=3,
@@ -213,8 +213,8 @@ def test_own_maps_trains_saves_loads_and_generates(tiny_pipe, concept_images, tm
 
 
 def test_query_variant_trains_saves_loads_and_generates(tiny_pipe, concept_images, tmp_path):
-    from infusion.concept import Concept
-    from infusion.pipeline import InfusionPipeline
+    from infusion.methods.infusion.concept import Concept
+    from infusion.methods.infusion.pipeline import InfusionPipeline
     from infusion.training import TrainConfig, train
 
     base_unet = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
@@ -244,8 +244,8 @@ def test_query_variant_trains_saves_loads_and_generates(tiny_pipe, concept_image
 
 def test_t_max_injects_only_below_it(tiny_pipe, tmp_path):
     """A concept with t_max injects at t < t_max * T only: with every sampling step above it, C == F exactly."""
-    from infusion.concept import Concept
-    from infusion.pipeline import InfusionPipeline
+    from infusion.methods.infusion.concept import Concept
+    from infusion.methods.infusion.pipeline import InfusionPipeline
     from conftest import random_concept
 
     c = random_concept(tiny_pipe, "sq", "square", scale=5.0)
@@ -266,8 +266,8 @@ def test_t_max_injects_only_below_it(tiny_pipe, tmp_path):
 def test_train_t_max_trains_below_it_and_the_concept_injects_at_every_step(tiny_pipe, concept_images, tmp_path):
     """``train_t_max=0.5``: every training row's timestep is below T/2, and the file's t_max stays 1 (generation
     injects at every step); ``t_max`` alone sets both."""
-    from infusion.concept import Concept
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.methods.infusion.concept import Concept
+    from infusion.core.model_configs import tiny_sd_pipeline
     from infusion.training import TrainConfig, train
 
     seen = []
@@ -281,7 +281,7 @@ def test_train_t_max_trains_below_it_and_the_concept_injects_at_every_step(tiny_
     t = torch.cat([x.reshape(-1) for x in seen])
     assert len(t) >= 12 and int(t.max()) < T // 2
     assert c.t_max == 1.0 and Concept.load(tmp_path / "sq.safetensors").t_max == 1.0
-    from infusion.training.methods import get_method
+    from infusion.methods import get_method
 
     both = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square",
                        out=str(tmp_path / "x.safetensors"), method_args={"t_max": 0.25})
@@ -294,7 +294,7 @@ def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_p
     from diffusers import DDPMScheduler
 
     from infusion.training import TrainConfig, train
-    from infusion.training.methods import get_method
+    from infusion.methods import get_method
 
     cfg = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square", out=str(tmp_path / "p.safetensors"),
                       steps=2, lr=1e-2, batch_size=2, method_args={"paired": True, "paired_views": 2})
@@ -318,7 +318,7 @@ def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_p
     torch.testing.assert_close(f_in, sched.add_noise(m.redraws[view, idx], noise, t), rtol=0, atol=0)
     # the whole trainer with pairing: runs, touches only the Deltas, resumes exactly
     before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.core.model_configs import tiny_sd_pipeline
 
     c = train(cfg, pipe=tiny_sd_pipeline(), progress=False)
     assert all(d.abs().sum() > 0 for d in c.deltas.values())
@@ -332,7 +332,7 @@ def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_p
                                         ({"t_max": 0.5, "train_t_max": 0.8}, r"train_t_max must be in \(0, t_max = 0.5\]")])
 def test_bad_variant_arguments_are_clear_errors(tiny_pipe, concept_images, tmp_path, args, match):
     from infusion.training import TrainConfig
-    from infusion.training.methods import get_method
+    from infusion.methods import get_method
 
     cfg = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square",
                       out=str(tmp_path / "x.safetensors"), method_args=args)

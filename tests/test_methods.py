@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from infusion.customized import load_customized
-from infusion.tiny import tiny_sd_pipeline
+from infusion.core.model_configs import tiny_sd_pipeline
 from infusion.training import TrainConfig, train
-from infusion.training.methods import get_method
+from infusion.methods import get_method
 
 from conftest import write_square_images
 
@@ -249,7 +249,7 @@ def test_resume_reproduces_an_uninterrupted_run(trained, tmp_path, method, optim
 
 def test_perfusion_gate_locks_the_key_to_the_class():
     """Eq. 3 at x = i*: W' i* = sigmoid((1 - beta)/tau) o*, whatever W; far from i* the edit is off."""
-    from infusion.training.methods.perfusion import RankOneEdit
+    from infusion.methods.perfusion.training import RankOneEdit
 
     g = torch.Generator().manual_seed(0)
     C = torch.randn(6, 6, generator=g)
@@ -306,7 +306,7 @@ def test_other_base_weights_warn(trained):
 def test_cli_train_and_generate_a_baseline(trained, tmp_path):
     """Two-step CLI smoke test: `infusion train --method pplus` then `infusion generate --show-base`."""
     from infusion.cli import main
-    from infusion.images import read_png_params
+    from infusion.core.images import read_png_params
 
     images = trained["ti"][5]
     out = tmp_path / "p.safetensors"
@@ -344,7 +344,7 @@ def test_every_method_honours_gradient_checkpointing(trained, tmp_path, method, 
 
 def test_perfusion_covariance_uses_text_rows_only_and_the_inference_gate_is_stored(trained):
     """C over BOS..EOS rows (the reference's; padding is not text); generation gate 0.70 / 0.15 as perfusion-pytorch."""
-    from infusion.training.methods.perfusion import covariance_prompts, input_covariance
+    from infusion.methods.perfusion.training import covariance_prompts, input_covariance
 
     pipe = tiny_sd_pipeline()
     te, tok = pipe.text_encoder, pipe.tokenizer
@@ -364,30 +364,31 @@ def test_perfusion_covariance_uses_text_rows_only_and_the_inference_gate_is_stor
 
 
 def test_generation_never_imports_the_trainer(tmp_path):
-    """``load_customized`` + generation for every loader family run in a fresh process without importing
-    ``infusion.training`` (the loaders live in ``infusion.loaders``; training imports them, not the reverse)."""
+    """``load_customized`` + generation, and every method's loader, run in a fresh process without importing the
+    trainer or any method's training module (registration is lazy: a ``MethodSpec`` names its classes)."""
     import subprocess
     import sys
 
     from conftest import random_concept
-    from infusion.loaders import LOADERS
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.core.model_configs import tiny_sd_pipeline
 
     c = random_concept(tiny_sd_pipeline(), scale=1.0)
     c.save(tmp_path / "c.safetensors")
     code = f"""
 import sys, torch
 from infusion.customized import load_customized
-from infusion.loaders import customization_class
+from infusion.methods import available_methods, customization_class
 m = load_customized("tiny", [{str(tmp_path / 'c.safetensors')!r}])
 m(["a photo of <mycat>"], num_inference_steps=1, output_type="np", return_base=True)
-for method in {sorted(LOADERS)!r}:
+for method in available_methods():
     customization_class(method)
-bad = sorted(k for k in sys.modules if k.startswith("infusion.training"))
+print("METHODS", len(available_methods()))
+bad = sorted(k for k in sys.modules if k.startswith("infusion.training") or k.endswith(".training"))
 print("TRAINING_MODULES", bad)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "METHODS 7" in out.stdout, out.stdout
     assert "TRAINING_MODULES []" in out.stdout, out.stdout
 
 
@@ -397,7 +398,7 @@ def test_perfusion_concept_rows_only_gives_the_base_model_on_concept_free_prompt
     rank-one edit moves every row (the leak docs/results.md measures); prompts with the concept still change."""
     import json
 
-    from infusion.io import read_safetensors, save_safetensors_atomic
+    from infusion.core.safetensors_io import read_safetensors, save_safetensors_atomic
 
     src = trained["perfusion"][2]
     tensors, meta = read_safetensors(src)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from infusion.concept import Concept
+from infusion.methods.infusion.concept import Concept
 from infusion.metrics import (
     CLIPScorer,
     DINOScorer,
@@ -21,8 +21,8 @@ from infusion.metrics import (
     scoring_texts,
     wasserstein2,
 )
-from infusion.processor import layer_widths
-from infusion.tiny import load_tokenizer, tiny_sd_pipeline
+from infusion.methods.infusion.processor import layer_widths
+from infusion.core.model_configs import load_tokenizer, tiny_sd_pipeline
 
 # ----------------------------------------------------------------------------- W2
 

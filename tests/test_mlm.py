@@ -19,7 +19,7 @@ from infusion.mlm import (
     world_prompt_set,
 )
 from infusion.mlm.prompts import ContextPromptSet
-from infusion.prompts import parse_prompt
+from infusion.core.placeholders import parse_prompt
 
 from conftest import tiny_text_encoder
 

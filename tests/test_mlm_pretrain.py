@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from infusion.cli import main
-from infusion.concept import base_fingerprint
+from infusion.core.customization_files import base_fingerprint
 from infusion.mlm import ContextualizerConfig, PretrainConfig, load_contextualizer, make_batch, mlm_loss, pretrain_contextualizer
 from infusion.mlm.masking import tokenize_captions
 from infusion.mlm.pretrain import checkpoint_path

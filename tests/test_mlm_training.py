@@ -6,10 +6,10 @@ import torch
 from infusion.cli import main
 from infusion.mlm import Contextualizer, ContextualizerConfig, PretrainConfig, pretrain_contextualizer, save_contextualizer
 from infusion.mlm.prompts import world_prompt_set
-from infusion.tiny import tiny_sd_pipeline
+from infusion.core.model_configs import tiny_sd_pipeline
 from infusion.training import TrainConfig, train
-from infusion.training.methods import get_method
-from infusion.tokens import STAND_IN
+from infusion.methods import get_method
+from infusion.core.tokens import STAND_IN
 from infusion.training.regularizer import build_regularizer, mlm_term
 
 
@@ -217,7 +217,7 @@ def test_pplus_mlm_is_the_mean_of_one_loss_per_layer_token(ctx_path, concept_ima
 def test_ti_with_and_without_the_class_word(ctx_path, concept_images, tmp_path, with_class):
     """``with_class``: '<tok> <class>' in the diffusion captions, the MLM prompts (both protected) and at generation."""
     from infusion.customized import load_customized
-    from infusion.training.methods.ti import TextualInversion
+    from infusion.methods.textual_inversion.training import TextualInversion
 
     pipe = tiny_sd_pipeline(seed=0)
     args = {"with_class": with_class}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import random_concept
-from infusion.pipeline import InfusionPipeline
+from infusion.methods.infusion.pipeline import InfusionPipeline
 
 STEPS = 4
 
@@ -19,7 +19,7 @@ def _run(pipe, prompt, concepts=(), seed=0, **kw):
 
 
 def test_zero_deltas_give_the_base_pipelines_images(tiny_pipe):
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.core.model_configs import tiny_sd_pipeline
 
     base = tiny_sd_pipeline(seed=0)  # same weights, stock processors
     pipe = InfusionPipeline.from_pipe(tiny_pipe)
@@ -33,13 +33,13 @@ def test_zero_deltas_give_the_base_pipelines_images(tiny_pipe):
 
 
 def test_prompt_without_concept_is_bit_identical_to_base(tiny_pipe):
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.core.model_configs import tiny_sd_pipeline
 
     base = tiny_sd_pipeline(seed=0)
     pipe = InfusionPipeline.from_pipe(tiny_pipe)
     pipe.load_concept(random_concept(pipe, scale=5.0))
     _run(pipe, "a photo of <mycat> on the beach")  # the Infusion processors are installed and hold Deltas now
-    from infusion.processor import infusion_processors
+    from infusion.methods.infusion.processor import infusion_processors
 
     assert infusion_processors(pipe.unet)
     out = _run(pipe, "a photo of a cat on the beach")
@@ -128,7 +128,7 @@ def test_sd2_style_unet_linear_projection_and_v_prediction(concept_images, tmp_p
     monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, *a: velocities.append(real_v(self, *a)) or velocities[-1])
     monkeypatch.setattr(trainer_mod.F, "mse_loss", lambda pred, target, **k: targets.append(target) or real_mse(pred, target, **k))
 
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.core.model_configs import tiny_sd_pipeline
     from infusion.training import TrainConfig, train
 
     base = tiny_sd_pipeline()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import random_concept
-from infusion.pipeline import InfusionPipeline
+from infusion.methods.infusion.pipeline import InfusionPipeline
 
 STEPS = 3
 
@@ -19,7 +19,7 @@ def _gen(seed=0):
 def test_concept_order_never_changes_a_bit(tiny_pipe):
     """The order in which concepts are given or loaded (``concepts=[a, b]`` vs ``[b, a]``, ``load_concept``
     a then b vs b then a, a fresh pipeline or one that generated before) does not change the output."""
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.core.model_configs import tiny_sd_pipeline
 
     prompt = "<mycat> playing with <mydog>"
     outs = []
@@ -52,7 +52,7 @@ def test_sd15_concept_file_size_from_its_config():
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from infusion.processor import layer_widths
+    from infusion.methods.infusion.processor import layer_widths
 
     sd15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -133,7 +133,7 @@ def _slow_eq7_sampler(unet, sched, z, text, deltas, positions, g, steps, **unet_
     """
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from infusion.processor import cross_attention_layers
+    from infusion.methods.infusion.processor import cross_attention_layers
 
     store, layers = {}, set(cross_attention_layers(unet))
     name = lambda k: k[: -len(".processor")]  # noqa: E731
@@ -159,7 +159,7 @@ def _slow_eq7_sampler(unet, sched, z, text, deltas, positions, g, steps, **unet_
 
 def _eq7_case(base, make_concept):
     """The fast pipeline's latents for one concept prompt with CFG 5, and what the reference sampler needs."""
-    from infusion.prompts import parse_prompt
+    from infusion.core.placeholders import parse_prompt
 
     pipe = InfusionPipeline.from_pipe(base)
     pipe.set_progress_bar_config(disable=True)
@@ -176,7 +176,9 @@ def test_c_stream_equals_a_slow_eq7_sampler_on_every_layer_with_cfg(tiny_pipe):
     z = pipe.prepare_latents(1, 4, 16, 16, cond.dtype, "cpu", _gen(), None)
     zf, zc = _slow_eq7_sampler(tiny_pipe.unet, tiny_pipe.scheduler, z, torch.cat([uncond, cond]), c.deltas,
                                parsed.spans[0].positions, g, STEPS)
-    # C_uncond must equal F_uncond: the slow sampler's uncond row has no residual (position map only for row 1)
-    torch.testing.assert_close(fast.base_images, zf, rtol=0, atol=1e-5)
-    torch.testing.assert_close(fast.images, zc, rtol=1e-4, atol=1e-5)
-    assert (fast.images - fast.base_images).abs().max() > 1e-3
+    # C_uncond must equal F_uncond: the slow sampler's uncond row has no residual (position map only for row 1).
+    # Tolerance: the fused sampler runs 4 rows per UNet call, the slow one 2, and a BLAS may round a row differently
+    # in another batch size (1.5e-5 after the steps on some CPUs); the residual's own effect is 100x larger.
+    torch.testing.assert_close(fast.base_images, zf, rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast.images, zc, rtol=1e-4, atol=1e-4)
+    assert (fast.images - fast.base_images).abs().max() > 1e-2

@@ -3,8 +3,8 @@
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from infusion.processor import InfusionAttnProcessor, InfusionPlan
-from infusion.prompts import ConceptSpan
+from infusion.methods.infusion.processor import InfusionAttnProcessor, InfusionPlan
+from infusion.core.placeholders import ConceptSpan
 
 
 def _attention(seed=0, dim=24, text_dim=16, heads=3, head_dim=8):

@@ -1,6 +1,6 @@
 import pytest
 
-from infusion.prompts import find_placeholders, parse_prompt, phrase_token_count
+from infusion.core.placeholders import find_placeholders, parse_prompt, phrase_token_count
 
 
 def _tokens_at(tokenizer, text, positions):

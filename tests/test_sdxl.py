@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import random_concept, write_square_images
-from infusion.pipeline import InfusionPipeline, InfusionXLPipeline
+from infusion.methods.infusion.pipeline import InfusionPipeline, InfusionXLPipeline
 
 STEPS = 3
 
@@ -18,7 +18,7 @@ def _gen(seed=0):
 
 @pytest.fixture
 def xl():
-    from infusion.tiny import tiny_sdxl_pipeline
+    from infusion.core.model_configs import tiny_sdxl_pipeline
 
     return tiny_sdxl_pipeline(seed=0)
 
@@ -30,7 +30,7 @@ def _xl_concept(pipe, *a, **k):
 
 
 def test_from_pipe_and_loader_pick_the_xl_pipeline(xl):
-    from infusion.models import load_base_pipeline
+    from infusion.core.base_models import load_base_pipeline
 
     assert type(InfusionPipeline.from_pipe(xl)) is InfusionXLPipeline
     assert type(load_base_pipeline("tiny-sdxl", InfusionPipeline)) is InfusionXLPipeline
@@ -38,7 +38,7 @@ def test_from_pipe_and_loader_pick_the_xl_pipeline(xl):
 
 
 def test_xl_folder_loads_as_xl(xl, tmp_path):
-    from infusion.families import family_of_files
+    from infusion.core.model_families import family_of_files
 
     xl.save_pretrained(tmp_path / "sdxl")
     assert family_of_files(tmp_path / "sdxl") == "sdxl"
@@ -46,14 +46,14 @@ def test_xl_folder_loads_as_xl(xl, tmp_path):
     assert type(pipe) is InfusionXLPipeline
     from diffusers import StableDiffusionXLPipeline
 
-    from infusion.models import load_base_pipeline
+    from infusion.core.base_models import load_base_pipeline
 
     assert type(load_base_pipeline(str(tmp_path / "sdxl"))) is StableDiffusionXLPipeline  # what `infusion train` loads
 
 
 @pytest.mark.parametrize("negative", [None, "blurry"])
 def test_xl_zero_residual_equals_stock_and_untouched_prompts_are_bit_identical(xl, negative):
-    from infusion.tiny import tiny_sdxl_pipeline
+    from infusion.core.model_configs import tiny_sdxl_pipeline
 
     stock = tiny_sdxl_pipeline(seed=0)
     pipe = InfusionPipeline.from_pipe(xl)
@@ -130,7 +130,7 @@ def test_xl_c_stream_equals_a_slow_eq7_sampler(xl):
 
 
 def test_xl_text_encoding_matches_diffusers(xl):
-    from infusion.families import encode_texts
+    from infusion.core.model_families import encode_texts
 
     states, pooled = encode_texts(xl, ["a photo of a cat", "a dog"])
     ref, _, ref_pooled, _ = xl.encode_prompt(["a photo of a cat", "a dog"], None, "cpu", 1, False)
@@ -152,7 +152,7 @@ def test_xl_training_touches_only_residuals_and_passes_each_images_time_ids(xl, 
     target (16, 16), as diffusers' SDXL training scripts compute it; the file records the family and widths."""
     import PIL.Image
 
-    from infusion.concept import Concept
+    from infusion.methods.infusion.concept import Concept
     from infusion.training import TrainConfig, train
 
     folder = tmp_path / "images"
@@ -181,8 +181,8 @@ def test_sdxl_concept_file_size_from_its_config():
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from infusion.processor import layer_widths
-    from infusion.tiny import sdxl_unet_config
+    from infusion.methods.infusion.processor import layer_widths
+    from infusion.core.model_configs import sdxl_unet_config
 
     with init_empty_weights():
         unet = UNet2DConditionModel(**sdxl_unet_config())
@@ -193,7 +193,7 @@ def test_sdxl_concept_file_size_from_its_config():
 
 
 def test_concepts_do_not_cross_families(xl, tiny_pipe, tmp_path):
-    from infusion.concept import Concept
+    from infusion.methods.infusion.concept import Concept
 
     sd = InfusionPipeline.from_pipe(tiny_pipe)
     c = random_concept(sd)
@@ -208,8 +208,8 @@ def test_concepts_do_not_cross_families(xl, tiny_pipe, tmp_path):
 
 
 def test_nan_concept_file_is_refused_at_load(tiny_pipe, tmp_path):
-    from infusion.concept import Concept
-    from infusion.io import save_safetensors_atomic
+    from infusion.methods.infusion.concept import Concept
+    from infusion.core.safetensors_io import save_safetensors_atomic
 
     c = random_concept(tiny_pipe)
     c.save(tmp_path / "ok.safetensors")
@@ -226,8 +226,8 @@ def test_nan_concept_file_is_refused_at_load(tiny_pipe, tmp_path):
 def test_training_that_goes_non_finite_stops_and_keeps_the_last_good_checkpoint(model, bad_step, tmp_path, monkeypatch):
     """A residual turned NaN by the 3rd optimizer step makes the 4th step's loss NaN; by the 4th, the checkpoint at
     step 4 would save it. Both stop with FloatingPointError; the step-2 checkpoint stays intact and finite."""
-    from infusion.concept import Concept
-    from infusion.io import read_safetensors
+    from infusion.methods.infusion.concept import Concept
+    from infusion.core.safetensors_io import read_safetensors
     from infusion.training import TrainConfig, train
     from infusion.training.trainer import state_path, step_path
 
@@ -257,7 +257,7 @@ def test_training_that_goes_non_finite_stops_and_keeps_the_last_good_checkpoint(
 def test_sd2_shaped_model_trains_and_is_exact(tmp_path):
     """SD 2.x traits (GELU text encoder of its own width, "!" padding, linear projections, v-prediction): zero
     residual == stock, untouched prompts bit-identical, training changes only the residuals."""
-    from infusion.tiny import tiny_sd2_pipeline
+    from infusion.core.model_configs import tiny_sd2_pipeline
     from infusion.training import TrainConfig, train
 
     stock, base = tiny_sd2_pipeline(seed=0), tiny_sd2_pipeline(seed=0)
@@ -304,9 +304,9 @@ def test_xl_textual_inversion_file_loads_into_both_encoders_with_diffusers(xl, t
     from safetensors.torch import load_file
 
     from infusion.customized import load_customized
-    from infusion.families import encode_texts
-    from infusion.tiny import tiny_sdxl_pipeline
-    from infusion.tokens import encode_with_tokens
+    from infusion.core.model_families import encode_texts
+    from infusion.core.model_configs import tiny_sdxl_pipeline
+    from infusion.core.tokens import encode_with_tokens
 
     before, mods = _frozen(xl)
     _train_xl(xl, tmp_path, "ti", tmp_path / "ti.safetensors", steps=3)
@@ -330,7 +330,7 @@ def test_xl_textual_inversion_file_loads_into_both_encoders_with_diffusers(xl, t
 
 def test_xl_lora_file_loads_with_diffusers_and_base_images_are_stock(xl, tmp_path):
     from infusion.customized import load_customized
-    from infusion.tiny import tiny_sdxl_pipeline
+    from infusion.core.model_configs import tiny_sdxl_pipeline
 
     _train_xl(xl, tmp_path, "lora", tmp_path / "lora.safetensors", steps=2, rank=2)
     stock = tiny_sdxl_pipeline(seed=0)
@@ -412,7 +412,7 @@ def test_single_file_family_is_read_from_its_keys(tmp_path):
     to tell the family); an SD 1.x/2.x one does not; a --model-config folder decides when given."""
     from safetensors.torch import save_file
 
-    from infusion.families import family_of_files
+    from infusion.core.model_families import family_of_files
 
     save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(tmp_path / "xl.safetensors"))
     save_file({"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(2)},

@@ -5,7 +5,7 @@ import PIL.Image
 import pytest
 import torch
 
-from infusion.concept import Concept
+from infusion.methods.infusion.concept import Concept
 from infusion.training import TrainConfig, state_path, step_path, train
 
 
@@ -36,7 +36,7 @@ def test_resume_reproduces_an_uninterrupted_run(concept_images, tmp_path, optimi
 
     from safetensors.torch import save_file
 
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.core.model_configs import tiny_sd_pipeline
 
     full = train(_cfg(concept_images, tmp_path / "full.safetensors"), pipe=tiny_sd_pipeline(), progress=False)
     part = tmp_path / "part.safetensors"
@@ -49,7 +49,7 @@ def test_resume_reproduces_an_uninterrupted_run(concept_images, tmp_path, optimi
     for k in full.deltas:
         assert torch.equal(full.deltas[k], resumed.deltas[k]), k
     # the saved Deltas are what the run continues from: alter them and the result moves
-    from infusion.io import read_safetensors
+    from infusion.core.safetensors_io import read_safetensors
 
     tensors, meta = read_safetensors(tmp_path / "saved.state", "training state")
     save_file({k: v + 0.5 if k.startswith("param/") else v for k, v in tensors.items()}, str(state_path(part)), meta)
@@ -115,7 +115,7 @@ def test_bad_inputs(tiny_pipe, tmp_path, concept_images):
 
 def test_cli_train_then_generate(tmp_path, concept_images, capsys):
     from infusion.cli import main
-    from infusion.images import read_png_params
+    from infusion.core.images import read_png_params
 
     out = tmp_path / "c.safetensors"
     assert main(["train", "--model", "tiny", "--images", str(concept_images), "--name", "mybox",
@@ -132,7 +132,7 @@ def test_cli_train_then_generate(tmp_path, concept_images, capsys):
 
 
 def test_gradient_checkpointing_gives_the_same_result(concept_images, tmp_path, checkpoint_calls):
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.core.model_configs import tiny_sd_pipeline
 
     plain = train(_cfg(concept_images, tmp_path / "a.safetensors", steps=3), pipe=tiny_sd_pipeline(), progress=False)
     assert not checkpoint_calls
@@ -146,7 +146,7 @@ def test_gradient_checkpointing_gives_the_same_result(concept_images, tmp_path, 
 def test_diffusers_folder_round_trip(tiny_pipe, concept_images, tmp_path):
     """A model saved with save_pretrained trains and generates by path (CLI) and loads as InfusionPipeline."""
     from infusion.cli import main
-    from infusion.pipeline import InfusionPipeline
+    from infusion.methods.infusion.pipeline import InfusionPipeline
 
     folder = tmp_path / "sd"
     tiny_pipe.save_pretrained(folder)
@@ -178,8 +178,8 @@ def test_single_file_checkpoint(tiny_pipe, concept_images, tmp_path):
     from safetensors.torch import save_file
 
     from infusion.cli import main
-    from infusion.models import load_base_pipeline
-    from infusion.pipeline import InfusionPipeline
+    from infusion.core.base_models import load_base_pipeline
+    from infusion.methods.infusion.pipeline import InfusionPipeline
     from ldm_format import pipeline_to_ldm
 
     folder, single = tmp_path / "sd", tmp_path / "sd.safetensors"
@@ -204,8 +204,8 @@ def test_single_file_checkpoint(tiny_pipe, concept_images, tmp_path):
 
 def test_dots_in_output_names_are_not_extensions(tmp_path):
     """Runs named by a float (``cd-lambda0.001``, ``cd-lambda0.0001``) keep distinct state, step and prior paths."""
-    from infusion.files import output_parts
-    from infusion.training.methods.prior import prior_folder
+    from infusion.core.customization_files import output_parts
+    from infusion.training.prior import prior_folder
 
     assert output_parts(tmp_path / "mycat.safetensors") == ("mycat", ".safetensors")
     assert output_parts(tmp_path / "v1.5.safetensors") == ("v1.5", ".safetensors")
@@ -224,7 +224,7 @@ def test_bf16_mixed_precision_trains_under_autocast_and_saves_fp16(concept_image
     float32 master weights, and the concept file holds float16 (the format's dtype)."""
     from safetensors import safe_open
 
-    from infusion.tiny import tiny_sd_pipeline
+    from infusion.core.model_configs import tiny_sd_pipeline
 
     pipe = tiny_sd_pipeline()
     seen = set()

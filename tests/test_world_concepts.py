@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from infusion.prompts import parse_prompt
-from infusion.tiny import load_tokenizer
+from infusion.core.placeholders import parse_prompt
+from infusion.core.model_configs import load_tokenizer
 from infusion.world import scenes
 from infusion.world.concepts import CONCEPTS, concept_images, concept_scene, eval_prompts, write_concept_images
 from infusion.world.fidelity import parse_caption

@@ -76,7 +76,7 @@ def test_packaged_contextualizer_fits_the_world_text_encoder(pipe, tmp_path):
     predicts masked words of held-out world captions far better than chance (ln 49408 = 10.8 nats)."""
     import warnings
 
-    from infusion.concept import base_fingerprint
+    from infusion.core.customization_files import base_fingerprint
     from infusion.mlm import load_contextualizer, make_batch, mlm_loss
     from infusion.mlm.masking import tokenize_captions
     from infusion.mlm.pretrain import world_captions

@@ -63,7 +63,7 @@ def test_probes_read_held_out_renders(probes):
 
 
 def test_concept_fidelity_prefers_the_concept_over_other_looks(probes):
-    from infusion.evaluation.world_scorer import WorldProbeScorer
+    from infusion.world.scorer import WorldProbeScorer
     from infusion.world.concepts import concept_images, concept_scene
 
     scorer = WorldProbeScorer(*probes)

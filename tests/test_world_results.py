@@ -1,4 +1,4 @@
-"""The side-by-side comparison on the world (benchmarks/results_world.py): the look-rate metric on
+"""The side-by-side comparison on the world (infusion results): the look-rate metric on
 renders, the leak and diversity measures, the sweep's selection on validation prompts only, the
 world's own training defaults, and the command's resumability (small preset, tiny model)."""
 
@@ -165,7 +165,7 @@ def test_world_training_defaults(tmp_path):
 
 def test_dreambooth_world_default_lr(tiny_pipe, concept_images, tmp_path):
     from infusion.training.config import TrainConfig
-    from infusion.training.methods.dreambooth import DreamBooth
+    from infusion.methods.dreambooth.training import DreamBooth
 
     kw = dict(images=str(concept_images), name="c", class_phrase="ball", out=str(tmp_path / "db"), method="dreambooth",
               method_args={"prior_loss_weight": 0})
@@ -178,8 +178,7 @@ def test_dreambooth_world_default_lr(tiny_pipe, concept_images, tmp_path):
 
 
 def _bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import results_world
+    from infusion.evaluation import results_page as results_world
 
     return results_world
 
@@ -290,7 +289,7 @@ def test_partial_unit_resumes_from_its_records(tmp_path, monkeypatch):
 
 def test_world_scorer_look_takes_its_target_from_the_references():
     """``WorldProbeScorer``'s ``look``: the references' own reading is the target (no concept name needed)."""
-    from infusion.evaluation.world_scorer import WorldProbeScorer
+    from infusion.world.scorer import WorldProbeScorer
     from infusion.world.concepts import concept_images
 
     scorer = WorldProbeScorer()
@@ -304,8 +303,8 @@ def test_world_scorer_look_takes_its_target_from_the_references():
 
 
 def test_infusion_world_benchmark_trains_the_variant_it_is_given(tmp_path, monkeypatch):
-    """benchmarks/infusion_world.py --method-arg reaches the trainer, and each variant gets its own run folder."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    """studies/infusion_world.py --method-arg reaches the trainer, and each variant gets its own run folder."""
+    sys.path.insert(0, str(ROOT / "studies"))
     import infusion_world
 
     import infusion.training as training
@@ -339,9 +338,9 @@ def test_goal_reading_compares_each_infusion_row_with_the_best_baseline_only():
 
 
 def test_look_gap_sorts_every_test_prompt_by_kind_and_counts_look_and_obedience_by_hand():
-    """benchmarks/world_look_gap.py: each of a concept's test prompts gets one kind; the breakdown counts an image as
+    """studies/world_look_gap.py: each of a concept's test prompts gets one kind; the breakdown counts an image as
     "look & obeys" only when it has the look and every named attribute (text fidelity 1)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "studies"))
     import world_look_gap as gap
 
     c = get_concept("sunball")
@@ -362,13 +361,13 @@ def test_look_gap_sorts_every_test_prompt_by_kind_and_counts_look_and_obedience_
 
 
 def test_look_gap_window_copy_changes_only_the_injection_window(tmp_path):
-    """benchmarks/world_look_gap.py's ``own@late`` / ``late@full`` rows: the copy has the new t_max, the same Deltas
+    """studies/world_look_gap.py's ``own@late`` / ``late@full`` rows: the copy has the new t_max, the same Deltas
     bit for bit, and the rest of the file's fields."""
     import torch
 
-    from infusion.concept import Concept
+    from infusion.methods.infusion.concept import Concept
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "studies"))
     import world_look_gap as gap
 
     deltas = {"a.attn2": torch.randn(1, 8), "b.attn2": torch.randn(1, 16)}
@@ -382,9 +381,9 @@ def test_look_gap_window_copy_changes_only_the_injection_window(tmp_path):
 
 
 def test_train_window_rows_and_table():
-    """benchmarks/world_train_window.py: w = 1 is plain ``maps=own`` (the table's ``infusion-own``), other w set
+    """studies/world_train_window.py: w = 1 is plain ``maps=own`` (the table's ``infusion-own``), other w set
     ``train_t_max``; a window outside (0, 1] is refused; the table averages each window over the concepts it has."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "studies"))
     import world_train_window as win
 
     assert win.window_row(1.0).method_args == {"maps": "own"}

@@ -47,7 +47,7 @@ def test_caption_names_only_true_attributes_and_parses_back(seed):
 
 
 def test_caption_words_are_known_to_the_clip_tokenizer():
-    from infusion.tiny import load_tokenizer
+    from infusion.core.model_configs import load_tokenizer
 
     tok = load_tokenizer()
     words = set()

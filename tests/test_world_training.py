@@ -128,7 +128,7 @@ def test_bad_patterned_settings_are_refused_before_any_work(tmp_path):
 
 
 def test_summary_dropout_replaces_eos_and_padding_of_the_chosen_rows_only():
-    from infusion.tiny import load_tokenizer
+    from infusion.core.model_configs import load_tokenizer
     from infusion.world.train_model import drop_summary
 
     tok = load_tokenizer()
@@ -147,7 +147,7 @@ def test_summary_dropout_replaces_eos_and_padding_of_the_chosen_rows_only():
 def test_hidden_look_words_get_exactly_zero_attention():
     """``look_word_mask`` hides colours, "and" and pattern words of the chosen rows only; with it the UNet's output
     does not depend on the hidden positions' states at all (bit for bit), with stock and recording processors."""
-    from infusion.tiny import load_tokenizer
+    from infusion.core.model_configs import load_tokenizer
     from infusion.world.architecture import build_unet
     from infusion.world.token_loss import install_recorders
     from infusion.world.train_model import look_word_ids, look_word_mask
@@ -180,7 +180,7 @@ def test_hidden_look_words_get_exactly_zero_attention():
 
 
 def test_look_only_in_class_words_swaps_every_other_position_for_the_look_free_captions():
-    from infusion.tiny import load_tokenizer
+    from infusion.core.model_configs import load_tokenizer
     from infusion.world.train_model import look_only_in_class_words, look_word_ids, without_look_words
 
     tok = load_tokenizer()
@@ -204,7 +204,7 @@ def test_look_only_in_class_words_swaps_every_other_position_for_the_look_free_c
 
 
 def test_class_keys_from_look_free_swaps_the_class_words_of_the_chosen_rows_only():
-    from infusion.tiny import load_tokenizer
+    from infusion.core.model_configs import load_tokenizer
     from infusion.world.train_model import class_keys_from_look_free, look_word_ids, without_look_words
 
     tok = load_tokenizer()

@@ -1,21 +1,24 @@
 """infusion: customise text-to-image diffusion models without overfitting.
 
 Start here:
-    infusion.processor   the Infusion cross-attention processor (paper Eq. 7, 9)
-    infusion.prompts     ``<name>`` placeholders -> class phrase + token positions
-    infusion.concept     Concept files (safetensors)
-    infusion.pipeline    InfusionPipeline (base | customised images from one UNet call per step)
-    infusion.training    the trainer and its method plugins
+    infusion.methods.infusion.processor  the Infusion cross-attention processor (paper Eq. 7, 9)
+    infusion.methods.infusion.pipeline   InfusionPipeline (base | customised images from one UNet call per step)
+    infusion.methods.infusion.concept    Concept files (safetensors)
+    infusion.methods                     every method, one package each, and their registry
+    infusion.customized                  load_customized: one generator for any method's file
+    infusion.training                    the one trainer
+    infusion.core                        what every method shares (file format, ``<name>`` prompts, model loading)
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Concept": "infusion.concept",
-    "InfusionPipeline": "infusion.pipeline",
-    "InfusionAttnProcessor": "infusion.processor",
-    "InfusionPlan": "infusion.processor",
-    "parse_prompt": "infusion.prompts",
+    "Concept": "infusion.methods.infusion.concept",
+    "InfusionPipeline": "infusion.methods.infusion.pipeline",
+    "InfusionAttnProcessor": "infusion.methods.infusion.processor",
+    "InfusionPlan": "infusion.methods.infusion.processor",
+    "parse_prompt": "infusion.core.placeholders",
+    "load_customized": "infusion.customized",
 }
 
 

@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "infusion.commands.demo",
     "infusion.commands.world",
     "infusion.commands.evaluate",
+    "infusion.commands.results",
     "infusion.commands.toy",
     "infusion.commands.app",
 ]

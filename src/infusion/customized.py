@@ -4,16 +4,15 @@
 >>> out = model(["a photo of <mycat> on the beach"], generator=torch.Generator().manual_seed(0))
 >>> out.images, out.base_images, model.method, model.storage_bytes
 
-Prompts use the ``<name>`` syntax for every method; each method maps ``<name>`` to what it needs:
-Infusion: the class phrase + Deltas (``InfusionPipeline``, base images for free); TI: the learned
-token; P+: one learned token per cross-attention layer; DreamBooth / LoRA: ``"sks <class>"``;
-Custom Diffusion: ``"<name> <class>"`` (modifier token); Perfusion: the learned token, whose key
-is locked to the class phrase's.
+Prompts use the ``<name>`` syntax for every method; each method's ``Customization`` (its ``loader.py``,
+found through the registry from the file's ``method``) maps ``<name>`` to what it needs and may bring its own
+loading, sampling and noise prediction (the class-level hooks ``load_all``, ``generate``, ``eps``). This module
+names no method.
 
 ``CustomizedModel.eps(z_t, t, prompts)`` is the customised noise predictor (an
 ``infusion.metrics.eps.EpsPredictor``), for metrics such as the latent Fisher divergence.
-Base images (``return_base=True``) are free for Infusion; other methods run the base model a
-second time with ``<name>`` replaced by the class phrase.
+Base images (``return_base=True``) come from the method's own ``generate`` where it has one (free for
+Infusion); otherwise the base model runs a second time with ``<name>`` replaced by the class phrase.
 """
 
 from __future__ import annotations
@@ -26,9 +25,13 @@ from typing import Sequence
 
 import torch
 
-from .families import SDXL, family_of
-from .loaders.base import Customization, encode_texts, stock_attention  # noqa: F401  (re-exported)
-from .prompts import find_placeholders, prompt_lists, substitute
+from infusion.core.base_models import load_base_pipeline
+from infusion.core.customization_files import read_metadata
+from infusion.core.model_families import SDXL, family_of
+from infusion.core.placeholders import find_placeholders, prompt_lists, substitute
+from infusion.core.unet_eps import UNetEps
+from infusion.methods.customization import Customization, encode_texts, stock_attention  # noqa: F401  (re-exported)
+from infusion.methods.registry import customization_class
 
 
 @dataclass
@@ -42,13 +45,13 @@ class CustomizedOutput:
 class CustomizedModel:
     """Generates with a base model plus one or more loaded customizations (see module docstring)."""
 
-    def __init__(self, pipe, customizations: list[Customization], method: str, base_loader=None, concepts=None):
+    def __init__(self, pipe, customizations: list[Customization], method: str, base_loader=None):
         self.pipe = pipe
         self.customizations = customizations
         self.method = method
+        self._kind = type(customizations[0])  # the method's Customization class: its hooks
         self._base_loader = base_loader
         self._base_pipe = None
-        self._concepts = concepts  # Infusion Concept objects
 
     @property
     def storage_bytes(self) -> int:
@@ -87,13 +90,10 @@ class CustomizedModel:
     @torch.no_grad()
     def eps(self, z_t: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Customised eps: z_t (B, 4, h, w), t (B,), prompts (B) -> (B, 4, h, w)."""
-        if self.method == "infusion":
-            from .metrics.eps import InfusionEps
-
-            return InfusionEps.from_pipeline(self.pipe, self._concepts)(z_t, t, list(prompts))
+        own = self._kind.eps(self, z_t, t, list(prompts))
+        if own is not None:
+            return own
         if family_of(self.pipe) == SDXL:  # plain text after substitution; pooled text and time ids as the pipeline
-            from .metrics.eps import UNetEps
-
             phrases = {c.name: c.phrase() for c in self.customizations}
             return UNetEps.from_pipeline(self.pipe)(z_t, t, [substitute(p, phrases)[0] for p in prompts])
         states, layers = self.encode(list(prompts))
@@ -123,10 +123,9 @@ class CustomizedModel:
                       width=width, generator=generator, output_type=output_type)
         # SDXL tells "no negative prompt" (zero embeddings) from "" (encoded): keep the caller's None
         self._negatives_given = negative_prompt is not None
-        if self.method == "infusion":
-            out = self.pipe(prompts, negative_prompt=negatives if self._negatives_given else None, latents=latents,
-                            return_base=return_base, **common)
-            return CustomizedOutput(out.images, out.base_images)
+        own = self._kind.generate(self, prompts, self._negatives(negatives), latents, common, return_base)
+        if own is not None:
+            return CustomizedOutput(*own)
         self._check_prompts(prompts + negatives)
         images = self._generate(self.pipe, prompts, negatives, latents, common)
         base = self._base_images(prompts, negatives, latents, common) if return_base else None
@@ -183,42 +182,13 @@ class CustomizedModel:
             return pipe(prompt=pos, negative_prompt=self._negatives(neg), latents=latents, **common).images
 
 
-def _customization_class(meta: dict[str, str], path) -> type[Customization]:
-    from .loaders import customization_class
-
-    method = meta.get("method")
-    if not method:
-        raise ValueError(f"{path}: no 'method' in its metadata; is it a file written by `infusion train`?")
-    return customization_class(method, path)
-
-
-def _warn_on_other_base(pipe, custom: list[Customization]) -> None:
-    """A customization trained on other base weights still loads, with a warning (DESIGN section 3)."""
-    import warnings
-
-    from .concept import base_fingerprint
-
-    from .families import fingerprint_modules
-
-    here = base_fingerprint(*fingerprint_modules(pipe))
-    for c in custom:
-        theirs = c.meta.get("base_fingerprint")
-        if theirs and theirs != here:
-            warnings.warn(f"<{c.name}> ({c.path}) was trained on other base weights ({c.meta.get('base_model')}, "
-                          f"fingerprint {theirs}; this model: {here}): it will load, but results may differ",
-                          UserWarning, stacklevel=3)
-
-
 def load_customized(model, files: Sequence[str | os.PathLike], model_config: str | None = None) -> CustomizedModel:
     """A generator for the customization(s) in ``files`` on base ``model``.
 
     model: a base model id/path/'tiny'/'world' (loaded here) or a loaded ``StableDiffusionPipeline``
     (customizations are attached to it in place). files: outputs of ``infusion train``, all of one
-    method; several at once only for methods that compose (Infusion, Textual Inversion).
+    method; several at once only for methods whose loader composes (``Customization.composable``).
     """
-    from .models import load_base_pipeline
-    from .files import read_metadata
-
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("load_customized needs at least one customization file")
@@ -231,35 +201,12 @@ def load_customized(model, files: Sequence[str | os.PathLike], model_config: str
     if len(set(names)) != len(names):
         raise ValueError(f"two files define the same concept name: {names}")
 
-    def base_loader():
-        return load_base_pipeline(model, config=model_config) if isinstance(model, str) else model
+    if not method:
+        raise ValueError(f"{files[0]}: no 'method' in its metadata; is it a file written by `infusion train`?")
+    kind = customization_class(method, files[0])
 
-    if method == "infusion":
-        from .concept import Concept
-        from .pipeline import InfusionPipeline
+    def base_loader(pipeline_cls=None):
+        return load_base_pipeline(model, pipeline_cls, config=model_config) if isinstance(model, str) else model
 
-        pipe = model if not isinstance(model, str) else load_base_pipeline(model, InfusionPipeline, config=model_config)
-        if not isinstance(pipe, InfusionPipeline):
-            pipe = InfusionPipeline.from_pipe(pipe)
-        concepts = [pipe.load_concept(Concept.load(f)) for f in files]
-        custom = [Customization(f, m) for f, m in zip(files, metas)]
-        for c in custom:
-            c.method = "infusion"
-        return CustomizedModel(pipe, custom, method, base_loader, concepts)
-
-    classes = [_customization_class(m, f) for f, m in zip(files, metas)]
-    if len(files) > 1 and not classes[0].composable:
-        raise ValueError(f"method {method!r} loads one concept at a time; got {len(files)} files")
-    custom = [cls(f, m) for cls, f, m in zip(classes, files, metas)]
-    from .models import LOAD_LOCK
-
-    with LOAD_LOCK:  # attaching builds modules too (LoRA layers, tokens): one load at a time per process
-        if custom[0].owns_pipeline:
-            pipe = custom[0].attach(None)
-        else:
-            pipe = base_loader()
-            _warn_on_other_base(pipe, custom)
-            for c in custom:
-                pipe = c.attach(pipe)
-    pipe.set_progress_bar_config(disable=True)
+    pipe, custom = kind.load_all(files, metas, base_loader)
     return CustomizedModel(pipe, custom, method, base_loader)

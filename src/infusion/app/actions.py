@@ -13,8 +13,10 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..images import save_png
-from .library import Entry, Library
+from infusion.core.images import save_png
+from infusion.core.model_profiles import model_profile
+from infusion.methods import customization_class
+from infusion.app.library import Entry, Library
 
 OUTPUTS = ".outputs"
 
@@ -61,9 +63,9 @@ class Actions:
     # -- library --------------------------------------------------------------------------------
     def base_fingerprint(self) -> str:
         if self._fingerprint is None:
-            from ..concept import base_fingerprint
-            from ..families import fingerprint_modules
-            from ..models import load_base_pipeline
+            from infusion.core.customization_files import base_fingerprint
+            from infusion.core.model_families import fingerprint_modules
+            from infusion.core.base_models import load_base_pipeline
 
             self._fingerprint = base_fingerprint(*fingerprint_modules(load_base_pipeline(self.model,
                                                                                          config=self.model_config)))
@@ -100,7 +102,7 @@ class Actions:
 
     def _load(self, paths: list[Path]):
         """``load_customized`` for ``paths``, cached by (path, modification time) for the last ``CACHE`` sets."""
-        from ..customized import load_customized
+        from infusion.customized import load_customized
 
         key = tuple((str(p), p.stat().st_mtime_ns) for p in paths)
         cache = self.__dict__.setdefault("_cache", {})
@@ -173,12 +175,9 @@ class Actions:
         return [(im, cap) for im, cap, *_ in cells]
 
     def _scored(self, cells):
-        from ..evaluation.world_scorer import WorldProbeScorer
-        from ..world import is_world_model
-
-        if not is_world_model(self.model):
+        scorer, out = model_profile(self.model).scorer(), []
+        if scorer is None:
             raise ValueError("probe scores need the built-in world model (--model world)")
-        scorer, out = WorldProbeScorer(), []
         for im, cap, text, e in cells:
             refs = [PIL.Image.open(p).convert("RGB") for p in e.images]
             s = scorer.score([im], [text], refs, e.class_phrase)
@@ -192,7 +191,7 @@ class Actions:
         """The base model's cross-attention on an Infusion concept's tokens (where its residual lands): per
         resolution, averaged over heads, steps and layers, overlaid on the customised image. -> [(image, caption)]."""
         e = self.library.get(name)
-        if e.method != "infusion":
+        if not customization_class(e.method).attention_maps:
             raise ValueError(f"<{e.name}> is a {e.method} entry: the attention view shows Infusion concepts")
         if f"<{e.name}>" not in (prompt or ""):
             raise ValueError(f"the prompt must name the concept as <{e.name}>")

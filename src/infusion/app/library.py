@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..concept import NAME_PATTERN
-from ..files import FILE_EXT, FOLDER_META, read_metadata, storage_bytes
+from infusion.core.placeholders import NAME_PATTERN
+from infusion.methods.registry import get_spec
+from infusion.core.customization_files import FILE_EXT, FOLDER_META, read_metadata, storage_bytes
 
-FOLDER_METHODS = ("dreambooth", "custom-diffusion")  # their output is a folder
 IMAGES = ".images"
 STAGING = ".staging"
 MAX_NAME = 64
@@ -90,7 +90,7 @@ class Library:
 
     def _images(self, name: str, meta: dict) -> list[Path]:
         """The entry's training images: its copy in ``.images/<name>``, else the folder its metadata names."""
-        from ..training.data import IMAGE_SUFFIXES
+        from infusion.training.data import IMAGE_SUFFIXES
 
         folder = self.images_dir(name)
         if not folder.is_dir():
@@ -118,7 +118,7 @@ class Library:
     def output_path(self, name: str, method: str, root: Path | None = None) -> Path:
         """Where ``method``'s output for ``name`` goes (in ``root``, default the library)."""
         root = root or self.folder
-        return root / name if method in FOLDER_METHODS else root / f"{name}{FILE_EXT}"
+        return get_spec(method).output_path(root, name)
 
     # -- writing -------------------------------------------------------------------------------
     def staging(self, job: str) -> Path:
@@ -145,7 +145,7 @@ class Library:
         if self.exists(new):
             raise ValueError(f"the library already has an entry named {new!r}")
         if entry.path.is_file():
-            from ..io import read_safetensors, save_safetensors_atomic
+            from infusion.core.safetensors_io import read_safetensors, save_safetensors_atomic
 
             tensors, meta = read_safetensors(entry.path, "library entry")
             meta = {**meta, "name": new}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 
-from .actions import Actions
-from .jobs import Trainer
-from .library import Library
+from infusion.app.actions import Actions
+from infusion.app.jobs import Trainer
+from infusion.app.library import Library
 
 SAMPLE_EVERY = 50
 
@@ -45,13 +45,15 @@ def build(model: str = "world", library: str = "library", model_config: str | No
     """The app's ``gr.Blocks`` for base ``model`` and the library folder ``library``."""
     import gradio as gr
 
-    from ..training.methods import available_methods, get_method
-    from ..world import is_world_model
+    from infusion.core.model_profiles import model_profile
+    from infusion.methods import available_methods, get_method
 
     lib = Library(library)
     actions = Actions(model, lib, model_config)
     trainer = Trainer(lib, model, model_config)
-    world = is_world_model(model)
+    profile = model_profile(model)
+    builtin_concepts = profile.concepts()  # name -> class phrase: the world's, none on a checkpoint
+    has_probes = profile.is_builtin_world  # the world's probes score text and concept fidelity
     methods = available_methods()
 
     def default_lr(method: str, batch: int = 4) -> float:
@@ -67,8 +69,8 @@ def build(model: str = "world", library: str = "library", model_config: str | No
                 with gr.Column():
                     images = gr.File(label="Photos of the concept (3-10)", file_count="multiple", type="filepath",
                                      elem_id="train-images")
-                    builtin = gr.Radio(["none", *(_world_concepts() if world else [])], value="none",
-                                       label="or a built-in world concept", visible=world, elem_id="train-builtin")
+                    builtin = gr.Radio(["none", *builtin_concepts], value="none", label="or a built-in world concept",
+                                       visible=bool(builtin_concepts), elem_id="train-builtin")
                     preview = gr.Gallery(label="training images", columns=5, height=140, elem_id="train-preview")
                 with gr.Column():
                     name = gr.Textbox(label="Name (used as <name> in prompts)", placeholder="mycat", elem_id="train-name")
@@ -97,16 +99,14 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             def pick_builtin(choice):
                 if choice == "none":
                     return gr.update(), gr.update(), gr.update(), gr.update()
-                paths = _world_concept_files(choice)
-                from ..world.concepts import get_concept
-
-                return paths, paths, choice, get_concept(choice).class_phrase
+                paths = _builtin_concept_files(profile, choice)
+                return paths, paths, choice, builtin_concepts[choice]
 
             builtin.change(pick_builtin, builtin, [images, preview, name, phrase])
             def shown(files):  # the preview shows the images among the uploads (the check at start names the rest)
                 from pathlib import Path
 
-                from ..training.data import IMAGE_SUFFIXES
+                from infusion.training.data import IMAGE_SUFFIXES
 
                 return [f for f in files or [] if Path(f).suffix.lower() in IMAGE_SUFFIXES]
 
@@ -174,8 +174,8 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             with gr.Row():
                 cmp_seed = gr.Number(0, label="Seed", precision=0, elem_id="cmp-seed")
                 cmp_steps = gr.Number(25, label="Steps", precision=0, elem_id="cmp-steps")
-                cmp_scores = gr.Checkbox(world, label="world probes' text and concept fidelity under each image",
-                                         visible=world, elem_id="cmp-scores")
+                cmp_scores = gr.Checkbox(has_probes, label="world probes' text and concept fidelity under each image",
+                                         visible=has_probes, elem_id="cmp-scores")
             cmp_go = gr.Button("Compare", variant="primary", elem_id="cmp-go")
             cmp_status = gr.Markdown(elem_id="cmp-status")
             cmp_out = gr.Gallery(label="base first, then one column per entry", columns=6, elem_id="cmp-out")
@@ -286,30 +286,23 @@ def build(model: str = "world", library: str = "library", model_config: str | No
 
 def _options_hint(method: str) -> str:
     """The page's hint for a method's options: the keys it reads (Infusion: e.g. maps=own)."""
-    from ..training.methods import get_method
+    from infusion.methods import get_method
 
     keys = sorted(get_method(method).method_args_help or {})
     if not keys:
         return f"{method} takes no options"
-    return ("e.g. maps=own; " if method == "infusion" else "") + "keys: " + ", ".join(keys)
+    example = get_method(method).method_args_example
+    return (f"e.g. {example}; " if example else "") + "keys: " + ", ".join(keys)
 
 
-def _world_concepts() -> list[str]:
-    from ..world.concepts import CONCEPTS
-
-    return list(CONCEPTS)
-
-
-def _world_concept_files(name: str) -> list[str]:
+def _builtin_concept_files(profile, name: str) -> list[str]:
     """The built-in concept's training images, written once into a temp folder (PNG paths)."""
     import tempfile
     from pathlib import Path
 
-    from ..world.concepts import write_concept_images
-
     folder = Path(tempfile.gettempdir()) / "infusion-app-world" / name
     if not folder.is_dir() or not any(folder.iterdir()):
-        write_concept_images(name, folder)
+        profile.concept_images(name, folder)
     return [str(p) for p in sorted(folder.glob("*.png"))]
 
 

@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     try:
-        from ..app.ui import serve
+        from infusion.app.ui import serve
     except ImportError as e:  # gradio is an optional dependency
         raise ValueError(f"the web page needs gradio: pip install 'infusion[app]' ({e})") from e
     print(f"infusion app: http://{args.host}:{args.port}  (library: {args.library}, model: {args.model})")

@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=DEMO_LR,
                    help="Infusion learning rate (the paper's 0.01; on the world model, 1,000 steps, 8 held-out prompts: concept "
                         "fidelity of sunball 0.526/0.606/0.595/0.560 at lr 0.005/0.01/0.02/0.05, text fidelity falls above "
-                        "0.01; benchmarks/infusion_world.py, docs/world.md)")
+                        "0.01; studies/infusion_world.py, docs/world.md)")
     p.add_argument("--prompts", type=int, default=DEMO_PROMPTS, help="how many held-out prompts to show")
     p.add_argument("--variants", default=",".join(DEMO_VARIANTS),
                    help="which Infusion columns to train and show, comma-separated: paper (the paper's Infusion), own "
@@ -53,8 +53,8 @@ def _pick_prompts(prompts: list[str], k: int) -> list[str]:
 def run(args) -> int:
     import torch
 
-    from ..images import make_grid
-    from ..world.concepts import get_concept
+    from infusion.core.images import make_grid
+    from infusion.world.concepts import get_concept
 
     if args.prompts < 1:
         raise ValueError(f"--prompts must be >= 1, got {args.prompts}")
@@ -100,11 +100,11 @@ def train_and_compare(name: str, out: Path, model: str = "world", steps: int = D
     """
     import torch
 
-    from ..evaluation.world_scorer import WorldProbeScorer
-    from ..models import load_base_pipeline
-    from ..pipeline import InfusionPipeline
-    from ..training import TrainConfig, train
-    from ..world.concepts import (
+    from infusion.world.scorer import WorldProbeScorer
+    from infusion.core.base_models import load_base_pipeline
+    from infusion.methods.infusion.pipeline import InfusionPipeline
+    from infusion.training import TrainConfig, train
+    from infusion.world.concepts import (
         concept_images,
         eval_prompts,
         get_concept,
@@ -148,7 +148,7 @@ def _per_image(scores: dict) -> list[dict]:
 
 def _report(concept, prompts, s_base, runs: dict, t_all, args) -> str:
     """``runs``: column name -> ``train_and_compare``'s result."""
-    from ..world import scenes
+    from infusion.world import scenes
 
     o = concept.obj
 

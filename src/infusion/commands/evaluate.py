@@ -38,8 +38,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..evaluation import EvalConfig, build_scorers, run_evaluation
-    from ..evaluation.harness import process_state
+    from infusion.evaluation import EvalConfig, build_scorers, run_evaluation
+    from infusion.evaluation.harness import process_state
 
     refs = {}
     for item in args.references:

@@ -29,10 +29,10 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from ..images import make_grid, save_png
-    from ..customized import load_customized
-    from ..models import load_base_pipeline
-    from ..pipeline import InfusionPipeline
+    from infusion.core.images import make_grid, save_png
+    from infusion.customized import load_customized
+    from infusion.core.base_models import load_base_pipeline
+    from infusion.methods.infusion.pipeline import InfusionPipeline
 
     if args.num_images < 1:
         raise ValueError("--num-images must be >= 1")

@@ -36,7 +36,7 @@ def register(sub) -> None:
     cp.add_argument("--seed", type=int, default=0, help="first scene seed")
     cp.set_defaults(func=run_captions)
 
-    from ..mlm.pretrain import PretrainConfig
+    from infusion.mlm.pretrain import PretrainConfig
 
     pt = mlm_sub.add_parser(
         "pretrain",
@@ -61,7 +61,7 @@ def register(sub) -> None:
 
 
 def run_prompts(args) -> int:
-    from ..mlm.prompts import prompt_set
+    from infusion.mlm.prompts import prompt_set
 
     pset = prompt_set(args.vocab, args.placeholder)
     if args.count:
@@ -75,7 +75,7 @@ def run_prompts(args) -> int:
 
 
 def run_captions(args) -> int:
-    from ..mlm.pretrain import world_captions
+    from infusion.mlm.pretrain import world_captions
 
     for caption in world_captions(args.n, args.seed):
         print(caption)
@@ -83,8 +83,8 @@ def run_captions(args) -> int:
 
 
 def run_pretrain(args) -> int:
-    from ..mlm.contextualizer import ContextualizerConfig
-    from ..mlm.pretrain import PretrainConfig, load_text_side, pretrain_contextualizer, read_captions, world_captions
+    from infusion.mlm.contextualizer import ContextualizerConfig
+    from infusion.mlm.pretrain import PretrainConfig, load_text_side, pretrain_contextualizer, read_captions, world_captions
 
     captions = world_captions(20000) if args.captions == "world" else read_captions(args.captions)
     config = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})

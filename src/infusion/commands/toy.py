@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..toy.report import run as run_toy
+    from infusion.toy.report import run as run_toy
 
     try:
         steps = sorted({int(s) for s in args.steps.split(",") if s.strip()})

@@ -18,15 +18,15 @@ def register(sub) -> None:
         description="Learn a personal concept. Multi-GPU: `accelerate launch -m infusion.cli train ...`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from ..training.config import TrainConfig
-    from ..training.methods import available_methods
+    from infusion.training.config import TrainConfig
+    from infusion.methods import available_methods
 
     helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
     p.add_argument("--model", required=True, help=helps["model"])
     p.add_argument("--images", required=True, help=helps["images"])
     p.add_argument("--name", required=True, help=helps["name"])
     p.add_argument("--class-phrase", required=True, help=helps["class_phrase"])
-    from ..training.methods import get_method
+    from infusion.methods import get_method
 
     out_help = "; ".join(f"{m}: {get_method(m).out_help}" for m in available_methods())
     p.add_argument("--out", required=True, help=f"output, per method: {out_help}")
@@ -43,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--flip", dest="flip", action="store_true", default=None, help=helps["flip"])
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not add mirrored copies")
     p.add_argument("--model-config", default=None, help=helps["model_config"])
-    from ..training.methods import mlm_methods
+    from infusion.methods import mlm_methods
 
     g = p.add_argument_group("diverse-context MLM regulariser", f"methods: {', '.join(mlm_methods())}")
     g.add_argument("--mlm-lambda", type=float, default=0.0, help=helps["mlm_lambda"])
@@ -57,21 +57,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_method_args(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--method-arg expects KEY=VALUE, got {pair!r}")
-        k, v = pair.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
 def run(args) -> int:
-    from ..training import TrainConfig, train
+    from infusion.training import TrainConfig, train
+    from infusion.training.config import parse_method_args
 
     cfg = TrainConfig(
         model=args.model, images=args.images, name=args.name, class_phrase=args.class_phrase, out=args.out,

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
                                                       "(default: checkpoints/world_train.safetensors)")
     # the defaults are the recipe the shipped world was last trained with (world/recipe.py), so a plain resume
     # continues it; 0 / --no-look-only-in-class-words turn each part off
-    from ..world.recipe import SHIPPED_RECIPE as R
+    from infusion.world.recipe import SHIPPED_RECIPE as R
 
     t.add_argument("--name-patterns", type=float, default=R["name_patterns"],
                    help="model stage: probability that a caption names a patterned object's pattern (default: %(default)s, "
@@ -89,7 +89,7 @@ def register(subparsers) -> None:
 
 
 def _render(args) -> int:
-    from ..world import scenes
+    from infusion.world import scenes
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def _render(args) -> int:
 
 
 def _concept_images(args) -> int:
-    from ..world.concepts import write_concept_images
+    from infusion.world.concepts import write_concept_images
 
     paths = write_concept_images(args.name, args.out)
     print(f"wrote {len(paths)} images of <{args.name}> to {args.out}")
@@ -111,8 +111,8 @@ def _concept_images(args) -> int:
 
 
 def _concepts(args) -> int:
-    from ..world import scenes
-    from ..world.concepts import CONCEPTS, eval_prompts
+    from infusion.world import scenes
+    from infusion.world.concepts import CONCEPTS, eval_prompts
 
     for name, c in CONCEPTS.items():
         o = c.obj
@@ -130,8 +130,8 @@ def _check_threads(threads: int) -> None:
 def _train(args) -> int:
     _check_threads(args.threads)
     if args.stage == "vae":
-        from ..world.train_model import ModelConfig
-        from ..world.train_vae import VAEConfig, finish_vae, train_vae
+        from infusion.world.train_model import ModelConfig
+        from infusion.world.train_vae import VAEConfig, finish_vae, train_vae
 
         if Path(ModelConfig.checkpoint).exists():
             raise ValueError(
@@ -143,19 +143,19 @@ def _train(args) -> int:
         train_vae(cfg)
         finish_vae(cfg)
     elif args.stage == "decoder":
-        from ..world.train_vae import DecoderConfig, finetune_decoder
+        from infusion.world.train_vae import DecoderConfig, finetune_decoder
 
         finetune_decoder(DecoderConfig(max_minutes=args.max_minutes, threads=args.threads, **({"steps": args.steps} if args.steps else {})))
     elif args.stage == "model":
-        from ..world.recipe import SHIPPED_RECIPE
-        from ..world.train_model import ModelConfig, train_model
+        from infusion.world.recipe import SHIPPED_RECIPE
+        from infusion.world.train_model import ModelConfig, train_model
 
         train_model(ModelConfig(max_minutes=args.max_minutes, threads=args.threads, export_dir=args.export_dir,
                                 **{k: getattr(args, k) for k in SHIPPED_RECIPE},
                                 **({"steps": args.steps} if args.steps else {}),
                                 **({"checkpoint": args.checkpoint} if args.checkpoint else {})))
     else:
-        from ..world.probes import ProbeConfig, train_probes
+        from infusion.world.probes import ProbeConfig, train_probes
 
         train_probes(ProbeConfig(threads=args.threads, **({"steps": args.steps} if args.steps else {})))
     return 0
@@ -164,7 +164,7 @@ def _train(args) -> int:
 def _load_pipe(model):
     from diffusers import StableDiffusionPipeline
 
-    from ..world import model_dir
+    from infusion.world import model_dir
 
     path = Path(model) if model else model_dir()
     if not (path / "model_index.json").exists():
@@ -177,7 +177,7 @@ def _load_pipe(model):
 def _sample(args) -> int:
     import torch
 
-    from ..world.train_model import sample_grid
+    from infusion.world.train_model import sample_grid
 
     pipe, _ = _load_pipe(args.model)
     torch.manual_seed(args.seed)
@@ -187,8 +187,8 @@ def _sample(args) -> int:
 
 
 def _probe_eval(args) -> int:
-    from ..world.probes import load_probes
-    from ..world.quality import probe_accuracy
+    from infusion.world.probes import load_probes
+    from infusion.world.quality import probe_accuracy
 
     scene_probe, object_probe = load_probes()
     acc = probe_accuracy(scene_probe, object_probe, n=args.n)
@@ -200,8 +200,8 @@ def _probe_eval(args) -> int:
 def _evaluate(args) -> int:
     import torch
 
-    from ..world.probes import load_probes
-    from ..world.quality import evaluate_base
+    from infusion.world.probes import load_probes
+    from infusion.world.quality import evaluate_base
 
     _check_threads(args.threads)
     torch.set_num_threads(args.threads)
@@ -212,7 +212,7 @@ def _evaluate(args) -> int:
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
     if args.readme:
-        from ..world.quality import probe_accuracy, readme_text
+        from infusion.world.quality import probe_accuracy, readme_text
 
         state_file = path / "training_state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from .harness import EvalConfig, build_jobs, discover_entries, load_generator, run_evaluation
-from .prompts import dreambench_prompts, prompts_for
+from infusion.core.model_profiles import model_profile
+from infusion.evaluation.harness import EvalConfig, build_jobs, discover_entries, load_generator, run_evaluation
+from infusion.evaluation.prompts import dreambench_prompts, prompts_for
+from infusion.world.profile import WorldProfile
 
 __all__ = ["EvalConfig", "run_evaluation", "discover_entries", "build_jobs", "load_generator", "build_scorers",
            "dreambench_prompts", "prompts_for"]
@@ -11,13 +13,15 @@ __all__ = ["EvalConfig", "run_evaluation", "discover_entries", "build_jobs", "lo
 
 def build_scorers(model: str, clip: str | None = None, dino: str | None = None, device: str = "cpu",
                   probes: bool | None = None) -> list:
-    """Scorers for a run: CLIP (``clip``: path or hub id), DINO (``dino``), and on the built-in
-    world its probes (default there: ``probes=None`` means "when the model is the world")."""
-    from ..metrics.scorers import CLIPScorer, DINOScorer
+    """Scorers for a run: CLIP (``clip``: path or hub id), DINO (``dino``), and the built-in world's probes
+    (``probes=None``: when the model's profile has a scorer of its own, i.e. on the world; True: always)."""
+    from infusion.metrics.scorers import CLIPScorer, DINOScorer
 
     scorers = []
-    if probes or (probes is None and model == "world"):
-        scorers.append(world_probe_scorer())
+    if probes is not False:
+        own = model_profile(model).scorer() if probes is None else world_probe_scorer()
+        if own is not None:
+            scorers.append(own)
     if clip:
         scorers.append(CLIPScorer(clip, device=device))
     if dino:
@@ -27,9 +31,4 @@ def build_scorers(model: str, clip: str | None = None, dino: str | None = None, 
 
 def world_probe_scorer():
     """The built-in world's probes as a Scorer (text fidelity, concept fidelity)."""
-    from .world_scorer import WorldProbeScorer
-
-    try:
-        return WorldProbeScorer()
-    except FileNotFoundError as e:
-        raise ValueError(f"the world's probes are not trained in this install ({e}); pass --no-probes or --clip/--dino") from e
+    return WorldProfile().scorer()

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..metrics.eps import UNetEps
-from ..metrics.fisher import latent_fisher_divergence
-from ..metrics.scorers import scoring_texts
-from ..metrics.wasserstein import DEFAULT_POOL, pool_latents
-from ..prompts import substitute
-from .prompts import prompts_for
-from .store import RecordStore
+from infusion.metrics.eps import UNetEps
+from infusion.metrics.fisher import latent_fisher_divergence
+from infusion.metrics.scorers import scoring_texts
+from infusion.metrics.wasserstein import DEFAULT_POOL, pool_latents
+from infusion.core.model_profiles import model_profile
+from infusion.core.placeholders import substitute
+from infusion.evaluation.prompts import prompts_for
+from infusion.evaluation.store import RecordStore
 
 log = logging.getLogger(__name__)
 BASE = "base"
@@ -90,7 +91,7 @@ def _training_steps(meta: dict) -> int | None:
 def discover_entries(cfg: EvalConfig) -> list[Entry]:
     """The files (and checkpoints) to evaluate, labelled by method (plus the file stem when a
     method appears with several files of the same concept)."""
-    from ..files import output_parts, read_metadata, storage_bytes
+    from infusion.core.customization_files import output_parts, read_metadata, storage_bytes
 
     entries = []
     for f in cfg.files:
@@ -141,7 +142,7 @@ def step_tag(step: int | None) -> str:
 
 def build_jobs(cfg: EvalConfig, entries: list[Entry]) -> list[Job]:
     jobs, base_keys = [], set()
-    prompt_set = cfg.prompts if cfg.prompts != "auto" else ("world" if cfg.model == "world" else "dreambench")
+    prompt_set = cfg.prompts if cfg.prompts != "auto" else model_profile(cfg.model).prompt_set
     for e in entries:
         prompts = prompts_for(e.name, e.class_phrase, prompt_set)
         if cfg.max_prompts:
@@ -201,17 +202,18 @@ def load_generator(model: str, path: str | None, base_pipe=None):
     ``.images``, ``.eps(z_t, t, prompts)``, ``.pipe`` and ``.storage_bytes``.
     """
     if path is None:
-        from ..models import load_base_pipeline
+        from infusion.core.base_models import load_base_pipeline
 
         pipe = base_pipe if base_pipe is not None else load_base_pipeline(model)
         pipe.set_progress_bar_config(disable=True)
         return BaseGenerator(pipe)
-    from ..customized import load_customized
-    from ..files import read_metadata
+    from infusion.core.customization_files import read_metadata
+    from infusion.customized import load_customized
+    from infusion.methods import customization_class
 
-    # Infusion never changes base weights: it can share an already loaded base pipeline. Other
-    # methods attach to their pipeline in place, so they get a fresh one.
-    shared = base_pipe is not None and read_metadata(path).get("method") == "infusion"
+    # A method whose loader changes no base weight (Infusion) shares an already loaded base pipeline; the
+    # others attach to their pipeline in place, so they get a fresh one.
+    shared = base_pipe is not None and customization_class(read_metadata(path).get("method"), path).keeps_base_weights
     gen = load_customized(base_pipe if shared else model, [path])
     gen.pipe.set_progress_bar_config(disable=True)
     return gen
@@ -229,7 +231,7 @@ def decode(pipe, latents: torch.Tensor) -> list:
 
 
 def load_images(folder: str | Path) -> list:
-    from ..training.data import load_rgb
+    from infusion.training.data import load_rgb
 
     folder = Path(folder)
     exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -243,13 +245,13 @@ def references_for(cfg: EvalConfig, entry: Entry) -> list:
     """Reference images of a concept: ``cfg.references[name]`` or the training folder in its metadata."""
     folder = cfg.references.get(entry.name)
     if folder is None and entry.path is not None:
-        from ..files import read_metadata
+        from infusion.core.customization_files import read_metadata
 
         folder = json.loads(read_metadata(entry.path).get("training") or "{}").get("images")
     if folder is not None and Path(folder).is_dir():
         return load_images(folder)
     try:  # a built-in world concept: its training images
-        from ..world.concepts import concept_images, get_concept
+        from infusion.world.concepts import concept_images, get_concept
 
         get_concept(entry.name)
         return concept_images(entry.name)
@@ -262,7 +264,7 @@ def lfd_dataset(cfg: EvalConfig, pipe) -> tuple[torch.Tensor, list[str]] | None:
     """Real latents [N, 4, h, w] (scaled) and captions of non-customised concepts.
 
     From ``cfg.lfd_data`` (images + ``metadata.jsonl`` with ``file_name``/``text``, the Hugging Face
-    imagefolder layout), else, on the built-in world, from its scene generator; else None.
+    imagefolder layout), else the model profile's own examples (the world's scene generator); else None.
     """
     n = cfg.lfd_samples
     if n == 0:
@@ -273,22 +275,18 @@ def lfd_dataset(cfg: EvalConfig, pipe) -> tuple[torch.Tensor, list[str]] | None:
         meta = folder / "metadata.jsonl"
         if not meta.is_file():
             raise ValueError(f"--lfd-data {folder}: expected metadata.jsonl with one {{\"file_name\", \"text\"}} per line")
-        from ..training.data import load_rgb
+        from infusion.training.data import load_rgb
 
         for line in meta.read_text().splitlines()[:n]:
             if line.strip():
                 rec = json.loads(line)
                 images.append(load_rgb(folder / rec["file_name"]))
                 captions.append(rec["text"])
-    elif cfg.model == "world":
-        from ..world.scenes import example
-
-        for i in range(n):
-            img, cap, _ = example(10_000_000 + i)  # scenes far from any training seed
-            images.append(img)
-            captions.append(cap.text)
     else:
-        return None
+        own = model_profile(cfg.model).lfd_examples(n)
+        if own is None:
+            return None
+        images, captions = own
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     x = pipe.image_processor.preprocess(images, height=size, width=size).to(pipe.vae.device, pipe.vae.dtype)
     z = torch.cat([pipe.vae.encode(x[i : i + 8]).latent_dist.mean for i in range(0, len(x), 8)])
@@ -357,7 +355,7 @@ def run_evaluation(cfg: EvalConfig, scorers: list = (), progress: bool = True) -
 
     Returns the summary (also ``summary.json``).
     """
-    from ..models import load_base_pipeline
+    from infusion.core.base_models import load_base_pipeline
 
     state = process_state()
     out = Path(cfg.out)
@@ -421,7 +419,7 @@ def run_evaluation(cfg: EvalConfig, scorers: list = (), progress: bool = True) -
     state.wait_for_everyone()
     summary = {}
     if state.is_main_process:
-        from .report import write_reports
+        from infusion.evaluation.report import write_reports
 
         summary = write_reports(out, entries, store.read(), lfd_store.read(), scorers, cfg)
     return summary

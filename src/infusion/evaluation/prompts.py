@@ -72,7 +72,7 @@ def prompts_for(name: str, class_phrase: str, prompt_set: str = "dreambench") ->
 
 def world_prompts(name: str, class_phrase: str) -> list[str]:
     """The built-in world's evaluation prompts for a concept (from ``infusion.world``)."""
-    from ..world.concepts import CONCEPTS, eval_prompts
+    from infusion.world.concepts import CONCEPTS, eval_prompts
 
     if name not in CONCEPTS:
         raise ValueError(

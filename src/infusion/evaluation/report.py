@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics.wasserstein import wasserstein2
+from infusion.metrics.wasserstein import wasserstein2
 
 COLUMNS = ("text", "image", "dino")  # scorer roles shown in the table
 

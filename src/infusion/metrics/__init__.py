@@ -5,10 +5,10 @@
 - ``CLIPScorer`` / ``DINOScorer`` / ``FunctionScorer``: CLIP-T, CLIP-I, DINO-I, or probes.
 """
 
-from .eps import EpsPredictor, InfusionEps, UNetEps, as_eps_predictor
-from .fisher import LFDResult, latent_fisher_divergence
-from .scorers import CLIPScorer, DINOScorer, FunctionScorer, Scorer, mean_cosine_to_references, scoring_texts
-from .wasserstein import DEFAULT_POOL, fit_gaussian, gaussian_w2_squared, latent_w2, pool_latents, wasserstein2
+from infusion.metrics.eps import EpsPredictor, InfusionEps, UNetEps, as_eps_predictor
+from infusion.metrics.fisher import LFDResult, latent_fisher_divergence
+from infusion.metrics.scorers import CLIPScorer, DINOScorer, FunctionScorer, Scorer, mean_cosine_to_references, scoring_texts
+from infusion.metrics.wasserstein import DEFAULT_POOL, fit_gaussian, gaussian_w2_squared, latent_w2, pool_latents, wasserstein2
 
 __all__ = [
     "EpsPredictor",

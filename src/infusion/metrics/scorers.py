@@ -36,7 +36,7 @@ class Scorer(Protocol):
 
 def scoring_texts(prompts: Sequence[str], class_phrases: dict[str, str]) -> list[str]:
     """CLIP-T's texts: each ``<name>`` replaced by its class phrase (DreamBooth protocol)."""
-    from ..prompts import substitute
+    from infusion.core.placeholders import substitute
 
     return [substitute(p, class_phrases)[0] for p in prompts]
 

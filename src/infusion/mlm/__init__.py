@@ -7,11 +7,11 @@
 - ``pretrain``: pretraining the contextualizer once per text encoder
 """
 
-from .contextualizer import Contextualizer, ContextualizerConfig, load_contextualizer, save_contextualizer
-from .loss import REFERENCE_WEIGHTS, MLMRegularizer, mlm_loss
-from .masking import MLMBatch, encode_masked, make_batch, sample_mask, tokenize_prompts
-from .pretrain import PretrainConfig, load_text_side, pretrain_contextualizer
-from .prompts import CATEGORIES, ContextPromptSet, everyday_prompt_set, prompt_set, world_prompt_set
+from infusion.mlm.contextualizer import Contextualizer, ContextualizerConfig, load_contextualizer, save_contextualizer
+from infusion.mlm.loss import MLMRegularizer, mlm_loss
+from infusion.mlm.masking import MLMBatch, encode_masked, make_batch, sample_mask, tokenize_prompts
+from infusion.mlm.pretrain import PretrainConfig, load_text_side, pretrain_contextualizer
+from infusion.mlm.prompts import CATEGORIES, ContextPromptSet, everyday_prompt_set, prompt_set, world_prompt_set
 
 __all__ = [
     "CATEGORIES",
@@ -21,7 +21,6 @@ __all__ = [
     "MLMBatch",
     "MLMRegularizer",
     "PretrainConfig",
-    "REFERENCE_WEIGHTS",
     "encode_masked",
     "everyday_prompt_set",
     "load_contextualizer",

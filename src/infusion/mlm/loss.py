@@ -14,12 +14,12 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .contextualizer import Contextualizer, load_contextualizer
-from .masking import EmbedFn, MLMBatch, encode_masked, make_batch, sample_mask, tokenize_prompts
-from .prompts import DEFAULT_PLACEHOLDER, prompt_set
+from infusion.mlm.contextualizer import Contextualizer, load_contextualizer
+from infusion.mlm.masking import EmbedFn, MLMBatch, encode_masked, make_batch, sample_mask, tokenize_prompts
+from infusion.mlm.prompts import DEFAULT_PLACEHOLDER, prompt_set
 
-# The paper's lambdas per baseline (DESIGN section 7): a starting point for ``weight``.
-REFERENCE_WEIGHTS = {"ti": 1e-5, "pplus": 2.5e-4, "dreambooth": 1e-4, "custom_diffusion": 1e-4}
+# The paper's lambda per method (DESIGN section 7), a starting point for ``weight``, is each method's
+# ``MethodSpec.mlm_weight``: ``infusion.methods.reference_mlm_weight(name)``.
 
 
 def mlm_loss(
@@ -131,7 +131,7 @@ class MLMRegularizer:
         """Load a pretrained contextualizer and draw ``n_prompts`` prompts of ``vocab``."""
         fingerprint = None
         if text_encoder is not None:
-            from ..concept import base_fingerprint
+            from infusion.core.customization_files import base_fingerprint
 
             fingerprint = base_fingerprint(text_encoder)
         contextualizer, mask, _ = load_contextualizer(path, text_encoder, fingerprint)

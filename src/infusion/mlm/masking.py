@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from ..prompts import parse_prompt
+from infusion.core.placeholders import parse_prompt
 
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]  # input_ids (B, L) -> input embeddings (B, L, H)
 

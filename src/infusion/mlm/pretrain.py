@@ -20,16 +20,16 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..concept import base_fingerprint
-from .contextualizer import (
+from infusion.core.customization_files import base_fingerprint
+from infusion.mlm.contextualizer import (
     Contextualizer,
     ContextualizerConfig,
     new_mask_embedding,
     read_contextualizer_file,
     save_contextualizer,
 )
-from .loss import mlm_loss
-from .masking import make_batch, tokenize_captions
+from infusion.mlm.loss import mlm_loss
+from infusion.mlm.masking import make_batch, tokenize_captions
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,12 @@ class PretrainConfig:
         """The budget left unset filled in for ``model``: the world's small one, or the paper's."""
         from dataclasses import replace
 
-        from ..world import is_world_model
+        from infusion.core.model_profiles import model_profile
 
-        world = is_world_model(model) if isinstance(model, str) else False
-        return replace(self, steps=self.steps if self.steps is not None else (2000 if world else 100_000),
-                       batch_size=self.batch_size or (32 if world else 128),
-                       lr=self.lr if self.lr is not None else (5e-4 if world else 1e-4))
+        budget = model_profile(model).mlm_budget
+        return replace(self, steps=self.steps if self.steps is not None else budget["steps"],
+                       batch_size=self.batch_size or budget["batch_size"],
+                       lr=self.lr if self.lr is not None else budget["lr"])
 
     def __post_init__(self):  # the budget (steps, batch_size, lr) may be None until for_model fills it
         if (self.steps is not None and self.steps < 0) or (self.batch_size is not None and self.batch_size < 1) \
@@ -106,7 +106,7 @@ def read_captions(path: str | os.PathLike) -> list[str]:
 
 def world_captions(n: int, seed: int = 0) -> list[str]:
     """``n`` captions of the built-in world's scenes (the corpus its text encoder was trained on)."""
-    from ..world.scenes import caption_scene, sample_scene
+    from infusion.world.scenes import caption_scene, sample_scene
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -119,14 +119,14 @@ def load_text_side(model):
     if hasattr(model, "text_encoder") and hasattr(model, "tokenizer"):
         return model.text_encoder, model.tokenizer
     if model == "tiny":
-        from ..tiny import tiny_sd_pipeline
+        from infusion.core.model_configs import tiny_sd_pipeline
 
         pipe = tiny_sd_pipeline()
         return pipe.text_encoder, pipe.tokenizer
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from ..models import resolve_model
-    from ..tiny import load_tokenizer
+    from infusion.core.base_models import resolve_model
+    from infusion.core.model_configs import load_tokenizer
 
     root = Path(resolve_model(str(model)))
     if not (root / "text_encoder").is_dir():

@@ -2,7 +2,7 @@
 
 Prompts are templates x word lists in five categories (backgrounds, relations to objects,
 outfits/wearing, interactions, styles). Each prompt holds the concept reference as a placeholder
-(``<concept>`` unless told otherwise) that ``infusion.prompts.parse_prompt`` later replaces by the
+(``<concept>`` unless told otherwise) that ``infusion.core.placeholders.parse_prompt`` later replaces by the
 method's concept text (``"<mycat>"`` for TI, ``"sks cat"`` for DreamBooth, ...).
 
 A template is a string with ``{c}`` for the concept and ``{slot}`` for a word list entry. The set
@@ -166,7 +166,7 @@ WORLD_TEMPLATES: dict[str, tuple[str, ...]] = {
 def world_words() -> dict[str, tuple[str, ...]]:
     """Word lists of the built-in world (``infusion.world.scenes``), phrases as its captions say them."""
     try:
-        from ..world import scenes
+        from infusion.world import scenes
     except ImportError:
         return dict(WORLD_PLACEHOLDER_WORDS, prefix=("a photo of", "a picture of"))
     return {
@@ -229,7 +229,7 @@ class ContextPromptSet:
         if unknown:
             raise ValueError(f"unknown prompt categories {sorted(unknown)}; use some of {list(CATEGORIES)}")
         if not re.fullmatch(r"<[A-Za-z0-9][A-Za-z0-9_\-\.]*>", placeholder):
-            raise ValueError(f"placeholder must look like <name> (see infusion.prompts), got {placeholder!r}")
+            raise ValueError(f"placeholder must look like <name> (see infusion.core.placeholders), got {placeholder!r}")
         self.words = _check_words(words)
         self.placeholder = placeholder
         self.templates: dict[str, list[_Template]] = {c: [] for c in CATEGORIES}

@@ -25,10 +25,10 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm.auto import tqdm
 
-from ..metrics.fisher import latent_fisher_divergence
-from ..metrics.wasserstein import wasserstein2
-from . import data
-from .model import InfusionToy, ToyDenoiser
+from infusion.metrics.fisher import latent_fisher_divergence
+from infusion.metrics.wasserstein import wasserstein2
+from infusion.toy import data
+from infusion.toy.model import InfusionToy, ToyDenoiser
 
 METHODS = ("full", "kv", "infusion")
 LEARNING_RATES = {"full": 1e-3, "kv": 1e-3, "infusion": 1e-2}  # infusion: the paper's 1e-2

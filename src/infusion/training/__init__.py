@@ -1,8 +1,9 @@
-"""Training: one trainer (``trainer.train``) and method plugins (``training.methods``)."""
+"""Training: one trainer for every method (``trainer.train``); each method's own training code is its plugin in
+``infusion.methods.<name>.training``, found through the registry."""
 
-from .config import TrainConfig
-from .methods import Method, TextBatch, available_methods, get_method, register_method
-from .trainer import state_path, step_path, train
+from infusion.methods.base import Method, TextBatch
+from infusion.methods.registry import available_methods, get_method
+from infusion.training.config import TrainConfig
+from infusion.training.trainer import state_path, step_path, train
 
-__all__ = ["Method", "TextBatch", "TrainConfig", "available_methods", "get_method", "register_method",
-           "state_path", "step_path", "train"]
+__all__ = ["Method", "TextBatch", "TrainConfig", "available_methods", "get_method", "state_path", "step_path", "train"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from infusion.core.model_profiles import model_profile
 
 MLM_VOCABS = ("everyday", "world")  # built-in context-rich prompt sets (infusion.mlm.prompts)
 
@@ -31,8 +34,8 @@ class TrainConfig:
     checkpoint_every: int = field(default=0, metadata={"help": "write <out>-step<N> and the resume state every N steps (0: only at the end)"})
     resume: str | None = field(default=None, metadata={"help": "resume from this state file, or 'auto' (<out>.state.safetensors if present)"})
     flip: bool | None = field(default=None, metadata={"help": (
-        "add horizontally flipped copies of the images (default: yes, except on the built-in world, whose concepts have "
-        "a left and a right: a mirrored 'pink right half' is a pink left half)")})
+        "add horizontally flipped copies of the images (default: the model's profile: yes, except on the built-in "
+        "world, whose concepts have a left and a right: a mirrored 'pink right half' is a pink left half)")})
     model_config: str | None = field(default=None, metadata={"help": "configs for a single-file checkpoint (local folder)"})
     method_args: dict = field(default_factory=dict, metadata={"help": "method-specific settings"})
     mlm_lambda: float = field(default=0.0, metadata={"help": (
@@ -64,9 +67,7 @@ class TrainConfig:
         if self.checkpoint_every < 0:
             raise ValueError("--checkpoint-every must be >= 0")
         if self.flip is None:
-            from ..world import is_world_model
-
-            self.flip = not is_world_model(self.model)
+            self.flip = model_profile(self.model).flip
         self._check_mlm()
 
     def _check_mlm(self) -> None:
@@ -76,16 +77,16 @@ class TrainConfig:
             raise ValueError(f"--mlm-batch must be >= 1, got {self.mlm_batch}")
         if self.mlm_lambda == 0:
             return
-        from .methods import get_method, mlm_methods, supports_mlm
+        from infusion.methods import mlm_methods
 
-        if not supports_mlm(get_method(self.method)):
+        if self.method not in mlm_methods():
             raise ValueError(f"--mlm-lambda applies to methods with text-side learnables ({', '.join(mlm_methods())}); "
                              f"{self.method!r} has none: drop --mlm-lambda or pick one of those")
         if not self.contextualizer:
             raise ValueError("--mlm-lambda > 0 needs --contextualizer PATH: a contextualizer pretrained on this model's "
                              "text encoder (infusion mlm pretrain --model MODEL --captions ... --out ctx.safetensors)")
         if self.contextualizer == "world":
-            from ..world import contextualizer_path
+            from infusion.world import contextualizer_path
 
             self.contextualizer = str(contextualizer_path())
         if not Path(self.contextualizer).is_file():
@@ -104,3 +105,18 @@ class TrainConfig:
     def file_settings(self) -> dict:
         """The settings a trained file records in its metadata (``to_dict`` without ``NOT_IN_FILES``)."""
         return {k: v for k, v in asdict(self).items() if k not in self.NOT_IN_FILES}
+
+
+def parse_method_args(pairs: list[str]) -> dict:
+    """``["maps=own", "t_max=0.5"]`` (``--method-arg KEY=VALUE``, repeatable) -> ``{"maps": "own", "t_max": 0.5}``;
+    a value is parsed as JSON when it can be, else kept as a string."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--method-arg expects KEY=VALUE, got {pair!r}")
+        k, v = pair.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out

@@ -1,4 +1,4 @@
-"""Concept images -> cached VAE latents (with horizontal flips), and caption templates.
+"""Concept images -> cached VAE latents (with horizontal flips), and the caption templates of a model.
 
 Robust to what people's folders hold: EXIF rotation, grayscale, palette, RGBA (composited on
 white), CMYK, 16-bit, tiny and huge images; unreadable files are skipped with a warning, and an
@@ -15,35 +15,14 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
+from infusion.core.model_profiles import CAPTION_TEMPLATES, model_profile  # noqa: F401  (re-exported)
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
-# Simple templates (Textual Inversion's list, shortened); "{}" is the concept placeholder.
-CAPTION_TEMPLATES = (
-    "a photo of a {}",
-    "a rendering of a {}",
-    "a cropped photo of the {}",
-    "the photo of a {}",
-    "a photo of a clean {}",
-    "a close-up photo of a {}",
-    "a bright photo of the {}",
-    "a good photo of the {}",
-)
-
-# The built-in world's text encoder only knows its captions' words ("cropped", "clean", "close-up",
-# "bright", "good" never occur there): on the world, captions use its own prefixes (``scenes._PREFIXES``).
-WORLD_CAPTION_TEMPLATES = (
-    "a photo of a {}",
-    "a picture of a {}",
-    "an image of a {}",
-    "a rendering of a {}",
-)
-
-
 def caption_templates(model) -> tuple[str, ...]:
-    """The training caption templates for ``--model``: the world's own words on the world, else Textual Inversion's."""
-    from ..world import is_world_model
-
-    return WORLD_CAPTION_TEMPLATES if is_world_model(model) else CAPTION_TEMPLATES
+    """The training caption templates for ``--model`` (its profile's: the world's own words on the world, else
+    Textual Inversion's)."""
+    return model_profile(model).caption_templates
 
 
 MIN_SIDE = 32  # smaller images carry too little of the concept to learn from

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tiny import assemble_pipeline, clip_text_encoder  # noqa: F401  (assemble_pipeline: re-exported)
+from infusion.core.model_configs import assemble_pipeline, clip_text_encoder  # noqa: F401  (assemble_pipeline: re-exported)
 
 IMAGE_SIZE = 32
 LATENT_SIZE = 8

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import scenes
+from infusion.world import scenes
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import scenes
+from infusion.world import scenes
 
 log = logging.getLogger(__name__)
 

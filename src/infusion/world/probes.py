@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from . import scenes
+from infusion.world import scenes
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def _object_batch(seeds: list[int], images: torch.Tensor, rng: random.Random):
 def train_probes(cfg: ProbeConfig):
     from safetensors.torch import load_file
 
-    from .dataset import to_model_range
+    from infusion.world.dataset import to_model_range
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import scenes
-from .dataset import HELD_OUT_SEED
-from .fidelity import NamedAttributes, judge, locate, read_scenes
+from infusion.world import scenes
+from infusion.world.dataset import HELD_OUT_SEED
+from infusion.world.fidelity import NamedAttributes, judge, locate, read_scenes
 
 ATTRS = ("background", "cls", "color", "size", "position")
 
@@ -51,7 +51,7 @@ def probe_accuracy(scene_probe, object_probe=None, n: int = 1000, batch: int = 2
         for r, s in zip(read_scenes(scene_probe, x), sc):
             _accumulate(flags, judge(r, _full_named(s)))
         if object_probe is not None:
-            from .probes import COLOR2_OR_NONE, COLOR_NAMES, crop_object
+            from infusion.world.probes import COLOR2_OR_NONE, COLOR_NAMES, crop_object
 
             objs = [s.objects[0] for s in sc]
             out = object_probe(crop_object(x, [scenes.object_box(o) for o in objs]))
@@ -92,7 +92,7 @@ def entropy_bits(values: list) -> float:
 def evaluate_base(pipe, scene_probe, n: int = 500, per_class: int = 20, steps: int = 50, guidance: float = 5.0, seed: int = 0) -> dict:
     """Quality-bar figures of ``pipe``: attribute accuracies on ``n`` held-out captions, and the
     entropy of background and position over ``per_class`` images of each class-only prompt."""
-    from .fidelity import parse_caption, text_fidelity
+    from infusion.world.fidelity import parse_caption, text_fidelity
 
     captions = heldout_captions(n)
     images = generate(pipe, captions, steps, guidance, seed)
@@ -171,7 +171,9 @@ cross-attention (2 levels, 64/128 channels), DDIM scheduler. float32 safetensors
 
 Sizes (MiB): {", ".join(f"{k} {v:.1f}" for k, v in sizes.items())}.
 Training state: step {st.get("step", "?")} of the UNet + text encoder stage, batch {st.get("batch_size", "?")}
-(EMA weights exported). Training continues from `checkpoints/world_train.safetensors`.
+(EMA weights exported). Training continues from `checkpoints/world_train.safetensors`, which is not in the
+tree (60 MB): restore it with `git show 34f4a6c:checkpoints/world_train.safetensors > checkpoints/world_train.safetensors`
+(a full clone; `git fetch --unshallow` first after a `--depth 1` clone).
 
 {HISTORY}
 

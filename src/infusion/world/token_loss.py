@@ -18,7 +18,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from . import scenes
+from infusion.world import scenes
 
 
 class RecordingCrossAttnProcessor:

@@ -35,12 +35,12 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from . import scenes
-from .architecture import assemble_pipeline, build_scheduler, build_text_encoder, build_unet
-from .checkpoint import load_checkpoint, save_checkpoint
-from .token_loss import class_token_targets, install_recorders, token_loss
-from .train_vae import save_grid
-from ..tiny import load_tokenizer
+from infusion.world import scenes
+from infusion.world.architecture import assemble_pipeline, build_scheduler, build_text_encoder, build_unet
+from infusion.world.checkpoint import load_checkpoint, save_checkpoint
+from infusion.world.token_loss import class_token_targets, install_recorders, token_loss
+from infusion.world.train_vae import save_grid
+from infusion.core.model_configs import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _captions(batch_idx: torch.Tensor, rng: random.Random, dropout: float, patte
               name_patterns: float = 0.0) -> tuple[list[str], list[scenes.Scene]]:
     """A freshly drawn caption ("" with probability ``dropout``) and the scene of every image index (of the
     patterned set with ``patterned``)."""
-    from .dataset import patterned_scene
+    from infusion.world.dataset import patterned_scene
 
     texts, batch_scenes = [], []
     for i in batch_idx.tolist():
@@ -132,7 +132,7 @@ def drop_summary(cond: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor, row
     cond (B, L, D) text states; ids (B, L) their token ids (CLIP: EOS has the largest id, so ``argmax`` finds it);
     empty (L, D) the states of ""; rows (B,) bool. A causal text encoder lets EOS and the padding summarise the whole
     caption, and a UNet trained on them reads an object's look there rather than from the object's words (measured:
-    benchmarks/world_look_source.py); a value residual on the class word cannot reach what is read there.
+    studies/world_look_source.py); a value residual on the class word cannot reach what is read there.
     """
     L = ids.shape[1]
     after_eos = torch.arange(L)[None, :] >= ids.argmax(dim=1)[:, None]  # (B, L)
@@ -232,7 +232,7 @@ def train_model(cfg: ModelConfig):
 
     vae = AutoencoderKL.from_pretrained(_frozen_vae_dir(work))
     if not (work / "latents.safetensors").exists():  # a fresh machine: re-render and re-encode once
-        from .train_vae import VAEConfig, encode_latents
+        from infusion.world.train_vae import VAEConfig, encode_latents
 
         encode_latents(vae, VAEConfig(work=str(work)))
     lat = load_file(str(work / "latents.safetensors"))
@@ -241,7 +241,7 @@ def train_model(cfg: ModelConfig):
     n_pat = round(cfg.batch_size * cfg.patterned_share) if cfg.patterned_images else 0
     if n_pat:
         if not (work / "latents_patterned.safetensors").exists():
-            from .train_vae import VAEConfig, encode_latents
+            from infusion.world.train_vae import VAEConfig, encode_latents
 
             encode_latents(vae, VAEConfig(work=str(work)), patterned=cfg.patterned_images)
         pat = load_file(str(work / "latents_patterned.safetensors"))
@@ -396,7 +396,7 @@ def _load_exported_ema(cfg: ModelConfig, step: int, ema_unet, ema_text, unet, te
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from . import model_dir
+    from infusion.world import model_dir
 
     out = Path(cfg.export_dir) if cfg.export_dir else model_dir()
     state = out / "training_state.json"
@@ -411,7 +411,7 @@ def _load_exported_ema(cfg: ModelConfig, step: int, ema_unet, ema_text, unet, te
 
 def _frozen_vae_dir(work: Path) -> Path:
     """The VAE stage 2 trains on: ``work/vae`` from stage 1, else the packaged model's VAE (resume on a fresh machine)."""
-    from . import model_dir
+    from infusion.world import model_dir
 
     for d in (work / "vae", model_dir() / "vae"):
         if (d / "config.json").exists():
@@ -421,7 +421,7 @@ def _frozen_vae_dir(work: Path) -> Path:
 
 def export(pipe, cfg: ModelConfig, step: int) -> Path:
     """Save ``pipe`` (diffusers layout, float32 safetensors) and a small training-state note."""
-    from . import model_dir
+    from infusion.world import model_dir
 
     out = Path(cfg.export_dir) if cfg.export_dir else model_dir()
     pipe.save_pretrained(out, safe_serialization=True)

@@ -17,9 +17,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .architecture import build_vae
-from .checkpoint import load_checkpoint, save_checkpoint
-from .dataset import cached_images, to_model_range
+from infusion.world.architecture import build_vae
+from infusion.world.checkpoint import load_checkpoint, save_checkpoint
+from infusion.world.dataset import cached_images, to_model_range
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def finetune_decoder(cfg: DecoderConfig):
     draw them without touching the latent space the UNet models."""
     from diffusers import AutoencoderKL
 
-    from . import model_dir
+    from infusion.world import model_dir
 
     torch.set_num_threads(cfg.threads)
     work = Path(cfg.work)

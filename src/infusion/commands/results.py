@@ -1,0 +1,26 @@
+"""``infusion results``: every method side by side on the built-in world, one resumable command -> docs/results.md.
+
+    infusion results --workers 2           # the full run (resumes from the records and docs/results/results.json)
+    infusion results --report-only         # rewrite the page from the records so far
+    infusion results --preset small --model tiny --out /tmp/r --doc /tmp/r/results.md   # plumbing
+
+The work and the page: ``infusion.evaluation.results_page`` (options: its ``add_arguments``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from infusion.evaluation.results_page import DESCRIPTION, add_arguments, run_results
+
+
+def register(sub) -> None:
+    p = sub.add_parser("results", help="every method side by side on the built-in world (resumable) -> docs/results.md",
+                       description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    return run_results(preset=args.preset, model=args.model, out=args.out, doc=args.doc, workers=args.workers,
+                       curves_first=args.curves_first, report_only=args.report_only)

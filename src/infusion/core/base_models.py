@@ -1,0 +1,106 @@
+"""Loading a base Stable Diffusion model (SD 1.x, 2.x or SDXL): diffusers folder, single-file checkpoint,
+hub id, or a built-in name (``tiny`` / ``tiny-sd2`` / ``tiny-sdxl`` random models for smoke runs, ``world``
+the built-in world model). The family is read from the files; SDXL gets the XL pipeline class."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+BUILTIN = ("tiny", "tiny-sd2", "tiny-sdxl", "world")
+TINY = {"tiny": "tiny_sd_pipeline", "tiny-sd2": "tiny_sd2_pipeline", "tiny-sdxl": "tiny_sdxl_pipeline"}
+
+
+def family_class(cls, family: str):
+    """The pipeline class of ``family`` for a requested class: on SDXL, the stock SD pipeline becomes the XL one and
+    a class with an ``sdxl_class`` attribute (``InfusionPipeline``) becomes that; other classes are kept."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from infusion.core.model_families import SDXL
+
+    if family == SDXL:
+        if cls is StableDiffusionPipeline:
+            return StableDiffusionXLPipeline
+        return getattr(cls, "sdxl_class", None) or cls
+    return cls
+
+
+def resolve_model(model: str) -> str:
+    """Map a built-in name to its path; leave paths and hub ids alone."""
+    if model == "world":
+        try:
+            from infusion.world import model_dir
+        except ImportError as e:  # the world ships in its own issue
+            raise ValueError("the built-in world model is not available in this version") from e
+        return str(model_dir())
+    return model
+
+
+# diffusers and transformers build models under accelerate's init_empty_weights, which patches torch for the whole
+# process: a second thread building a module meanwhile gets meta tensors. One load at a time (the web page trains
+# in one thread and generates in another).
+LOAD_LOCK = threading.RLock()
+
+
+def load_base_pipeline(model: str, pipeline_cls=None, torch_dtype: torch.dtype | None = None, config: str | None = None):
+    """A ``StableDiffusionPipeline`` (or ``pipeline_cls``) for ``model``; thread-safe (``LOAD_LOCK``)."""
+    with LOAD_LOCK:
+        return _load(model, pipeline_cls, torch_dtype, config)
+
+
+def _load(model: str, pipeline_cls=None, torch_dtype: torch.dtype | None = None, config: str | None = None):
+    """A ``StableDiffusionPipeline`` (or ``pipeline_cls``) for ``model``.
+
+    model: ``tiny`` | ``world`` | a diffusers folder | a single-file ``.safetensors`` checkpoint
+    (``config``: a local diffusers folder or repo id with the matching configs, needed offline) |
+    a hub id (needs network or a local cache).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    from infusion.core import model_configs as tiny
+    from infusion.core.model_families import family_of, family_of_files
+
+    cls = pipeline_cls or StableDiffusionPipeline
+    if model in TINY:
+        pipe = getattr(tiny, TINY[model])()
+        want = family_class(cls, family_of(pipe))
+        pipe = pipe if isinstance(pipe, want) else want.from_pipe(pipe)
+        pipe.model_id = model
+        return pipe
+    path = resolve_model(model)
+    family = family_of_files(path, config)
+    if family is None and not os.path.exists(path):  # a hub id: its model_index.json tells (cache or network)
+        try:
+            from diffusers import DiffusionPipeline
+
+            family = "sdxl" if "XL" in DiffusionPipeline.load_config(path).get("_class_name", "") else "sd"
+        except Exception:
+            family = None
+    if family is not None:
+        cls = family_class(cls, family)
+    kwargs = {"safety_checker": None, "requires_safety_checker": False} if family != "sdxl" else {}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    if os.path.isfile(path):
+        if Path(path).suffix.lower() != ".safetensors":
+            raise ValueError(f"{path}: only .safetensors single-file checkpoints are supported (never pickled .ckpt)")
+        if config is not None:
+            kwargs["config"] = config
+        pipe = cls.from_single_file(path, **kwargs)
+    elif os.path.isdir(path):
+        if not (Path(path) / "model_index.json").is_file():
+            raise ValueError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        pipe = cls.from_pretrained(path, **kwargs)
+    else:
+        try:
+            pipe = cls.from_pretrained(path, **kwargs)
+        except Exception as e:
+            raise ValueError(
+                f"could not load model {model!r}: not a local folder or file, and loading it as a hub id failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from e
+    pipe.model_id = model
+    return pipe
