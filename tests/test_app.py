@@ -96,7 +96,7 @@ def test_one_job_at_a_time_and_cancel_keeps_the_library_unchanged(tmp_path, worl
 
 
 def test_failed_job_reports_and_leaves_the_library_alone(tmp_path, world_images, monkeypatch):
-    import infusion.training as training
+    import infusion.app.jobs as training  # the trainer as the job runner calls it
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")

@@ -11,8 +11,8 @@ names no method.
 
 ``CustomizedModel.eps(z_t, t, prompts)`` is the customised noise predictor (an
 ``infusion.metrics.eps.EpsPredictor``), for metrics such as the latent Fisher divergence.
-Base images (``return_base=True``) come from the method's own ``generate`` where it has one (free for
-Infusion); otherwise the base model runs a second time with ``<name>`` replaced by the class phrase.
+Base images (``return_base=True``) come from the method's own ``generate`` where it has one (free when it
+samples both streams in one call); otherwise the base model runs a second time with ``<name>`` replaced by the class phrase.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class CustomizedModel:
         used = [c for c in self.customizations if any(c.name in find_placeholders(p) for p in prompts)]
         if len(used) <= 1:
             return (used or self.customizations)[0].encode(self.pipe, prompts)
-        # Several composable concepts (TI): substitute each one's phrase, then encode once.
+        # Several composable concepts: substitute each one's phrase, then encode once.
         texts = [substitute(p, {c.name: c.phrase() for c in self.customizations})[0] for p in prompts]
         return encode_texts(self.pipe, texts), None
 
@@ -137,7 +137,7 @@ class CustomizedModel:
     def _generate(self, pipe, prompts, negatives, latents, common):
         if latents is not None and isinstance(common["generator"], list):
             common = {**common, "generator": None}  # explicit latents: no noise is drawn
-        if family_of(pipe) == SDXL:  # the ported methods (TI, LoRA, DreamBooth) are plain text after substitution
+        if family_of(pipe) == SDXL:  # the methods ported to SDXL are plain text after substitution
             phrases = {c.name: c.phrase() for c in self.customizations}
             neg = self._negatives([substitute(p, phrases)[0] for p in negatives])
             return pipe(prompt=[substitute(p, phrases)[0] for p in prompts], negative_prompt=neg, latents=latents,

@@ -13,10 +13,11 @@ import numpy as np
 import PIL.Image
 import torch
 
+from infusion.app.library import Entry, Library
 from infusion.core.images import save_png
 from infusion.core.model_profiles import model_profile
+from infusion.customized import load_customized
 from infusion.methods import customization_class
-from infusion.app.library import Entry, Library
 
 OUTPUTS = ".outputs"
 
@@ -63,9 +64,9 @@ class Actions:
     # -- library --------------------------------------------------------------------------------
     def base_fingerprint(self) -> str:
         if self._fingerprint is None:
+            from infusion.core.base_models import load_base_pipeline
             from infusion.core.customization_files import base_fingerprint
             from infusion.core.model_families import fingerprint_modules
-            from infusion.core.base_models import load_base_pipeline
 
             self._fingerprint = base_fingerprint(*fingerprint_modules(load_base_pipeline(self.model,
                                                                                          config=self.model_config)))
@@ -102,7 +103,6 @@ class Actions:
 
     def _load(self, paths: list[Path]):
         """``load_customized`` for ``paths``, cached by (path, modification time) for the last ``CACHE`` sets."""
-        from infusion.customized import load_customized
 
         key = tuple((str(p), p.stat().st_mtime_ns) for p in paths)
         cache = self.__dict__.setdefault("_cache", {})

@@ -19,8 +19,13 @@ from pathlib import Path
 
 import PIL.Image
 
-from infusion.training.data import load_rgb
 from infusion.app.library import Library, check_name
+from infusion.customized import load_customized
+from infusion.methods import get_method
+from infusion.training import TrainConfig, train
+from infusion.training.config import parse_method_args
+from infusion.training.data import load_rgb
+from infusion.training.trainer import Cancelled, step_path
 
 MIN_IMAGES, MAX_IMAGES = 3, 10
 MAX_BYTES = 20 * 1024 * 1024  # per file
@@ -93,9 +98,6 @@ class Trainer:
         """Validate and start; ``ValueError`` with a page message on bad input or while another job runs.
         ``options``: the method's settings as ``infusion train --method-arg`` takes them, space-separated
         (``"maps=own"``); a key the method does not read is refused, naming the ones it does."""
-        from infusion.training import TrainConfig
-        from infusion.training.config import parse_method_args
-        from infusion.methods import get_method
 
         with self._lock:
             if self.job is not None and not self.job.finished:
@@ -142,8 +144,6 @@ class Trainer:
         return f"cancelling <{self.job.name}> after the current step"
 
     def _run(self, job: Job, cfg, sample_every: int) -> None:
-        from infusion.training import train
-        from infusion.training.trainer import Cancelled, step_path
 
         def report(r) -> bool:
             job.status, job.step = "running", r.step
@@ -168,8 +168,6 @@ class Trainer:
     def _sample(self, job: Job, cfg, checkpoint: Path, step: int) -> None:
         """An image of ``a photo of <name>`` from ``checkpoint`` (seed 0), kept in the staging folder."""
         import torch
-
-        from infusion.customized import load_customized
 
         try:
             model = load_customized(self.model, [checkpoint], model_config=self.model_config)

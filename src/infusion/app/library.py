@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infusion.core.customization_files import FILE_EXT, FOLDER_META, read_metadata, storage_bytes
 from infusion.core.placeholders import NAME_PATTERN
 from infusion.methods.registry import get_spec
-from infusion.core.customization_files import FILE_EXT, FOLDER_META, read_metadata, storage_bytes
+from infusion.training.data import IMAGE_SUFFIXES
 
 IMAGES = ".images"
 STAGING = ".staging"
@@ -90,7 +91,6 @@ class Library:
 
     def _images(self, name: str, meta: dict) -> list[Path]:
         """The entry's training images: its copy in ``.images/<name>``, else the folder its metadata names."""
-        from infusion.training.data import IMAGE_SUFFIXES
 
         folder = self.images_dir(name)
         if not folder.is_dir():

@@ -11,6 +11,9 @@ import functools
 from infusion.app.actions import Actions
 from infusion.app.jobs import Trainer
 from infusion.app.library import Library
+from infusion.core.model_profiles import model_profile
+from infusion.methods import available_methods, get_method
+from infusion.training.data import IMAGE_SUFFIXES
 
 SAMPLE_EVERY = 50
 
@@ -44,9 +47,6 @@ def _safe(status_index: int | None = None, n_outputs: int = 1):
 def build(model: str = "world", library: str = "library", model_config: str | None = None):
     """The app's ``gr.Blocks`` for base ``model`` and the library folder ``library``."""
     import gradio as gr
-
-    from infusion.core.model_profiles import model_profile
-    from infusion.methods import available_methods, get_method
 
     lib = Library(library)
     actions = Actions(model, lib, model_config)
@@ -105,8 +105,6 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             builtin.change(pick_builtin, builtin, [images, preview, name, phrase])
             def shown(files):  # the preview shows the images among the uploads (the check at start names the rest)
                 from pathlib import Path
-
-                from infusion.training.data import IMAGE_SUFFIXES
 
                 return [f for f in files or [] if Path(f).suffix.lower() in IMAGE_SUFFIXES]
 
@@ -286,7 +284,6 @@ def build(model: str = "world", library: str = "library", model_config: str | No
 
 def _options_hint(method: str) -> str:
     """The page's hint for a method's options: the keys it reads (Infusion: e.g. maps=own)."""
-    from infusion.methods import get_method
 
     keys = sorted(get_method(method).method_args_help or {})
     if not keys:

@@ -100,7 +100,6 @@ def train_and_compare(name: str, out: Path, model: str = "world", steps: int = D
     """
     import torch
 
-    from infusion.world.scorer import WorldProbeScorer
     from infusion.core.base_models import load_base_pipeline
     from infusion.methods.infusion.pipeline import InfusionPipeline
     from infusion.training import TrainConfig, train
@@ -110,6 +109,7 @@ def train_and_compare(name: str, out: Path, model: str = "world", steps: int = D
         get_concept,
         write_concept_images,
     )
+    from infusion.world.scorer import WorldProbeScorer
 
     concept = get_concept(name)
     out.mkdir(parents=True, exist_ok=True)

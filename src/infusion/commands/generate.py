@@ -29,9 +29,9 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
+    from infusion.core.base_models import load_base_pipeline
     from infusion.core.images import make_grid, save_png
     from infusion.customized import load_customized
-    from infusion.core.base_models import load_base_pipeline
     from infusion.methods.infusion.pipeline import InfusionPipeline
 
     if args.num_images < 1:

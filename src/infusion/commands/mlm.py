@@ -84,7 +84,13 @@ def run_captions(args) -> int:
 
 def run_pretrain(args) -> int:
     from infusion.mlm.contextualizer import ContextualizerConfig
-    from infusion.mlm.pretrain import PretrainConfig, load_text_side, pretrain_contextualizer, read_captions, world_captions
+    from infusion.mlm.pretrain import (
+        PretrainConfig,
+        load_text_side,
+        pretrain_contextualizer,
+        read_captions,
+        world_captions,
+    )
 
     captions = world_captions(20000) if args.captions == "world" else read_captions(args.captions)
     config = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})

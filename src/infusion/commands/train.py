@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -18,8 +17,8 @@ def register(sub) -> None:
         description="Learn a personal concept. Multi-GPU: `accelerate launch -m infusion.cli train ...`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from infusion.training.config import TrainConfig
     from infusion.methods import available_methods
+    from infusion.training.config import TrainConfig
 
     helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
     p.add_argument("--model", required=True, help=helps["model"])

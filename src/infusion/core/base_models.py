@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+from infusion.core import model_configs as tiny
+from infusion.core.model_families import SDXL, family_of, family_of_files
+
 BUILTIN = ("tiny", "tiny-sd2", "tiny-sdxl", "world")
 TINY = {"tiny": "tiny_sd_pipeline", "tiny-sd2": "tiny_sd2_pipeline", "tiny-sdxl": "tiny_sdxl_pipeline"}
 
@@ -18,8 +21,6 @@ def family_class(cls, family: str):
     """The pipeline class of ``family`` for a requested class: on SDXL, the stock SD pipeline becomes the XL one and
     a class with an ``sdxl_class`` attribute (``InfusionPipeline``) becomes that; other classes are kept."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from infusion.core.model_families import SDXL
 
     if family == SDXL:
         if cls is StableDiffusionPipeline:
@@ -59,9 +60,6 @@ def _load(model: str, pipeline_cls=None, torch_dtype: torch.dtype | None = None,
     a hub id (needs network or a local cache).
     """
     from diffusers import StableDiffusionPipeline
-
-    from infusion.core import model_configs as tiny
-    from infusion.core.model_families import family_of, family_of_files
 
     cls = pipeline_cls or StableDiffusionPipeline
     if model in TINY:

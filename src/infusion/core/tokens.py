@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from infusion.core.model_families import encode_ids, tokenize
 from infusion.core.placeholders import ConceptSpan, parse_prompt
 
 STAND_IN = "sks"  # one BPE token in the CLIP vocabulary; its embedding is always replaced
@@ -74,8 +75,6 @@ def encode_with_tokens(text_encoders, tokenizers, prompts: list[str], name: str,
     pooled embedding made as the family's pipeline makes them (``families.encode_ids``).
     """
     from contextlib import ExitStack
-
-    from infusion.core.model_families import encode_ids, tokenize
 
     texts, spans = locate(prompts, name, tokenizers[0])
     ids = [tokenize(t, texts) for t in tokenizers]  # (B, L) each; one BPE vocabulary, so the same positions

@@ -5,6 +5,7 @@ from __future__ import annotations
 from infusion.core.model_profiles import model_profile
 from infusion.evaluation.harness import EvalConfig, build_jobs, discover_entries, load_generator, run_evaluation
 from infusion.evaluation.prompts import dreambench_prompts, prompts_for
+from infusion.metrics.scorers import CLIPScorer, DINOScorer
 from infusion.world.profile import WorldProfile
 
 __all__ = ["EvalConfig", "run_evaluation", "discover_entries", "build_jobs", "load_generator", "build_scorers",
@@ -15,7 +16,6 @@ def build_scorers(model: str, clip: str | None = None, dino: str | None = None, 
                   probes: bool | None = None) -> list:
     """Scorers for a run: CLIP (``clip``: path or hub id), DINO (``dino``), and the built-in world's probes
     (``probes=None``: when the model's profile has a scorer of its own, i.e. on the world; True: always)."""
-    from infusion.metrics.scorers import CLIPScorer, DINOScorer
 
     scorers = []
     if probes is not False:

@@ -23,14 +23,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from infusion.core.base_models import load_base_pipeline
+from infusion.core.customization_files import output_parts, read_metadata, storage_bytes
+from infusion.core.model_profiles import model_profile
+from infusion.core.placeholders import substitute
+from infusion.customized import load_customized
+from infusion.evaluation.prompts import prompts_for
+from infusion.evaluation.store import RecordStore
+from infusion.methods import customization_class
 from infusion.metrics.eps import UNetEps
 from infusion.metrics.fisher import latent_fisher_divergence
 from infusion.metrics.scorers import scoring_texts
 from infusion.metrics.wasserstein import DEFAULT_POOL, pool_latents
-from infusion.core.model_profiles import model_profile
-from infusion.core.placeholders import substitute
-from infusion.evaluation.prompts import prompts_for
-from infusion.evaluation.store import RecordStore
+from infusion.training.data import load_rgb
 
 log = logging.getLogger(__name__)
 BASE = "base"
@@ -91,7 +96,6 @@ def _training_steps(meta: dict) -> int | None:
 def discover_entries(cfg: EvalConfig) -> list[Entry]:
     """The files (and checkpoints) to evaluate, labelled by method (plus the file stem when a
     method appears with several files of the same concept)."""
-    from infusion.core.customization_files import output_parts, read_metadata, storage_bytes
 
     entries = []
     for f in cfg.files:
@@ -207,9 +211,6 @@ def load_generator(model: str, path: str | None, base_pipe=None):
         pipe = base_pipe if base_pipe is not None else load_base_pipeline(model)
         pipe.set_progress_bar_config(disable=True)
         return BaseGenerator(pipe)
-    from infusion.core.customization_files import read_metadata
-    from infusion.customized import load_customized
-    from infusion.methods import customization_class
 
     # A method whose loader changes no base weight (Infusion) shares an already loaded base pipeline; the
     # others attach to their pipeline in place, so they get a fresh one.
@@ -231,7 +232,6 @@ def decode(pipe, latents: torch.Tensor) -> list:
 
 
 def load_images(folder: str | Path) -> list:
-    from infusion.training.data import load_rgb
 
     folder = Path(folder)
     exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -355,7 +355,6 @@ def run_evaluation(cfg: EvalConfig, scorers: list = (), progress: bool = True) -
 
     Returns the summary (also ``summary.json``).
     """
-    from infusion.core.base_models import load_base_pipeline
 
     state = process_state()
     out = Path(cfg.out)

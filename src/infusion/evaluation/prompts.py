@@ -12,6 +12,8 @@ import re
 from functools import lru_cache
 from importlib import resources
 
+from infusion.world.concepts import CONCEPTS, eval_prompts
+
 LIVE_CLASSES = frozenset({"cat", "dog"})  # DreamBench's live subjects are its cats and dogs
 _PROMPT = re.compile(r"'(.*)'\.format\(unique_token, class_token\)")
 
@@ -72,7 +74,6 @@ def prompts_for(name: str, class_phrase: str, prompt_set: str = "dreambench") ->
 
 def world_prompts(name: str, class_phrase: str) -> list[str]:
     """The built-in world's evaluation prompts for a concept (from ``infusion.world``)."""
-    from infusion.world.concepts import CONCEPTS, eval_prompts
 
     if name not in CONCEPTS:
         raise ValueError(

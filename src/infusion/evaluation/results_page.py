@@ -32,7 +32,15 @@ import torch
 from PIL import Image
 
 from infusion.core.images import make_grid
-from infusion.evaluation.world_results import BASE_ROW, PAPER_ROW, PRESETS, Records, ResultsRun, grid_prompts, model_fingerprint
+from infusion.evaluation.world_results import (
+    BASE_ROW,
+    PAPER_ROW,
+    PRESETS,
+    Records,
+    ResultsRun,
+    grid_prompts,
+    model_fingerprint,
+)
 from infusion.methods import mlm_methods
 from infusion.world.concepts import concept_images
 

@@ -30,6 +30,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infusion.core.base_models import BUILTIN
+from infusion.core.customization_files import storage_bytes
+from infusion.core.safetensors_io import read_safetensors
+from infusion.evaluation.harness import EvalConfig, decode, lfd_dataset, load_generator
+from infusion.methods import get_spec
+from infusion.metrics.eps import UNetEps
+from infusion.metrics.fisher import latent_fisher_divergence
+from infusion.metrics.wasserstein import latent_w2
+from infusion.training import TrainConfig, train
+from infusion.training.trainer import state_path, step_path
+from infusion.world import scenes
+from infusion.world.concepts import concept_images, eval_prompts, get_concept, validation_prompts, write_concept_images
+from infusion.world.fidelity import ObjectLook, concept_looks, judge, locate, parse_caption, read_scenes
+from infusion.world.probes import SLOTS
+from infusion.world.scorer import WorldProbeScorer, _to_tensor
+
 BASE_ROW = "base"
 PAPER_ROW = "infusion"  # the row of the paper's Infusion (the method at its defaults); the page tests its claims
 
@@ -116,8 +132,6 @@ def model_fingerprint(model: str) -> str:
     SHA-256 over the UNet's and text encoder's weight files (a retrained world makes every record stale)."""
     import hashlib
 
-    from infusion.core.base_models import BUILTIN
-
     if model in BUILTIN and model != "world":
         return model
     if model == "world":
@@ -159,7 +173,6 @@ class Records:
 
 
 def test_prompt_set(name: str, preset: Preset) -> list[str]:
-    from infusion.world.concepts import eval_prompts
 
     ps = eval_prompts(name)
     return ps[: preset.test_prompts] if preset.test_prompts else ps
@@ -168,9 +181,6 @@ def test_prompt_set(name: str, preset: Preset) -> list[str]:
 def agnostic_prompts(name: str, n: int) -> list[str]:
     """Prompts without the concept: half other classes, half the concept's own class (class leak)."""
     import random
-
-    from infusion.world import scenes
-    from infusion.world.concepts import get_concept
 
     c = get_concept(name)
     rng = random.Random(4242 + len(name))
@@ -207,7 +217,6 @@ class WorldReader:
     """Reads generated world images with the probes: text fidelity, concept fidelity, look, background, slot."""
 
     def __init__(self):
-        from infusion.world.scorer import WorldProbeScorer
 
         self.scorer = WorldProbeScorer()
         self._references: dict[str, list] = {}  # concept name -> its training images, rendered once
@@ -215,11 +224,6 @@ class WorldReader:
     @torch.no_grad()
     def read(self, images, texts: list[str], concept) -> list[dict]:
         """One dict per image: text_fidelity, concept_fidelity, look (bool), background, slot, judged attributes."""
-        from infusion.world import scenes
-        from infusion.world.concepts import concept_images
-        from infusion.world.probes import SLOTS
-        from infusion.world.fidelity import ObjectLook, concept_looks, judge, locate, parse_caption, read_scenes
-        from infusion.world.scorer import _to_tensor
 
         if concept.name not in self._references:
             self._references[concept.name] = concept_images(concept.name)
@@ -253,7 +257,6 @@ def _mean(xs) -> float:
 def summarise(test: list[dict], test_prompts: list[str], diversity: list[dict], agnostic: list[dict],
               agnostic_prompts_: list[str], concept) -> dict:
     """Per-image readings -> the table's metrics (definitions in docs/results.md)."""
-    from infusion.world.fidelity import parse_caption
 
     own_bg = concept.background
     other_bg = [r for r, p in zip(test, test_prompts) if (parse_caption(p).background or own_bg) != own_bg]
@@ -287,7 +290,6 @@ def selection_score(val: dict) -> float:
 
 def generate(gen, prompts: list[str], seeds: list[int], preset: Preset, latents_out: bool = False):
     """One image per (prompt, seed), same noise for every model: -> PIL images (and latents (N, 4, h, w))."""
-    from infusion.evaluation.harness import decode
 
     lat = []
     for p in prompts:
@@ -330,7 +332,6 @@ class ResultsRun:
         return self._base
 
     def images_dir(self, name: str) -> Path:
-        from infusion.world.concepts import write_concept_images
 
         d = self.out / "images" / name
         if not d.is_dir():
@@ -373,7 +374,6 @@ class ResultsRun:
         return curves + table if curves_first else table + curves
 
     def run(self, curves_first: bool = False) -> None:
-        from infusion.world.concepts import get_concept
 
         units = self.units(curves_first)
         for kind, row, name in units + units:  # a second pass takes up units another process left unfinished
@@ -396,8 +396,6 @@ class ResultsRun:
     # -- training ---------------------------------------------------------------------------
     def train(self, row: Row, concept, tag: str, lr=None, steps=None, checkpoint_every: int = 0) -> dict:
         """Train ``row`` on ``concept`` (record ``train/<row>/<concept>/<tag>``); returns the record."""
-        from infusion.training import TrainConfig, train
-        from infusion.methods import get_spec
 
         key = f"train/{row.name}/{concept.name}/{tag}"
         rec = self.records.get(key)
@@ -416,9 +414,6 @@ class ResultsRun:
         t0 = time.time()
         train(cfg, progress=False)
         seconds = time.time() - t0
-        from infusion.core.safetensors_io import read_safetensors
-        from infusion.core.customization_files import storage_bytes
-        from infusion.training.trainer import state_path
 
         n_params = int(read_safetensors(state_path(out), "training state")[1].get("trainable_parameters", -1))
         rec = {"out": str(out), "trainable_parameters": n_params, "steps": cfg.steps, "lr": lr, "seconds": seconds, "seconds_per_step": seconds / cfg.steps,
@@ -427,18 +422,15 @@ class ResultsRun:
         return rec
 
     def checkpoint_path(self, train_rec: dict, step: int) -> str:
-        from infusion.training.trainer import step_path
 
         return train_rec["out"] if step == train_rec["steps"] else str(step_path(train_rec["out"], step))
 
     def load(self, path: str | None):
-        from infusion.evaluation.harness import load_generator
 
         return load_generator(self.preset.model, path, base_pipe=self.base_pipe())
 
     # -- scoring ----------------------------------------------------------------------------
     def score_validation(self, row: Row, concept, path: str, key: str) -> dict:
-        from infusion.world.concepts import validation_prompts
 
         rec = self.records.get(key)
         if rec is not None:
@@ -462,7 +454,6 @@ class ResultsRun:
         rec = self.records.get(key)
         if rec is not None:
             return rec
-        from infusion.metrics.wasserstein import latent_w2
 
         p = self.preset
         tok = f"<{concept.name}>"
@@ -507,9 +498,6 @@ class ResultsRun:
     @torch.no_grad()
     def lfd(self, gen) -> float:
         """Latent Fisher divergence base vs ``gen`` on real world latents of non-customised captions."""
-        from infusion.metrics.eps import UNetEps
-        from infusion.metrics.fisher import latent_fisher_divergence
-        from infusion.evaluation.harness import EvalConfig, lfd_dataset
 
         if not hasattr(self, "_lfd_data"):
             cfg = EvalConfig(model=self.preset.model if self.preset.model == "world" else "other", files=["-"],

@@ -6,8 +6,16 @@ and ``customization.Customization`` (generation).
 """
 
 from infusion.methods.registry import (
-    ENTRY_POINT_GROUP, MethodSpec, available_methods, customization_class, discover, get_method, get_spec,
-    mlm_methods, reference_mlm_weight, register,
+    ENTRY_POINT_GROUP,
+    MethodSpec,
+    available_methods,
+    customization_class,
+    discover,
+    get_method,
+    get_spec,
+    mlm_methods,
+    reference_mlm_weight,
+    register,
 )
 
 __all__ = [

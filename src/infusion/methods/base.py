@@ -15,7 +15,10 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
+from infusion.core.model_families import added_cond, require_family, text_encoders
+from infusion.core.model_profiles import model_profile
 from infusion.core.placeholders import ConceptSpan
+from infusion.methods.registry import available_methods, get_method
 
 
 def param_key(layer: str) -> str:
@@ -53,7 +56,6 @@ class TextBatch:
 
     def unet_cond(self) -> dict:
         """The UNet's conditioning kwargs: ``encoder_hidden_states`` (+ SDXL's ``added_cond_kwargs``)."""
-        from infusion.core.model_families import added_cond
 
         return {"encoder_hidden_states": self.states, **added_cond(self.pooled, self.time_ids)}
 
@@ -120,8 +122,6 @@ class Method(nn.Module):
 
     def __init__(self, pipe, cfg):
         super().__init__()
-        from infusion.core.model_families import require_family, text_encoders
-        from infusion.methods.registry import available_methods, get_method
 
         ported = [m for m in available_methods() if "sdxl" in get_method(m).families]
         self.family = require_family(pipe, self.families, f"method {self.name!r}", ported)
@@ -156,7 +156,6 @@ class Method(nn.Module):
     def default_learning_rate(cls, model, batch_size: int) -> float:
         """The lr ``--lr`` omitted gives: the paper's (``world_defaults`` on the world), times the batch size for
         methods that scale it (diffusers' ``--scale_lr``: TI, P+, Custom Diffusion)."""
-        from infusion.core.model_profiles import model_profile
 
         lr = model_profile(model).method_defaults(cls).get("lr", cls.default_lr)
         return lr * batch_size if cls.scale_lr else lr

@@ -7,8 +7,22 @@
 
 from infusion.metrics.eps import EpsPredictor, InfusionEps, UNetEps, as_eps_predictor
 from infusion.metrics.fisher import LFDResult, latent_fisher_divergence
-from infusion.metrics.scorers import CLIPScorer, DINOScorer, FunctionScorer, Scorer, mean_cosine_to_references, scoring_texts
-from infusion.metrics.wasserstein import DEFAULT_POOL, fit_gaussian, gaussian_w2_squared, latent_w2, pool_latents, wasserstein2
+from infusion.metrics.scorers import (
+    CLIPScorer,
+    DINOScorer,
+    FunctionScorer,
+    Scorer,
+    mean_cosine_to_references,
+    scoring_texts,
+)
+from infusion.metrics.wasserstein import (
+    DEFAULT_POOL,
+    fit_gaussian,
+    gaussian_w2_squared,
+    latent_w2,
+    pool_latents,
+    wasserstein2,
+)
 
 __all__ = [
     "EpsPredictor",

@@ -17,6 +17,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
+from infusion.core.placeholders import substitute
+
 
 class Scorer(Protocol):
     """Per-image scores for a batch of generated images.
@@ -36,7 +38,6 @@ class Scorer(Protocol):
 
 def scoring_texts(prompts: Sequence[str], class_phrases: dict[str, str]) -> list[str]:
     """CLIP-T's texts: each ``<name>`` replaced by its class phrase (DreamBooth protocol)."""
-    from infusion.core.placeholders import substitute
 
     return [substitute(p, class_phrases)[0] for p in prompts]
 

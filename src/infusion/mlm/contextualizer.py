@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from infusion import __version__
 from infusion.core.safetensors_io import read_safetensors, save_safetensors_atomic
 
 FORMAT_NAME = "infusion-mlm-contextualizer"
@@ -112,7 +113,6 @@ def save_contextualizer(
 
     ``dtype``: storage dtype of the weights (float16 halves the file; they load back as float32).
     """
-    from infusion import __version__
 
     tensors = {f"model.{k}": v for k, v in contextualizer.state_dict().items()}
     tensors["mask_embedding"] = mask_embedding

@@ -20,7 +20,10 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from infusion.core.base_models import resolve_model
 from infusion.core.customization_files import base_fingerprint
+from infusion.core.model_configs import load_tokenizer
+from infusion.core.model_profiles import model_profile
 from infusion.mlm.contextualizer import (
     Contextualizer,
     ContextualizerConfig,
@@ -30,6 +33,7 @@ from infusion.mlm.contextualizer import (
 )
 from infusion.mlm.loss import mlm_loss
 from infusion.mlm.masking import make_batch, tokenize_captions
+from infusion.world.scenes import caption_scene, sample_scene
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +65,6 @@ class PretrainConfig:
     def for_model(self, model) -> "PretrainConfig":
         """The budget left unset filled in for ``model``: the world's small one, or the paper's."""
         from dataclasses import replace
-
-        from infusion.core.model_profiles import model_profile
 
         budget = model_profile(model).mlm_budget
         return replace(self, steps=self.steps if self.steps is not None else budget["steps"],
@@ -106,7 +108,6 @@ def read_captions(path: str | os.PathLike) -> list[str]:
 
 def world_captions(n: int, seed: int = 0) -> list[str]:
     """``n`` captions of the built-in world's scenes (the corpus its text encoder was trained on)."""
-    from infusion.world.scenes import caption_scene, sample_scene
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -124,9 +125,6 @@ def load_text_side(model):
         pipe = tiny_sd_pipeline()
         return pipe.text_encoder, pipe.tokenizer
     from transformers import CLIPTextModel, CLIPTokenizer
-
-    from infusion.core.base_models import resolve_model
-    from infusion.core.model_configs import load_tokenizer
 
     root = Path(resolve_model(str(model)))
     if not (root / "text_encoder").is_dir():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from infusion.toy.experiment import METHODS, Checkpoint, customise, settings, train_foundation
+from infusion.toy.experiment import METHODS, Checkpoint, customise, settings, tokens_for, train_foundation
 
 TITLES = {"full": "full fine-tuning (DreamBooth-like)", "kv": "K/V fine-tuning (Custom-Diffusion-like)", "infusion": "Infusion"}
 COLOURS = ["tab:red", "tab:blue", "tab:green", "tab:orange"]
@@ -54,7 +54,6 @@ def plot_samples(results: dict[str, list[Checkpoint]], setting, path: Path, show
 @torch.no_grad()
 def plot_field(base, models: dict, concept: int, path: Path, t: int = 100, lim: float = 3.0) -> None:
     """Fig. 6: the eps field (the negative score direction) of a non-customised concept."""
-    from infusion.toy.experiment import tokens_for
 
     plt = _plt()
     g = torch.linspace(-lim, lim, 17)

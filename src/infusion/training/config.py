@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from infusion.core.model_profiles import model_profile
+from infusion.methods import mlm_methods
 
 MLM_VOCABS = ("everyday", "world")  # built-in context-rich prompt sets (infusion.mlm.prompts)
 
@@ -77,7 +78,6 @@ class TrainConfig:
             raise ValueError(f"--mlm-batch must be >= 1, got {self.mlm_batch}")
         if self.mlm_lambda == 0:
             return
-        from infusion.methods import mlm_methods
 
         if self.method not in mlm_methods():
             raise ValueError(f"--mlm-lambda applies to methods with text-side learnables ({', '.join(mlm_methods())}); "

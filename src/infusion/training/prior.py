@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from infusion.core.images import read_png_params, save_png
-from infusion.training.data import caption_templates, encode_latent_stats, load_rgb, prepare_image
-from infusion.methods.base import PriorData
 from infusion.core.customization_files import output_parts
+from infusion.core.images import read_png_params, save_png
+from infusion.methods.base import PriorData
+from infusion.training.data import caption_templates, encode_latent_stats, load_rgb, prepare_image
 
 
 def prior_folder(out: str | Path) -> Path:

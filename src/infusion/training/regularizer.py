@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from infusion.methods.base import MLMTextSide
 from infusion.mlm import MLMRegularizer, load_contextualizer, prompt_set
 from infusion.training.config import MLM_VOCABS, TrainConfig
-from infusion.methods.base import MLMTextSide
 
 N_PROMPTS = 20000  # drawn from a built-in set (DESIGN: "tens of thousands of prompts")
 

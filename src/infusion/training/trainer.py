@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from infusion.core import model_families as families
+from infusion.core.base_models import LOAD_LOCK, load_base_pipeline
+from infusion.core.customization_files import base_fingerprint, output_parts
+from infusion.core.model_families import SDXL, family_of
 from infusion.core.safetensors_io import read_safetensors, save_safetensors_atomic
-from infusion.core.base_models import load_base_pipeline
+from infusion.methods import get_method
 from infusion.training.config import TrainConfig
 from infusion.training.data import caption_templates, encode_latent_stats, load_concept_images
-from infusion.methods import get_method
-from infusion.core.customization_files import output_parts
-from infusion.core import model_families as families
-from infusion.core.model_families import SDXL, family_of
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +170,8 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True, callback=None):
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(sched.config)  # the training-time forward process
-    from infusion.core.customization_files import base_fingerprint
 
     fingerprint = base_fingerprint(*families.fingerprint_modules(pipe))
-
-    from infusion.core.base_models import LOAD_LOCK
 
     with LOAD_LOCK:  # methods build parameters and layers: not while another thread loads a model (models.py)
         method = method_cls(pipe, cfg)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from infusion.world import scenes
-from infusion.world.probes import CLASS_OR_NONE, COLOR_NAMES, SIZE_NAMES, SLOTS, crop_object
+from infusion.world.probes import CLASS_OR_NONE, COLOR2_OR_NONE, COLOR_NAMES, SIZE_NAMES, SLOTS, crop_object
 
 _BG_WORDS = {p: bg for bg, phrases in scenes.BACKGROUND_PHRASES.items() for p in phrases}
 _POS_WORDS = sorted(((p, pos) for pos, ps in scenes.POSITION_PHRASES.items() for p in ps), key=lambda x: -len(x[0]))
@@ -184,7 +184,6 @@ class ObjectLook:
 @torch.no_grad()
 def read_looks(object_probe, images: torch.Tensor, boxes) -> list[ObjectLook]:
     """(B, 3, 32, 32) images in [-1, 1] and one pixel box each -> the ObjectProbe's reading of each object's look."""
-    from infusion.world.probes import COLOR2_OR_NONE
 
     out = object_probe(crop_object(images, boxes))
     col, pat, col2 = (out[k].argmax(-1).tolist() for k in ("color", "pattern", "color2"))

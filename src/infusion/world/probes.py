@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from infusion.world import scenes
+from infusion.world.dataset import to_model_range
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,6 @@ def _object_batch(seeds: list[int], images: torch.Tensor, rng: random.Random):
 
 def train_probes(cfg: ProbeConfig):
     from safetensors.torch import load_file
-
-    from infusion.world.dataset import to_model_range
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

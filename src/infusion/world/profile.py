@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from infusion.core.model_profiles import ModelProfile
+from infusion.world import scenes
+from infusion.world.concepts import CONCEPTS, write_concept_images
+from infusion.world.scenes import example
+from infusion.world.scorer import WorldProbeScorer
 
 # The built-in world's text encoder only knows its captions' words ("cropped", "clean", "close-up",
 # "bright", "good" never occur there): on the world, captions use its own prefixes (``scenes._PREFIXES``).
@@ -32,18 +36,15 @@ class WorldProfile(ModelProfile):
         return dict(getattr(method_cls, "world_defaults", {}) or {})
 
     def caption_corpus(self, n: int) -> list[str]:
-        from infusion.world import scenes
 
         return [scenes.caption_scene(scenes.sample_scene(s), s).text for s in range(20_000_000, 20_000_000 + n)]
 
     def lfd_examples(self, n: int):
-        from infusion.world.scenes import example
 
         pairs = [example(10_000_000 + i) for i in range(n)]  # scenes far from any training seed
         return [img for img, _, _ in pairs], [cap.text for _, cap, _ in pairs]
 
     def scorer(self):
-        from infusion.world.scorer import WorldProbeScorer
 
         try:
             return WorldProbeScorer()
@@ -52,11 +53,9 @@ class WorldProfile(ModelProfile):
                              "--clip/--dino") from e
 
     def concepts(self) -> dict[str, str]:
-        from infusion.world.concepts import CONCEPTS
 
         return {name: c.class_phrase for name, c in CONCEPTS.items()}
 
     def concept_images(self, name: str, folder) -> list[Path]:
-        from infusion.world.concepts import write_concept_images
 
         return write_concept_images(name, folder)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from infusion.world import scenes
 from infusion.world.dataset import HELD_OUT_SEED
-from infusion.world.fidelity import NamedAttributes, judge, locate, read_scenes
+from infusion.world.fidelity import NamedAttributes, judge, locate, parse_caption, read_scenes, text_fidelity
 
 ATTRS = ("background", "cls", "color", "size", "position")
 
@@ -92,7 +92,6 @@ def entropy_bits(values: list) -> float:
 def evaluate_base(pipe, scene_probe, n: int = 500, per_class: int = 20, steps: int = 50, guidance: float = 5.0, seed: int = 0) -> dict:
     """Quality-bar figures of ``pipe``: attribute accuracies on ``n`` held-out captions, and the
     entropy of background and position over ``per_class`` images of each class-only prompt."""
-    from infusion.world.fidelity import parse_caption, text_fidelity
 
     captions = heldout_captions(n)
     images = generate(pipe, captions, steps, guidance, seed)

@@ -18,6 +18,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from infusion.world import scenes
+from infusion.world.fidelity import (
+    concept_fidelity,
+    locate,
+    object_embeddings,
+    parse_caption,
+    read_looks,
+    read_scenes,
+    slot_box,
+    text_fidelity,
+)
+from infusion.world.probes import load_probes
+
 
 def _to_tensor(images, size: int) -> torch.Tensor:
     """PIL images -> (B, 3, size, size) in [-1, 1]."""
@@ -30,7 +43,6 @@ class WorldProbeScorer:
     roles = {"text": "text_fidelity", "image": "concept_fidelity"}
 
     def __init__(self, scene_probe=None, object_probe=None):
-        from infusion.world.probes import load_probes
 
         if scene_probe is None or object_probe is None:
             scene_probe, object_probe = load_probes()
@@ -38,9 +50,6 @@ class WorldProbeScorer:
 
     @torch.no_grad()
     def score(self, images, texts, references=(), class_phrase=None):
-        from infusion.world import scenes
-        from infusion.world.fidelity import (concept_fidelity, locate, object_embeddings, parse_caption, read_looks, read_scenes,
-                                      slot_box, text_fidelity)
 
         if len(images) != len(texts):
             raise ValueError(f"need one text per image: {len(images)} images, {len(texts)} texts")

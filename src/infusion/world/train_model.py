@@ -35,12 +35,13 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from infusion.world import scenes
+from infusion.core.model_configs import load_tokenizer
+from infusion.world import model_dir, scenes
 from infusion.world.architecture import assemble_pipeline, build_scheduler, build_text_encoder, build_unet
 from infusion.world.checkpoint import load_checkpoint, save_checkpoint
+from infusion.world.dataset import patterned_scene
 from infusion.world.token_loss import class_token_targets, install_recorders, token_loss
 from infusion.world.train_vae import save_grid
-from infusion.core.model_configs import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,6 @@ def _captions(batch_idx: torch.Tensor, rng: random.Random, dropout: float, patte
               name_patterns: float = 0.0) -> tuple[list[str], list[scenes.Scene]]:
     """A freshly drawn caption ("" with probability ``dropout``) and the scene of every image index (of the
     patterned set with ``patterned``)."""
-    from infusion.world.dataset import patterned_scene
 
     texts, batch_scenes = [], []
     for i in batch_idx.tolist():
@@ -396,8 +396,6 @@ def _load_exported_ema(cfg: ModelConfig, step: int, ema_unet, ema_text, unet, te
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from infusion.world import model_dir
-
     out = Path(cfg.export_dir) if cfg.export_dir else model_dir()
     state = out / "training_state.json"
     if state.exists() and json.loads(state.read_text()).get("step") == step:
@@ -411,7 +409,6 @@ def _load_exported_ema(cfg: ModelConfig, step: int, ema_unet, ema_text, unet, te
 
 def _frozen_vae_dir(work: Path) -> Path:
     """The VAE stage 2 trains on: ``work/vae`` from stage 1, else the packaged model's VAE (resume on a fresh machine)."""
-    from infusion.world import model_dir
 
     for d in (work / "vae", model_dir() / "vae"):
         if (d / "config.json").exists():
@@ -421,7 +418,6 @@ def _frozen_vae_dir(work: Path) -> Path:
 
 def export(pipe, cfg: ModelConfig, step: int) -> Path:
     """Save ``pipe`` (diffusers layout, float32 safetensors) and a small training-state note."""
-    from infusion.world import model_dir
 
     out = Path(cfg.export_dir) if cfg.export_dir else model_dir()
     pipe.save_pretrained(out, safe_serialization=True)

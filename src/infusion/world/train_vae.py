@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from infusion.world import model_dir
 from infusion.world.architecture import build_vae
 from infusion.world.checkpoint import load_checkpoint, save_checkpoint
 from infusion.world.dataset import cached_images, to_model_range
@@ -132,8 +133,6 @@ def finetune_decoder(cfg: DecoderConfig):
     the world's patterns became coarse (``scenes.PATTERNS``), a decoder-only fine-tune teaches it to
     draw them without touching the latent space the UNet models."""
     from diffusers import AutoencoderKL
-
-    from infusion.world import model_dir
 
     torch.set_num_threads(cfg.threads)
     work = Path(cfg.work)

@@ -23,15 +23,15 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from infusion.methods.custom_diffusion.loader import EMBEDS, WEIGHTS, CustomDiffusionCustomization
-from infusion.core.safetensors_io import save_safetensors_atomic
-from infusion.methods.infusion.processor import cross_attention_layers
-from infusion.methods.base import Method, MLMTextSide, TextBatch
-from infusion.methods.dreambooth.training import PRIOR_ARGS, PriorPreservationMixin
 from infusion.core.customization_files import customization_metadata, write_folder_metadata
 from infusion.core.kv_attention import KeyValueProcessor
+from infusion.core.placeholders import substitute
+from infusion.core.safetensors_io import save_safetensors_atomic
 from infusion.core.tokens import STAND_IN, encode_with_token, phrase_embedding, stand_in_embed_fn
-
+from infusion.methods.base import Method, MLMTextSide, TextBatch
+from infusion.methods.custom_diffusion.loader import EMBEDS, WEIGHTS
+from infusion.methods.dreambooth.training import PRIOR_ARGS, PriorPreservationMixin
+from infusion.methods.infusion.processor import cross_attention_layers
 
 
 class KVTrainProcessor(KeyValueProcessor):
@@ -75,7 +75,6 @@ class CustomDiffusion(PriorPreservationMixin, Method):
                            stand_in_embed_fn(self.text_encoder, self.tokenizer, lambda: self.token))
 
     def encode_captions(self, captions: list[str]) -> TextBatch:
-        from infusion.core.placeholders import substitute
 
         # "<name>" -> "<name> <class>": the modifier token stays a placeholder for the injector.
         texts = [substitute(c, {self.cfg.name: f"<{self.cfg.name}> {self.cfg.class_phrase}"})[0] for c in captions]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from infusion.core.base_models import load_base_pipeline
 from infusion.methods.customization import Customization
+
 
 def identifier_phrase(meta_or_args: dict, class_phrase: str) -> str:
     return f"{meta_or_args.get('identifier', 'sks')} {class_phrase}"
@@ -14,7 +16,6 @@ class DreamBoothCustomization(Customization):
     owns_pipeline = True
 
     def attach(self, pipe):
-        from infusion.core.base_models import load_base_pipeline
 
         return load_base_pipeline(str(self.path))  # SD or SDXL, as the folder's model_index.json says
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infusion.methods.dreambooth.loader import DreamBoothCustomization
+from infusion.core.customization_files import base_fingerprint, customization_metadata, write_folder_metadata
+from infusion.core.model_families import encode_ids, fingerprint_modules, text_parts, tokenize
 from infusion.core.placeholders import substitute
 from infusion.methods.base import Method, MLMTextSide, TextBatch
-from infusion.core.customization_files import customization_metadata, write_folder_metadata
 from infusion.training.prior import class_prior
 
 
@@ -42,8 +42,6 @@ class PriorPreservationMixin:
     default_prior_weight = 1.0
 
     def _setup_prior(self, pipe, cfg) -> None:
-        from infusion.core.customization_files import base_fingerprint
-        from infusion.core.model_families import fingerprint_modules
 
         args = cfg.method_args
         self.prior_weight = float(args.get("prior_loss_weight", self.default_prior_weight))
@@ -97,7 +95,6 @@ class DreamBooth(PriorPreservationMixin, Method):
         return MLMTextSide(self.phrase(), self.text_encoder)
 
     def encode_captions(self, captions: list[str]) -> TextBatch:
-        from infusion.core.model_families import encode_ids, text_parts, tokenize
 
         texts = [substitute(c, {self.cfg.name: self.phrase()})[0] for c in captions]
         parts = text_parts(self.pipe)

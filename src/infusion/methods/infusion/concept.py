@@ -23,8 +23,10 @@ import torch
 
 from infusion import __version__
 from infusion.core.customization_files import base_fingerprint  # noqa: F401  (re-exported)
+from infusion.core.model_families import FAMILY_NAMES
 from infusion.core.placeholders import NAME_PATTERN
 from infusion.core.safetensors_io import read_safetensors, save_safetensors_atomic
+from infusion.methods.infusion.processor import layer_widths
 
 FORMAT_NAME = "infusion-concept"
 FORMAT_VERSION = "1"  # plain concepts (the paper's Infusion)
@@ -166,8 +168,6 @@ class Concept:
     def check_compatible(self, unet, fingerprint: str | None = None, family: str | None = None) -> None:
         """Raise ``ValueError`` when the concept was trained on another model family (naming both), or naming the
         first layer whose name or width does not match ``unet``; warn when the base fingerprint differs."""
-        from infusion.core.model_families import FAMILY_NAMES
-        from infusion.methods.infusion.processor import layer_widths
 
         if family and self.family and family != self.family:
             raise ValueError(

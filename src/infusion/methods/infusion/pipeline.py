@@ -22,10 +22,10 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.utils import BaseOutput
 
-from infusion.methods.infusion.concept import Concept, base_fingerprint
 from infusion.core.model_families import SDXL, family_of, family_of_files, fingerprint_modules
-from infusion.methods.infusion.processor import InfusionPlan, infusion_processors, install_processors
 from infusion.core.placeholders import ParsedPrompt, parse_prompt, prompt_lists
+from infusion.methods.infusion.concept import Concept, base_fingerprint
+from infusion.methods.infusion.processor import InfusionPlan, infusion_processors, install_processors
 
 
 @dataclass

@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from infusion.methods.infusion.concept import MAPS, Concept
 from infusion.core.model_families import encode_ids, text_encoders, text_parts, tokenize
-from infusion.methods.infusion.processor import InfusionPlan, install_processors, layer_widths
 from infusion.core.placeholders import parse_prompt, phrase_token_count
 from infusion.methods.base import Method, TextBatch, param_key
+from infusion.methods.infusion.concept import MAPS, Concept
+from infusion.methods.infusion.processor import InfusionPlan, install_processors, layer_widths
 
 RESIDUALS = ("value", "query")
 # Redraw depth of paired training. <sunball>, residual=query, 1,000 steps, 12 validation prompts x 2 seeds

@@ -5,6 +5,7 @@ from __future__ import annotations
 from infusion.methods.customization import Customization
 from infusion.methods.dreambooth.loader import identifier_phrase
 
+
 class LoRACustomization(Customization):
     """LoRA weights loaded with diffusers' ``load_lora_weights``; ``<name>`` -> ``"sks <class>"``."""
 

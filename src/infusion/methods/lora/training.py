@@ -19,11 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from infusion.methods.lora.loader import LoRACustomization
+from infusion.core.customization_files import customization_metadata
 from infusion.core.safetensors_io import save_safetensors_atomic
 from infusion.methods.base import Method
 from infusion.methods.dreambooth.training import PRIOR_ARGS, DreamBooth, PriorPreservationMixin
-from infusion.core.customization_files import customization_metadata
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 

@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from infusion.core.kv_attention import KeyValueProcessor
 from infusion.core.safetensors_io import read_safetensors
-from infusion.methods.infusion.processor import cross_attention_layers
 from infusion.core.tokens import encode_with_token
 from infusion.methods.customization import Customization, stock_attention
-from infusion.core.kv_attention import KeyValueProcessor
+from infusion.methods.infusion.processor import cross_attention_layers
+
 
 class RankOneEdit:
     """The concept's edit, shared by every layer's processor.

@@ -29,14 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infusion.methods.perfusion.loader import PerfusionCustomization, RankOneEdit, install_perfusion  # noqa: F401
-from infusion.core.safetensors_io import save_safetensors_atomic
-from infusion.methods.infusion.processor import cross_attention_layers
-from infusion.core.model_profiles import CAPTION_TEMPLATES, model_profile
-from infusion.training.data import caption_templates
-from infusion.methods.base import Method, TextBatch, param_key
 from infusion.core.customization_files import customization_metadata
+from infusion.core.model_profiles import CAPTION_TEMPLATES, model_profile
+from infusion.core.placeholders import parse_prompt
+from infusion.core.safetensors_io import save_safetensors_atomic
 from infusion.core.tokens import encode_with_token, phrase_embedding
+from infusion.methods.base import Method, TextBatch, param_key
+from infusion.methods.infusion.processor import cross_attention_layers
+from infusion.methods.perfusion.loader import PerfusionCustomization, RankOneEdit, install_perfusion  # noqa: F401
+from infusion.training.data import caption_templates
 
 FORMAT = "infusion-perfusion"
 NOUNS = ("dog", "cat", "car", "house", "tree", "person", "woman", "man", "child", "bird", "flower", "chair", "table",
@@ -110,7 +111,6 @@ class Perfusion(Method):
     @torch.no_grad()
     def _superclass_input(self, te, tok) -> torch.Tensor:
         """Mean encoding of the class phrase's last token over the caption templates -> (C_t,)."""
-        from infusion.core.placeholders import parse_prompt
 
         prompts = [t.format("<c>") for t in caption_templates(self.cfg.model)]
         parsed = [parse_prompt(p, {"c": self.cfg.class_phrase}, tok) for p in prompts]

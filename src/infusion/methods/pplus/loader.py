@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from infusion.core.placeholders import find_placeholders
 from infusion.core.safetensors_io import read_safetensors
-from infusion.methods.infusion.processor import cross_attention_layers
 from infusion.core.tokens import encode_with_token
 from infusion.methods.customization import Customization
+from infusion.methods.infusion.processor import cross_attention_layers
 
 FORMAT = "infusion-pplus"
 
@@ -69,7 +70,6 @@ class PPlusCustomization(Customization):
         return pipe
 
     def encode(self, pipe, prompts):
-        from infusion.core.placeholders import find_placeholders
 
         if not any(find_placeholders(p) for p in prompts):  # no concept: the same states for every layer
             from infusion.methods.customization import encode_texts

@@ -15,11 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from infusion.methods.pplus.loader import KWARG, FORMAT, PPlusCustomization, encode_per_layer, install_layer_states  # noqa: F401
-from infusion.core.safetensors_io import save_safetensors_atomic
-from infusion.methods.base import Method, MLMTextSide, TextBatch
 from infusion.core.customization_files import customization_metadata
+from infusion.core.safetensors_io import save_safetensors_atomic
 from infusion.core.tokens import STAND_IN, phrase_embedding, stand_in_embed_fn
+from infusion.methods.base import Method, MLMTextSide, TextBatch
+from infusion.methods.pplus.loader import FORMAT, KWARG, PPlusCustomization, encode_per_layer, install_layer_states  # noqa: F401
+
 
 class PPlus(Method):
     name = "pplus"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from infusion.core.model_families import SDXL, family_of
 from infusion.methods.customization import Customization
+
 
 class TokenCustomization(Customization):
     """A learned token loaded with diffusers' ``load_textual_inversion``; ``<name>`` stays literal (followed by
@@ -11,7 +13,6 @@ class TokenCustomization(Customization):
     composable = True
 
     def attach(self, pipe):
-        from infusion.core.model_families import SDXL, family_of
 
         if family_of(pipe) == SDXL:
             from safetensors.torch import load_file

@@ -17,11 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from infusion.methods.textual_inversion.loader import TokenCustomization, _truthy
-from infusion.core.safetensors_io import save_safetensors_atomic
-from infusion.methods.base import Method, MLMTextSide, TextBatch
 from infusion.core.customization_files import customization_metadata
+from infusion.core.model_families import text_parts
+from infusion.core.safetensors_io import save_safetensors_atomic
 from infusion.core.tokens import STAND_IN, encode_with_tokens, phrase_embedding, stand_in_embed_fn
+from infusion.methods.base import Method, MLMTextSide, TextBatch
+from infusion.methods.textual_inversion.loader import _truthy
 
 
 class TextualInversion(Method):
@@ -37,7 +38,6 @@ class TextualInversion(Method):
     families = ("sd", "sdxl")
 
     def __init__(self, pipe, cfg):
-        from infusion.core.model_families import text_parts
 
         super().__init__(pipe, cfg)
         self.with_class = _truthy(cfg.method_args.get("with_class", False))
