@@ -17,6 +17,7 @@ from infusion.metrics import (
     gaussian_w2_squared,
     latent_fisher_divergence,
     latent_w2,
+    latent_w2_distance,
     pool_latents,
     scoring_texts,
     wasserstein2,
@@ -68,6 +69,16 @@ def test_latent_w2_pools_to_16_dims():
         pool_latents(torch.randn(8, 16))
     with pytest.raises(ValueError, match="at least 2 samples"):
         wasserstein2(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
+def test_w2_distance_is_zero_on_one_set_and_the_shift_on_a_shifted_set():
+    """Not squared: a set shifted by s (a vector over the 16 pooled dims) is ||s|| away."""
+    z = torch.randn(12, 4, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert latent_w2_distance(z, z.clone()) == pytest.approx(0.0, abs=1e-6)
+    shift = torch.arange(4, dtype=torch.float64).view(1, 4, 1, 1) * 0.5  # channel c moves by c/2
+    expected = float(torch.sqrt((shift.flatten() ** 2).sum() * 4))  # 4 pooled cells per channel
+    assert latent_w2_distance(z, z + shift) == pytest.approx(expected, rel=1e-6)
+    assert latent_w2(z, z + shift) == pytest.approx(expected**2, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- LFD

@@ -20,6 +20,7 @@ from infusion.metrics.wasserstein import (
     fit_gaussian,
     gaussian_w2_squared,
     latent_w2,
+    latent_w2_distance,
     pool_latents,
     wasserstein2,
 )
@@ -43,4 +44,5 @@ __all__ = [
     "gaussian_w2_squared",
     "wasserstein2",
     "latent_w2",
+    "latent_w2_distance",
 ]

@@ -4,8 +4,9 @@ As FID does (Heusel et al. 2017), each set of samples is summarised by a Gaussia
 
     W2^2 = ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1^{1/2} S_2 S_1^{1/2})^{1/2})
 
-(the Frechet form). We report the *squared* distance W2^2, as FID does, so a pure mean shift s
-gives exactly ||s||^2. All arithmetic is float64.
+(the Frechet form). ``wasserstein2`` and ``latent_w2`` return the *squared* distance W2^2, as FID does, so a
+pure mean shift s gives exactly ||s||^2; ``latent_w2_distance`` returns W2 itself (||s|| for that shift), in the
+units of the latents. All arithmetic is float64.
 
 SD latents are 4 x 64 x 64 = 16,384 numbers, far more dimensions than the few hundred samples an
 evaluation draws, so a covariance fitted to them is singular and meaningless. We reduce each latent
@@ -76,3 +77,8 @@ def latent_w2(latents_a: torch.Tensor, latents_b: torch.Tensor, pool: int = DEFA
     """W2^2 between generated latents [N, C, h, w] of the original and the customised model,
     each pooled to C*pool*pool dims (see module docstring)."""
     return wasserstein2(pool_latents(latents_a, pool), pool_latents(latents_b, pool))
+
+
+def latent_w2_distance(latents_a: torch.Tensor, latents_b: torch.Tensor, pool: int = DEFAULT_POOL) -> float:
+    """W2 (not squared) between the Gaussians of ``latent_w2``: 0 for one set, ||s|| for a set shifted by s."""
+    return float(np.sqrt(latent_w2(latents_a, latents_b, pool)))
