@@ -2,6 +2,7 @@
 
     infusion results --workers 2           # the full run (resumes from the records and docs/results/results.json)
     infusion results --report-only         # rewrite the page from the records so far
+    infusion results --stage figures --workers 2   # Figs. 9-11: W2 and LFD against training steps, images at steps
     infusion results --preset small --model tiny --out /tmp/r --doc /tmp/r/results.md   # plumbing
 
 The work and the page: ``infusion.evaluation.results_page`` (options: its ``add_arguments``).
@@ -23,4 +24,4 @@ def register(sub) -> None:
 
 def run(args) -> int:
     return run_results(preset=args.preset, model=args.model, out=args.out, doc=args.doc, workers=args.workers,
-                       curves_first=args.curves_first, report_only=args.report_only)
+                       curves_first=args.curves_first, report_only=args.report_only, stage=args.stage)

@@ -41,6 +41,7 @@ from infusion.evaluation.world_results import (
     grid_prompts,
     model_fingerprint,
 )
+from infusion.evaluation.world_figures import FIGURE_PLANS, FigureRun, draw_curves, draw_fig11
 from infusion.methods import mlm_methods
 from infusion.world.concepts import concept_images
 
@@ -72,13 +73,46 @@ COST = (
 )
 
 
-def _worker(preset_name: str, model: str | None, out: str, curves_first: bool) -> None:
-    """One process's share of the work list (the records say what is done; processes share them)."""
+def _worker(preset_name: str, model: str | None, out: str, curves_first: bool, figures: str | None = None) -> None:
+    """One process's share of the work list (the records say what is done; processes share them); ``figures``: the
+    folder of the figure records (the figures stage instead of the table)."""
     torch.set_num_threads(1)
     preset = PRESETS[preset_name]
     if model:
         preset.model = model
-    ResultsRun(out, preset, log=lambda m: print(m, flush=True)).run(curves_first=curves_first)
+    run = ResultsRun(out, preset, log=lambda m: print(m, flush=True))
+    if figures is None:
+        run.run(curves_first=curves_first)
+    else:
+        fr = FigureRun(run, FIGURE_PLANS[preset_name], figures)
+        run.run(units=fr.units(), handlers={"figures": fr.unit})
+
+
+def figures_dir(doc: Path) -> Path:
+    """Where the figure stage's records go: beside the page's figures, committed with them."""
+    return doc.parent / "results" / "records" / "figures"
+
+
+def run_figures(preset: str, model: str | None, out: Path, doc: Path, workers: int, report_only: bool) -> int:
+    """The figures stage: Figs. 9-11 (``evaluation.world_figures``) from its records, training and scoring what they
+    lack first unless ``report_only``."""
+    plan, records = FIGURE_PLANS[preset], figures_dir(doc)
+    if not report_only:
+        own_work_folder(out, model_fingerprint(model or PRESETS[preset].model))
+        args = (preset, model, str(out), False, str(records))
+        if workers <= 1:
+            _worker(*args)
+        else:
+            procs = [mp.get_context("spawn").Process(target=_worker, args=args, daemon=True) for _ in range(workers)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+    fig_dir = doc.parent / "results"
+    written = draw_curves(records, plan, fig_dir, PRESETS[preset].test_seeds) + draw_fig11(records, plan, fig_dir)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 def seed_records(out: Path, results_json: Path, fingerprint: str) -> int:
@@ -440,13 +474,19 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--workers", type=int, default=1, help="processes (one per core; they share the work list)")
     ap.add_argument("--curves-first", action="store_true", help="the first worker starts with the curves")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the doc from the records")
+    ap.add_argument("--stage", default="table", choices=["table", "figures"],
+                    help="table: the Table 1 analogue and its page; figures: Figs. 9-11 (W2 and LFD against training "
+                         "steps, images at steps), records in <doc folder>/results/records/figures/")
 
 
 def run_results(preset: str = "full", model: str | None = None, out: str = "runs/results_world",
                 doc: str = "docs/results.md", workers: int = 1, curves_first: bool = False,
-                report_only: bool = False) -> int:
+                report_only: bool = False, stage: str = "table") -> int:
     """Train and score what the records lack (``workers`` processes), then write the page ``doc``, its figures and
-    its JSON (``doc``'s folder/results/); ``report_only``: only the page, from the records so far."""
+    its JSON (``doc``'s folder/results/); ``report_only``: only the page, from the records so far. ``stage``
+    ``figures``: Figs. 9-11 instead (``run_figures``)."""
+    if stage == "figures":
+        return run_figures(preset, model, Path(out), Path(doc), workers, report_only)
     preset_name = preset
     preset = PRESETS[preset_name]
     if model:

@@ -32,7 +32,7 @@ import torch
 
 from infusion.core.base_models import BUILTIN
 from infusion.core.customization_files import storage_bytes
-from infusion.core.safetensors_io import read_safetensors
+from infusion.core.safetensors_io import read_safetensors, save_safetensors_atomic
 from infusion.evaluation.harness import EvalConfig, decode, lfd_dataset, load_generator
 from infusion.methods import get_spec
 from infusion.metrics.eps import UNetEps
@@ -373,9 +373,10 @@ class ResultsRun:
         curves = [("curve", r, p.curve_concept) for r in p.rows if r.mlm_lambda == 0]
         return curves + table if curves_first else table + curves
 
-    def run(self, curves_first: bool = False) -> None:
-
-        units = self.units(curves_first)
+    def run(self, curves_first: bool = False, units: list[tuple] | None = None, handlers: dict | None = None) -> None:
+        """Every unit the records lack (``units``: another stage's list, e.g. the figures'; ``handlers``: kind ->
+        ``f(row, concept)`` for the kinds this class does not know)."""
+        units = units if units is not None else self.units(curves_first)
         for kind, row, name in units + units:  # a second pass takes up units another process left unfinished
             unit = f"{kind}/{row.name if row else BASE_ROW}/{name}"
             if self.records.get(f"done/{unit}") is not None or not self.claim(unit):
@@ -387,8 +388,10 @@ class ResultsRun:
                     self.score_setting(BASE_ROW, concept, None, f"test/{BASE_ROW}/{name}/base", None, grid_prompts=4)
                 elif kind == "table":
                     self.table_unit(row, concept)
-                else:
+                elif kind == "curve":
                     self.curve_unit(row, concept)
+                else:
+                    handlers[kind](row, concept)
                 self.records.put(f"done/{unit}", {"at": time.strftime("%Y-%m-%d %H:%M:%S")})
             finally:
                 self.release(unit)
@@ -459,28 +462,29 @@ class ResultsRun:
         tok = f"<{concept.name}>"
         sub = lambda qs: [q.replace(tok, concept.class_phrase) for q in qs]  # noqa: E731
         gen = self.load(path)
+        asked = sub if path is None else (lambda qs: qs)  # the base model reads the class phrase, as a user writes it
         seeds = list(range(p.test_seeds))
         tprompts = test_prompt_set(concept.name, p)
         t0 = time.time()
-        test_ims, test_lat = generate(gen, tprompts, seeds, p, latents_out=True)
+        test_ims, test_lat = generate(gen, asked(tprompts), seeds, p, latents_out=True)
         sec_per_image = (time.time() - t0) / len(test_ims)
         test_texts = [q for q in sub(tprompts) for _ in seeds]
-        div_ims = generate(gen, [f"a photo of a {tok}"], list(range(200, 200 + p.diversity_seeds)), p)
+        div_ims = generate(gen, asked([f"a photo of a {tok}"]), list(range(200, 200 + p.diversity_seeds)), p)
         agn = agnostic_prompts(concept.name, p.agnostic_prompts)
         agn_ims = generate(gen, agn, [300], p)
         rd = self.reader
         summary = summarise(rd.read(test_ims, test_texts, concept), test_texts,
                             rd.read(div_ims, [f"a photo of a {concept.class_phrase}"] * len(div_ims), concept),
                             rd.read(agn_ims, agn, concept), agn, concept)
-        base_lat_path = self.out / "latents" / f"{concept.name}-base.pt"
+        base_lat_path = self.out / "latents" / f"{concept.name}-base.safetensors"
         if path is None:
-            base_lat_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(test_lat, base_lat_path)
+            save_safetensors_atomic({"latents": test_lat}, base_lat_path)
             summary["w2_to_base"] = 0.0
             summary["lfd"] = 0.0
         else:
             if base_lat_path.is_file():
-                summary["w2_to_base"] = latent_w2(torch.load(base_lat_path), test_lat)
+                base_lat = read_safetensors(base_lat_path, "base latents")[0]["latents"]
+                summary["w2_to_base"] = latent_w2(base_lat, test_lat)
             summary["lfd"] = self.lfd(gen)
         summary.update({"seconds_per_image": sec_per_image, "n_test_images": len(test_ims)})
         if train_rec is not None:
