@@ -38,14 +38,14 @@ def test_demo_writes_grid_and_report_and_says_where(tmp_path, capsys):
     said = capsys.readouterr().out
     assert str(out / "grid.png") in said and str(out / "report.md") in said
     grid = Image.open(out / "grid.png")
-    assert grid.height >= 2 * 96 and grid.width >= 3 * 96  # two prompt rows; base, Infusion, maps=own columns
+    assert grid.height >= 2 * 96 and grid.width >= 3 * 96  # two prompt rows; base, Infusion (paper), recommended
     report = (out / "report.md").read_text()
     assert "2 steps at lr 0.05" in report and report.count("| a ") + report.count("| a photo") >= 2
-    assert "text fid. Infusion, maps=own" in report and "Infusion, maps=own " in report.split("**Look rate**")[1]
+    assert "text fid. Infusion, recommended" in report and "Infusion, recommended " in report.split("**Look rate**")[1]
     from infusion.methods.infusion.concept import Concept
 
     assert Concept.load(out / "sunball.safetensors").maps == "base"
-    assert Concept.load(out / "sunball-maps-own.safetensors").maps == "own"
+    assert Concept.load(out / "sunball-preset-recommended.safetensors").maps == "own"  # the recommended form
     assert main(["demo", "--out", str(out), "--prompts", "0"]) == 2
     assert "--prompts must be >= 1" in capsys.readouterr().err
     assert main(["demo", "--out", str(out), "--variants", "paper,mine"]) == 2

@@ -1,11 +1,12 @@
 """``infusion demo``: on the built-in world, train an Infusion concept from 5 images and show
 base | customised images for held-out prompts, scored by the world's probes.
 
-Two concepts are trained from the same images: the paper's Infusion (C takes F's attn2 maps) and the
-``maps=own`` variant (C's own map of the concept's tokens places the residual), which on the world is
-what lets the residual draw the look's layout (docs/results.md). Writes ``<out>/grid.png`` (rows: prompts;
-columns: base | Infusion | Infusion, maps=own) and ``<out>/report.md`` (text fidelity, concept fidelity and
-look rate of each column, per prompt and on average).
+Two concepts are trained from the same images: the paper's Infusion (C takes F's attn2 maps) and the form
+recommended on the world (``--method-arg preset=recommended``: C's own map of the concept's tokens places the
+residual, trained at t < T/2), which on the world is what lets the residual draw the look's layout
+(docs/variants.md). Writes ``<out>/grid.png`` (rows: prompts; columns: base | Infusion (paper) | Infusion,
+recommended) and ``<out>/report.md`` (text fidelity, concept fidelity and look rate of each column, per prompt and
+on average).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ DEMO_PROMPTS = 6  # held-out prompts shown (of the concept's 22)
 DEMO_LR = 0.01  # see --lr
 DEMO_STEPS = 1000
 # --variants key -> (column title, Infusion's --method-arg settings)
-DEMO_VARIANTS = {"paper": ("Infusion", {}), "own": ("Infusion, maps=own", {"maps": "own"})}
+DEMO_VARIANTS = {"paper": ("Infusion (paper)", {}), "recommended": ("Infusion, recommended", {"preset": "recommended"}),
+                 "own": ("Infusion, maps=own", {"maps": "own"})}
+DEMO_DEFAULT = "paper,recommended"
 
 
 def register(sub) -> None:
@@ -31,9 +34,9 @@ def register(sub) -> None:
                         "fidelity of sunball 0.526/0.606/0.595/0.560 at lr 0.005/0.01/0.02/0.05, text fidelity falls above "
                         "0.01; studies/infusion_world.py, docs/world.md)")
     p.add_argument("--prompts", type=int, default=DEMO_PROMPTS, help="how many held-out prompts to show")
-    p.add_argument("--variants", default=",".join(DEMO_VARIANTS),
-                   help="which Infusion columns to train and show, comma-separated: paper (the paper's Infusion), own "
-                        "(maps=own); default both")
+    p.add_argument("--variants", default=DEMO_DEFAULT,
+                   help="which Infusion columns to train and show, comma-separated: paper (the paper's Infusion), "
+                        "recommended (--method-arg preset=recommended), own (maps=own alone)")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
@@ -166,11 +169,13 @@ def _report(concept, prompts, s_base, runs: dict, t_all, args) -> str:
          f"learnt from 5 images ({o.size}, {o.position}, {concept.background}; `concept-images.png`), "
          f"{args.steps} steps at lr {args.lr:g} each (demo total {t_all:.0f} s). {trained}."),
         "",
-        "- **Infusion**: the paper's method. C takes F's attn2 maps; only the concept token's value gets a residual.",
-        ("- **Infusion, maps=own** (beyond the paper; `--method-arg maps=own`): the same residual, placed by C's own map "
-         "of the concept token (its key is the class word's) instead of F's; everything else in attn2 stays F's. On this "
-         "world the look's layout (a half, a diagonal) is drawn where C's own image attends to the class word, which F's "
-         "maps cannot follow (docs/results.md)."),
+        "- **Infusion (paper)**: the paper's method. C takes F's attn2 maps; only the concept token's value gets a residual.",
+        ("- **Infusion, recommended** (beyond the paper; `--method-arg preset=recommended`, i.e. `maps=own "
+         "train_t_max=0.5`): the same residual, placed by C's own map of the concept token (its key is the class word's) "
+         "instead of F's and trained at t < T/2; everything else in attn2 stays F's. On this world the look's layout (a "
+         "half, a diagonal) is drawn where C's own image attends to the class word, which F's maps cannot follow "
+         "(docs/variants.md)."),
+        "- **Infusion, maps=own** (`--variants own`): own maps alone, trained at every t.",
         "",
         ("Scores by the world's probes (DESIGN section 4): **text fidelity** = share of the attributes the prompt names "
          "that the image shows (CLIP-T's role); **concept fidelity** = cosine similarity of the object's appearance "

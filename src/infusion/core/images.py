@@ -7,6 +7,7 @@ from pathlib import Path
 
 import PIL.Image
 import PIL.ImageDraw
+import PIL.ImageFont
 import PIL.PngImagePlugin
 
 
@@ -30,35 +31,48 @@ def read_png_params(path: str | Path) -> dict:
 
 def make_grid(rows: list[list[PIL.Image.Image]], col_labels: list[str] | None = None,
               row_labels: list[str] | None = None, cell: int | None = None, label_width: int = 0) -> PIL.Image.Image:
-    """Images in a table, optional column headers and row captions (left). Cells are resized to
-    ``cell`` px (default: the first image's width, at least 64 so labels fit)."""
+    """Images in a table, optional column headers (wrapped within their column) and row captions (left, wrapped).
+    Cells are resized to ``cell`` px (default: the first image's width, at least 64 so labels fit)."""
     if not rows or not rows[0]:
         raise ValueError("make_grid needs at least one image")
     cell = cell or max(64, rows[0][0].width)
-    head = 14 if col_labels else 0
-    lw = label_width or (min(260, 6 * max(len(s) for s in row_labels) + 8) if row_labels else 0)
+    font = PIL.ImageFont.load_default(size=LABEL_SIZE)
+    lw = label_width or (min(260, int(max(font.getlength(s) for s in row_labels)) + 12) if row_labels else 0)
+    heads = [_lines(font, s, cell - 4) for s in col_labels or []]
+    head = (max(len(h) for h in heads) * LINE + 4) if heads else 0
     n_cols = max(len(r) for r in rows)
     grid = PIL.Image.new("RGB", (lw + n_cols * cell, head + len(rows) * cell), "white")
     draw = PIL.ImageDraw.Draw(grid)
-    for j, text in enumerate(col_labels or []):
-        draw.text((lw + j * cell + 2, 1), text, fill="black")
+    for j, lines in enumerate(heads):
+        _draw_lines(draw, font, lines, (lw + j * cell + 2, 1))
     for i, row in enumerate(rows):
         if row_labels:
-            _wrap_text(draw, row_labels[i], (2, head + i * cell + 2), lw - 4)
+            _draw_lines(draw, font, _lines(font, row_labels[i], lw - 8), (4, head + i * cell + 2))
         for j, im in enumerate(row):
             grid.paste(im.convert("RGB").resize((cell, cell), PIL.Image.Resampling.NEAREST), (lw + j * cell, head + i * cell))
     return grid
 
 
-def _wrap_text(draw, text: str, xy, width: int) -> None:
-    chars = max(8, width // 6)
-    lines, line = [], ""
+LABEL_SIZE, LINE, WORD_GAP = 11, 13, 4  # px: a label's font size, line height, the space drawn between words
+
+
+def _lines(font, text: str, width: int) -> list[list[str]]:
+    """``text`` as lines of words, each line at most ``width`` px (a longer word stands alone)."""
+    lines, line, used = [], [], 0.0
     for word in text.split():
-        if len(line) + len(word) + 1 > chars and line:
+        w = font.getlength(word)
+        if line and used + WORD_GAP + w > width:
             lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    lines.append(line)
-    for k, ln in enumerate(lines):
-        draw.text((xy[0], xy[1] + 11 * k), ln, fill="black")
+            line, used = [], 0.0
+        used += (WORD_GAP if line else 0) + w
+        line.append(word)
+    return lines + [line] if line else lines
+
+
+def _draw_lines(draw, font, lines: list[list[str]], xy) -> None:
+    """Draw word by word with a fixed gap: the default font's own space is too narrow to read ("a photoof a")."""
+    for k, words in enumerate(lines):
+        x = xy[0]
+        for word in words:
+            draw.text((x, xy[1] + LINE * k), word, fill="black", font=font)
+            x += font.getlength(word) + WORD_GAP
