@@ -106,3 +106,28 @@ def test_the_figures_stage_trains_scores_and_resumes_from_its_records(tmp_path, 
     monkeypatch.setattr(wr, "train", no_training)
     assert main(args) == 0
     assert wf.read_lines(records / "infusion__sunball.jsonl") == lines
+
+
+def test_table2_rule_on_hand_made_records():
+    """Ties count half, an unreadable value ties, only shared (concept, prompt, seed) count, concepts weigh alike."""
+    from infusion.evaluation.preference import outcome, preference
+
+    assert outcome(0.8, 0.5) == 1.0 and outcome(0.5, 0.8) == 0.0 and outcome(0.5, 0.5) == 0.5
+    assert outcome(float("nan"), 0.1) == 0.5 and outcome(None, 0.1) == 0.5
+
+    def rec(concept, prompt, seed, t, c):
+        return {"concept": concept, "prompt": prompt, "seed": seed, "text_fidelity": t, "concept_fidelity": c}
+
+    a = [rec("x", "p1", 0, 1.0, 0.9), rec("x", "p1", 1, 0.5, 0.2), rec("x", "p2", 0, 0.5, 0.5),
+         rec("y", "q1", 0, 0.0, 0.7), rec("y", "q9", 0, 1.0, 1.0)]  # q9: the other model has no such image
+    b = [rec("x", "p1", 0, 0.5, 0.1), rec("x", "p1", 1, 0.5, 0.3), rec("x", "p2", 0, 1.0, float("nan")),
+         rec("y", "q1", 0, 1.0, 0.6)]
+    text = preference(a, b, "text")
+    # x: p1 -> (1 + 0.5) / 2 = 0.75, p2 -> 0; mean 0.375. y: q1 -> 0. Mean over concepts: 0.1875
+    assert text.share == pytest.approx(0.1875) and text.pairs == 4 and text.prompts == 3
+    image = preference(a, b, "image")
+    # x: p1 -> (1 + 0) / 2 = 0.5, p2 -> 0.5 (NaN ties); y: q1 -> 1. Mean: (0.5 + 1) / 2 = 0.75
+    assert image.share == pytest.approx(0.75) and image.low <= image.share <= image.high
+    assert preference(b, a, "image").share == pytest.approx(0.25)  # the other way round: 1 - share
+    with pytest.raises(ValueError, match="share no"):
+        preference(a, [rec("z", "r", 0, 1, 1)], "text")
