@@ -64,6 +64,89 @@ def test_checkpoints_every_n_steps(tiny_pipe, concept_images, tmp_path):
     assert Concept.load(step_path(out, 2)).name == "mycat"
 
 
+def test_keep_checkpoints_keeps_only_the_last_ones_files_and_folders(concept_images, tmp_path):
+    """``keep_checkpoints=1`` (the web page's setting): after every new ``-stepN`` output only the newest is left,
+    for a file method and a folder one (DreamBooth's whole pipeline); the final output is what a run without it
+    writes, bit for bit; 0 (the CLI's default) keeps every one."""
+    from infusion.core.model_configs import tiny_sd_pipeline
+
+    seen = []
+    for method, name, args in (("infusion", "c.safetensors", {}), ("dreambooth", "db", {"prior_loss_weight": 0})):
+        out = tmp_path / method / name
+
+        def report(r, out=out):  # after each step: which checkpoints are on disk now
+            seen.append((method, r.step, sorted(p.name for p in out.parent.glob(f"{out.name.split('.')[0]}-step*"))))
+
+        train(_cfg(concept_images, out, method=method, method_args=args, steps=7, checkpoint_every=2, keep_checkpoints=1),
+              pipe=tiny_sd_pipeline(), progress=False, callback=report)
+        ext = ".safetensors" if method == "infusion" else ""
+        assert [p.name for p in out.parent.glob("*-step*")] == [f"{out.name.split('.')[0]}-step6{ext}"]
+        every = tmp_path / method / "all" / name
+        train(_cfg(concept_images, every, method=method, method_args=args, steps=7, checkpoint_every=2),
+              pipe=tiny_sd_pipeline(), progress=False)
+        assert sorted(p.name for p in every.parent.glob("*-step*")) == [f"{every.name.split('.')[0]}-step{s}{ext}"
+                                                                       for s in (2, 4, 6)]
+        assert _tensors(out).keys() == _tensors(every).keys()
+        assert all(torch.equal(v, _tensors(every)[k]) for k, v in _tensors(out).items())
+    # the step callback runs before that step's checkpoint is written: at step 5 only step 4's is on disk
+    assert ("infusion", 5, ["c-step4.safetensors"]) in seen and ("dreambooth", 5, ["db-step4"]) in seen
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        _cfg(concept_images, tmp_path / "x.safetensors", keep_checkpoints=-1)
+
+
+def _tensors(path) -> dict:
+    """Every tensor of an output: a file's, or each safetensors file's of a folder (keys prefixed by the file)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_file():
+        return load_file(str(path))
+    return {f"{f.relative_to(path)}:{k}": v for f in sorted(path.rglob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+class _Crash(Exception):
+    pass
+
+
+RESUMED = [("infusion", {}), ("lora", {}), ("pplus", {}), ("dreambooth", {"num_class_images": 2, "prior_steps": 2})]
+
+
+@pytest.mark.parametrize("method,args", RESUMED, ids=[m for m, _ in RESUMED])
+def test_resume_from_the_middle_of_a_run_and_after_cancel_equals_an_uninterrupted_run(method, args, concept_images,
+                                                                                    tmp_path, optimizer_steps):
+    """A 6-step run, checkpointed every 2 steps, stopped in the middle two ways and resumed with ``resume="auto"``:
+    a crash at step 5 (the state of step 4 on disk) and Cancel at step 3 (the trainer saves the state of step 3).
+    Each resumed run takes only its remaining optimizer steps (one that started over would take 6) and writes
+    exactly the uninterrupted run's output."""
+    from infusion.core.model_configs import tiny_sd_pipeline
+    from infusion.training.trainer import Cancelled
+
+    ext = "" if method == "dreambooth" else ".safetensors"
+    kw = dict(method=method, method_args=args, steps=6, checkpoint_every=2)
+    full = tmp_path / f"full{ext}"
+    train(_cfg(concept_images, full, **kw), pipe=tiny_sd_pipeline(), progress=False)
+    reference = _tensors(full)
+
+    def crash_at_5(r):
+        if r.step == 5:
+            raise _Crash
+
+    for how, stop, left in (("crash", crash_at_5, 2), ("cancel", lambda r: r.step == 3, 3)):
+        out = tmp_path / how / f"part{ext}"
+        with pytest.raises(Cancelled if how == "cancel" else _Crash):
+            train(_cfg(concept_images, out, **kw), pipe=tiny_sd_pipeline(), progress=False, callback=stop)
+        assert not out.exists()  # no final output from an interrupted run
+        del optimizer_steps[:]
+        train(_cfg(concept_images, out, resume="auto", **kw), pipe=tiny_sd_pipeline(), progress=False)
+        assert len(optimizer_steps) == left, how  # the remaining steps only
+        resumed = _tensors(out)
+        assert resumed.keys() == reference.keys() and reference
+        different = [k for k in reference if not torch.equal(reference[k], resumed[k])]
+        assert different == [], f"{method} resumed after {how}: {different[:3]}"
+
+
 def test_resume_refuses_another_run(tiny_pipe, concept_images, tmp_path):
     out = tmp_path / "c.safetensors"
     train(_cfg(concept_images, out, steps=2), pipe=tiny_pipe, progress=False)

@@ -33,6 +33,9 @@ class TrainConfig:
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (accelerate)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
     checkpoint_every: int = field(default=0, metadata={"help": "write <out>-step<N> and the resume state every N steps (0: only at the end)"})
+    keep_checkpoints: int = field(default=0, metadata={"help": (
+        "keep only the last N <out>-step<N> outputs, removing older ones as new ones are written (0: keep all; the "
+        "web page keeps 1: a DreamBooth checkpoint is a whole pipeline folder)")})
     resume: str | None = field(default=None, metadata={"help": "resume from this state file, or 'auto' (<out>.state.safetensors if present)"})
     flip: bool | None = field(default=None, metadata={"help": (
         "add horizontally flipped copies of the images (default: the model's profile: yes, except on the built-in "
@@ -67,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.checkpoint_every < 0:
             raise ValueError("--checkpoint-every must be >= 0")
+        if self.keep_checkpoints < 0:
+            raise ValueError("keep_checkpoints must be >= 0 (0: keep every checkpoint)")
         if self.flip is None:
             self.flip = model_profile(self.model).flip
         self._check_mlm()
@@ -100,7 +105,7 @@ class TrainConfig:
 
     # where a run writes and how often it saves do not change what it learns: files leave them out, so the same
     # settings give the same file bit for bit from the CLI, the web page or a resumed run
-    NOT_IN_FILES = ("out", "resume", "checkpoint_every")
+    NOT_IN_FILES = ("out", "resume", "checkpoint_every", "keep_checkpoints")
 
     def file_settings(self) -> dict:
         """The settings a trained file records in its metadata (``to_dict`` without ``NOT_IN_FILES``)."""

@@ -2,7 +2,8 @@
 
 Robust to what people's folders hold: EXIF rotation, grayscale, palette, RGBA (composited on
 white), CMYK, 16-bit, tiny and huge images; unreadable files are skipped with a warning, and an
-empty or all-unreadable folder is a clear error.
+empty or all-unreadable folder is a clear error. ``read_image`` is the one definition of a usable
+image: the trainer reads a folder through it and the web page checks its uploads with it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,22 @@ def load_rgb(path: str | Path) -> PIL.Image.Image:
     return im.convert("RGB")
 
 
+def read_image(path: str | Path) -> PIL.Image.Image:
+    """The one test of a usable training image, for the trainer and the web page's upload check alike: a file
+    whose suffix is one of ``IMAGE_SUFFIXES``, readable, at least ``MIN_SIDE`` px on its shorter side.
+    -> 8-bit RGB (``load_rgb``); ``ValueError`` that names the file and says why not."""
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path.name} is not an image file the trainer reads (use {', '.join(sorted(IMAGE_SUFFIXES))})")
+    try:
+        im = load_rgb(path)
+    except ValueError:
+        raise ValueError(f"{path.name} is not an image that can be read (a damaged or mislabelled file?)") from None
+    if min(im.size) < MIN_SIDE:
+        raise ValueError(f"{path.name} is {im.size[0]}x{im.size[1]}: images need at least {MIN_SIDE} px on each side")
+    return im
+
+
 def crop_box(size: tuple[int, int], resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """What ``prepare_image`` does to an image of ``size`` (w, h), as SDXL's micro-conditioning states it:
     (original (h, w), crop top-left (y, x) in the resized image's pixels, as diffusers' SDXL scripts compute it)."""
@@ -86,12 +103,9 @@ def load_concept_images(folder: str | Path, resolution: int, with_sizes: bool = 
     out, sizes = [], []
     for p in find_images(folder):
         try:
-            im = load_rgb(p)
+            im = read_image(p)
         except ValueError as e:
-            warnings.warn(f"skipping {p.name}: {e}", stacklevel=2)
-            continue
-        if min(im.size) < MIN_SIDE:
-            warnings.warn(f"skipping {p.name}: {im.size[0]}x{im.size[1]} is smaller than {MIN_SIDE} px", stacklevel=2)
+            warnings.warn(f"skipping {e}", stacklevel=2)
             continue
         out.append(prepare_image(im, resolution))
         sizes.append(crop_box(im.size, resolution))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,22 @@ def step_path(out: str | Path, step: int) -> Path:
     out = Path(out)
     stem, ext = output_parts(out)
     return out.with_name(f"{stem}-step{step}{ext}")
+
+
+def drop_old_checkpoints(out: str | Path, step: int, every: int, keep: int) -> list[Path]:
+    """Remove the ``-stepN`` outputs written before the last ``keep`` (those at ``every``, ``2*every``, ... up to
+    ``step - keep*every``); files or folders (DreamBooth's whole pipelines). -> the paths removed."""
+    removed = []
+    for s in range(every, step - keep * every + 1, every):
+        path = step_path(out, s)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(path)
+    return removed
 
 
 def _step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -268,6 +285,8 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True, callback=None):
             if accelerator.is_main_process:
                 save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
                 accelerator.unwrap_model(model).export(step_path(out, done), fingerprint)
+                if cfg.keep_checkpoints:
+                    drop_old_checkpoints(out, done, cfg.checkpoint_every, cfg.keep_checkpoints)
     bar.close()
     _check_finite(method, cfg.steps - 1, out)
     accelerator.wait_for_everyone()
