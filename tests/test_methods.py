@@ -229,6 +229,22 @@ def test_dreambooth_folder_is_a_diffusers_pipeline_and_prior_is_cached(trained):
     assert m.prior_data().mean.shape[0] == 2 and m.prior_data().weight == 1.0
 
 
+def test_dreambooth_folder_loads_from_safetensors_only(trained, tmp_path):
+    """``use_safetensors=True``: the same folder with its UNet as pickled ``.bin`` weights instead is refused with a
+    message, never unpickled; with safetensors it loads."""
+    import shutil
+
+    path = trained["dreambooth"][2]
+    pickled = tmp_path / "pickled"
+    shutil.copytree(path, pickled)
+    (pickled / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    loaded = load_customized("tiny", [path]).pipe  # the folder as written: safetensors
+    loaded.unet.save_pretrained(pickled / "unet", safe_serialization=False)
+    assert [p.name for p in (pickled / "unet").iterdir() if p.suffix != ".json"] == ["diffusion_pytorch_model.bin"]
+    with pytest.raises(ValueError, match="safetensors weights only"):
+        load_customized("tiny", [pickled])
+
+
 @pytest.mark.parametrize("method", ["ti", "perfusion"])
 def test_resume_reproduces_an_uninterrupted_run(trained, tmp_path, method, optimizer_steps):
     from safetensors.torch import load_file
