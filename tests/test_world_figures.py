@@ -89,12 +89,15 @@ def test_the_figures_stage_trains_scores_and_resumes_from_its_records(tmp_path, 
     with the class phrase; a second run trains nothing and appends nothing."""
     from infusion.evaluation.results_page import main
 
+    # the tiny model has no data of its own for the LFD: give it three random "real" latents and captions
+    monkeypatch.setattr(wf, "lfd_dataset", lambda cfg, pipe: (torch.randn(3, 4, 4, 4), ["a dog", "a cat", "a car"]))
     doc = tmp_path / "doc" / "results.md"
     args = ["--stage", "figures", "--preset", "small", "--model", "tiny", "--out", str(tmp_path / "w"), "--doc", str(doc)]
     assert main(args) == 0
     records = doc.parent / "results" / "records" / "figures"
     lines = wf.read_lines(records / "infusion__sunball.jsonl")
     assert [x["step"] for x in lines] == [1, 2] and all("fig11" in x for x in lines)
+    assert all(x["lfd"] == [0.0, 0.0, 0.0] for x in lines)  # one value per latent; Infusion leaves other prompts alone
     assert len(lines[0]["pooled"]) == 2 and len(lines[0]["pooled"][0]) == 16  # 2 prompts x 1 seed, 4 x 2 x 2 pooled
     base = json.loads((records / "base__sunball.json").read_text())
     assert not any("<" in p for p in base["prompts"])

@@ -26,6 +26,7 @@ import PIL.Image
 import torch
 
 from infusion.core.images import make_grid
+from infusion.evaluation.harness import EvalConfig, lfd_dataset
 from infusion.evaluation.intervals import bootstrap_interval
 from infusion.evaluation.world_results import (BASE_ROW, PAPER_ROW, Row, generate, grid_indices, model_fingerprint,
                                                test_prompt_set)
@@ -127,8 +128,6 @@ class FigureRun:
 
     def lfd_values(self, gen) -> list[float]:
         """The latent Fisher divergence of each real latent (non-customised captions), base vs ``gen``."""
-        from infusion.evaluation.harness import EvalConfig, lfd_dataset
-
         run = self.run
         if self._lfd_data is None:
             cfg = EvalConfig(model=run.preset.model, files=["-"], out=str(run.out), lfd_samples=run.preset.lfd_samples)
@@ -138,7 +137,7 @@ class FigureRun:
         z, caps = self._lfd_data
         base = UNetEps.from_pipeline(run.base_pipe())
         res = latent_fisher_divergence(base, gen.eps, z, caps, run.base_pipe().scheduler, progress=False)
-        return [round(float(v), 7) for v in res.per]
+        return [round(float(v), 7) for v in res.per_sample]
 
     def unit(self, row: Row, concept) -> None:
         """Train ``row`` on ``concept`` to the last step, then score each checkpoint not yet in its records."""
