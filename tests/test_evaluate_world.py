@@ -21,12 +21,12 @@ def test_world_scorer_reads_known_scenes_as_derived_by_hand():
     fidelity is the share of named attributes that hold, counted by hand for each caption."""
     shipped = WorldProbeScorer()
     im = concept_images("halfmug", 1)[0]
-    texts = ["a photo of a red mug on the snow",  # background yes, class yes, colour no: 2/3
-             "a large green mug",  # size, colour, class: 3/3
-             "a large green mug at the top right on the sand",  # background no, position no: 3/5
+    texts = ["a photo of a red mug on the snow",  # background yes, class yes, colour no, one mug yes: 3/4
+             "a large green mug",  # size, colour, class, count: 4/4
+             "a large green mug at the top right on the sand",  # background no, position no: 4/6
              "a photo of a"]  # names nothing: 1
     got = shipped.score([im] * 4, texts, [im], class_phrase="mug")
-    np.testing.assert_allclose(got["text_fidelity"], [2 / 3, 1.0, 3 / 5, 1.0])
+    np.testing.assert_allclose(got["text_fidelity"], [3 / 4, 1.0, 4 / 6, 1.0])
     # an image that is its own only reference: the same object crop, cosine 1; and its own look
     assert got["concept_fidelity"][0] == pytest.approx(1.0, abs=1e-6)
     assert got["look"].tolist() == [1.0] * 4

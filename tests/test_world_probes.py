@@ -24,9 +24,10 @@ def _reading(bg, objects):
 def test_judge_counts_exactly_the_named_attributes():
     r = _reading("snow", {"top left": ("ball", "red", "small")})
     named = parse_caption("a small red ball in the top left corner, on the snow")
-    assert named.count() == 5
+    assert named.count() == 6  # background, class, colour, size, position, and how many balls
     assert text_fidelity(r, named) == 1.0
-    assert text_fidelity(r, parse_caption("a small blue ball in the top left corner, on the grass")) == pytest.approx(3 / 5)
+    # background and colour miss; class, size, position and count hold
+    assert text_fidelity(r, parse_caption("a small blue ball in the top left corner, on the grass")) == pytest.approx(4 / 6)
     # wrong place: the class and its colour are shown (read where the ball is), the position is not
     res = judge(r, parse_caption("a red ball at the bottom right"))
     assert res["cls"] == [True] and res["position"] == [False] and res["color"] == [True]
@@ -38,6 +39,16 @@ def test_judge_counts_exactly_the_named_attributes():
     # no position named: the object is found where it is
     assert text_fidelity(r, parse_caption("a photo of a red ball")) == 1.0
     assert text_fidelity(r, NamedAttributes()) == 1.0
+
+
+def test_one_object_asked_and_two_drawn_is_a_miss():
+    two = _reading("sand", {"top left": ("ball", "red", "small"), "bottom right": ("ball", "red", "small")})
+    res = judge(two, parse_caption("a photo of a red ball"))
+    assert res["cls"] == [True] and res["color"] == [True] and res["count"] == [False]
+    assert text_fidelity(two, parse_caption("a photo of a red ball")) == pytest.approx(2 / 3)
+    # two asked, two drawn: the count holds; a second class is counted on its own
+    assert judge(two, parse_caption("a red ball at the top left and a red ball at the bottom right"))["count"] == [True]
+    assert judge(two, parse_caption("a red ball and a green tree"))["count"] == [False, False]  # 2 balls; no tree
 
 
 def test_two_objects_are_judged_separately():

@@ -41,8 +41,10 @@ class NamedAttributes:
     objects: list[dict] = field(default_factory=list)
 
     def count(self) -> int:
-        """How many attributes text fidelity judges (a named pattern is not one of them)."""
-        return (self.background is not None) + sum(len(set(o) - {"pattern", "color2"}) for o in self.objects)
+        """How many attributes text fidelity judges (a named pattern is not one of them; each named class also has
+        its number of objects judged)."""
+        return ((self.background is not None) + sum(len(set(o) - {"pattern", "color2"}) for o in self.objects)
+                + len({o["cls"] for o in self.objects}))
 
 
 def parse_caption(text: str) -> NamedAttributes:
@@ -119,9 +121,10 @@ def judge(reading: SceneReading, named: NamedAttributes) -> dict[str, list[bool]
     Each attribute is judged on its own: position counts as shown when the named class stands in
     the named slot; an object's colour and size are read where the object stands (its named slot
     when the class is there, else the slot most likely to hold its class), so a red ball drawn in
-    the wrong corner still shows "red" and misses only "top left".
+    the wrong corner still shows "red" and misses only "top left". Each named class also has its count judged:
+    one object asked and two drawn (or none) is a miss.
     """
-    res: dict[str, list[bool]] = {k: [] for k in ("background", "cls", "color", "size", "position")}
+    res: dict[str, list[bool]] = {k: [] for k in ("background", "cls", "color", "size", "position", "count")}
     if named.background is not None:
         res["background"].append(reading.background == named.background)
     for obj in named.objects:
@@ -136,6 +139,8 @@ def judge(reading: SceneReading, named: NamedAttributes) -> dict[str, list[bool]
         for k in ("color", "size"):
             if k in obj:
                 res[k].append(found and getattr(reading, k)[s] == obj[k])
+    for c in dict.fromkeys(o["cls"] for o in named.objects):  # each named class once, in the prompt's order
+        res["count"].append(reading.cls.count(c) == sum(o["cls"] == c for o in named.objects))
     return res
 
 
