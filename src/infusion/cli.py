@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "infusion.commands.train",
     "infusion.commands.mlm",
     "infusion.commands.generate",
+    "infusion.commands.merge",
     "infusion.commands.demo",
     "infusion.commands.world",
     "infusion.commands.evaluate",
