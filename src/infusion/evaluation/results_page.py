@@ -474,9 +474,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--workers", type=int, default=1, help="processes (one per core; they share the work list)")
     ap.add_argument("--curves-first", action="store_true", help="the first worker starts with the curves")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the doc from the records")
-    ap.add_argument("--stage", default="table", choices=["table", "figures"],
+    ap.add_argument("--stage", default="table", choices=["table", "figures", "fig8"],
                     help="table: the Table 1 analogue and its page; figures: Figs. 9-11 (W2 and LFD against training "
-                         "steps, images at steps), records in <doc folder>/results/records/figures/")
+                         "steps, images at steps), records in <doc folder>/results/records/figures/; fig8: Fig. 8 "
+                         "(two concepts in one prompt, Infusion against Custom Diffusion's merge; one process), "
+                         "records in <doc folder>/results/records/fig8/")
 
 
 def run_results(preset: str = "full", model: str | None = None, out: str = "runs/results_world",
@@ -487,6 +489,10 @@ def run_results(preset: str = "full", model: str | None = None, out: str = "runs
     ``figures``: Figs. 9-11 instead (``run_figures``)."""
     if stage == "figures":
         return run_figures(preset, model, Path(out), Path(doc), workers, report_only)
+    if stage == "fig8":  # Fig. 8 (evaluation.world_fig8), one process
+        from infusion.evaluation.world_fig8 import run_fig8
+
+        return run_fig8(preset, model, Path(out), Path(doc), report_only)
     preset_name = preset
     preset = PRESETS[preset_name]
     if model:
