@@ -74,7 +74,7 @@ def test_keep_checkpoints_keeps_only_the_last_ones_files_and_folders(concept_ima
     for method, name, args in (("infusion", "c.safetensors", {}), ("dreambooth", "db", {"prior_loss_weight": 0})):
         out = tmp_path / method / name
 
-        def report(r, out=out):  # after each step: which checkpoints are on disk now
+        def report(r, out=out, method=method):  # after each step: which checkpoints are on disk now
             seen.append((method, r.step, sorted(p.name for p in out.parent.glob(f"{out.name.split('.')[0]}-step*"))))
 
         train(_cfg(concept_images, out, method=method, method_args=args, steps=7, checkpoint_every=2, keep_checkpoints=1),

@@ -43,8 +43,9 @@ def step_path(out: str | Path, step: int) -> Path:
 
 
 def drop_old_checkpoints(out: str | Path, step: int, every: int, keep: int) -> list[Path]:
-    """Remove the ``-stepN`` outputs written before the last ``keep`` (those at ``every``, ``2*every``, ... up to
-    ``step - keep*every``); files or folders (DreamBooth's whole pipelines). -> the paths removed."""
+    """Before the ``-stepN`` output of ``step`` is written: remove the older ones that would leave more than ``keep``
+    (those at ``every``, ``2*every``, ... up to ``step - keep*every``); files or folders (DreamBooth's whole
+    pipelines). -> the paths removed."""
     removed = []
     for s in range(every, step - keep * every + 1, every):
         path = step_path(out, s)
@@ -284,9 +285,9 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True, callback=None):
             _check_finite(method, step, out)
             if accelerator.is_main_process:
                 save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
-                accelerator.unwrap_model(model).export(step_path(out, done), fingerprint)
-                if cfg.keep_checkpoints:
+                if cfg.keep_checkpoints:  # before the new one is written: never more than keep_checkpoints on disk
                     drop_old_checkpoints(out, done, cfg.checkpoint_every, cfg.keep_checkpoints)
+                accelerator.unwrap_model(model).export(step_path(out, done), fingerprint)
     bar.close()
     _check_finite(method, cfg.steps - 1, out)
     accelerator.wait_for_everyone()
