@@ -1,14 +1,25 @@
-"""The web page's functions without a browser: library names and edits, uploads, one job at a time, cancel, and
-a training started from the page giving the CLI's file bit for bit (issue 14)."""
+"""The web page's functions without a browser: library names and edits (atomic, or refused before they start),
+uploads checked as the trainer reads images, bounded inputs, one job at a time, Cancel, a clean disk after every
+job, a training started from the page giving the CLI's file bit for bit (issue 14), generation placement and the
+models kept loaded, the serving rule, and a page session's files removed when it ends (issue 32)."""
 
+import logging
+import os
+import shutil
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
+import torch
 
+from infusion.app import jobs
+from infusion.app.actions import MAX_RESIDENT, Actions, parse_seeds, placement
 from infusion.app.jobs import Trainer, check_images
 from infusion.app.library import Library, check_name
+from infusion.training.data import load_concept_images
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +28,22 @@ def world_images(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("sunball")
     return [Path(p) for p in write_concept_images("sunball", folder)]
+
+
+@pytest.fixture(scope="module")
+def trained_library(tmp_path_factory, world_images):
+    """A library with three 2-step Infusion concepts of the world (sunball, ball2, ball3)."""
+    lib = Library(tmp_path_factory.mktemp("trained") / "lib")
+    trainer = Trainer(lib, "world")
+    for name in ("sunball", "ball2", "ball3"):
+        job = trainer.start(world_images, name, "ball", "infusion", steps=2, lr=None, blocking=True)
+        assert job.status == "done", job.message
+    return lib
+
+
+def _tree(folder: Path) -> list[str]:
+    """Everything under ``folder`` (hidden working folders included), relative."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
 
 
 @pytest.mark.parametrize("bad", ["../evil", "/etc/passwd", "a/b", "..", ".hidden", "x" * 65, "spa ce", "", "ü"])
@@ -43,21 +70,59 @@ def test_uploads_are_checked_with_messages(tmp_path, world_images):
     assert check_images(world_images) == world_images
 
 
-def test_page_training_equals_cli_training_bit_for_bit(tmp_path, world_images):
+def test_the_upload_check_and_the_trainer_agree_on_what_an_image_is(tmp_path, world_images):
+    """Each candidate file is accepted by the page's check exactly when the trainer uses it from a folder: a JPEG
+    named .jfif and an image under 32 px are refused by both (the trainer would skip them silently)."""
+    good = world_images[0]
+    candidates = {"good.png": good.read_bytes(), "photo.jfif": None, "small.png": None, "notes.txt": b"text",
+                  "broken.png": good.read_bytes()[:100], "grey.jpg": None}
+    PIL.Image.open(good).convert("RGB").save(tmp_path / "photo.jfif", format="JPEG")
+    PIL.Image.open(good).resize((20, 20)).save(tmp_path / "small.png")
+    PIL.Image.open(good).convert("L").save(tmp_path / "grey.jpg")
+    for name, data in candidates.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+    accepted_by_page = set()
+    for name in candidates:
+        try:
+            check_images([tmp_path / name, *world_images[:2]])
+            accepted_by_page.add(name)
+        except ValueError as e:
+            assert name in str(e)
+    used_by_trainer = set()
+    for name in candidates:
+        folder = tmp_path / f"only-{name}"
+        folder.mkdir()
+        shutil.copy(tmp_path / name, folder / name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the trainer skips a bad file with a warning
+            try:
+                load_concept_images(folder, 16)
+                used_by_trainer.add(name)
+            except ValueError:  # nothing usable in the folder
+                pass
+    assert accepted_by_page == used_by_trainer == {"good.png", "grey.jpg"}
+
+
+def test_page_training_equals_cli_training_bit_for_bit_and_leaves_no_working_files(tmp_path, world_images):
     from infusion.cli import main
 
     lib = Library(tmp_path / "lib")
     trainer = Trainer(lib, "world")
     job = trainer.start(world_images, "sunball", "ball", "infusion", steps=3, lr=None, sample_every=2, blocking=True)
     assert job.status == "done", job.message
-    assert job.step == 3 and len(job.losses) == 3 and [s for s, _ in job.samples] == [2]
+    assert job.step == 3 and len(job.losses) == 3 and job.sample_steps == [2] and job.sample is not None
     page_file = lib.folder / "sunball.safetensors"
     assert job.result == page_file and page_file.is_file()
+    assert job.message == "<sunball> is in the library: sunball.safetensors"  # library-relative
     cli_file = tmp_path / "cli" / "sunball.safetensors"
     assert main(["train", "--model", "world", "--images", str(lib.images_dir("sunball")), "--name", "sunball",
                  "--class-phrase", "ball", "--out", str(cli_file), "--steps", "3"]) == 0
     assert page_file.read_bytes() == cli_file.read_bytes()
     assert [e.name for e in lib.entries()] == ["sunball"] and len(lib.entries()[0].images) == len(world_images)
+    # the staging folder (checkpoint, resume state) is gone: the entry and its images are all that is left
+    assert _tree(lib.folder) == [".images", ".images/sunball", *[f".images/sunball/{i:02d}.png" for i in range(5)],
+                                 "sunball.safetensors"]
 
 
 def test_page_training_takes_method_options_and_refuses_unknown_ones(tmp_path, world_images):
@@ -75,36 +140,66 @@ def test_page_training_takes_method_options_and_refuses_unknown_ones(tmp_path, w
     assert Concept.load(job.result).maps == "own"
 
 
-def test_one_job_at_a_time_and_cancel_keeps_the_library_unchanged(tmp_path, world_images):
+def test_one_job_at_a_time_cancel_within_a_step_and_at_most_one_checkpoint(tmp_path, world_images):
+    """A long job with a checkpoint every 2 steps: never more than one checkpoint in staging; a second job is
+    refused while it runs; Cancel stops it at the step that runs when it is asked (the page says so); afterwards
+    the library holds nothing of it (no entry, no images, no staging) and another job runs."""
     lib = Library(tmp_path / "lib")
     trainer = Trainer(lib, "world")
     job = trainer.start(world_images, "slow", "ball", "infusion", steps=10_000, lr=None, sample_every=2)
+    staging = lib.folder / ".staging" / job.id
+    most = 0
     deadline = time.time() + 120
-    while job.step < 3 and time.time() < deadline:
-        time.sleep(0.1)
+    while job.step < 9 and time.time() < deadline:
+        most = max(most, len(list(staging.glob("slow-step*"))))
+        time.sleep(0.02)
+    assert job.step >= 9 and most == 1 and len(job.sample_steps) >= 3  # checkpoints 2, 4, 6, 8 came and went
     with pytest.raises(ValueError, match="a training job is running"):
         trainer.start(world_images, "other", "ball", "infusion", steps=3, lr=None)
-    assert "cancelling" in trainer.cancel()
-    while not job.finished and time.time() < deadline:
-        time.sleep(0.1)
-    assert job.status == "cancelled" and "nothing was added" in job.message
-    assert lib.entries() == [] and not (lib.folder / "slow.safetensors").exists()
-    staged = list((lib.folder / ".staging" / job.id).glob("slow-step*.safetensors"))
-    assert staged  # the last checkpoint is kept
+    asked_at = job.step
+    said = trainer.cancel()
+    assert f"stops when step {asked_at + 1} ends" in said or f"stops when step {asked_at + 2} ends" in said
+    assert job.status in ("cancelling", "cancelled")
+    trainer.wait(120)
+    assert job.status == "cancelled" and job.step in (asked_at, asked_at + 1), (asked_at, job.step)
+    assert job.message == f"cancelled after step {job.step} of 10000; nothing was added to the library"
+    assert lib.entries() == [] and _tree(lib.folder) == []
     done = trainer.start(world_images, "other", "ball", "infusion", steps=2, lr=None, blocking=True)
     assert done.status == "done"
 
 
-def test_failed_job_reports_and_leaves_the_library_alone(tmp_path, world_images, monkeypatch):
-    import infusion.app.jobs as training  # the trainer as the job runner calls it
+def test_failed_job_reports_what_went_wrong_logs_the_trace_and_leaves_the_library_as_it_was(tmp_path, world_images,
+                                                                                           monkeypatch, caplog):
+    """The trainer fails at step 3 of a real run (a checkpoint and a resume state in staging by then): the message
+    names the error without a path of the file system, the log holds the trace, and the library holds exactly what
+    it held before (no entry, no copy of the images, no staging folder)."""
+    real = jobs.train
+    seen = {}
 
-    def boom(*a, **k):
-        raise RuntimeError("disk on fire")
+    def failing(cfg, progress=True, callback=None):
+        def report(r):
+            stop = callback(r)
+            if r.step == 3:
+                seen["staged"] = sorted(p.name for p in Path(cfg.out).parent.iterdir())
+                raise OSError(f"disk on fire at {Path(cfg.out).parent}")
+            return stop
 
-    monkeypatch.setattr(training, "train", boom)
+        return real(cfg, progress=progress, callback=report)
+
+    monkeypatch.setattr(jobs, "train", failing)
     lib = Library(tmp_path / "lib")
-    job = Trainer(lib, "world").start(world_images, "x", "ball", "infusion", steps=2, lr=None, blocking=True)
-    assert job.status == "failed" and "disk on fire" in job.message and lib.entries() == []
+    (lib.folder / "notes.txt").write_text("the person's own file")
+    before = _tree(lib.folder)
+    with caplog.at_level(logging.ERROR, logger="infusion.app.jobs"):
+        job = Trainer(lib, "world").start(world_images, "x", "ball", "infusion", steps=5, lr=None, sample_every=2,
+                                          blocking=True)
+    assert seen["staged"] == ["x-step2.safetensors", "x.state.safetensors"]  # there was something to clean up
+    assert job.status == "failed"
+    assert job.message.startswith("training failed at step 3 of 5: OSError: disk on fire at library/.staging/")
+    assert str(lib.folder) not in job.message and job.message.endswith("the library is unchanged")
+    traces = [r for r in caplog.records if r.exc_info and "disk on fire" in str(r.exc_info[1])]
+    assert traces and "Traceback" in caplog.text
+    assert _tree(lib.folder) == before
 
 
 def test_library_rename_and_delete_are_atomic_and_update_the_concept(tmp_path, world_images):
@@ -121,21 +216,98 @@ def test_library_rename_and_delete_are_atomic_and_update_the_concept(tmp_path, w
     with pytest.raises(ValueError, match="no library entry"):
         lib.get("sunball")
     lib.delete("myball")
-    assert lib.entries() == [] and not lib.images_dir("myball").exists()
+    assert lib.entries() == [] and _tree(lib.folder) == []
 
 
-def test_actions_generate_pngs_with_parameters_and_attention(tmp_path, world_images):
-    from infusion.app.actions import Actions
-    from infusion.core.images import read_png_params
+def _folder_entry(lib: Library, name: str) -> Path:
+    """A folder entry as DreamBooth writes one (metadata file and a weights file), and its images."""
+    import json
+
+    path = lib.folder / name
+    path.mkdir()
+    (path / "infusion.json").write_text(json.dumps({"method": "dreambooth", "name": name, "class_phrase": "ball"}))
+    (path / "weights.safetensors").write_bytes(b"0" * 100)
+    lib.images_dir(name).mkdir(parents=True)
+    (lib.images_dir(name) / "00.png").write_bytes(b"png")
+    return path
+
+
+def test_renames_are_refused_before_they_start_or_undone(tmp_path, monkeypatch):
+    """A leftover folder in the way refuses the rename before anything moves; a failure half way (the images' move)
+    puts the entry back; leftover images of no entry under the new name are replaced; a folder entry's metadata
+    follows its new name."""
+    import json
+
+    from infusion.app import library
 
     lib = Library(tmp_path / "lib")
-    Trainer(lib, "world").start(world_images, "sunball", "ball", "infusion", steps=2, lr=None, blocking=True)
+    _folder_entry(lib, "db")
+    (lib.folder / "taken").mkdir()  # a half-done folder, no metadata: not an entry, but in the way
+    before = _tree(lib.folder)
+    with pytest.raises(ValueError, match="not an entry named 'taken'"):
+        lib.rename("db", "taken")
+    assert _tree(lib.folder) == before
+    real = os.rename
+
+    def fail_on_images(src, dst):
+        if ".images" in str(src):
+            raise OSError("no space left")
+        return real(src, dst)
+
+    monkeypatch.setattr(library.os, "rename", fail_on_images)
+    with pytest.raises(OSError, match="no space left"):
+        lib.rename("db", "db2")
+    assert _tree(lib.folder) == before and lib.get("db").name == "db"
+    monkeypatch.setattr(library.os, "rename", real)
+    lib.images_dir("db3").mkdir()
+    (lib.images_dir("db3") / "stale.png").write_bytes(b"old")
+    lib.rename("db", "db3")
+    assert json.loads((lib.folder / "db3" / "infusion.json").read_text())["name"] == "db3"
+    assert [p.name for p in lib.images_dir("db3").iterdir()] == ["00.png"] and not (lib.folder / "db").exists()
+    lib.delete("db3")
+    assert _tree(lib.folder) == ["taken"]
+
+
+def test_clean_leftovers_removes_old_working_folders_only(tmp_path):
+    lib = Library(tmp_path / "lib")
+    old, new = lib.staging("old"), lib.staging("new")
+    out = lib.output_folder("gone")
+    for p in (old, out.parent):
+        os.utime(p, (time.time() - 2 * 86400,) * 2)
+    assert sorted(lib.clean_leftovers()) == [".outputs/gone", ".staging/old"]
+    assert new.is_dir() and not old.exists() and not (lib.folder / ".outputs").exists()
+
+
+def test_seeds_are_bounded_before_any_list_is_built():
+    assert parse_seeds("0, 1, 2") == [0, 1, 2] and parse_seeds("3-5") == [3, 4, 5] and parse_seeds("") == [0]
+    assert parse_seeds("1, 1-2") == [1, 2]  # a seed given twice is generated once
+    for text, match in (("0-999999999", "is 1,000,000,000 seeds; give 1 to 8"), ("0-8", "is 9 seeds"),
+                        ("one", "not a list of whole numbers"), ("5-3", "runs backwards"),
+                        ("0-" + "9" * 30, "not a list of whole numbers"), ("1," * 200, "give 1 to 8")):
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match=match):
+            parse_seeds(text)
+        assert time.perf_counter() - t0 < 0.01, text
+
+
+def test_actions_generate_pngs_with_parameters_in_unique_folders_and_attention(trained_library):
+    from infusion.core.images import read_png_params
+
+    lib = trained_library
     actions = Actions("world", lib)
-    base, custom, files, _ = actions.generate("a photo of <sunball> on the beach", ["sunball"], seeds="0, 1", steps=3)
+    base, custom, files, _ = actions.generate("a photo of <sunball> on the beach", ["sunball"], seeds="0, 1", steps=3,
+                                              session="s1")
     assert len(base) == len(custom) == 2 and len(files) == 4
+    for b, c in zip(base, custom):  # the customised images are not the base model's
+        assert np.abs(np.asarray(b, np.int16) - np.asarray(c, np.int16)).max() > 0
     params = read_png_params(files[1])
     assert params["prompt"] == "a photo of <sunball> on the beach" and params["seed"] == 0 and params["steps"] == 3
     assert params["concepts"] == ["sunball.safetensors"] and params["model"] == "world" and params["stream"] == "custom"
+    again = actions.generate("a photo of <sunball> on the beach", ["sunball"], seeds="0, 1", steps=3, session="s1")[2]
+    assert files[0].parent != again[0].parent and all(f.is_file() for f in files + again)  # same second, no overwrite
+    assert files[0].parent.parent == lib.folder / ".outputs" / "s1"
+    lib.end_outputs("s1")
+    assert not (lib.folder / ".outputs").exists()
     cells = actions.attention("sunball", "a photo of <sunball>", steps=3)
     assert cells[0][1] == "customised" and all(c[1].startswith("attention ") for c in cells[1:]) and len(cells) >= 2
     with pytest.raises(ValueError, match="write a prompt"):
@@ -144,3 +316,108 @@ def test_actions_generate_pngs_with_parameters_and_attention(tmp_path, world_ima
         actions.generate("a photo of <sunball>", ["sunball"], seeds="one")
     with pytest.raises(ValueError, match="unknown concept <nobody>"):
         actions.generate("a photo of <nobody>", ["sunball"], steps=2)
+    with pytest.raises(ValueError, match="denoising steps must be a whole number"):
+        actions.compare("a <concept>", ["sunball"], steps=None)
+
+
+def test_a_huge_seed_request_is_answered_at_once_without_loading_a_model(trained_library):
+    actions = Actions("world", trained_library)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="is 1,000,000,000 seeds; give 1 to 8"):
+        actions.generate("a photo of <sunball>", ["sunball"], seeds="0-999999999")
+    assert time.perf_counter() - t0 < 1.0 and actions.resident() == 0
+
+
+def test_at_most_two_base_models_stay_loaded_least_recently_used_dropped(trained_library, monkeypatch):
+    from infusion.app import actions as actions_mod
+
+    lib = trained_library
+    actions = Actions("world", lib)
+    path = {n: lib.get(n).path for n in ("sunball", "ball2", "ball3")}
+    loaded = []
+    real = actions_mod.load_generator
+    monkeypatch.setattr(actions_mod, "load_generator", lambda m, paths, *a: loaded.append(paths[0].name) or real(m, paths, *a))
+    for name in ("sunball", "ball2", "sunball", "ball3", "sunball"):
+        actions._load([path[name]])
+        assert actions.resident() <= MAX_RESIDENT == 2
+    assert [Path(k[0][0]).name for k in actions._cache] == ["ball3.safetensors", "sunball.safetensors"]
+    assert loaded == ["sunball.safetensors", "ball2.safetensors", "ball3.safetensors"]  # sunball reused, ball2 dropped
+
+    class Whole:  # an entry that is a whole model (DreamBooth): it and the base for its base images
+        owns_pipeline = True
+
+    monkeypatch.setattr(actions_mod, "customization_class", lambda *a: Whole)
+    actions._load([path["ball2"]])
+    assert actions.resident() == 2 and len(actions._cache) == 1
+
+
+def test_generation_placement_gpu_in_float16_and_the_dtype_reaches_the_pipeline(trained_library, monkeypatch):
+    """With a GPU the page generates there in float16 (checked by pretending one is there); the chosen dtype is what
+    the loaded pipeline runs in (bfloat16 on the CPU here), and the concept still changes the image."""
+    assert placement() == ("cpu", torch.float32)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert placement() == ("cuda", torch.float16) and Actions("world", trained_library).device == "cuda"
+    monkeypatch.undo()
+    actions = Actions("world", trained_library, device="cpu", dtype=torch.bfloat16)
+    base, custom, _, _ = actions.generate("a photo of <sunball>", ["sunball"], steps=3)
+    model = next(iter(actions._cache.values()))[0]
+    assert model.pipe.unet.dtype == torch.bfloat16 and model.pipe.device.type == "cpu"
+    assert np.abs(np.asarray(base[0], np.int16) - np.asarray(custom[0], np.int16)).max() > 0
+
+
+def test_library_page_shows_no_file_system_paths(trained_library, tmp_path):
+    lib = trained_library
+    actions = Actions("world", lib)
+    text, thumbnails = actions.entry_details("sunball")
+    assert "**file**: sunball.safetensors" in text and str(lib.folder) not in text
+    assert len(thumbnails) == 5 and all(isinstance(t, PIL.Image.Image) for t in thumbnails)
+    from infusion.app.actions import shown_model
+
+    assert shown_model("/home/me/models/sd15") == "sd15" and shown_model("world") == "world"
+    assert shown_model("runwayml/stable-diffusion-v1-5") == "runwayml/stable-diffusion-v1-5"  # a hub id stays
+    assert lib.scrub(f"cannot read {lib.folder}/.images/x/00.png") == "cannot read library/.images/x/00.png"
+
+
+def test_serving_beyond_localhost_needs_a_login_or_says_it_has_none(monkeypatch, capsys, caplog):
+    from infusion.app import ui
+    from infusion.app.ui import check_serving
+    from infusion.cli import main
+
+    assert check_serving("127.0.0.1", None, False) is None and check_serving("localhost", None, False) is None
+    with pytest.raises(ValueError, match="add --auth USER:PASSWORD"):
+        check_serving("0.0.0.0", None, False)
+    assert "without a login" in check_serving("0.0.0.0", None, True)
+    assert "logs in as 'me'" in check_serving("192.168.1.5", ("me", "pw"), False)
+    calls = []
+    monkeypatch.setattr(ui, "serve", lambda *a, **k: calls.append((a, k)))
+    assert main(["app", "--host", "0.0.0.0"]) == 2
+    assert "--host 0.0.0.0 serves the page to every machine" in capsys.readouterr().err and calls == []
+    assert main(["app", "--host", "0.0.0.0", "--auth", "me:secret"]) == 0
+    assert calls[-1][1] == {"auth": ("me", "secret"), "no_auth": False}
+    assert main(["app", "--host", "0.0.0.0", "--no-auth"]) == 0 and calls[-1][1]["no_auth"] is True
+    with pytest.raises(SystemExit):
+        main(["app", "--auth", "nopassword"])
+    with pytest.raises(SystemExit):
+        main(["app", "--auth", "a:b", "--no-auth"])
+
+
+def test_session_files_are_removed_when_the_session_ends(tmp_path):
+    """Only files inside Gradio's cache are taken (values come from the browser); a file two sessions hold goes with
+    the last one; the session's folder of generated files in the library goes too."""
+    from infusion.app.ui import SessionFiles
+
+    lib, cache = Library(tmp_path / "lib"), tmp_path / "cache"
+    mine, shared = cache / "h1" / "image.webp", cache / "h2" / "up.png"
+    outside = tmp_path / "precious.png"
+    for p in (mine, shared, outside):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    files = SessionFiles(lib, cache)
+    files.remember("a", [{"image": {"path": str(mine), "url": "/x"}, "caption": None}, {"path": str(shared)}])
+    files.remember("a", {"path": str(outside)})  # a browser may send any path: never deleted
+    files.remember("b", [str(shared)])
+    out = lib.output_folder("a")
+    assert files.held("a") == [mine, shared] and files.held("a", alone=True) == [mine]
+    assert files.end("a") == [mine] and not mine.parent.exists() and shared.is_file() and outside.is_file()
+    assert not out.exists()
+    assert files.end("b") == [shared] and not shared.exists() and outside.is_file()

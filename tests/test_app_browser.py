@@ -1,7 +1,11 @@
-"""The web page as a person uses it, in Debian's headless Chromium driven by Playwright (issue 14): upload a world
-concept's images, train 10 steps and watch the progress end, generate base | customised and download a PNG with
-its parameters, compare two methods, look at the attention, rename and delete a library entry; bad uploads and
-names get messages. ``INFUSION_APP_SCREENSHOTS=docs/app`` also writes a screenshot of each tab there.
+"""The web page as a person uses it, in Debian's headless Chromium driven by Playwright (issues 14, 32): upload a
+world concept's images, train 10 steps and watch the progress end, generate base | customised and download a PNG
+with its parameters, compare two methods, look at the attention, see an entry's thumbnails, download, rename and
+delete it; Cancel a job; bad uploads, names and seeds get messages; an upload over the limit is refused by the
+server; a login is asked for when the page has one; a closed session's files are removed. The library lies in a
+folder of the home directory, outside the working directory and the temp directory (where Gradio serves files
+without being told), as ``infusion app --library ~/concepts`` puts it. ``INFUSION_APP_SCREENSHOTS=docs/app`` also
+writes a screenshot of each tab there.
 
 Chromium comes from Debian's packages (``make install-browser``, which ``make test`` runs); a browser downloaded
 at run time fails on machines without network, so Playwright launches /usr/bin/chromium.
@@ -10,12 +14,16 @@ at run time fails on machines without network, so Playwright launches /usr/bin/c
 import os
 import shutil
 import socket
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("gradio")
 playwright = pytest.importorskip("playwright.sync_api")
+httpx = pytest.importorskip("httpx")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -30,30 +38,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _inside(path: Path, folder: str) -> bool:
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def home_folder():
+    """A folder of the home directory, made here and removed afterwards: outside the working directory and the
+    temp directory, so Gradio serves its files only because the page allows the library."""
+    folder = Path.home() / f".infusion-browser-test-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    try:
+        assert not _inside(folder, os.getcwd()) and not _inside(folder, tempfile.gettempdir()), folder
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def app(home_folder):
     from infusion.app.ui import serve
 
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: run `make install-browser` (apt-get install chromium)")
-    lib = tmp_path_factory.mktemp("library")
+    lib = home_folder / "concepts"
     port = _free_port()
     page = serve("world", str(lib), "127.0.0.1", port, block=False)
-    yield f"http://127.0.0.1:{port}/", lib
+    yield f"http://127.0.0.1:{port}/", lib, page
     page.close()
 
 
 @pytest.fixture(scope="module")
-def browser_page(app):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
-        page.goto(app[0])
-        page.wait_for_selector("#train-start", timeout=LONG)
-        yield page
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(app, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page.goto(app[0])
+    page.wait_for_selector("#train-start", timeout=LONG)
+    yield page
+    page.close()
 
 
 def _shot(page, name):
@@ -74,6 +105,12 @@ def _choose(page, elem, label):
     page.locator(f"#{elem}").get_by_text(label, exact=True).click()
 
 
+def _working_files(lib: Path) -> list[str]:
+    """What a job or a session may leave behind: staging folders, checkpoints, resume states, outputs."""
+    return sorted(p.relative_to(lib).as_posix() for p in lib.rglob("*")
+                  if p.name in (".staging", ".outputs", ".trash") or "-step" in p.name or ".state." in p.name)
+
+
 @pytest.fixture(scope="module")
 def concept_pngs(tmp_path_factory):
     from infusion.world.concepts import write_concept_images
@@ -81,28 +118,65 @@ def concept_pngs(tmp_path_factory):
     return [str(p) for p in write_concept_images("sunball", tmp_path_factory.mktemp("sunball"))]
 
 
-def test_bad_uploads_and_names_get_messages(browser_page, concept_pngs, tmp_path):
+def test_the_library_is_outside_the_working_and_temp_directories_and_gradio_serves_it_alone(app):
+    _, lib, page = app
+    assert not _inside(lib, os.getcwd()) and not _inside(lib, tempfile.gettempdir())
+    assert page.allowed_paths == [str(lib.resolve())]  # the library folder, nothing wider
+
+
+def test_bad_uploads_names_and_seeds_get_messages(browser_page, concept_pngs, tmp_path):
     from playwright.sync_api import expect
 
     page = browser_page
     _fill(page, "train-name", "sunball")
     _fill(page, "train-class", "ball")
     page.click("#train-start")  # no images selected
-    expect(page.locator("#train-status")).to_contain_text("no images", timeout=LONG)
+    expect(page.locator("#train-status")).to_contain_text("⚠ no images", timeout=LONG)
     text = tmp_path / "notes.txt"
     text.write_text("these are not photos")
     page.locator("#train-images input[type=file]").set_input_files(concept_pngs[:3] + [str(text)])
     expect(page.locator("#train-preview img")).to_have_count(3, timeout=LONG)  # the upload has landed
     page.click("#train-start")
-    expect(page.locator("#train-status")).to_contain_text("notes.txt is not an image", timeout=LONG)
+    expect(page.locator("#train-status")).to_contain_text("⚠ notes.txt is not an image", timeout=LONG)
     page.locator("#train-images input[type=file]").set_input_files(concept_pngs)
     _fill(page, "train-name", "../evil")
     page.click("#train-start")
-    expect(page.locator("#train-status")).to_contain_text("'../evil' is refused", timeout=LONG)
-    assert "Traceback" not in page.content()
+    expect(page.locator("#train-status")).to_contain_text("⚠ name '../evil' is refused", timeout=LONG)
+    # a billion seeds: answered at once, with what to do
+    _tab(page, "Generate")
+    _fill(page, "gen-prompt", "a photo of <sunball>")
+    _fill(page, "gen-seeds", "0-999999999")
+    t0 = time.perf_counter()
+    page.click("#gen-go")
+    expect(page.locator("#gen-status")).to_contain_text("⚠ seeds: '0-999999999' is 1,000,000,000 seeds; give 1 to 8",
+                                                        timeout=LONG)
+    took = time.perf_counter() - t0
+    print(f"\n0-999999999 seeds answered in the browser in {took:.3f} s")
+    assert took < 1.0
+    _fill(page, "gen-seeds", "0")
+    _tab(page, "Train")
 
 
-def test_train_generate_download_compare_attention_rename_delete(browser_page, app, concept_pngs, tmp_path):
+def test_an_upload_over_the_limit_is_refused_by_the_server(app, tmp_path):
+    """Gradio's upload route refuses a file over 20 MB (413) before handing it to any handler; 20 MB exactly passes."""
+    from gradio.utils import get_upload_folder
+
+    from infusion.app.jobs import MAX_BYTES
+
+    url = app[0]
+    before = set(Path(get_upload_folder()).rglob("big.png"))
+    t0 = time.perf_counter()
+    r = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", b"\0" * (MAX_BYTES + 1))}, timeout=60)
+    took = time.perf_counter() - t0
+    print(f"\nupload of {MAX_BYTES + 1:,} bytes: HTTP {r.status_code} in {took:.3f} s: {r.text}")
+    assert r.status_code == 413 and "maximum allowed size of 20971520 bytes" in r.text
+    assert set(Path(get_upload_folder()).rglob("big.png")) == before  # nothing kept
+    ok = httpx.post(url + "gradio_api/upload", files={"files": ("ok.png", b"\0" * MAX_BYTES)}, timeout=60)
+    assert ok.status_code == 200
+    Path(ok.json()[0]).unlink()
+
+
+def test_train_generate_download_compare_attention_library_rename_delete(browser_page, app, concept_pngs, tmp_path):
     from playwright.sync_api import expect
 
     from infusion.core.images import read_png_params
@@ -111,29 +185,32 @@ def test_train_generate_download_compare_attention_rename_delete(browser_page, a
     page, lib = browser_page, app[1]
     page.reload()  # a fresh form: the upload box keeps adding files
     page.wait_for_selector("#train-start", timeout=LONG)
-    # -- train from the page: 10 steps, a sample every 5
+    # -- train from the page: 10 steps, a sample every 3 (checkpoints at 3, 6, 9: one on disk at a time)
     page.locator("#train-images input[type=file]").set_input_files(concept_pngs)
     expect(page.locator("#train-preview img")).to_have_count(5, timeout=LONG)  # the upload has landed
     _fill(page, "train-name", "sunball")
     _fill(page, "train-class", "ball")
     _fill(page, "train-steps", 10)
-    _fill(page, "train-every", 5)
+    _fill(page, "train-every", 3)
     page.click("#train-start")
     expect(page.locator("#train-status")).to_contain_text("step 10/10", timeout=LONG)
     try:
-        expect(page.locator("#train-status")).to_contain_text("is in the library", timeout=LONG)
+        expect(page.locator("#train-status")).to_contain_text("is in the library: sunball.safetensors", timeout=LONG)
     except AssertionError as e:  # tell a stalled page from a stalled job
         on_disk = (Path(lib) / "sunball.safetensors").is_file()
         raise AssertionError(f"{e}\n(the library file {'exists' if on_disk else 'does not exist'})") from None
     expect(page.locator("#train-sample img")).to_have_count(1, timeout=LONG)
     _shot(page, "train")
     assert (Path(lib) / "sunball.safetensors").is_file()
+    assert _working_files(lib) == []  # no staging folder, no checkpoint, no resume state
+    assert str(lib) not in page.content()  # the page shows no file system path of the library
     page.reload()  # a reloaded page shows the last job's outcome
     expect(page.locator("#train-status")).to_contain_text("is in the library", timeout=LONG)
     # a second method for Compare, trained by the CLI's function into the library
     train(TrainConfig(model="world", images=str(Path(lib) / ".images" / "sunball"), name="sunball-ti",
                       class_phrase="ball", out=str(Path(lib) / "sunball-ti.safetensors"), method="ti", steps=10),
           progress=False)
+    (Path(lib) / "sunball-ti.state.safetensors").unlink()  # the CLI's resume state: not part of the entry
 
     # -- generate: base and customised side by side, PNG download with parameters
     _tab(page, "Generate")
@@ -158,6 +235,7 @@ def test_train_generate_download_compare_attention_rename_delete(browser_page, a
     params = read_png_params(path)
     assert params["prompt"] == "a photo of <sunball> on the beach" and params["seed"] == 0 and params["steps"] == 10
     assert params["concepts"] == ["sunball.safetensors"] and params["model"] == "world"
+    assert params["stream"] == "custom"
 
     # -- compare two methods: base first, then one image each
     _tab(page, "Compare")
@@ -180,15 +258,24 @@ def test_train_generate_download_compare_attention_rename_delete(browser_page, a
     assert page.locator("#att-out img").count() >= 2
     _shot(page, "attention")
 
-    # -- library: rename, delete (asks first)
+    # -- library: thumbnails, download, rename, delete (asks first)
     _tab(page, "Library")
     expect(page.locator("#lib-table")).to_contain_text("sunball-ti", timeout=LONG)
     _choose(page, "lib-entry", "sunball-ti")
-    expect(page.locator("#lib-thumbs img").first).to_be_visible(timeout=LONG)
+    expect(page.locator("#lib-details")).to_contain_text("file: sunball-ti.safetensors", timeout=LONG)
+    expect(page.locator("#lib-thumbs img")).to_have_count(5, timeout=LONG)
+    thumb = page.request.get(page.locator("#lib-thumbs img").first.get_attribute("src"))
+    assert thumb.ok and thumb.body()[:4] in (b"RIFF", b"\x89PNG")  # an image was served
     _shot(page, "library")
+    page.click("#lib-download")
+    expect(page.locator("#lib-file a")).to_have_count(1, timeout=LONG)
+    with page.expect_download() as dl:
+        page.locator("#lib-file a").first.click()
+    dl.value.save_as(tmp_path / "entry.safetensors")
+    assert (tmp_path / "entry.safetensors").read_bytes() == (Path(lib) / "sunball-ti.safetensors").read_bytes()
     _fill(page, "lib-newname", "../evil")
     page.click("#lib-rename")
-    expect(page.locator("#lib-status")).to_contain_text("refused", timeout=LONG)
+    expect(page.locator("#lib-status")).to_contain_text("⚠ name '../evil' is refused", timeout=LONG)
     _fill(page, "lib-newname", "ballti")
     page.click("#lib-rename")
     expect(page.locator("#lib-status")).to_contain_text("renamed <sunball-ti> to <ballti>", timeout=LONG)
@@ -196,10 +283,101 @@ def test_train_generate_download_compare_attention_rename_delete(browser_page, a
     assert (Path(lib) / "ballti.safetensors").is_file() and not (Path(lib) / "sunball-ti.safetensors").exists()
     _choose(page, "lib-entry", "ballti")
     page.click("#lib-delete")
-    expect(page.locator("#lib-status")).to_contain_text("tick 'yes, delete'", timeout=LONG)
+    expect(page.locator("#lib-status")).to_contain_text("⚠ tick 'yes, delete'", timeout=LONG)
     assert (Path(lib) / "ballti.safetensors").is_file()
     page.locator("#lib-sure").get_by_text("yes, delete").click()
     page.click("#lib-delete")
     expect(page.locator("#lib-status")).to_contain_text("deleted <ballti>", timeout=LONG)
     assert not (Path(lib) / "ballti.safetensors").exists() and (Path(lib) / "sunball.safetensors").is_file()
-    assert "Traceback" not in page.content()
+    assert str(lib) not in page.content()
+
+
+def test_cancel_is_answered_within_a_step_and_the_page_says_so(browser_page, app, concept_pngs):
+    from playwright.sync_api import expect
+
+    page, lib = browser_page, app[1]
+    page.reload()
+    page.wait_for_selector("#train-start", timeout=LONG)
+    page.locator("#train-images input[type=file]").set_input_files(concept_pngs)
+    expect(page.locator("#train-preview img")).to_have_count(5, timeout=LONG)
+    _fill(page, "train-name", "longball")
+    _fill(page, "train-class", "ball")
+    _fill(page, "train-steps", 100000)
+    _fill(page, "train-every", 2)
+    page.click("#train-start")
+    expect(page.locator("#train-status")).to_contain_text("step 5/100000", timeout=LONG)
+    page.click("#train-cancel")
+    expect(page.locator("#train-status")).to_contain_text("cancelling <longball>: training stops when step",
+                                                          timeout=LONG)
+    expect(page.locator("#train-status")).to_contain_text("nothing was added to the library", timeout=LONG)
+    job = app[2].trainer.job
+    assert job.status == "cancelled" and f"cancelled after step {job.step} of 100000" in page.content()
+    assert not (Path(lib) / "longball.safetensors").exists() and not (Path(lib) / ".images" / "longball").exists()
+    assert _working_files(lib) == []
+
+
+def test_a_closed_session_leaves_no_files(app, browser, concept_pngs, tmp_path):
+    """A session that uploads and generates puts files in Gradio's cache and a folder of PNGs in the library;
+    closing its page removes them (Gradio notices the closed page within its 15 s heartbeat). Its uploads are
+    its own (the cache is content-addressed: a file another open session holds stays)."""
+    import numpy as np
+    import PIL.Image
+    from playwright.sync_api import expect
+
+    from infusion.training import TrainConfig, train
+
+    url, lib, served = app
+    train(TrainConfig(model="world", images=str(Path(concept_pngs[0]).parent), name="snowball", class_phrase="ball",
+                      out=str(lib / "snowball.safetensors"), steps=2), progress=False)
+    (lib / "snowball.state.safetensors").unlink()
+    uploads = []
+    for i in range(3):
+        uploads.append(str(tmp_path / f"mine{i}.png"))
+        PIL.Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(uploads[-1])
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#train-start", timeout=LONG)
+    page.locator("#train-images input[type=file]").set_input_files(uploads)
+    expect(page.locator("#train-preview img")).to_have_count(3, timeout=LONG)
+    _tab(page, "Generate")
+    _fill(page, "gen-prompt", "a photo of <snowball> in the snow")
+    expect(page.locator("#gen-concepts")).to_contain_text("snowball", timeout=LONG)
+    _choose(page, "gen-concepts", "snowball")
+    _fill(page, "gen-steps", 4)
+    _fill(page, "gen-seeds", "7")
+    page.click("#gen-go")
+    expect(page.locator("#gen-files a")).to_have_count(2, timeout=LONG)
+    sessions = [p.name for p in (lib / ".outputs").iterdir()]
+    assert len(sessions) == 1, sessions
+    deadline = time.time() + 30
+    while len(served.session_files.held(sessions[0])) < 6 and time.time() < deadline:
+        time.sleep(0.2)  # the page reports what it shows as it shows it
+    held = served.session_files.held(sessions[0], alone=True)  # a file another open session shows too stays
+    assert len(held) >= 6 and all(p.is_file() for p in held), held  # 3 uploads, 2 gallery images, 2 PNGs (shared)
+    kept = set(served.session_files.held(sessions[0])) - set(held)
+    context.close()
+    deadline = time.time() + 60
+    while (any(p.exists() for p in held) or (lib / ".outputs").exists()) and time.time() < deadline:
+        time.sleep(0.5)
+    left = [str(p) for p in held if p.exists()]
+    assert left == [] and not (lib / ".outputs").exists(), (left, _working_files(lib))
+    assert all(p.exists() for p in kept)
+    (lib / "snowball.safetensors").unlink()
+
+
+def test_a_page_with_a_login_refuses_the_api_without_it(tmp_path):
+    from infusion.app.ui import serve
+
+    port = _free_port()
+    page = serve("world", str(tmp_path / "lib"), "127.0.0.1", port, block=False, auth=("me", "secret"))
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        assert httpx.get(url + "config").status_code == 401
+        assert httpx.post(url + "gradio_api/upload", files={"files": ("a.png", b"x")}).status_code == 401
+        with httpx.Client() as c:
+            assert c.post(url + "login", data={"username": "me", "password": "wrong"}).status_code == 400
+            assert c.post(url + "login", data={"username": "me", "password": "secret"}).status_code == 200
+            assert c.get(url + "config").status_code == 200
+    finally:
+        page.close()

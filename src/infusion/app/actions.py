@@ -1,12 +1,21 @@
 """What the web page does, as plain functions of an ``Actions`` object (the Gradio layout in ``ui.py`` only wires
 them): generate base | customised, compare library entries, the base model's attention on a concept, library
 edits. They call what the CLI calls (``load_customized``, ``InfusionPipeline``, the world scorer); errors a
-person can fix are ``ValueError`` with a message for the page.
+person can fix are ``ValueError`` with a message for the page, raised before any model is loaded.
+
+Generation runs on the GPU in float16 when there is one (``placement``); at most ``MAX_RESIDENT`` base models are
+kept loaded (the least recently used is dropped first; a DreamBooth entry holds two: its own and the base for the
+base images). Each generation writes its PNGs into a new folder of the page session
+(``Library.output_folder``), removed when the session ends.
 """
 
 from __future__ import annotations
 
-import time
+import gc
+import re
+import shutil
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -14,62 +23,86 @@ import PIL.Image
 import torch
 
 from infusion.app.library import Entry, Library
+from infusion.core.base_models import load_base_pipeline
+from infusion.core.customization_files import base_fingerprint, read_metadata
 from infusion.core.images import save_png
+from infusion.core.model_families import fingerprint_modules
 from infusion.core.model_profiles import model_profile
-from infusion.customized import load_customized
+from infusion.customized import CustomizedModel, load_customized
 from infusion.methods import customization_class
 
-OUTPUTS = ".outputs"
+MAX_SEEDS = 8
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
+MAX_RESIDENT = 2  # base models kept loaded at once (a real one is GBs)
+THUMB = 256  # px: the Library tab's thumbnails
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"0"``, ``"0, 1, 2"`` or ``"3-5"`` -> seeds (at most 8)."""
-    seeds: list[int] = []
-    for part in str(text or "0").replace(" ", "").split(","):
+    """``"0"``, ``"0, 1, 2"`` or ``"3-5"`` -> seeds (1 to ``MAX_SEEDS``). The count is checked before any list is
+    built, so ``"0-999999999"`` is refused at once."""
+    text = str(text if text is not None else "").strip() or "0"
+    example = "(e.g. 0, 1, 2 or 0-3)"
+    if len(text) > 200:
+        raise ValueError(f"seeds: give 1 to {MAX_SEEDS} seeds {example}")
+    ranges = []
+    for part in text.replace(" ", "").split(","):
         if not part:
             continue
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                seeds += list(range(int(a), int(b) + 1))
-            else:
-                seeds.append(int(part))
-        except ValueError:
-            raise ValueError(f"seeds: {text!r} is not a list of whole numbers (e.g. 0, 1, 2 or 0-3)") from None
-    if not seeds or len(seeds) > 8:
-        raise ValueError("seeds: give 1 to 8 seeds (e.g. 0, 1, 2)")
-    return seeds
+        m = re.fullmatch(r"(\d{1,19})(?:-(\d{1,19}))?", part)
+        if not m:
+            raise ValueError(f"seeds: {text!r} is not a list of whole numbers {example}")
+        a, b = int(m[1]), int(m[2] if m[2] is not None else m[1])
+        if b > MAX_SEED:
+            raise ValueError(f"seeds: {b} is too large (seeds go from 0 to {MAX_SEED:,})")
+        if b < a:
+            raise ValueError(f"seeds: {part} runs backwards; write the smaller seed first (e.g. {b}-{a})")
+        ranges.append((a, b))
+    count = sum(b - a + 1 for a, b in ranges)
+    if not 1 <= count <= MAX_SEEDS:
+        raise ValueError(f"seeds: {text!r} is {count:,} seed{'s' if count != 1 else ''}; give 1 to {MAX_SEEDS} {example}")
+    return list(dict.fromkeys(s for a, b in ranges for s in range(a, b + 1)))  # a seed given twice: once
 
 
-def _one_at_a_time(method):
-    """Cached pipelines hold scheduler state: generations of one ``Actions`` run one at a time (``self.busy``)."""
-    import functools
+def placement() -> tuple[str, torch.dtype]:
+    """Where the page generates: the GPU in float16 when there is one (SDXL's VAE, which overflows in float16, is
+    upcast by diffusers itself: ``force_upcast``), else the CPU in float32."""
+    if torch.cuda.is_available():
+        return "cuda", torch.float16
+    return "cpu", torch.float32
 
-    @functools.wraps(method)
-    def inner(self, *args, **kwargs):
-        with self.busy:
-            return method(self, *args, **kwargs)
 
-    return inner
+def load_generator(model: str, paths: list[Path], model_config: str | None = None, device: str | None = None,
+                   dtype: torch.dtype | None = None) -> CustomizedModel:
+    """``load_customized`` for ``paths`` on base ``model``, placed on ``device`` in ``dtype`` (default:
+    ``placement()``): the base pipeline is loaded here, so base images (a DreamBooth entry's too) come from it."""
+    if device is None:
+        device, dtype = placement()
+    dtype = dtype or torch.float32
+    base = load_base_pipeline(model, config=model_config)
+    generator = load_customized(base, paths)
+    for pipe in {id(p): p for p in (base, generator.pipe)}.values():  # DreamBooth: its own pipeline too
+        if pipe.dtype != dtype:
+            pipe.to(dtype=dtype)
+        if pipe.device.type != torch.device(device).type:
+            pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+    return generator
 
 
 class Actions:
-    def __init__(self, model: str, library: Library, model_config: str | None = None):
-        import threading
-
+    def __init__(self, model: str, library: Library, model_config: str | None = None, device: str | None = None,
+                 dtype: torch.dtype | None = None):
         self.model, self.library, self.model_config = model, library, model_config
+        self.device, self.dtype = (device, dtype) if device is not None else placement()
         self._fingerprint: str | None = None
-        self.busy = threading.RLock()  # see _one_at_a_time
+        self._cache: OrderedDict[tuple, tuple[CustomizedModel, int]] = OrderedDict()  # least recently used first
+        self.busy = threading.RLock()  # generations one at a time (inputs are checked before waiting for it)
 
     # -- library --------------------------------------------------------------------------------
     def base_fingerprint(self) -> str:
         if self._fingerprint is None:
-            from infusion.core.base_models import load_base_pipeline
-            from infusion.core.customization_files import base_fingerprint
-            from infusion.core.model_families import fingerprint_modules
-
-            self._fingerprint = base_fingerprint(*fingerprint_modules(load_base_pipeline(self.model,
-                                                                                         config=self.model_config)))
+            pipe = load_base_pipeline(self.model, config=self.model_config)
+            self._fingerprint = base_fingerprint(*fingerprint_modules(pipe))
         return self._fingerprint
 
     def compatible(self, entry: Entry) -> bool:
@@ -80,39 +113,47 @@ class Actions:
         rows = []
         for e in self.library.entries():
             fp = e.base_fingerprint + ("" if self.compatible(e) else "  ⚠ other base model")
-            rows.append([e.name, e.method, e.class_phrase, e.base_model, fp, _size(e.bytes), e.date, len(e.images)])
+            rows.append([e.name, e.method, e.class_phrase, shown_model(e.base_model), fp, _size(e.bytes), e.date,
+                         len(e.images)])
         return rows
 
     def names(self, method: str | None = None) -> list[str]:
         """Entry names in alphabetical order (stable while the library grows)."""
         return sorted(e.name for e in self.library.entries() if method is None or e.method == method)
 
-    def download(self, name: str) -> Path:
-        """The entry as one file: itself, or a zip of its folder."""
-        import shutil
-
+    def download(self, name: str, session: str | None = None) -> Path:
+        """The entry as one file: itself, or a zip of its folder (in a new folder of the page session)."""
         e = self.library.get(name)
         if e.path.is_file():
             return e.path
-        dest = self.library.folder / OUTPUTS / e.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest = self.library.output_folder(session) / e.name
         return Path(shutil.make_archive(str(dest), "zip", root_dir=e.path))
 
     # -- generation -----------------------------------------------------------------------------
-    CACHE = 2  # loaded generators kept (a real model takes seconds to load; the world a fraction of one)
+    def resident(self) -> int:
+        """Base models loaded now (by the generators kept for reuse)."""
+        return sum(w for _, w in self._cache.values())
 
-    def _load(self, paths: list[Path]):
-        """``load_customized`` for ``paths``, cached by (path, modification time) for the last ``CACHE`` sets."""
-
+    def _load(self, paths: list[Path]) -> CustomizedModel:
+        """A generator for ``paths``, reused while its files are unchanged (path, modification time); loading
+        another first drops the least recently used ones until at most ``MAX_RESIDENT`` base models stay loaded."""
         key = tuple((str(p), p.stat().st_mtime_ns) for p in paths)
-        cache = self.__dict__.setdefault("_cache", {})
-        if key not in cache:
-            while len(cache) >= self.CACHE:
-                cache.pop(next(iter(cache)))
-            cache[key] = load_customized(self.model, paths, model_config=self.model_config)
-        else:
-            cache[key] = cache.pop(key)  # most recently used last
-        return cache[key]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key][0]
+        owns = customization_class(read_metadata(paths[0]).get("method", ""), paths[0]).owns_pipeline
+        weight = 2 if owns else 1  # a whole fine-tuned model, plus the base one for its base images
+        dropped = False
+        while self._cache and self.resident() + weight > MAX_RESIDENT:
+            self._cache.popitem(last=False)
+            dropped = True
+        if dropped:  # free the dropped models' memory before the next one loads
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        model = load_generator(self.model, paths, self.model_config, self.device, self.dtype)
+        self._cache[key] = (model, weight)
+        return model
 
     def _loaded(self, names: list[str]):
         entries = [self.library.get(n) for n in names]
@@ -121,34 +162,34 @@ class Actions:
         methods = {e.method for e in entries}
         if len(methods) > 1:
             raise ValueError(f"one method at a time here (picked: {', '.join(sorted(methods))}); use Compare for that")
-        warnings = [f"⚠ <{e.name}> was trained on another base model ({e.base_model})" for e in entries
+        warnings = [f"⚠ <{e.name}> was trained on another base model ({shown_model(e.base_model)})" for e in entries
                     if not self.compatible(e)]
         return self._load([e.path for e in entries]), entries, warnings
 
-    @_one_at_a_time
     def generate(self, prompt: str, names: list[str], negative: str = "", seeds: str = "0", steps: int = 25,
-                 guidance: float = 8.0):
-        """-> (base images, customised images, PNG paths, notes). Each PNG holds its parameters (``save_png``)."""
+                 guidance: float = 8.0, session: str | None = None):
+        """-> (base images, customised images, PNG paths, notes). Each PNG holds its parameters (``save_png``); the
+        PNGs go to a new folder of ``session`` (the page session; removed when it ends)."""
         if not (prompt or "").strip():
             raise ValueError("write a prompt, e.g. a photo of <mycat> on the beach")
-        steps, guidance = _check_steps(steps), float(guidance)
-        model, entries, notes = self._loaded(list(names or []))
-        seed_list = parse_seeds(seeds)
-        base, custom, files = [], [], []
-        out_dir = self.library.folder / OUTPUTS / time.strftime("%Y%m%d-%H%M%S")
-        for seed in seed_list:
-            out = model([prompt], negative_prompt=negative or None, generator=torch.Generator().manual_seed(seed),
-                        num_inference_steps=steps, guidance_scale=guidance, return_base=True)
-            params = {"prompt": prompt, "negative_prompt": negative or "", "seed": seed, "steps": steps,
-                      "guidance": guidance, "model": self.model,
-                      "concepts": [str(e.path.name) for e in entries], "method": entries[0].method}
-            for kind, im, acc in (("base", out.base_images[0], base), ("custom", out.images[0], custom)):
-                path = save_png(im, out_dir / f"seed{seed}-{kind}.png", {**params, "stream": kind})
-                acc.append(im)
-                files.append(path)
-        return base, custom, files, "\n".join(notes)
+        steps, guidance = _check_steps(steps), _check_guidance(guidance)
+        seed_list = parse_seeds(seeds)  # every input checked before a model loads
+        with self.busy:  # cached pipelines hold scheduler state: one generation at a time
+            model, entries, notes = self._loaded(list(names or []))
+            base, custom, files = [], [], []
+            out_dir = self.library.output_folder(session)
+            for seed in seed_list:
+                out = model([prompt], negative_prompt=negative or None, generator=torch.Generator().manual_seed(seed),
+                            num_inference_steps=steps, guidance_scale=guidance, return_base=True)
+                params = {"prompt": prompt, "negative_prompt": negative or "", "seed": seed, "steps": steps,
+                          "guidance": guidance, "model": self.model,
+                          "concepts": [str(e.path.name) for e in entries], "method": entries[0].method}
+                for kind, im, acc in (("base", out.base_images[0], base), ("custom", out.images[0], custom)):
+                    path = save_png(im, out_dir / f"seed{seed}-{kind}.png", {**params, "stream": kind})
+                    acc.append(im)
+                    files.append(path)
+            return base, custom, files, "\n".join(notes)
 
-    @_one_at_a_time
     def compare(self, prompt: str, names: list[str], seed: int = 0, steps: int = 25, guidance: float = 8.0,
                 scores: bool = False):
         """One prompt (``<concept>`` stands for each entry) and seed across entries of any methods, base first.
@@ -158,21 +199,22 @@ class Actions:
                              "e.g. a photo of a <concept> on the beach")
         if not names:
             raise ValueError("pick the library entries to compare")
-        steps = _check_steps(steps)
-        g = lambda: torch.Generator().manual_seed(int(seed))  # noqa: E731
-        kw = dict(num_inference_steps=steps, guidance_scale=float(guidance))
-        cells = []
-        for i, name in enumerate(names):
-            e = self.library.get(name)
-            model = self._load([e.path])
-            text = prompt.replace("<concept>", f"<{e.name}>")
-            out = model([text], generator=g(), return_base=(i == 0), **kw)
-            if i == 0:
-                cells.append((out.base_images[0], "base", prompt.replace("<concept>", e.class_phrase), e))
-            cells.append((out.images[0], f"{e.name} ({e.method})", text.replace(f"<{e.name}>", e.class_phrase), e))
-        if scores:
-            cells = self._scored(cells)
-        return [(im, cap) for im, cap, *_ in cells]
+        steps, seed = _check_steps(steps), _check_seed(seed)
+        g = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+        kw = dict(num_inference_steps=steps, guidance_scale=_check_guidance(guidance))
+        with self.busy:  # cached pipelines hold scheduler state: one generation at a time
+            cells = []
+            for i, name in enumerate(names):
+                e = self.library.get(name)
+                model = self._load([e.path])
+                text = prompt.replace("<concept>", f"<{e.name}>")
+                out = model([text], generator=g(), return_base=(i == 0), **kw)
+                if i == 0:
+                    cells.append((out.base_images[0], "base", prompt.replace("<concept>", e.class_phrase), e))
+                cells.append((out.images[0], f"{e.name} ({e.method})", text.replace(f"<{e.name}>", e.class_phrase), e))
+            if scores:
+                cells = self._scored(cells)
+            return [(im, cap) for im, cap, *_ in cells]
 
     def _scored(self, cells):
         scorer, out = model_profile(self.model).scorer(), []
@@ -186,7 +228,6 @@ class Actions:
             out.append((im, cap + extra, text, e))
         return out
 
-    @_one_at_a_time
     def attention(self, name: str, prompt: str, seed: int = 0, steps: int = 25, guidance: float = 8.0):
         """The base model's cross-attention on an Infusion concept's tokens (where its residual lands): per
         resolution, averaged over heads, steps and layers, overlaid on the customised image. -> [(image, caption)]."""
@@ -195,9 +236,11 @@ class Actions:
             raise ValueError(f"<{e.name}> is a {e.method} entry: the attention view shows Infusion concepts")
         if f"<{e.name}>" not in (prompt or ""):
             raise ValueError(f"the prompt must name the concept as <{e.name}>")
-        model, _, _ = self._loaded([e.name])
-        out = model.pipe(prompt, generator=torch.Generator().manual_seed(int(seed)), num_inference_steps=_check_steps(steps),
-                         guidance_scale=float(guidance), return_attention=True)
+        steps, seed, guidance = _check_steps(steps), _check_seed(seed), _check_guidance(guidance)
+        with self.busy:  # cached pipelines hold scheduler state: one generation at a time
+            model, _, _ = self._loaded([e.name])
+            out = model.pipe(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
+                             guidance_scale=guidance, return_attention=True)
         image = out.images[0]
         cells = [(image, "customised")]
         for (h, w), maps in sorted(out.attention[e.name].items(), key=lambda kv: -kv[0][0]):
@@ -215,17 +258,34 @@ class Actions:
         self.library.delete(name)
         return f"deleted <{name}>"
 
-    def entry_details(self, name: str) -> tuple[str, list[Path]]:
+    def entry_details(self, name: str) -> tuple[str, list[PIL.Image.Image]]:
+        """-> (the entry's metadata as Markdown, thumbnails of its training images). Paths are shown relative to the
+        library, and the thumbnails are images, not files (its images may lie outside the library)."""
         e = self.library.get(name)
         warn = "" if self.compatible(e) else "\n\n⚠ trained on another base model: it may not load, or look different"
-        meta = {"method": e.method, "class phrase": e.class_phrase, "base model": e.base_model,
-                "fingerprint": e.base_fingerprint, "family": e.family or "sd", "size": _size(e.bytes), "date": e.date}
-        return "\n".join(f"- **{k}**: {v}" for k, v in meta.items()) + warn, e.images
+        meta = {"file": self.library.relative(e.path), "method": e.method, "class phrase": e.class_phrase,
+                "base model": shown_model(e.base_model), "fingerprint": e.base_fingerprint, "family": e.family or "sd",
+                "size": _size(e.bytes), "date": e.date}
+        return "\n".join(f"- **{k}**: {v}" for k, v in meta.items()) + warn, [_thumbnail(p) for p in e.images]
+
+
+def shown_model(base_model: str) -> str:
+    """A base model as the page shows it: a local path by its last part (the page shows no file system paths)."""
+    if base_model and (Path(base_model).is_absolute() or base_model.startswith(("~", "."))):
+        return Path(base_model).name
+    return base_model
+
+
+def _thumbnail(path: Path) -> PIL.Image.Image:
+    with PIL.Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((THUMB, THUMB))
+        return im
 
 
 def overlay(image: PIL.Image.Image, heat: np.ndarray) -> PIL.Image.Image:
     """A heat map (h, w) over ``image``: matplotlib's colormap, nearest upsampling, half transparent."""
-    import matplotlib
+    import matplotlib  # deferred on purpose: only the Attention tab draws with it
 
     h = (heat - heat.min()) / (np.ptp(heat) + 1e-12)
     rgb = (matplotlib.colormaps["inferno"](h)[..., :3] * 255).astype(np.uint8)
@@ -233,10 +293,41 @@ def overlay(image: PIL.Image.Image, heat: np.ndarray) -> PIL.Image.Image:
     return PIL.Image.blend(image.convert("RGB"), hm, 0.55)
 
 
+def _whole(value, message: str) -> int:
+    """A whole number from a form field (int, a float such as 25.0, or text), else ``ValueError(message)``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(message) from None
+
+
+def _check_seed(seed) -> int:
+    message = f"the seed must be a whole number from 0 to {MAX_SEED:,}"
+    seed = _whole(0 if seed is None else seed, message)
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(message)
+    return seed
+
+
+def _check_guidance(guidance) -> float:
+    try:
+        value = float(guidance)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 <= value <= 50:
+        raise ValueError("guidance must be a number from 0 to 50 (8 is usual)")
+    return value
+
+
 def _check_steps(steps) -> int:
-    steps = int(steps)
+    message = "denoising steps must be a whole number between 1 and 200"
+    steps = _whole(steps, message)
     if not 1 <= steps <= 200:
-        raise ValueError("denoising steps must be between 1 and 200")
+        raise ValueError(message)
     return steps
 
 

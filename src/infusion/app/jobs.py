@@ -3,37 +3,44 @@
 A job copies the images into the library (``.images/<name>/``), trains into a staging folder inside the library
 with the settings the form shows (``--lr`` left to the method's default when the form holds that default, so the
 file equals the CLI's bit for bit), reports every step (loss, ETA) and renders a sample from each ``-stepN``
-checkpoint; only a finished output is moved into the library. Cancel stops after the current step and keeps the
-last checkpoint in the staging folder; a failure leaves the library as it was.
+checkpoint, keeping only the last checkpoint on disk (a DreamBooth one is a whole pipeline); only a finished output
+is moved into the library. Cancel is answered after the step that runs (the trainer asks after every step). When a
+job ends, finished, cancelled or failed, its staging folder is removed; a cancelled or failed job also removes its
+copy of the images, so the library is as it was (a failure's message says what went wrong; the log has the trace).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import PIL.Image
+import torch
 
+from infusion.app.actions import load_generator
 from infusion.app.library import Library, check_name
-from infusion.customized import load_customized
 from infusion.methods import get_method
 from infusion.training import TrainConfig, train
 from infusion.training.config import parse_method_args
-from infusion.training.data import load_rgb
+from infusion.training.data import read_image
 from infusion.training.trainer import Cancelled, step_path
 
+logger = logging.getLogger(__name__)
+
 MIN_IMAGES, MAX_IMAGES = 3, 10
-MAX_BYTES = 20 * 1024 * 1024  # per file
+MAX_BYTES = 20 * 1024 * 1024  # per file; the page's server refuses bigger uploads before they are written
 MAX_PIXELS = 40_000_000
+KEEP_CHECKPOINTS = 1  # -stepN outputs kept on disk during a job (the sample is rendered from the newest)
 
 
 def check_images(paths: list[str | Path]) -> list[Path]:
-    """Uploaded files -> the image paths, or ``ValueError`` with a message for the page (never a trace)."""
+    """Uploaded files -> the image paths, or ``ValueError`` with a message for the page (never a trace). An image
+    is what the trainer reads (``training.data.read_image``: an image suffix, readable, at least 32 px a side)."""
     paths = [Path(p) for p in paths or []]
     if not paths:
         raise ValueError(f"no images: drop {MIN_IMAGES}-{MAX_IMAGES} photos of your concept (or pick a built-in one)")
@@ -46,13 +53,10 @@ def check_images(paths: list[str | Path]) -> list[Path]:
             with PIL.Image.open(p) as im:  # the header only: refuse huge images before decoding them
                 w, h = im.size
         except Exception:
-            raise ValueError(f"{p.name} is not an image this page can read (PNG, JPEG, WebP, ...)") from None
+            w = h = 0  # not an image: read_image says why
         if w * h > MAX_PIXELS:
             raise ValueError(f"{p.name} is {w}x{h}: images up to {MAX_PIXELS // 1_000_000} megapixels, please")
-        try:
-            load_rgb(p)  # what training will do with it (the trainer's own reader)
-        except ValueError:
-            raise ValueError(f"{p.name} is not an image this page can read (PNG, JPEG, WebP, ...)") from None
+        read_image(p)  # ValueError naming the file: what training would skip
     return paths
 
 
@@ -64,12 +68,13 @@ class Job:
     name: str
     method: str
     steps: int
-    status: str = "starting"  # starting | running | done | cancelled | failed
+    status: str = "starting"  # starting | running | cancelling | done | cancelled | failed
     step: int = 0
     losses: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     message: str = ""
-    samples: list[tuple[int, Path]] = field(default_factory=list)
+    sample_steps: list[int] = field(default_factory=list)  # the steps a sample was rendered at
+    sample: PIL.Image.Image | None = None  # the newest sample (kept in memory: the staging folder goes away)
     result: Path | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -87,10 +92,13 @@ class Job:
 class Trainer:
     """Runs at most one ``Job``; ``start`` refuses a second one while the first runs."""
 
-    def __init__(self, library: Library, model: str, model_config: str | None = None):
+    def __init__(self, library: Library, model: str, model_config: str | None = None, device: str | None = None,
+                 dtype: torch.dtype | None = None):
         self.library, self.model, self.model_config = library, model, model_config
+        self.device, self.dtype = device, dtype  # where samples are rendered (None: actions.placement)
         self.job: Job | None = None
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def start(self, images: list[str | Path], name: str, class_phrase: str, method: str, steps: int, lr: float | None,
               sample_every: int = 0, seed: int = 0, batch_size: int = 4, blocking: bool = False,
@@ -120,7 +128,7 @@ class Trainer:
                 raise ValueError(f"{method} has no option {', '.join(unknown)}; it reads: {known}")
             job = Job(uuid.uuid4().hex[:8], name, method, int(steps))
             folder = self.library.images_dir(name)
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)  # no entry has this name: a leftover of nothing
             folder.mkdir(parents=True)
             for i, p in enumerate(images):
                 shutil.copyfile(p, folder / f"{i:02d}{p.suffix.lower()}")
@@ -128,29 +136,40 @@ class Trainer:
             cfg = TrainConfig(model=self.model, images=str(folder), name=name, class_phrase=class_phrase.strip(),
                               out=str(self.library.output_path(name, method, staging)), method=method,
                               steps=int(steps), lr=lr, batch_size=int(batch_size), seed=int(seed),
-                              checkpoint_every=int(sample_every or 0), model_config=self.model_config,
-                              method_args=method_args)
+                              checkpoint_every=int(sample_every or 0), keep_checkpoints=KEEP_CHECKPOINTS,
+                              model_config=self.model_config, method_args=method_args)
             self.job = job
-        thread = threading.Thread(target=self._run, args=(job, cfg, int(sample_every or 0)), daemon=True)
-        thread.start()
+            self._thread = threading.Thread(target=self._run, args=(job, cfg, int(sample_every or 0)), daemon=True)
+            self._thread.start()
         if blocking:
-            thread.join()
+            self._thread.join()
         return job
 
     def cancel(self) -> str:
-        if self.job is None or self.job.finished:
+        job = self.job
+        if job is None or job.finished:
             return "no training job is running"
-        self.job.cancel.set()
-        return f"cancelling <{self.job.name}> after the current step"
+        job.cancel.set()
+        if job.status in ("starting", "running"):
+            job.status = "cancelling"
+        return (f"cancelling <{job.name}>: training stops when step {job.step + 1} ends (the trainer checks after "
+                "every step); nothing will be added to the library")
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the current job's thread ends (tests, shutdown)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def _run(self, job: Job, cfg, sample_every: int) -> None:
 
         def report(r) -> bool:
-            job.status, job.step = "running", r.step
+            if job.status != "cancelling":
+                job.status = "running"
+            job.step = r.step
             job.losses.append(r.loss)
-            if sample_every and r.step > sample_every:  # the checkpoint of the previous interval is on disk now
-                last = (r.step - 1) // sample_every * sample_every
-                if last and (not job.samples or job.samples[-1][0] != last) and step_path(cfg.out, last).exists():
+            if sample_every and r.step > sample_every and not job.cancel.is_set():
+                last = (r.step - 1) // sample_every * sample_every  # the checkpoint of the previous interval
+                if last and (not job.sample_steps or job.sample_steps[-1] != last) and step_path(cfg.out, last).exists():
                     self._sample(job, cfg, step_path(cfg.out, last), last)
             return job.cancel.is_set()
 
@@ -158,23 +177,27 @@ class Trainer:
             train(cfg, progress=False, callback=report)
             job.result = self.library.add(Path(cfg.out), job.name).path
             # the message before the status: a page tick between the two must not see a finished job without it
-            job.message, job.status = f"<{job.name}> is in the library: {job.result.name}", "done"
+            job.message, job.status = f"<{job.name}> is in the library: {self.library.relative(job.result)}", "done"
         except Cancelled as e:
-            job.message, job.status = f"cancelled after step {e.step}; nothing was added to the library", "cancelled"
-        except Exception as e:  # shown in the page, logged with its trace
-            traceback.print_exc()
-            job.message, job.status = f"training failed: {type(e).__name__}: {e}", "failed"
+            self.library.remove_images(job.name)
+            job.message = f"cancelled after step {e.step} of {job.steps}; nothing was added to the library"
+            job.status = "cancelled"
+        except Exception as e:  # shown in the page (library-relative), logged with its trace
+            logger.exception("training job %s (<%s>, %s) failed", job.id, job.name, job.method)
+            self.library.remove_images(job.name)
+            job.message = self.library.scrub(f"training failed at step {job.step} of {job.steps}: "
+                                             f"{type(e).__name__}: {e}; the library is unchanged")
+            job.status = "failed"
+        finally:
+            self.library.end_staging(job.id)
 
     def _sample(self, job: Job, cfg, checkpoint: Path, step: int) -> None:
-        """An image of ``a photo of <name>`` from ``checkpoint`` (seed 0), kept in the staging folder."""
-        import torch
-
+        """An image of ``a photo of <name>`` from ``checkpoint`` (seed 0), kept in ``job.sample``."""
         try:
-            model = load_customized(self.model, [checkpoint], model_config=self.model_config)
-            im = model([f"a photo of <{job.name}>"], generator=torch.Generator().manual_seed(0),
-                       num_inference_steps=20).images[0]
-            path = Path(checkpoint).with_suffix(".png") if Path(checkpoint).is_file() else Path(f"{checkpoint}.png")
-            im.save(path)
-            job.samples.append((step, path))
+            model = load_generator(self.model, [checkpoint], self.model_config, self.device, self.dtype)
+            job.sample = model([f"a photo of <{job.name}>"], generator=torch.Generator().manual_seed(0),
+                               num_inference_steps=20).images[0]
+            job.sample_steps.append(step)
         except Exception as e:  # a sample is a nicety: never stop training for it
-            job.message = f"(sample at step {step} failed: {e})"
+            logger.warning("sample at step %d of job %s failed: %s", step, job.id, e)
+            job.message = self.library.scrub(f"(sample at step {step} failed: {e})")

@@ -1,21 +1,35 @@
 """The page (Gradio Blocks): tabs Train, Generate, Compare, Attention, Library, wired to ``actions`` and ``jobs``.
 
-Every handler shows a person-readable message in its tab's status line (``⚠ ...``) instead of a stack trace.
-Element ids (``elem_id``) are what the browser tests address.
+Every handler shows a person-readable message in its tab's status line (``⚠ ...``) instead of a stack trace, with
+paths relative to the library. Element ids (``elem_id``) are what the browser tests address.
+
+Serving: 127.0.0.1 by default; another address needs ``auth`` (or ``no_auth=True``, said out loud). Gradio may serve
+files from the library folder only (``allowed_paths``: generated PNGs and downloads are written there), uploads
+are refused by the server above ``jobs.MAX_BYTES``, and what a page session leaves (its uploads and outputs in
+Gradio's cache, its folder of generated files in the library) is removed when the session ends (``SessionFiles``).
 """
 
-from __future__ import annotations
-
 import functools
+import logging
+import tempfile
+import threading
+from pathlib import Path
 
-from infusion.app.actions import Actions
-from infusion.app.jobs import Trainer
+import numpy as np
+import PIL.Image
+
+from infusion.app.actions import Actions, shown_model
+from infusion.app.jobs import MAX_BYTES, Trainer
 from infusion.app.library import Library
 from infusion.core.model_profiles import model_profile
 from infusion.methods import available_methods, get_method
 from infusion.training.data import IMAGE_SUFFIXES
 
+logger = logging.getLogger(__name__)
+
 SAMPLE_EVERY = 50
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+CACHE_SWEEP = (3600, 24 * 3600)  # s: Gradio's own sweep of its cache (every hour, files older than a day)
 
 
 def _md(text: str) -> str:
@@ -23,20 +37,25 @@ def _md(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _safe(status_index: int | None = None, n_outputs: int = 1):
-    """Decorator: a ``ValueError`` (or any error) becomes ``⚠ message`` in the status output, others unchanged."""
+def _safe(status_index: int | None = None, n_outputs: int = 1, scrub=str):
+    """Decorator: a ``ValueError`` (or any error) becomes ``⚠ message`` in the status output (``scrub``: the
+    library's path replaced), others unchanged; an unexpected error is logged with its trace."""
 
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*args, **kwargs):
-            import gradio as gr
+            import gradio as gr  # deferred on purpose: gradio is an optional dependency (infusion[app])
 
             try:
                 return fn(*args, **kwargs)
             except Exception as e:  # shown to the person, never a trace
-                msg = str(e) if isinstance(e, ValueError) else f"something went wrong: {type(e).__name__}: {e}"
+                if isinstance(e, ValueError):
+                    msg = str(e)
+                else:
+                    logger.exception("page handler %s failed", fn.__name__)
+                    msg = f"something went wrong: {type(e).__name__}: {e}"
                 outs = [gr.update() for _ in range(n_outputs)]
-                outs[status_index if status_index is not None else n_outputs - 1] = f"⚠ {_md(msg)}"
+                outs[status_index if status_index is not None else n_outputs - 1] = f"⚠ {_md(scrub(msg))}"
                 return tuple(outs) if n_outputs > 1 else outs[0]
 
         return inner
@@ -44,13 +63,72 @@ def _safe(status_index: int | None = None, n_outputs: int = 1):
     return wrap
 
 
+def _file_paths(value) -> list[str]:
+    """Every file path in a component's value: a path, a Gradio ``FileData`` dict, or lists/tuples/dicts of them."""
+    if isinstance(value, (str, Path)):
+        return [str(value)]
+    if isinstance(value, dict):
+        return ([value["path"]] if isinstance(value.get("path"), str) else []) + [
+            p for k, v in value.items() if k != "path" for p in _file_paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _file_paths(v)]
+    return []
+
+
+class SessionFiles:
+    """The files each page session put in Gradio's cache (uploads, images and files it was shown), removed when the
+    session ends, with its folder of generated files in the library. Only files inside the cache folder are taken
+    (values come from the browser); a file two sessions share (same bytes: the cache is content-addressed) goes
+    when the last of them ends."""
+
+    def __init__(self, library: Library, cache: str | Path):
+        self.library, self.cache = library, Path(cache).resolve()
+        self._owners: dict[Path, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, session: str, value) -> None:
+        with self._lock:
+            for raw in _file_paths(value):
+                path = Path(raw).resolve()
+                if path.is_file() and path.is_relative_to(self.cache):
+                    self._owners.setdefault(path, set()).add(session)
+
+    def held(self, session: str, alone: bool = False) -> list[Path]:
+        """The cache files ``session`` holds (``alone``: those no other session holds too)."""
+        return sorted(p for p, owners in self._owners.items() if session in owners and (not alone or len(owners) == 1))
+
+    def end(self, session: str) -> list[Path]:
+        """Remove what only ``session`` held; -> the cache files removed."""
+        removed = []
+        with self._lock:
+            for path in self.held(session):
+                owners = self._owners[path]
+                owners.discard(session)
+                if owners:
+                    continue
+                del self._owners[path]
+                path.unlink(missing_ok=True)
+                removed.append(path)
+                if path.parent != self.cache:
+                    try:
+                        path.parent.rmdir()  # the file's content-hash folder, when nothing else is in it
+                    except OSError:
+                        pass
+        self.library.end_outputs(session)
+        return removed
+
+
 def build(model: str = "world", library: str = "library", model_config: str | None = None):
-    """The app's ``gr.Blocks`` for base ``model`` and the library folder ``library``."""
-    import gradio as gr
+    """The app's ``gr.Blocks`` for base ``model`` and the library folder ``library``; ``page.library``,
+    ``page.trainer`` and ``page.session_files`` are its parts (tests, ``serve``)."""
+    import gradio as gr  # deferred on purpose: gradio is an optional dependency (infusion[app])
+    from gradio.utils import get_upload_folder
 
     lib = Library(library)
     actions = Actions(model, lib, model_config)
-    trainer = Trainer(lib, model, model_config)
+    trainer = Trainer(lib, model, model_config, actions.device, actions.dtype)
+    files = SessionFiles(lib, get_upload_folder())
+    _safe_here = functools.partial(_safe, scrub=lib.scrub)
     profile = model_profile(model)
     builtin_concepts = profile.concepts()  # name -> class phrase: the world's, none on a checkpoint
     has_probes = profile.is_builtin_world  # the world's probes score text and concept fidelity
@@ -60,8 +138,9 @@ def build(model: str = "world", library: str = "library", model_config: str | No
         return get_method(method).default_learning_rate(model, batch)
 
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: works offline
-    with gr.Blocks(title="infusion", analytics_enabled=False, theme=theme) as page:
-        gr.Markdown(f"# infusion\nCustomise **{model}** with a few photos, generate, compare. Library: `{lib.folder}`")
+    with gr.Blocks(title="infusion", analytics_enabled=False, theme=theme, delete_cache=CACHE_SWEEP) as page:
+        gr.Markdown(f"# infusion\nCustomise **{_md(shown_model(model))}** with a few photos, generate, compare. "
+                    f"Library: `{lib.folder.name}`")
 
         # -- Train --------------------------------------------------------------------------------
         with gr.Tab("Train", elem_id="tab-train"):
@@ -103,15 +182,14 @@ def build(model: str = "world", library: str = "library", model_config: str | No
                 return paths, paths, choice, builtin_concepts[choice]
 
             builtin.change(pick_builtin, builtin, [images, preview, name, phrase])
-            def shown(files):  # the preview shows the images among the uploads (the check at start names the rest)
-                from pathlib import Path
 
-                return [f for f in files or [] if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+            def shown(uploads):  # the preview shows the images among the uploads (the check at start names the rest)
+                return [f for f in uploads or [] if Path(f).suffix.lower() in IMAGE_SUFFIXES]
 
             images.upload(shown, images, preview)
             method.change(lambda m: (default_lr(m), gr.update(placeholder=_options_hint(m))), method, [lr, options])
 
-            @_safe(0)
+            @_safe_here(0)
             def on_start(files, nm, ph, m, n_steps, rate, n_every, opts):
                 rate = None if rate is None or abs(float(rate) - default_lr(m)) <= 1e-12 * default_lr(m) else float(rate)
                 job = trainer.start(files or [], nm, ph, m, int(n_steps or 0), rate, int(n_every or 0), options=opts or "")
@@ -122,15 +200,17 @@ def build(model: str = "world", library: str = "library", model_config: str | No
 
             def tick(last):
                 job = trainer.job
-                sig = None if job is None else (job.id, job.step, job.status, job.message, len(job.samples))
+                sig = None if job is None else (job.id, job.step, job.status, job.message, len(job.sample_steps))
                 if sig == last:
                     return gr.update(), gr.update(), gr.update(), last
-                eta = "" if job.eta is None else f", about {job.eta:.0f} s left"
+                eta = "" if job.eta is None or job.finished else f", about {job.eta:.0f} s left"
                 loss = f", loss {job.losses[-1]:.4f}" if job.losses else ""
                 text = f"**{job.status}**: " + _md(f"<{job.name}> ({job.method}) step {job.step}/{job.steps}{loss}{eta}")
+                if job.status == "cancelling":
+                    text += "\n\n" + _md(f"stops when step {job.step + 1} ends; nothing will be added to the library")
                 if job.message:
                     text += f"\n\n{_md(job.message)}"
-                img = _enlarged(job.samples[-1][1]) if job.samples else gr.update()
+                img = _enlarged(job.sample) if job.sample is not None else gr.update()
                 return text, _loss_figure(job.losses), img, sig
 
             # a reloaded page starts with no state, so it shows the job that runs (or last ran) at its first tick
@@ -155,10 +235,10 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             files_out = gr.File(label="PNG files (prompt, seed, steps, guidance, model and concepts inside)",
                                 file_count="multiple", elem_id="gen-files")
 
-            @_safe(3, 4)
-            def on_generate(p, concepts, neg, s, n, g):
-                base, custom, files, notes = actions.generate(p, concepts, neg, s, n, g)
-                return base, custom, [str(f) for f in files], _md(notes or f"{len(custom)} image(s): base | customised")
+            @_safe_here(3, 4)
+            def on_generate(p, concepts, neg, s, n, g, request: gr.Request):
+                base, custom, paths, notes = actions.generate(p, concepts, neg, s, n, g, session=request.session_hash)
+                return base, custom, [str(f) for f in paths], _md(notes or f"{len(custom)} image(s): base | customised")
 
             go.click(on_generate, [prompt, gen_concepts, negative, seeds, gen_steps, guidance],
                      [base_out, custom_out, files_out, gen_status])
@@ -178,7 +258,7 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             cmp_status = gr.Markdown(elem_id="cmp-status")
             cmp_out = gr.Gallery(label="base first, then one column per entry", columns=6, elem_id="cmp-out")
 
-            @_safe(1, 2)
+            @_safe_here(1, 2)
             def on_compare(p, names, s, n, sc):
                 cells = actions.compare(p, names, s, n, scores=bool(sc))
                 return cells, f"{len(cells) - 1} entr{'y' if len(cells) == 2 else 'ies'} and the base model"
@@ -197,7 +277,7 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             att_out = gr.Gallery(label="base model's cross-attention on the concept's tokens (heads, steps, layers "
                                        "averaged), per resolution", columns=4, elem_id="att-out")
 
-            @_safe(1, 2)
+            @_safe_here(1, 2)
             def on_attention(nm, p, s):
                 if not nm:
                     raise ValueError("pick an Infusion concept")
@@ -234,32 +314,32 @@ def build(model: str = "world", library: str = "library", model_config: str | No
 
             lib_tab.select(lambda: refresh(), None, [table, lib_entry, lib_status])
 
-            @_safe(1, 2)
+            @_safe_here(1, 2)
             def on_entry(nm):
                 if not nm:
                     return [], ""
-                text, imgs = actions.entry_details(nm)
-                return [str(p) for p in imgs], text
+                text, thumbnails = actions.entry_details(nm)
+                return thumbnails, text
 
             lib_entry.change(on_entry, lib_entry, [thumbs, details])
 
-            @_safe(2, 3)
+            @_safe_here(2, 3)
             def on_rename(nm, new):
                 if not nm:
                     raise ValueError("pick an entry first")
                 return refresh(_md(actions.rename(nm, new)))
 
-            @_safe(2, 3)
+            @_safe_here(2, 3)
             def on_delete(nm, ok):
                 if not nm:
                     raise ValueError("pick an entry first")
                 return refresh(_md(actions.delete(nm, ok)))
 
-            @_safe(1, 2)
-            def on_download(nm):
+            @_safe_here(1, 2)
+            def on_download(nm, request: gr.Request):
                 if not nm:
                     raise ValueError("pick an entry first")
-                return str(actions.download(nm)), ""
+                return str(actions.download(nm, session=request.session_hash)), ""
 
             rename_btn.click(on_rename, [lib_entry, new_name], [table, lib_entry, lib_status])
             delete_btn.click(on_delete, [lib_entry, sure], [table, lib_entry, lib_status])
@@ -279,6 +359,22 @@ def build(model: str = "world", library: str = "library", model_config: str | No
 
         poll.tick(follow, seen, [gen_concepts, cmp_entries, att_entry, table, lib_entry, lib_status, seen],
                   show_progress="hidden")
+
+        # what a session puts in Gradio's cache, noted as it appears (raw values: the paths as served), removed with
+        # the session's folder of generated files when the session ends (its tab closed or reloaded)
+        def note(value, request: gr.Request):
+            files.remember(request.session_hash, value)
+
+        for shown_files in (images, preview, sample, base_out, custom_out, files_out, cmp_out, att_out, thumbs,
+                            lib_file):
+            shown_files.change(note, shown_files, None, preprocess=False, show_progress="hidden", queue=False)
+
+        def session_ended(request: gr.Request):
+            removed = files.end(request.session_hash)
+            logger.info("page session ended: %d cached files removed", len(removed))
+
+        page.unload(session_ended)
+    page.library, page.trainer, page.session_files = lib, trainer, files
     return page
 
 
@@ -294,26 +390,20 @@ def _options_hint(method: str) -> str:
 
 def _builtin_concept_files(profile, name: str) -> list[str]:
     """The built-in concept's training images, written once into a temp folder (PNG paths)."""
-    import tempfile
-    from pathlib import Path
-
     folder = Path(tempfile.gettempdir()) / "infusion-app-world" / name
     if not folder.is_dir() or not any(folder.iterdir()):
         profile.concept_images(name, folder)
     return [str(p) for p in sorted(folder.glob("*.png"))]
 
 
-def _enlarged(path, size: int = 256):
+def _enlarged(image: PIL.Image.Image, size: int = 256) -> PIL.Image.Image:
     """A sample image at a size a person can see (the world's images are 32 px): nearest-neighbour upscaling."""
-    import PIL.Image
-
-    with PIL.Image.open(path) as im:
-        scale = max(1, size // max(im.size))
-        return im.convert("RGB").resize((im.width * scale, im.height * scale), PIL.Image.Resampling.NEAREST)
+    scale = max(1, size // max(image.size))
+    return image.convert("RGB").resize((image.width * scale, image.height * scale), PIL.Image.Resampling.NEAREST)
 
 
 def _loss_figure(losses: list[float]):
-    import matplotlib
+    import matplotlib  # deferred on purpose: the Agg backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -323,8 +413,6 @@ def _loss_figure(losses: list[float]):
         ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.5, label="loss")
         k = max(1, len(losses) // 20)
         if len(losses) >= k:
-            import numpy as np
-
             smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
             ax.plot(range(k, len(losses) + 1), smooth, lw=1.5, label=f"mean of {k}")
     ax.set_xlabel("step")
@@ -334,11 +422,36 @@ def _loss_figure(losses: list[float]):
     return fig
 
 
+def check_serving(host: str, auth: tuple[str, str] | None, no_auth: bool) -> str | None:
+    """The serving rule: on 127.0.0.1 / localhost the page needs nothing; on any other address it needs ``auth``
+    (user, password) or an explicit ``no_auth``. -> a warning to print (None on localhost); ``ValueError`` when
+    neither is given."""
+    if host in LOCAL_HOSTS:
+        return None
+    exposed = (f"--host {host} serves the page to every machine that can reach this one: it trains, generates, and "
+               "reads, renames, deletes and downloads the library's concepts")
+    if auth is None and not no_auth:
+        raise ValueError(f"{exposed}; add --auth USER:PASSWORD (or --no-auth to serve it to them without a login)")
+    if auth is None:
+        return f"WARNING: {exposed}, to anyone, without a login (--no-auth)"
+    return f"WARNING: {exposed}, to whoever logs in as {auth[0]!r} (over plain HTTP: use it on a network you trust)"
+
+
 def serve(model: str = "world", library: str = "library", host: str = "127.0.0.1", port: int = 7860,
-          model_config: str | None = None, block: bool = True):
-    """Start the page (never a public share link); returns the Blocks when ``block`` is False."""
+          model_config: str | None = None, block: bool = True, auth: tuple[str, str] | None = None,
+          no_auth: bool = False):
+    """Start the page (never a public share link); returns the Blocks when ``block`` is False. A host other than
+    localhost needs ``auth`` or ``no_auth`` (``check_serving``). Gradio serves files of the library folder only
+    (beside its own cache), and refuses uploads over ``jobs.MAX_BYTES``."""
+    warning = check_serving(host, auth, no_auth)
+    if warning:
+        logger.warning(warning)
     page = build(model, library, model_config)
+    removed = page.library.clean_leftovers()
+    if removed:
+        logger.info("removed working folders a previous server left: %s", ", ".join(removed))
     page.queue(default_concurrency_limit=1)
     page.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
-                show_error=False, quiet=not block)
+                show_error=False, quiet=not block, auth=auth, allowed_paths=[str(page.library.folder)],
+                max_file_size=MAX_BYTES)
     return page
