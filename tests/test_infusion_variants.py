@@ -243,7 +243,10 @@ def test_query_variant_trains_saves_loads_and_generates(tiny_pipe, concept_image
 
 
 def test_t_max_injects_only_below_it(tiny_pipe, tmp_path):
-    """A concept with t_max injects at t < t_max * T only: with every sampling step above it, C == F exactly."""
+    """The rule "inject at t < t_max * T", where it decides: 4 DDIM steps (t = 751, 501, 251, 1) and t_max * T = 501,
+    a sampled step. C's UNet rows equal F's, bit for bit, at 751 and at 501 itself (not below it), and differ from
+    the first step below; every step below t_max * T runs a plan that injects, no step at or above it does. The two
+    ends too: t_max at the lowest step (no step injects: C == F) and 1 (every step injects)."""
     from infusion.methods.infusion.concept import Concept
     from infusion.methods.infusion.pipeline import InfusionPipeline
     from conftest import random_concept
@@ -251,14 +254,36 @@ def test_t_max_injects_only_below_it(tiny_pipe, tmp_path):
     c = random_concept(tiny_pipe, "sq", "square", scale=5.0)
     pipe = InfusionPipeline.from_pipe(tiny_pipe)
     pipe.set_progress_bar_config(disable=True)
+    T = pipe.scheduler.config.num_train_timesteps
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    full = pipe("a photo of a <sq>", concepts=[c], num_inference_steps=3, generator=g(), output_type="pt")
-    pipe.scheduler.set_timesteps(3)
-    lowest = int(pipe.scheduler.timesteps.min())
-    late = Concept(c.name, c.class_phrase, c.deltas, t_max=lowest / pipe.scheduler.config.num_train_timesteps)
-    off = pipe("a photo of a <sq>", concepts=[late], num_inference_steps=3, generator=g(), output_type="pt")
-    assert not torch.equal(full.images, full.base_images)
-    assert torch.equal(off.images, off.base_images)  # t < t_max never holds: no step injects
+    calls = []  # per UNet call: (t, C rows == F rows, the step's plan injects)
+
+    def record(mod, args, kw, out):
+        eps, plan = out[0], kw["cross_attention_kwargs"]["infusion"]
+        f, c_rows = eps.chunk(2)
+        calls.append((int(args[1]), torch.equal(f, c_rows), len(plan.active) > 0))
+
+    hook = pipe.unet.register_forward_hook(record, with_kwargs=True)
+    try:
+        pipe.scheduler.set_timesteps(4)
+        steps = [int(t) for t in pipe.scheduler.timesteps]
+        assert len(steps) == 4 and steps[-1] < steps[1] < steps[0]
+        limit = steps[1]  # t_max * T falls on a sampled step
+        late = Concept(c.name, c.class_phrase, c.deltas, t_max=limit / T)
+        out = pipe("a photo of a <sq>", concepts=[late], num_inference_steps=4, generator=g(), output_type="pt")
+        assert [t for t, *_ in calls] == steps
+        assert [inj for *_, inj in calls] == [t < limit for t in steps] == [False, False, True, True]
+        assert [same for _, same, _ in calls][:3] == [True, True, False]  # C follows F until the first injection
+        assert not torch.equal(out.images, out.base_images)
+        del calls[:]
+        lowest = Concept(c.name, c.class_phrase, c.deltas, t_max=steps[-1] / T)
+        off = pipe("a photo of a <sq>", concepts=[lowest], num_inference_steps=4, generator=g(), output_type="pt")
+        assert not any(inj for *_, inj in calls) and torch.equal(off.images, off.base_images)
+        del calls[:]
+        pipe("a photo of a <sq>", concepts=[c], num_inference_steps=4, generator=g(), output_type="pt")
+        assert all(inj for *_, inj in calls) and not calls[0][1]
+    finally:
+        hook.remove()
     path = late.save(tmp_path / "late.safetensors")
     assert Concept.load(path).t_max == late.t_max
 
@@ -288,41 +313,65 @@ def test_train_t_max_trains_below_it_and_the_concept_injects_at_every_step(tiny_
     assert get_method("infusion")(tiny_sd_pipeline(), both).max_train_timestep(T) == T // 4
 
 
-def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_path):
-    """``paired=true``: F's record pass gets the base model's redraw of each row's image, noised with the row's own
-    noise and t; C's pass gets the concept's noisy latent; the redraws differ from the images; frozen weights stay."""
+def test_paired_training_runs_f_on_base_redraws(tiny_pipe, concept_images, tmp_path, monkeypatch):
+    """``paired=true``, in a real training run: at every step F's record pass gets the base model's redraw of each
+    row's image noised with the row's own noise and t (``paired_views=1``: the one redraw), while C's pass gets the
+    concept's noisy latent, which differs; the redraws are not the images; only the Deltas change; and the result
+    differs from the unpaired run's. The method's own pieces, alone: views differ, C gets its latent."""
     from diffusers import DDPMScheduler
 
-    from infusion.training import TrainConfig, train
+    from infusion.core.model_configs import tiny_sd_pipeline
     from infusion.methods import get_method
+    from infusion.training import TrainConfig, train
 
+    cls = get_method("infusion")
     cfg = TrainConfig(model="tiny", images=str(concept_images), name="sq", class_phrase="square", out=str(tmp_path / "p.safetensors"),
-                      steps=2, lr=1e-2, batch_size=2, method_args={"paired": True, "paired_views": 2})
-    m = get_method("infusion")(tiny_pipe, cfg)
+                      steps=3, lr=1e-2, batch_size=2, method_args={"paired": True, "paired_views": 1})
+    steps, method = [], {}
+    real_prepare = cls.prepare_batch
+
+    def prepare(self, idx, noise, t, noise_scheduler, generator):  # what the trainer hands over at each step
+        method["m"] = self
+        steps.append({"idx": idx.clone(), "noise": noise.clone(), "t": t.clone(), "inputs": []})
+        return real_prepare(self, idx, noise, t, noise_scheduler, generator)
+
+    monkeypatch.setattr(cls, "prepare_batch", prepare)
+    pipe = tiny_sd_pipeline()
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    hook = pipe.unet.register_forward_hook(
+        lambda mod, args, kw, out: steps[-1]["inputs"].append(args[0].clone()) if steps else None, with_kwargs=True)
+    paired = train(cfg, pipe=pipe, progress=False)
+    hook.remove()
+    m = method["m"]
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    assert m.redraws.shape[0] == 1 and len(steps) == 3
+    for s in steps:
+        f_in, c_in = s["inputs"]  # one F pass, then one C pass per step
+        torch.testing.assert_close(f_in, sched.add_noise(m.redraws[0, s["idx"]], s["noise"], s["t"]), rtol=0, atol=0)
+        assert not torch.equal(f_in, c_in)
+    assert all(d.abs().sum() > 0 for d in paired.deltas.values())
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())  # the base model is frozen
+    plain = train(TrainConfig(**{**cfg.to_dict(), "method_args": {}, "out": str(tmp_path / "u.safetensors")}),
+                  pipe=tiny_sd_pipeline(), progress=False)
+    assert any(not torch.equal(paired.deltas[k], plain.deltas[k]) for k in plain.deltas)
+    # the pieces alone, with two views: the views differ from the latents and from each other; C gets its latent
+    two = TrainConfig(**{**cfg.to_dict(), "method_args": {"paired": True, "paired_views": 2}})
+    monkeypatch.undo()
+    m = cls(tiny_pipe, two)
     mean = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     m.attach_latents(mean, torch.zeros_like(mean))
     assert m.redraws.shape == (2, 3, 4, 8, 8) and not torch.allclose(m.redraws[0], mean)
-    assert not torch.equal(m.redraws[0], m.redraws[1])  # views differ
-    sched = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
+    assert not torch.equal(m.redraws[0], m.redraws[1])
     idx, noise, t = torch.tensor([2, 0]), torch.randn(2, 4, 8, 8), torch.tensor([500, 20])
     m.prepare_batch(idx, noise, t, sched, torch.Generator().manual_seed(1))
     inputs = []
     hook = tiny_pipe.unet.register_forward_hook(lambda mod, args, kw, out: inputs.append(args[0].clone()), with_kwargs=True)
     z_c = sched.add_noise(mean[idx], noise, t)
-    text = m.encode_captions(["a photo of a <sq>"] * 2)
-    m(z_c, t, text)
+    m(z_c, t, m.encode_captions(["a photo of a <sq>"] * 2))
     hook.remove()
-    f_in, c_in = inputs
-    assert torch.equal(c_in, z_c)
     view = torch.randint(2, (2,), generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(f_in, sched.add_noise(m.redraws[view, idx], noise, t), rtol=0, atol=0)
-    # the whole trainer with pairing: runs, touches only the Deltas, resumes exactly
-    before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
-    from infusion.core.model_configs import tiny_sd_pipeline
-
-    c = train(cfg, pipe=tiny_sd_pipeline(), progress=False)
-    assert all(d.abs().sum() > 0 for d in c.deltas.values())
-    assert all(torch.equal(v, before[k]) for k, v in tiny_pipe.unet.state_dict().items())
+    torch.testing.assert_close(inputs[0], sched.add_noise(m.redraws[view, idx], noise, t), rtol=0, atol=0)
+    assert torch.equal(inputs[1], z_c)
 
 
 @pytest.mark.parametrize("args,match", [({"residual": "key"}, "residual"), ({"query_rank": 0, "residual": "query"}, "query_rank"),
