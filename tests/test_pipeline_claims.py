@@ -47,12 +47,18 @@ def test_one_unet_call_per_step(tiny_pipe):
     assert all(rows == 4 for rows in calls)  # [F_uncond, F_cond, C_uncond, C_cond]
 
 
-def test_sd15_concept_file_size_from_its_config():
-    """12,480 values, 24,960 bytes fp16 for one token: computed from SD1.5's UNet config (meta device, no weights)."""
+def test_sd15_concept_file_size_from_its_config(tmp_path):
+    """A one-token concept for SD1.5's UNet config (meta device, no weights), written to disk as training writes it
+    (its settings in the metadata): 12,480 fp16 values = 24,960 bytes of tensors (16 attn2 layers), plus a header of
+    tensor names and metadata: 27.5 kB in all."""
+    import struct
+
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
+    from infusion.methods.infusion.concept import Concept
     from infusion.methods.infusion.processor import layer_widths
+    from infusion.training import TrainConfig
 
     sd15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -61,8 +67,17 @@ def test_sd15_concept_file_size_from_its_config():
         unet = UNet2DConditionModel(**sd15)
     widths = layer_widths(unet)
     assert len(widths) == 16
-    values = sum(widths.values())
-    assert values == 12_480 and 2 * values == 24_960
+    deltas = {k: torch.randn(1, d, generator=_gen()) for k, d in widths.items()}  # one token: "cat"
+    settings = TrainConfig(model="stable-diffusion-v1-5", images="photos", name="mycat", class_phrase="cat",
+                           out="mycat.safetensors").file_settings()
+    path = Concept("mycat", "cat", deltas, base_model="stable-diffusion-v1-5", base_fingerprint="0" * 16,
+                   training=settings).save(tmp_path / "mycat.safetensors")
+    raw = path.read_bytes()
+    header = struct.unpack("<Q", raw[:8])[0]
+    assert len(raw) - 8 - header == 24_960  # the tensors: 2 bytes per value
+    assert 27_000 < len(raw) < 28_000, len(raw)  # with the header: 27.5 kB (the README's "25 KB" is the values)
+    loaded = Concept.load(path)
+    assert {k: v.shape for k, v in loaded.deltas.items()} == {k: (1, d) for k, d in widths.items()}
 
 
 def test_guidance_at_most_one_runs_without_cfg_and_negatives_may_name_concepts(tiny_pipe):
