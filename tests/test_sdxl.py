@@ -326,6 +326,11 @@ def test_xl_textual_inversion_file_loads_into_both_encoders_with_diffusers(xl, t
     model = load_customized(tiny_sdxl_pipeline(seed=0), [tmp_path / "ti.safetensors"])
     out = model(["a photo of <mycat>"], num_inference_steps=2, generator=_gen(), output_type="np", return_base=True)
     assert out.images.shape == out.base_images.shape == (1, 16, 16, 3)
+    # the base images are the stock pipeline's for the class phrase (same noise); the learned token changes the image
+    stock = tiny_sdxl_pipeline(seed=0)("a photo of cat", num_inference_steps=2, generator=_gen(), guidance_scale=8.0,
+                                       output_type="np").images
+    np.testing.assert_allclose(out.base_images, stock, rtol=0, atol=1e-6)
+    assert np.abs(out.images - out.base_images).max() > 1e-3
 
 
 def test_xl_lora_file_loads_with_diffusers_and_base_images_are_stock(xl, tmp_path):
@@ -346,18 +351,38 @@ def test_xl_lora_file_loads_with_diffusers_and_base_images_are_stock(xl, tmp_pat
 
 
 def test_xl_dreambooth_with_prior_saves_an_sdxl_folder(xl, tmp_path):
+    """Each training step's UNet batch holds the instance row and a class-prior row (2 generated class images, in
+    ``<out>.prior``); the folder is the trained SDXL model exactly (its UNet equals the one trained in memory, and
+    the loaded generator samples what the trained pipeline samples), and it differs from the base model, whose
+    images are the stock pipeline's."""
     from diffusers import StableDiffusionXLPipeline
 
+    from infusion.core.model_configs import tiny_sdxl_pipeline
     from infusion.customized import load_customized
 
     unet_before = {k: v.clone() for k, v in xl.unet.state_dict().items()}
     out = tmp_path / "db"
+    rows = []
+    hook = xl.unet.register_forward_hook(lambda m, args, kw, o: rows.append(args[0].shape[0]) if m.training else None,
+                                         with_kwargs=True)
     _train_xl(xl, tmp_path, "dreambooth", out, steps=2, num_class_images=2, prior_steps=2, lr=1e-3)
+    hook.remove()
+    assert rows == [2, 2]  # batch_size 1: the instance row and one prior row, each step
+    assert len(list(out.with_name("db.prior").glob("*.png"))) == 2
     loaded = StableDiffusionXLPipeline.from_pretrained(str(out))
+    trained = xl.unet.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in loaded.unet.state_dict().items())
     assert any(not torch.equal(unet_before[k], v) for k, v in loaded.unet.state_dict().items())
     model = load_customized("tiny-sdxl", [out])
     assert isinstance(model.pipe, StableDiffusionXLPipeline)
-    assert model(["a photo of <mycat>"], num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
+    res = model(["a photo of <mycat>"], num_inference_steps=2, generator=_gen(), output_type="np", return_base=True)
+    xl.unet.eval()
+    ref = xl("a photo of sks cat", num_inference_steps=2, generator=_gen(), guidance_scale=8.0, output_type="np").images
+    np.testing.assert_allclose(res.images, ref, rtol=0, atol=1e-5)  # the folder gives the trained model
+    stock = tiny_sdxl_pipeline(seed=0)("a photo of cat", num_inference_steps=2, generator=_gen(), guidance_scale=8.0,
+                                       output_type="np").images
+    np.testing.assert_allclose(res.base_images, stock, rtol=0, atol=1e-6)
+    assert np.abs(res.images - res.base_images).max() > 1e-3
     with pytest.raises(ValueError, match="train_text_encoder"):
         _train_xl(xl, tmp_path, "dreambooth", tmp_path / "db2", train_text_encoder=True)
 
@@ -396,15 +421,31 @@ def test_xl_lfd_and_eps_accept_sdxl(xl, tmp_path):
 
 
 def test_xl_training_with_gradient_checkpointing_and_bf16(xl, tmp_path, checkpoint_calls):
+    """bf16 on SDXL: the UNet runs in bfloat16 (accelerate's autocast) through checkpointed blocks, the Deltas stay
+    float32 master weights and the file holds float16; the result points where the float32 run's does, not equal to it."""
+    from safetensors import safe_open
+
+    from infusion.core.model_configs import tiny_sdxl_pipeline
     from infusion.training import TrainConfig, train
 
     images = write_square_images(tmp_path / "images", n=2)
-    concept = train(TrainConfig(model="tiny-sdxl", images=str(images), name="mycat", class_phrase="cat",
-                                out=str(tmp_path / "c.safetensors"), steps=2, batch_size=1, mixed_precision="bf16",
-                                gradient_checkpointing=True), pipe=xl, progress=False)
+    kw = dict(model="tiny-sdxl", images=str(images), name="mycat", class_phrase="cat", steps=2, batch_size=1)
+    seen = set()
+    hook = xl.unet.conv_in.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    concept = train(TrainConfig(out=str(tmp_path / "c.safetensors"), mixed_precision="bf16", gradient_checkpointing=True,
+                                **kw), pipe=xl, progress=False)
+    hook.remove()
     assert checkpoint_calls  # the UNet's blocks ran through torch.utils.checkpoint
-    assert all(torch.isfinite(d).all() for d in concept.deltas.values())
-    assert any(float(d.abs().max()) > 0 for d in concept.deltas.values())
+    assert torch.bfloat16 in seen
+    assert all(d.dtype == torch.float32 and torch.isfinite(d).all() for d in concept.deltas.values())
+    with safe_open(str(tmp_path / "c.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    full = train(TrainConfig(out=str(tmp_path / "f.safetensors"), **kw), pipe=tiny_sdxl_pipeline(seed=0), progress=False)
+    a = torch.cat([d.flatten() for d in concept.deltas.values()])
+    b = torch.cat([full.deltas[k].flatten() for k in concept.deltas])
+    assert b.abs().max() > 0 and not torch.equal(a, b)
+    cosine = float(a @ b / (a.norm() * b.norm()))
+    assert cosine > 0.95, cosine  # the same direction of learning (Adam moves small-gradient values by lr: not equal)
 
 
 def test_single_file_family_is_read_from_its_keys(tmp_path):
