@@ -131,11 +131,29 @@ def test_resume_of_a_regularised_run_is_exact(ctx_path, concept_images, tmp_path
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_prompt_file(ctx_path, concept_images, tmp_path):
+def test_prompt_file(ctx_path, concept_images, tmp_path, monkeypatch):
+    """``--mlm-prompts FILE``: the L_MLM batches are drawn from the file's prompts, every one of them and nothing
+    else, and the token learned differs from a run on the built-in world set; a prompt that does not name the
+    concept is refused, naming it."""
+    from infusion.mlm import MLMRegularizer
+
+    lines = ["a <mycat> on a red sofa", "a <mycat> next to a green car", "two birds above a <mycat>"]
     good = tmp_path / "p.txt"
-    good.write_text("a <mycat> on a red sofa\n\na <mycat> next to a green car\n", encoding="utf-8")
+    good.write_text(f"{lines[0]}\n\n{lines[1]}\n  {lines[2]}  \n", encoding="utf-8")
+    drawn, regs = [], []
+    real = MLMRegularizer._tokenized
+
+    def spy(self, i):  # every prompt of every MLM batch passes through here
+        regs.append(self)
+        drawn.append(self.prompts[i])
+        return real(self, i)
+
+    monkeypatch.setattr(MLMRegularizer, "_tokenized", spy)
     token = _ti_token(concept_images, tmp_path / "t.safetensors", ctx_path, steps=2, mlm_lambda=1.0, mlm_prompts=str(good))
-    assert torch.isfinite(token).all()
+    assert regs[0].prompts == lines
+    assert set(drawn) == set(lines) and len(drawn) == 2 * 25  # 2 steps of TI's batch of 25
+    world = _ti_token(concept_images, tmp_path / "w.safetensors", ctx_path, steps=2, mlm_lambda=1.0, mlm_prompts="world")
+    assert torch.isfinite(token).all() and not torch.equal(token, world)
     bad = tmp_path / "bad.txt"
     bad.write_text("a <mycat> on a sofa\na cat on a sofa\n", encoding="utf-8")
     with pytest.raises(ValueError, match="prompt 2 .* <mycat>"):
