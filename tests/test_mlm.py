@@ -58,11 +58,18 @@ def test_everyday_set_has_20000_distinct_prompts_with_placeholder_deterministic(
 
 
 def test_prompt_categories_balanced():
+    """Every category of the everyday set gets its even share of a draw (500 -> 100 each; 503 -> 101, 101, 101, 100,
+    100), each prompt told to its category by enumerating every rendering of every category."""
     pset = everyday_prompt_set()
-    n = 500
-    per = {c: {pset.render(c, i) for i in range(pset.category_size(c))} for c in ("styles",)}
-    drawn = pset.generate(n, seed=2)
-    assert sum(p in per["styles"] for p in drawn) == n // len(CATEGORIES)
+    category = {}
+    for c in CATEGORIES:
+        for i in range(pset.category_size(c)):
+            category.setdefault(pset.render(c, i), c)
+    assert len(category) == len(pset)  # no rendering in two categories: the count below is exact
+    for n, shares in ((500, [100] * 5), (503, [101, 101, 101, 100, 100])):
+        drawn = pset.generate(n, seed=2)
+        counts = {c: sum(category[p] == c for p in drawn) for c in CATEGORIES}
+        assert sorted(counts.values(), reverse=True) == shares, counts
 
 
 def test_world_set_uses_given_word_lists_and_only_its_categories():
