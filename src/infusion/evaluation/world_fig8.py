@@ -298,6 +298,8 @@ METRICS = (
     ("look_second", "look of 2nd", lambda ln, a, b: ln["objects"][b]["look"] and ln["objects"][b]["present"]),
     ("both_present", "both objects there", lambda ln, a, b: ln["objects"][a]["present"] and ln["objects"][b]["present"]),
     ("text_fidelity", "text fidelity", lambda ln, a, b: ln["text_fidelity"]),
+    ("concept_fidelity", "concept fidelity (mean of the two)",
+     lambda ln, a, b: (ln["objects"][a]["concept_fidelity"] + ln["objects"][b]["concept_fidelity"]) / 2),
 )
 
 
@@ -335,7 +337,9 @@ def table_lines(result: dict) -> list[str]:
     for name, row in table.items():
         cells = [f"{row[k][0]:.2f} [{row[k][1]:.2f}, {row[k][2]:.2f}]" for k, _, _ in METRICS]
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {row['n_images']} |")
-    lines += ["", "Per pair (both looks / look of 1st / look of 2nd / text fidelity):", ""]
+    lines += ["", ("In fig8.png the corner of each image says which looks the probes read there: 1 (the first "
+              "concept's), 2 (the second's), - (neither)."), "",
+              "Per pair (both looks / look of 1st / look of 2nd / text fidelity):", ""]
     for p, rows in result["per_pair"].items():
         lines.append(f"- {p}: " + "; ".join(
             f"{LABELS.get(r, r)} {v['both_looks']:.2f} / {v['look_first']:.2f} / {v['look_second']:.2f} / "
@@ -384,6 +388,8 @@ def draw_fig8(records: str | Path, plan: Fig8Plan, path: str | Path, cell: int =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, optimize=True)
+    if path.stat().st_size > 300_000:  # the repository's picture budget: 256 colours lose nothing that matters here
+        canvas.quantize(256).save(path, optimize=True)
     return path
 
 
