@@ -118,6 +118,9 @@ def test_sweep_picks_on_validation_prompts_and_tests_only_the_choice(tmp_path, m
 
     class FakeReader:
         def read(self, images, texts, concept):
+            if run._current is None:  # the base model's validation images (the floor's reference)
+                assert not any("<" in x for x in texts)
+                return [{"look": 0.0, "text_fidelity": 1.0, "concept_fidelity": 0.0}] * len(images)
             lr = 1e-3 if "lr0.001" in run._current else 1e-2
             step = 2 if run._current.endswith("-step2.safetensors") else 4
             return [{"look": quality[(lr, step)], "text_fidelity": 1.0, "concept_fidelity": 0.0}] * len(images)
@@ -133,10 +136,15 @@ def test_sweep_picks_on_validation_prompts_and_tests_only_the_choice(tmp_path, m
     monkeypatch.setattr(run, "score_validation", spy_val)
     monkeypatch.setattr(run, "score_setting", lambda row, concept, path, key, rec, grid_prompts=0: scored_test.append((key, path, rec)) or {})
     run.table_unit(preset.rows[0], c)
-    assert set(prompts_seen) <= set(validation_prompts("sunball")) and not set(prompts_seen) & set(eval_prompts("sunball"))
-    assert sorted(scored_val) == sorted(f"val/ti/sunball/lr{lr:g}-step{s}" for lr in (1e-3, 1e-2) for s in (2, 4))
+    val = set(validation_prompts("sunball"))
+    val |= {q.replace("<sunball>", "ball") for q in val}  # the base model's floor reads the class phrase
+    test = set(eval_prompts("sunball"))
+    test |= {q.replace("<sunball>", "ball") for q in test}
+    assert set(prompts_seen) <= val and not set(prompts_seen) & test
+    assert sorted(scored_val) == sorted([f"val/ti/sunball/lr{lr:g}-step{s}" for lr in (1e-3, 1e-2) for s in (2, 4)]
+                                        + ["val/base/sunball"])
     choice = run.records.get("choice/ti/sunball")
-    assert choice == {"lr": 1e-3, "steps": 4}
+    assert choice == {"lr": 1e-3, "steps": 4, "floor_met": True}
     tuned = [t for t in scored_test if t[0].endswith("/tuned")]
     assert len(tuned) == 1 and tuned[0][1] == "lr0.001.safetensors" and tuned[0][2]["steps"] == 4
     assert ("default", None, None) in trained  # the default run: no lr, no steps given, as a user runs it
@@ -189,6 +197,13 @@ def test_command_resumes_and_restarts_from_the_committed_json(tmp_path, monkeypa
     assert bench.main(["--preset", "small", "--out", str(out), "--doc", str(doc)]) == 0
     text = doc.read_text()
     assert "| infusion | tuned | 1 |" in text and "| ti | default | 1 |" in text and "| base | base | 1 |" in text
+    # per-image records beside the page: one line per (prompt, seed), keyed by the prompt as written (rows pair up)
+    images = doc.parent / "results" / "records" / "table"
+    base_lines = [json.loads(x) for x in (images / "base__sunball__base.jsonl").read_text().splitlines()]
+    assert [(x["prompt"], x["seed"]) for x in base_lines] == [(q, 0) for q in eval_prompts("sunball")[:2]]
+    assert all(len(x["pooled"]) == 16 and isinstance(x["objects"], list) for x in base_lines)
+    tuned = [json.loads(x) for x in (images / "infusion__sunball__tuned.jsonl").read_text().splitlines()]
+    assert len(tuned) == 2 and "image" in tuned[0] and all("<sunball>" in x["prompt"] for x in tuned)
     data = json.loads((doc.parent / "results" / "results.json").read_text())
     assert {"table", "per_concept", "records", "wall_seconds"} <= set(data)
     before = {k: v for k, v in data["records"].items() if not k.startswith("train/")}
@@ -400,3 +415,16 @@ def test_train_window_rows_and_table():
     assert lines[2].startswith("| w | `<sunball>` | `<slashbox>` |")
     assert lines[4].startswith("| 1 |") and lines[4].endswith("**0.25** / 1.000 / 0.500 |")
     assert lines[5].startswith("| 0.5 |") and "| - |" in lines[5] and lines[5].endswith("(partial) |")
+
+
+def test_the_choice_keeps_to_the_text_fidelity_floor():
+    """docs/protocol.md: a point below the base's validation text fidelity minus the floor is not chosen however
+    well it scores; when every point is below, the highest text fidelity is."""
+    def val(look, text):
+        v = {"look_rate": look, "text_fidelity": text, "concept_fidelity": 0.5}
+        return {**v, "selection_score": wr.selection_score(v)}
+
+    points = [(val(1.0, 0.90), "learns the look, stops obeying"), (val(0.4, 0.985), "obeys"), (val(0.2, 0.99), "timid")]
+    assert wr.choose(points, base_text_fidelity=1.0, floor=0.02) == ("obeys", True)
+    assert wr.choose(points, base_text_fidelity=1.0, floor=0.2) == ("learns the look, stops obeying", True)
+    assert wr.choose(points[:1] + [(val(0.0, 0.95), "worse text")], 1.0, 0.02) == ("worse text", False)

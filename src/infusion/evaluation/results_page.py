@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from infusion.core.images import make_grid
+from infusion.evaluation.world_figures import FIGURE_PLANS, FigureRun, draw_curves, draw_fig11
 from infusion.evaluation.world_results import (
     BASE_ROW,
     PAPER_ROW,
@@ -41,7 +42,6 @@ from infusion.evaluation.world_results import (
     grid_prompts,
     model_fingerprint,
 )
-from infusion.evaluation.world_figures import FIGURE_PLANS, FigureRun, draw_curves, draw_fig11
 from infusion.methods import mlm_methods
 from infusion.world.concepts import concept_images
 
@@ -73,14 +73,16 @@ COST = (
 )
 
 
-def _worker(preset_name: str, model: str | None, out: str, curves_first: bool, figures: str | None = None) -> None:
+def _worker(preset_name: str, model: str | None, out: str, curves_first: bool, figures: str | None = None,
+            images: str | None = None) -> None:
     """One process's share of the work list (the records say what is done; processes share them); ``figures``: the
-    folder of the figure records (the figures stage instead of the table)."""
+    folder of the figure records (the figures stage instead of the table); ``images``: the folder of the table's
+    per-image records."""
     torch.set_num_threads(1)
     preset = PRESETS[preset_name]
     if model:
         preset.model = model
-    run = ResultsRun(out, preset, log=lambda m: print(m, flush=True))
+    run = ResultsRun(out, preset, log=lambda m: print(m, flush=True), image_records=images)
     if figures is None:
         run.run(curves_first=curves_first)
     else:
@@ -518,11 +520,12 @@ def run_results(preset: str = "full", model: str | None = None, out: str = "runs
         if n:
             print(f"resuming: {n} records from {results_json}")
         t0 = time.time()
+        images = str(doc.parent / "results" / "records" / "table")
         if workers <= 1:
-            _worker(preset_name, model, str(out), curves_first)
+            _worker(preset_name, model, str(out), curves_first, None, images)
         else:
-            procs = [mp.get_context("spawn").Process(target=_worker, args=(preset_name, model, str(out), curves_first and k == 0),
-                                                     daemon=True)
+            procs = [mp.get_context("spawn").Process(target=_worker, daemon=True,
+                                                     args=(preset_name, model, str(out), curves_first and k == 0, None, images))
                      for k in range(workers)]
             for p in procs:
                 p.start()

@@ -13,8 +13,6 @@ interrupted between checkpoints continues from its last line.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 import shutil
@@ -22,18 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
-import torch
 
 from infusion.core.images import make_grid
 from infusion.evaluation.harness import EvalConfig, lfd_dataset
 from infusion.evaluation.intervals import bootstrap_interval
-from infusion.evaluation.world_results import (BASE_ROW, PAPER_ROW, Row, generate, grid_indices, model_fingerprint,
-                                               test_prompt_set)
+from infusion.evaluation.world_results import (
+    BASE_ROW,
+    PAPER_ROW,
+    Row,
+    generate,
+    grid_indices,
+    image_of,
+    model_fingerprint,
+    png_b64,
+    pooled_list,
+    test_prompt_set,
+)
 from infusion.methods import get_method
 from infusion.metrics.eps import UNetEps
 from infusion.metrics.fisher import latent_fisher_divergence
-from infusion.metrics.wasserstein import DEFAULT_POOL, pool_latents, wasserstein2
+from infusion.metrics.wasserstein import wasserstein2
 
 RECOMMENDED_ROW = "infusion-recommended"
 FIGURE_ROWS = (
@@ -71,21 +77,6 @@ FIGURE_PLANS = {
 
 
 # ----------------------------------------------------------------------------- records
-
-
-def pooled_list(latents: torch.Tensor) -> list[list[float]]:
-    """Latents (N, 4, h, w) -> their W2 features (``pool_latents``: N x 16), rounded for a compact record."""
-    return [[round(float(v), 5) for v in row] for row in pool_latents(latents, DEFAULT_POOL)]
-
-
-def png_b64(image: PIL.Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def image_of(b64: str) -> PIL.Image.Image:
-    return PIL.Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
 
 
 def read_lines(path: Path) -> list[dict]:

@@ -19,6 +19,8 @@ a later session from the committed records. Same seeds and noise for every row.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import shutil
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from infusion.core.base_models import BUILTIN
 from infusion.core.customization_files import storage_bytes
@@ -37,7 +40,7 @@ from infusion.evaluation.harness import EvalConfig, decode, lfd_dataset, load_ge
 from infusion.methods import get_spec
 from infusion.metrics.eps import UNetEps
 from infusion.metrics.fisher import latent_fisher_divergence
-from infusion.metrics.wasserstein import latent_w2
+from infusion.metrics.wasserstein import DEFAULT_POOL, latent_w2, pool_latents
 from infusion.training import TrainConfig, train
 from infusion.training.trainer import state_path, step_path
 from infusion.world import scenes
@@ -100,8 +103,9 @@ class Preset:
     sweep_steps: tuple = (250, 500, 1000)  # checkpoints scored on validation prompts
     test_seeds: int = 2
     test_prompts: int = 0  # 0: all 22
-    val_prompts: int = 8
-    val_seeds: int = 1
+    val_prompts: int = 12  # docs/protocol.md: every validation prompt, 2 seeds, a text-fidelity floor
+    val_seeds: int = 2
+    text_floor: float = 0.02  # a sweep point is eligible at >= the base's validation text fidelity - this
     diversity_seeds: int = 8
     agnostic_prompts: int = 8
     lfd_samples: int = 32
@@ -245,8 +249,25 @@ class WorldReader:
                 "background": r.background,
                 "slot": SLOTS[s] if r.cls[s] == concept.obj.cls else "none",
                 "judged": {k: [bool(b) for b in v] for k, v in judge(r, named).items()},
+                "objects": [[SLOTS[j], c] for j, c in enumerate(r.cls) if c != "none"],  # what stands where (scene kept)
             })
         return out
+
+
+def pooled_list(latents: torch.Tensor) -> list[list[float]]:
+    """Latents (N, 4, h, w) -> their W2 features (``pool_latents``: N x 16), rounded for a compact record."""
+    return [[round(float(v), 5) for v in row] for row in pool_latents(latents, DEFAULT_POOL)]
+
+
+def png_b64(image) -> str:
+    """A PIL image as base64 PNG text (pictures inside JSON records: a figure is drawn from records alone)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def image_of(b64: str):
+    return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
 
 
 def _mean(xs) -> float:
@@ -276,6 +297,16 @@ def summarise(test: list[dict], test_prompts: list[str], diversity: list[dict], 
         "agnostic_text_fidelity": _mean(r["text_fidelity"] for r in agnostic),
         "class_leak": _mean(r["look"] for r in own_cls),
     }
+
+
+def choose(points: list[tuple[dict, object]], base_text_fidelity: float, floor: float) -> tuple[object, bool]:
+    """docs/protocol.md's rule: among the points whose validation text fidelity is at least the base model's minus
+    ``floor``, the best ``selection_score``; when none is, the highest text fidelity. ``points``: (validation
+    record, what the point is) -> (the chosen point, whether it met the floor)."""
+    eligible = [pt for pt in points if pt[0]["text_fidelity"] >= base_text_fidelity - floor]
+    if eligible:
+        return max(eligible, key=lambda pt: pt[0]["selection_score"])[1], True
+    return max(points, key=lambda pt: (pt[0]["text_fidelity"], pt[0]["selection_score"]))[1], False
 
 
 def selection_score(val: dict) -> float:
@@ -308,9 +339,10 @@ def generate(gen, prompts: list[str], seeds: list[int], preset: Preset, latents_
 class ResultsRun:
     """Runs (or resumes) a preset into ``out``; see the module docstring."""
 
-    def __init__(self, out: str | Path, preset: Preset, log=print):
+    def __init__(self, out: str | Path, preset: Preset, log=print, image_records: str | Path | None = None):
         self.out = Path(out)
         self.preset = preset
+        self.image_records = Path(image_records) if image_records is not None else None  # per-image JSON lines
         self.records = Records(self.out)
         self.log = log
         self._reader = None
@@ -433,17 +465,18 @@ class ResultsRun:
         return load_generator(self.preset.model, path, base_pipe=self.base_pipe())
 
     # -- scoring ----------------------------------------------------------------------------
-    def score_validation(self, row: Row, concept, path: str, key: str) -> dict:
-
+    def score_validation(self, row: Row | None, concept, path: str | None, key: str) -> dict:
+        """The validation prompts' scores of one checkpoint (``path`` None: the base model, with the class phrase)."""
         rec = self.records.get(key)
         if rec is not None:
             return rec
         p = self.preset
         prompts = validation_prompts(concept.name)[: p.val_prompts]
+        texts = [q.replace(f"<{concept.name}>", concept.class_phrase) for q in prompts]
         gen = self.load(path)
         seeds = list(range(100, 100 + p.val_seeds))
-        ims = generate(gen, prompts, seeds, p)
-        texts = [q.replace(f"<{concept.name}>", concept.class_phrase) for q in prompts for _ in seeds]
+        ims = generate(gen, texts if path is None else prompts, seeds, p)
+        texts = [q for q in texts for _ in seeds]
         rd = self.reader.read(ims, texts, concept)
         rec = {"look_rate": _mean(r["look"] for r in rd), "text_fidelity": _mean(r["text_fidelity"] for r in rd),
                "concept_fidelity": _mean(r["concept_fidelity"] for r in rd), "n_images": len(rd)}
@@ -473,9 +506,12 @@ class ResultsRun:
         agn = agnostic_prompts(concept.name, p.agnostic_prompts)
         agn_ims = generate(gen, agn, [300], p)
         rd = self.reader
-        summary = summarise(rd.read(test_ims, test_texts, concept), test_texts,
+        test_read = rd.read(test_ims, test_texts, concept)
+        summary = summarise(test_read, test_texts,
                             rd.read(div_ims, [f"a photo of a {concept.class_phrase}"] * len(div_ims), concept),
                             rd.read(agn_ims, agn, concept), agn, concept)
+        shown = set(grid_indices(len(tprompts), grid_prompts)) if grid_prompts else set()
+        self.write_images(row_name, concept, key, tprompts, seeds, test_read, test_lat, test_ims, shown)
         base_lat_path = self.out / "latents" / f"{concept.name}-base.safetensors"
         if path is None:
             save_safetensors_atomic({"latents": test_lat}, base_lat_path)
@@ -485,7 +521,9 @@ class ResultsRun:
             if base_lat_path.is_file():
                 base_lat = read_safetensors(base_lat_path, "base latents")[0]["latents"]
                 summary["w2_to_base"] = latent_w2(base_lat, test_lat)
-            summary["lfd"] = self.lfd(gen)
+            lfd = self.lfd(gen, per_latent=True)
+            summary["lfd"] = lfd.mean if lfd is not None else float("nan")
+            summary["lfd_per_latent"] = [] if lfd is None else [round(float(v), 7) for v in lfd.per_sample]
         summary.update({"seconds_per_image": sec_per_image, "n_test_images": len(test_ims)})
         if train_rec is not None:
             summary.update({k: train_rec[k] for k in ("steps", "lr", "seconds_per_step", "file_bytes")})
@@ -499,19 +537,46 @@ class ResultsRun:
         self.records.put(key, summary)
         return summary
 
+    def write_images(self, row_name: str, concept, key: str, prompts: list[str], seeds: list[int], readings: list[dict],
+                     latents: torch.Tensor, images, shown: set) -> None:
+        """One JSON line per test image (``image_records`` set): what the probes read, the W2 features, and the
+        picture of the grid's prompts (seed ``seeds[0]``): every later table and Fig. 7 from records, never rerun."""
+        if self.image_records is None:
+            return
+        setting = key.rsplit("/", 1)[-1]
+        self.image_records.mkdir(parents=True, exist_ok=True)
+        pooled = pooled_list(latents)
+        lines = []
+        for i, (q, s) in enumerate((q, s) for q in prompts for s in seeds):
+            r = readings[i]
+            line = {"row": row_name, "concept": concept.name, "setting": setting, "prompt": q, "seed": s,
+                    "text_fidelity": round(r["text_fidelity"], 4),
+                    "concept_fidelity": None if math.isnan(r["concept_fidelity"]) else round(r["concept_fidelity"], 4),
+                    "look": bool(r["look"]), "background": r["background"], "objects": r["objects"],
+                    "judged": r["judged"], "pooled": pooled[i]}
+            if i // len(seeds) in shown and s == seeds[0]:
+                line["image"] = png_b64(images[i])
+            lines.append(json.dumps(line))
+        path = self.image_records / f"{row_name}__{concept.name}__{setting}.jsonl"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(path)
+
     @torch.no_grad()
-    def lfd(self, gen) -> float:
-        """Latent Fisher divergence base vs ``gen`` on real world latents of non-customised captions."""
+    def lfd(self, gen, per_latent: bool = False):
+        """Latent Fisher divergence base vs ``gen`` on real world latents of non-customised captions (the mean; with
+        ``per_latent`` the ``LFDResult`` with every latent's value, or None without data)."""
 
         if not hasattr(self, "_lfd_data"):
             cfg = EvalConfig(model=self.preset.model if self.preset.model == "world" else "other", files=["-"],
                              out=str(self.out), lfd_samples=self.preset.lfd_samples)
             self._lfd_data = lfd_dataset(cfg, self.base_pipe())
         if self._lfd_data is None:
-            return float("nan")
+            return None if per_latent else float("nan")
         z, caps = self._lfd_data
         base = UNetEps.from_pipeline(self.base_pipe())
-        return latent_fisher_divergence(base, gen.eps, z, caps, self.base_pipe().scheduler, progress=False).mean
+        res = latent_fisher_divergence(base, gen.eps, z, caps, self.base_pipe().scheduler, progress=False)
+        return res if per_latent else res.mean
 
     # -- stages -----------------------------------------------------------------------------
     def table_unit(self, row: Row, concept) -> None:
@@ -519,16 +584,16 @@ class ResultsRun:
         p, name = self.preset, concept.name
         rec = self.train(row, concept, "default")
         self.score_setting(row.name, concept, rec["out"], f"test/{row.name}/{name}/default", rec)
-        best = None
+        base_val = self.score_validation(None, concept, None, f"val/{BASE_ROW}/{name}")
+        points = []
         for lr in row.lrs:
             trec = self.train(row, concept, f"lr{lr:g}", lr=lr, steps=max(p.sweep_steps), checkpoint_every=min(p.sweep_steps))
             for step in p.sweep_steps:
                 v = self.score_validation(row, concept, self.checkpoint_path(trec, step),
                                           f"val/{row.name}/{name}/lr{lr:g}-step{step}")
-                if best is None or v["selection_score"] > best[0]:
-                    best = (v["selection_score"], lr, step, trec)
-        _, lr, step, trec = best
-        self.records.put(f"choice/{row.name}/{name}", {"lr": lr, "steps": step})
+                points.append((v, (lr, step, trec)))
+        (lr, step, trec), floor_met = choose(points, base_val["text_fidelity"], p.text_floor)
+        self.records.put(f"choice/{row.name}/{name}", {"lr": lr, "steps": step, "floor_met": floor_met})
         self.score_setting(row.name, concept, self.checkpoint_path(trec, step), f"test/{row.name}/{name}/tuned",
                            {**trec, "steps": step, "lr": lr}, grid_prompts=4)
         self._prune(row, concept)
