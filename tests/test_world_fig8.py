@@ -56,6 +56,8 @@ def test_fig8_stage_end_to_end_on_the_tiny_model(tmp_path):
         assert len(lines) == plan.prompts * plan.seeds
         assert set(lines[0]["objects"]) == {"sunball", "halfmug"}
         assert "png" in lines[0]
+        solo = [json.loads(x) for x in (records / f"{row.name}__sunball+halfmug__solo.jsonl").read_text().splitlines()]
+        assert sorted(x["solo"] for x in solo) == ["halfmug", "sunball"] and all(len(x["objects"]) == 1 for x in solo)
     cd = [json.loads(x) for x in (records / "custom-diffusion__sunball+halfmug.jsonl").read_text().splitlines()]
     merged = tmp_path / "work" / "runs" / "custom-diffusion" / "fig8-merged" / "sunball+halfmug-fig8"
     assert json.loads((merged / "infusion.json").read_text())["concepts"].count("halfmug")
@@ -64,6 +66,7 @@ def test_fig8_stage_end_to_end_on_the_tiny_model(tmp_path):
     assert set(result["table"]) == {r.name for r in plan.rows}
     est, lo, hi = result["table"]["infusion"]["text_fidelity"]
     assert lo <= est <= hi
+    assert "look_alone" in result["table"]["infusion"]
     assert (doc.parent / "results" / "fig8.png").stat().st_size < 300_000
     assert "both looks" in (doc.parent / "results" / "fig8.md").read_text()
     # resumable: a second run generates nothing new

@@ -43,7 +43,7 @@ from infusion.evaluation.world_results import (
     model_fingerprint,
 )
 from infusion.world import scenes
-from infusion.world.concepts import concept_images, get_concept, hash_name
+from infusion.world.concepts import concept_images, eval_prompts, get_concept, hash_name
 from infusion.world.fidelity import (
     ObjectLook,
     locate,
@@ -81,6 +81,7 @@ class Fig8Plan:
     prompts: int = 8  # per pair
     seeds: int = 2
     shown: int = 4  # prompts per pair in the figure (seed 0)
+    solo: int = 4  # control: each concept alone in the same composed model, its first test prompts x seeds
     steps: int | None = None  # None: each method's default
 
 
@@ -89,7 +90,7 @@ FIG8_PLANS = {
     "small": Fig8Plan(pairs=(("sunball", "halfmug"),), rows=(FIG8_ROWS[0], FIG8_ROWS[1],
                                                              Row(CD_ROW, "custom-diffusion", {"num_class_images": 2,
                                                                                               "prior_steps": 2})),
-                      prompts=2, seeds=1, shown=2, steps=1),
+                      prompts=2, seeds=1, shown=2, steps=1, solo=1),
 }
 
 
@@ -186,8 +187,8 @@ class Fig8Run:
         """(row, pair), pair by pair (the first pair complete for every row first)."""
         return [(r, p) for p in self.plan.pairs for r in self.plan.rows]
 
-    def path(self, row: Row, pair) -> Path:
-        return self.records / f"{row.name}__{pair_key(pair)}.jsonl"
+    def path(self, row: Row, pair, solo: bool = False) -> Path:
+        return self.records / f"{row.name}__{pair_key(pair)}{'__solo' if solo else ''}.jsonl"
 
     def run_all(self, stop_at: float | None = None) -> None:
         """Every unit the records lack (``stop_at``: a ``time.time()`` after which no new unit starts)."""
@@ -205,7 +206,9 @@ class Fig8Run:
                 self.run.release(unit)
 
     def _complete(self, row: Row, pair) -> bool:
-        return len(read_lines(self.path(row, pair))) >= self.plan.prompts * self.plan.seeds
+        p = self.plan
+        return (len(read_lines(self.path(row, pair))) >= p.prompts * p.seeds
+                and len(read_lines(self.path(row, pair, solo=True))) >= len(pair) * p.solo * p.seeds)
 
     def generator(self, row: Row, pair):
         """The row's model with both concepts of ``pair`` loaded, and its training/merge cost record."""
@@ -244,12 +247,23 @@ class Fig8Run:
         prompts = pair_prompts(pair, plan.prompts)
         seeds = list(range(plan.seeds))
         todo = [p for p in prompts if any((p, s) not in done for s in seeds)]
-        if not todo:
+        solo_done = {(line["solo"], line["prompt"], line["seed"]) for line in read_lines(self.path(row, pair, True))}
+        solo_todo = [(c, p) for c in pair for p in eval_prompts(c)[: plan.solo]
+                     if any((c, p, s) not in solo_done for s in seeds)]
+        if not todo and not solo_todo:
             return
         concepts = [get_concept(c) for c in pair]
         sub = lambda q: q.replace(f"<{concepts[0].name}>", concepts[0].class_phrase).replace(
             f"<{concepts[1].name}>", concepts[1].class_phrase)
         gen, cost = self.generator(row, pair)
+        for c, p in solo_todo:  # the control: each concept by itself, same model, same noise in every row
+            images = generate(gen, [sub(p) if row.name == BASE_ROW else p], seeds, run.preset)
+            reads = self.reader.read(images, [sub(p)] * len(images), [get_concept(c)])
+            with self.path(row, pair, True).open("a") as f:
+                for s, rd in zip(seeds, reads):
+                    if (c, p, s) not in solo_done:
+                        f.write(json.dumps({"row": row.name, "pair": list(pair), "solo": c, "prompt": p, "seed": s,
+                                            **rd}) + "\n")
         shown = set(prompts[: plan.shown])
         for p in todo:
             t0 = time.time()
@@ -320,6 +334,13 @@ def fig8_table(records: str | Path, plan: Fig8Plan) -> dict:
             row[key] = mean_interval(vals)
             for p, v in zip(pairs, vals):
                 per_pair.setdefault(p, {}).setdefault(r.name, {})[key] = float(np.mean(v))
+        vals = [[v for c in p.split("+") for v in _per_prompt(
+                    [ln for ln in read_lines(Path(records) / f"{r.name}__{p}__solo.jsonl") if ln["solo"] == c],
+                    lambda ln, c=c: ln["objects"][c]["look"] and ln["objects"][c]["present"])] for p in pairs]
+        if all(len(v) >= 2 * plan.solo for v in vals):  # the control's records are complete
+            row["look_alone"] = mean_interval(vals)
+            for p, v in zip(pairs, vals):
+                per_pair[p][r.name]["look_alone"] = float(np.mean(v))
         table[r.name] = row
     return {"table": table, "per_pair": per_pair}
 
@@ -330,12 +351,15 @@ def table_lines(result: dict) -> list[str]:
     if not table:
         return ["(no pair has records for every row yet)"]
     pairs = next(iter(table.values()))["pairs"]
-    head = "| row | " + " | ".join(label for _, label, _ in METRICS) + " | images |"
+    cols = [(k, label) for k, label, _ in METRICS] + [("look_alone", "control: look, each concept alone")]
+    head = "| row | " + " | ".join(label for _, label in cols) + " | images |"
     lines = [(f"Pairs: {', '.join(pairs)}; mean over pairs, [95% bootstrap over (pair, prompt)]; a look counts where "
-             "its object is found (class at its corner, else where its class most likely is)."), "",
-             head, "|" + "---|" * (len(METRICS) + 2)]
+             "its object is found (class at its corner, else where its class most likely is). The control: the same "
+             "composed model on each concept's first test prompts, one concept named."), "",
+             head, "|" + "---|" * (len(cols) + 2)]
+    fmt = lambda v: f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" if v else "-"
     for name, row in table.items():
-        cells = [f"{row[k][0]:.2f} [{row[k][1]:.2f}, {row[k][2]:.2f}]" for k, _, _ in METRICS]
+        cells = [fmt(row.get(k)) for k, _ in cols]
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {row['n_images']} |")
     lines += ["", ("In fig8.png the corner of each image says which looks the probes read there: 1 (the first "
               "concept's), 2 (the second's), - (neither)."), "",
