@@ -94,6 +94,26 @@ def test_keep_checkpoints_keeps_only_the_last_ones_files_and_folders(concept_ima
         _cfg(concept_images, tmp_path / "x.safetensors", keep_checkpoints=-1)
 
 
+def test_save_state_false_writes_no_resume_state_and_the_same_output(concept_images, tmp_path):
+    """``save_state=False`` (the web page's setting): no ``.state`` file at a checkpoint, on Cancel or at the end; the
+    output is the one a run with the state writes, bit for bit."""
+    from infusion.core.model_configs import tiny_sd_pipeline
+    from infusion.training.trainer import Cancelled
+
+    seen = []
+    kw = dict(steps=4, checkpoint_every=2, save_state=False)
+    train(_cfg(concept_images, tmp_path / "a.safetensors", **kw), pipe=tiny_sd_pipeline(), progress=False,
+          callback=lambda r: seen.append(sorted(p.name for p in tmp_path.iterdir())))
+    with pytest.raises(Cancelled) as stopped:
+        train(_cfg(concept_images, tmp_path / "c.safetensors", **kw), pipe=tiny_sd_pipeline(), progress=False,
+              callback=lambda r: r.step == 3)
+    assert stopped.value.state is None and "resume state" not in str(stopped.value)
+    assert not list(tmp_path.glob("*.state.*")) and "a-step2.safetensors" in seen[-1]
+    train(_cfg(concept_images, tmp_path / "b.safetensors", steps=4), pipe=tiny_sd_pipeline(), progress=False)
+    assert state_path(tmp_path / "b.safetensors").is_file()
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
 def _tensors(path) -> dict:
     """Every tensor of an output: a file's, or each safetensors file's of a folder (keys prefixed by the file)."""
     from pathlib import Path

@@ -36,6 +36,9 @@ class TrainConfig:
     keep_checkpoints: int = field(default=0, metadata={"help": (
         "keep only the last N <out>-step<N> outputs, removing older ones as new ones are written (0: keep all; the "
         "web page keeps 1: a DreamBooth checkpoint is a whole pipeline folder)")})
+    save_state: bool = field(default=True, metadata={"help": (
+        "write the resume state <out>.state.safetensors at each checkpoint, on Cancel and at the end (the web page "
+        "does not: it never resumes, and DreamBooth's state is its UNet three times over: weights and two AdamW moments)")})
     resume: str | None = field(default=None, metadata={"help": "resume from this state file, or 'auto' (<out>.state.safetensors if present)"})
     flip: bool | None = field(default=None, metadata={"help": (
         "add horizontally flipped copies of the images (default: the model's profile: yes, except on the built-in "
@@ -105,7 +108,7 @@ class TrainConfig:
 
     # where a run writes and how often it saves do not change what it learns: files leave them out, so the same
     # settings give the same file bit for bit from the CLI, the web page or a resumed run
-    NOT_IN_FILES = ("out", "resume", "checkpoint_every", "keep_checkpoints")
+    NOT_IN_FILES = ("out", "resume", "checkpoint_every", "keep_checkpoints", "save_state")
 
     def file_settings(self) -> dict:
         """The settings a trained file records in its metadata (``to_dict`` without ``NOT_IN_FILES``)."""

@@ -139,11 +139,12 @@ class StepReport:
 
 
 class Cancelled(Exception):
-    """Raised by ``train`` when its callback asked it to stop: the resume state holds the step it stopped at,
-    the last ``-stepN`` checkpoint is kept, and no final output is written."""
+    """Raised by ``train`` when its callback asked it to stop: the resume state holds the step it stopped at
+    (``state`` None when the run keeps none: ``save_state=False``), the last ``-stepN`` checkpoint is kept, and no
+    final output is written."""
 
-    def __init__(self, step: int, state: Path):
-        super().__init__(f"training cancelled after step {step}; resume state: {state}")
+    def __init__(self, step: int, state: Path | None):
+        super().__init__(f"training cancelled after step {step}" + (f"; resume state: {state}" if state else ""))
         self.step, self.state = step, state
 
 
@@ -277,14 +278,15 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True, callback=None):
         done = step + 1
         if callback is not None and callback(StepReport(done, cfg.steps, loss.item(), loss_ema)) and done < cfg.steps:
             _check_finite(method, step, out)
-            if accelerator.is_main_process:
+            if accelerator.is_main_process and cfg.save_state:
                 save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
             bar.close()
-            raise Cancelled(done, state_path(out))
+            raise Cancelled(done, state_path(out) if cfg.save_state else None)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             _check_finite(method, step, out)
             if accelerator.is_main_process:
-                save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
+                if cfg.save_state:
+                    save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
                 if cfg.keep_checkpoints:  # before the new one is written: never more than keep_checkpoints on disk
                     drop_old_checkpoints(out, done, cfg.checkpoint_every, cfg.keep_checkpoints)
                 accelerator.unwrap_model(model).export(step_path(out, done), fingerprint)
@@ -294,6 +296,7 @@ def train(cfg: TrainConfig, pipe=None, progress: bool = True, callback=None):
     result = None
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        save_state(state_path(out), unwrapped, optimizer, cfg.steps, cfg)
+        if cfg.save_state:
+            save_state(state_path(out), unwrapped, optimizer, cfg.steps, cfg)
         result = unwrapped.export(out, fingerprint)
     return result
