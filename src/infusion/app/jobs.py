@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 MIN_IMAGES, MAX_IMAGES = 3, 10
 MAX_BYTES = 20 * 1024 * 1024  # per file; the page's server refuses bigger uploads before they are written
 MAX_PIXELS = 40_000_000
-KEEP_CHECKPOINTS = 1  # -stepN outputs kept on disk during a job (the sample is rendered from the newest)
+KEEP_CHECKPOINTS = 1  # -stepN outputs kept on disk during a job (the sample is rendered from the newest); no resume
+# state is written (save_state=False): a job never resumes, and its staging folder goes when it ends
 
 
 def check_images(paths: list[str | Path]) -> list[Path]:
@@ -137,7 +138,7 @@ class Trainer:
                               out=str(self.library.output_path(name, method, staging)), method=method,
                               steps=int(steps), lr=lr, batch_size=int(batch_size), seed=int(seed),
                               checkpoint_every=int(sample_every or 0), keep_checkpoints=KEEP_CHECKPOINTS,
-                              model_config=self.model_config, method_args=method_args)
+                              save_state=False, model_config=self.model_config, method_args=method_args)
             self.job = job
             self._thread = threading.Thread(target=self._run, args=(job, cfg, int(sample_every or 0)), daemon=True)
             self._thread.start()
