@@ -298,7 +298,7 @@ def test_actions_generate_pngs_with_parameters_in_unique_folders_and_attention(t
     base, custom, files, _ = actions.generate("a photo of <sunball> on the beach", ["sunball"], seeds="0, 1", steps=3,
                                               session="s1")
     assert len(base) == len(custom) == 2 and len(files) == 4
-    for b, c in zip(base, custom):  # the customised images are not the base model's
+    for b, c in zip(base, custom, strict=True):  # the customised images are not the base model's
         assert np.abs(np.asarray(b, np.int16) - np.asarray(c, np.int16)).max() > 0
     params = read_png_params(files[1])
     assert params["prompt"] == "a photo of <sunball> on the beach" and params["seed"] == 0 and params["steps"] == 3

@@ -308,7 +308,7 @@ def test_cancel_is_answered_within_a_step_and_the_page_says_so(browser_page, app
     expect(page.locator("#train-status")).to_contain_text("step 5/100000", timeout=LONG)
     page.click("#train-cancel")
     expect(page.locator("#train-status")).to_contain_text("cancelling <longball>: training stops when step",
-                                                          timeout=LONG)
+                                                          timeout=LONG)  # said by the button, then by each tick
     expect(page.locator("#train-status")).to_contain_text("nothing was added to the library", timeout=LONG)
     job = app[2].trainer.job
     assert job.status == "cancelled" and f"cancelled after step {job.step} of 100000" in page.content()

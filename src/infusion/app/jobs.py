@@ -150,6 +150,8 @@ class Trainer:
         job = self.job
         if job is None or job.finished:
             return "no training job is running"
+        if job.steps - job.step <= 1:  # the trainer stops between steps, and after the last one the job is done
+            return f"<{job.name}> is at its last step: it finishes and goes into the library"
         job.cancel.set()
         if job.status in ("starting", "running"):
             job.status = "cancelling"

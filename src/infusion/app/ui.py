@@ -207,7 +207,8 @@ def build(model: str = "world", library: str = "library", model_config: str | No
                 loss = f", loss {job.losses[-1]:.4f}" if job.losses else ""
                 text = f"**{job.status}**: " + _md(f"<{job.name}> ({job.method}) step {job.step}/{job.steps}{loss}{eta}")
                 if job.status == "cancelling":
-                    text += "\n\n" + _md(f"stops when step {job.step + 1} ends; nothing will be added to the library")
+                    text += "\n\n" + _md(f"cancelling <{job.name}>: training stops when step {job.step + 1} ends; "
+                                           "nothing will be added to the library")
                 if job.message:
                     text += f"\n\n{_md(job.message)}"
                 img = _enlarged(job.sample) if job.sample is not None else gr.update()
