@@ -351,9 +351,11 @@ def test_a_closed_session_leaves_no_files(app, browser, concept_pngs, tmp_path):
     sessions = [p.name for p in (lib / ".outputs").iterdir()]
     assert len(sessions) == 1, sessions
     deadline = time.time() + 30
-    while len(served.session_files.held(sessions[0])) < 6 and time.time() < deadline:
-        time.sleep(0.2)  # the page reports what it shows as it shows it
-    held = served.session_files.held(sessions[0], alone=True)  # a file another open session shows too stays
+    # the page reports what it shows as it shows it: wait for this session's own files (a file another open session
+    # shows too stays, so it is not counted)
+    while len(served.session_files.held(sessions[0], alone=True)) < 6 and time.time() < deadline:
+        time.sleep(0.2)
+    held = served.session_files.held(sessions[0], alone=True)
     assert len(held) >= 6 and all(p.is_file() for p in held), held  # 3 uploads, 2 gallery images, 2 PNGs (shared)
     kept = set(served.session_files.held(sessions[0])) - set(held)
     context.close()
