@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "infusion.commands.results",
     "infusion.commands.toy",
     "infusion.commands.app",
+    "infusion.commands.study",
 ]
 
 
