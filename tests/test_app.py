@@ -421,3 +421,54 @@ def test_session_files_are_removed_when_the_session_ends(tmp_path):
     assert files.end("a") == [mine] and not mine.parent.exists() and shared.is_file() and outside.is_file()
     assert not out.exists()
     assert files.end("b") == [shared] and not shared.exists() and outside.is_file()
+
+
+def test_a_study_generates_its_images_on_shared_noise_once_and_shows_them_blind(trained_library, tmp_path):
+    """Issue 34: a study of two entries writes its plan, generates each (entry, prompt, seed) image once from the
+    seed's noise (a missing image is regenerated alone, bit for bit), and a question's HTML holds data URIs without
+    PNG text and no entry name, method, path or file name."""
+    import base64
+    import io
+    import re
+
+    from infusion.app.study import Studies, default_prompts, question_html, reference_html
+    from infusion.world.concepts import validation_prompts
+
+    lib = trained_library
+    actions = Actions("world", lib)
+    studies = Studies(actions)
+    prompts = default_prompts("world", [lib.get("sunball")])
+    assert prompts == [p.replace("<sunball>", "<concept>") for p in validation_prompts("sunball")]
+    with pytest.raises(ValueError, match="at least two library entries"):
+        studies.create("solo", ["sunball"], "\n".join(prompts))
+    with pytest.raises(ValueError, match="needs <concept>"):
+        studies.create("bad", ["sunball", "ball2"], "a photo of a ball")
+    study = studies.create("ballstudy", ["sunball", "ball2"], "\n".join(prompts[:2]), seeds="0, 1", questions=4,
+                           steps=2, blocking=True)
+    assert studies.job.status == "ready" and studies.names() == ["ballstudy"]
+    assert [a["label"] for a in study.arms] == ["infusion (sunball)", "infusion (ball2)"]  # one method: by name
+    needed = study.needed_images()
+    assert len(needed) == 8 and study.missing_images() == [] and "ready: 4 questions" in studies.progress("ballstudy")
+    arm, k, seed = needed[5]
+    entry = lib.get(study.arms[arm]["entry"])
+    direct = actions._load([entry.path])([study.data["prompts"][k].replace("<concept>", f"<{entry.name}>")],
+                                          generator=torch.Generator().manual_seed(seed), num_inference_steps=2,
+                                          guidance_scale=8.0).images[0]
+    assert np.array_equal(np.asarray(PIL.Image.open(study.image_path(arm, k, seed))), np.asarray(direct))
+    before = {key: study.image_path(*key).read_bytes() for key in needed}
+    study.image_path(arm, k, seed).unlink()
+    job = studies.generate("ballstudy", blocking=True)
+    assert (job.total, job.done, job.status) == (8, 8, "ready")
+    assert {key: study.image_path(*key).read_bytes() for key in needed} == before
+    with pytest.raises(ValueError, match="a study named 'ballstudy' exists"):
+        studies.create("ballstudy", ["sunball", "ball2"], "\n".join(prompts[:2]), questions=2, steps=2)
+
+    shown = question_html(study, study.questions[0]) + reference_html(entry.images)
+    for secret in ("sunball", "ball2", "infusion", str(lib.folder), ".png", "studies", "file="):
+        assert secret not in shown, secret
+    assert study.shown_prompt(study.questions[0]) in shown.replace("&#x27;", "'")
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', shown)
+    assert len(uris) == 2 + len(entry.images)
+    for uri in uris:
+        im = PIL.Image.open(io.BytesIO(base64.b64decode(uri)))
+        assert not im.info and min(im.size) >= 96  # no PNG text chunks; enlarged from 32 px

@@ -383,3 +383,135 @@ def test_a_page_with_a_login_refuses_the_api_without_it(tmp_path):
             assert c.get(url + "config").status_code == 200
     finally:
         page.close()
+
+
+def _pick(page, elem, option):
+    """Choose ``option`` in a Gradio dropdown."""
+    page.locator(f"#{elem} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _answer_view(page, study, who):
+    from playwright.sync_api import expect
+
+    _tab(page, "Study")
+    page.get_by_role("tab", name="Answer", exact=True).click()
+    expect(page.locator("#study-pick")).to_be_visible(timeout=LONG)
+    _pick(page, "study-pick", study)
+    _fill(page, "study-participant", who)
+    page.click("#study-start")
+
+
+def test_a_blind_study_answered_by_two_people_with_a_reload_gives_table_2(app, browser, concept_pngs, tmp_path):
+    """Issue 34: a study of two entries (Infusion and TI) is created in the page, its images generated ahead of time;
+    ann answers every question (clicks and keys), the page reloaded halfway, bob answers after her; the question view
+    never names an entry, a method, a path or an image URL; Table 2 on the page and its CSV match the answers given,
+    read through the study file's sides (not through the page)."""
+    import csv
+    import json
+    import re
+    from collections import defaultdict
+
+    from playwright.sync_api import expect
+
+    from infusion.training import TrainConfig, train
+
+    url, lib, _ = app
+    for name, method in (("studyball", "infusion"), ("studyball-ti", "ti")):
+        train(TrainConfig(model="world", images=str(Path(concept_pngs[0]).parent), name=name, class_phrase="ball",
+                          out=str(lib / f"{name}.safetensors"), method=method, steps=2), progress=False)
+        (lib / f"{name}.state.safetensors").unlink()
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#train-start", timeout=LONG)
+
+    # -- set up: two entries, the world's validation prompts by default, 6 questions on seeds 0 and 1
+    _tab(page, "Study")
+    expect(page.locator("#study-entries")).to_contain_text("studyball-ti", timeout=LONG)
+    _fill(page, "study-name", "ballstudy")
+    _choose(page, "study-entries", "studyball")
+    _choose(page, "study-entries", "studyball-ti")
+    expect(page.locator("#study-prompts textarea")).to_have_value(re.compile(r"<concept>"), timeout=LONG)
+    _fill(page, "study-seeds", "0, 1")
+    _fill(page, "study-count", 6)
+    _fill(page, "study-steps", 4)
+    page.click("#study-create")
+    expect(page.locator("#study-status")).to_contain_text("ready: 6 questions", timeout=LONG)
+    study = json.loads((lib / "studies" / "ballstudy" / "study.json").read_text())
+    assert [a["label"] for a in study["arms"]] == ["infusion", "ti"]
+    questions = study["questions"]
+    for arm in (0, 1):  # the seeded sides put each method on the left and on the right over the study
+        assert {q["left"] == arm for q in questions} == {True, False}
+
+    given = defaultdict(list)  # (criterion, prompt) -> wins of arm 0 ("infusion"), as the test answered
+
+    def answer(k: int, text_arm: int | None, concept_arm: int | None, keys: bool):
+        q = questions[k]
+        expect(page.locator("#study-progress")).to_contain_text(f"question {k + 1} of 6", timeout=LONG)
+        view = page.locator("#study-question")
+        shown = view.inner_html()
+        for secret in ("studyball", str(lib), "/file=", "gradio_api", ".png", ".safetensors"):
+            assert secret not in shown, secret
+        assert not re.search(r"\b(infusion|ti)\b", shown, re.I), "a method's name is in the question view"
+        srcs = view.locator("#study-images img").evaluate_all("els => els.map(e => e.src)")
+        assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+        prompt = study["prompts"][q["prompt"]].replace("<concept>", study["concept"])
+        expect(view.locator(".study-prompt")).to_have_text(prompt)
+        sides = {}
+        for what, arm in (("text", text_arm), ("concept", concept_arm)):
+            sides[what] = "tie" if arm is None else ("left" if q["left"] == arm else "right")
+            given[(what, q["prompt"])].append(0.5 if arm is None else float(arm == 0))
+        if keys:
+            page.locator("#study-progress").click()  # the focus off the name field: keys answer
+            page.keyboard.press({"left": "q", "tie": "w", "right": "e"}[sides["text"]])
+            page.keyboard.press({"left": "a", "tie": "s", "right": "d"}[sides["concept"]])
+            page.keyboard.press("Enter")
+        else:
+            for what in ("text", "concept"):
+                label = {"left": "left", "tie": "can't tell", "right": "right"}[sides[what]]
+                page.locator(f"#study-{what}").get_by_text(label, exact=True).click()
+            page.click("#study-next")
+
+    _answer_view(page, "ballstudy", "ann")
+    expect(page.locator("#study-progress")).to_contain_text("question 1 of 6", timeout=LONG)
+    _shot(page, "study-question")
+    plan = [(0, 1), (0, None), (1, 0), (0, 0), (None, 1), (0, 1)]  # (text, concept): the arm ann prefers
+    for k in range(3):
+        answer(k, *plan[k], keys=k % 2 == 1)
+    expect(page.locator("#study-progress")).to_contain_text("question 4 of 6", timeout=LONG)
+    page.reload()  # halfway: nothing is lost, ann goes on where she stopped
+    page.wait_for_selector("#train-start", timeout=LONG)
+    _answer_view(page, "ballstudy", "ann")
+    for k in range(3, 6):
+        answer(k, *plan[k], keys=k % 2 == 1)
+    expect(page.locator("#study-progress")).to_contain_text("all 6 questions answered", timeout=LONG)
+    _answer_view(page, "ballstudy", "bob")  # the next person, one after another
+    for k in range(6):
+        answer(k, 1, None, keys=True)
+    expect(page.locator("#study-progress")).to_contain_text("all 6 questions answered", timeout=LONG)
+    lines = (lib / "studies" / "ballstudy" / "answers.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and {json.loads(x)["participant"] for x in lines} == {"ann", "bob"}
+
+    # -- results: the table from the answers given (a mean over prompts of each prompt's mean: one concept)
+    page.get_by_role("tab", name="Results", exact=True).click()
+    _pick(page, "study-results-pick", "ballstudy")
+    page.click("#study-results-go")
+    expect(page.locator("#study-results-status")).to_contain_text("12 answers from 2 participant(s)", timeout=LONG)
+    expected = {}
+    for what in ("text", "concept"):
+        per_prompt = [sum(v) / len(v) for (w, _), v in sorted(given.items()) if w == what]
+        expected[what] = 100 * sum(per_prompt) / len(per_prompt)
+    row = page.locator("#study-table tr", has_text="infusion")
+    expect(row).to_contain_text(f"{expected['text']:.1f}", timeout=LONG)
+    cells = [c.strip() for c in row.inner_text().split("\t")]
+    assert cells[0] == "infusion" and cells[1] == "ti" and cells[2] == f"{expected['text']:.1f}"
+    assert cells[4] == f"{expected['concept']:.1f}" and cells[6:8] == ["12", "2"], cells
+    _shot(page, "study-results")
+    with page.expect_download() as dl:
+        page.locator("#study-csv a").first.click()
+    dl.value.save_as(tmp_path / "table2.csv")
+    [got] = list(csv.DictReader((tmp_path / "table2.csv").open()))
+    assert float(got["text_preferred"]) == pytest.approx(expected["text"] / 100, abs=1e-4)
+    assert float(got["concept_preferred"]) == pytest.approx(expected["concept"] / 100, abs=1e-4)
+    context.close()

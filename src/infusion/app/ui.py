@@ -1,4 +1,5 @@
-"""The page (Gradio Blocks): tabs Train, Generate, Compare, Attention, Library, wired to ``actions`` and ``jobs``.
+"""The page (Gradio Blocks): tabs Train, Generate, Compare, Attention, Library, Study, wired to ``actions``, ``jobs``
+and ``study_page``.
 
 Every handler shows a person-readable message in its tab's status line (``⚠ ...``) instead of a stack trace, with
 paths relative to the library. Element ids (``elem_id``) are what the browser tests address.
@@ -18,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from infusion.app import study_page
 from infusion.app.actions import Actions, shown_model
 from infusion.app.jobs import MAX_BYTES, Trainer
 from infusion.app.library import Library
+from infusion.app.study import Studies
 from infusion.core.model_profiles import model_profile
 from infusion.methods import available_methods, get_method
 from infusion.training.data import IMAGE_SUFFIXES
@@ -127,6 +130,7 @@ def build(model: str = "world", library: str = "library", model_config: str | No
     lib = Library(library)
     actions = Actions(model, lib, model_config)
     trainer = Trainer(lib, model, model_config, actions.device, actions.dtype)
+    studies = Studies(actions)
     files = SessionFiles(lib, get_upload_folder())
     _safe_here = functools.partial(_safe, scrub=lib.scrub)
     profile = model_profile(model)
@@ -138,7 +142,8 @@ def build(model: str = "world", library: str = "library", model_config: str | No
         return get_method(method).default_learning_rate(model, batch)
 
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: works offline
-    with gr.Blocks(title="infusion", analytics_enabled=False, theme=theme, delete_cache=CACHE_SWEEP) as page:
+    with gr.Blocks(title="infusion", analytics_enabled=False, theme=theme, delete_cache=CACHE_SWEEP,
+                   css=study_page.CSS, head=study_page.KEYS) as page:
         gr.Markdown(f"# infusion\nCustomise **{_md(shown_model(model))}** with a few photos, generate, compare. "
                     f"Library: `{lib.folder.name}`")
 
@@ -346,6 +351,12 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             delete_btn.click(on_delete, [lib_entry, sure], [table, lib_entry, lib_status])
             download_btn.click(on_download, lib_entry, [lib_file, lib_status])
 
+        # -- Study: a blind A/B preference study of library entries, and its Table 2 (study_page.py) ----
+        with gr.Tab("Study", elem_id="tab-study") as study_tab:
+            study_entries, study_csv, (study_choices, study_lists) = study_page.build(
+                gr, studies, _safe_here, _md, actions.names)
+        study_tab.select(study_choices, None, study_lists)
+
         # every list of library entries follows the folder (a CLI run, another tab): polled, updated on change
         seen = gr.State(None)
         poll = gr.Timer(2.0)
@@ -353,13 +364,13 @@ def build(model: str = "world", library: str = "library", model_config: str | No
         def follow(last):
             sig = tuple((e.name, e.modified) for e in lib.entries())
             if sig == last:
-                return (gr.update(),) * 6 + (last,)
+                return (gr.update(),) * 7 + (last,)
             names, inf = actions.names(), actions.names("infusion")
             return (gr.update(choices=names), gr.update(choices=names), gr.update(choices=inf), actions.table(),
-                    gr.update(choices=names), gr.update(), sig)
+                    gr.update(choices=names), gr.update(), gr.update(choices=names), sig)
 
-        poll.tick(follow, seen, [gen_concepts, cmp_entries, att_entry, table, lib_entry, lib_status, seen],
-                  show_progress="hidden")
+        poll.tick(follow, seen, [gen_concepts, cmp_entries, att_entry, table, lib_entry, lib_status, study_entries,
+                                 seen], show_progress="hidden")
 
         # what a session puts in Gradio's cache, noted as it appears (raw values: the paths as served), removed with
         # the session's folder of generated files when the session ends (its tab closed or reloaded)
@@ -367,7 +378,7 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             files.remember(request.session_hash, value)
 
         for shown_files in (images, preview, sample, base_out, custom_out, files_out, cmp_out, att_out, thumbs,
-                            lib_file):
+                            lib_file, study_csv):
             shown_files.change(note, shown_files, None, preprocess=False, show_progress="hidden", queue=False)
 
         def session_ended(request: gr.Request):
@@ -375,7 +386,7 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             logger.info("page session ended: %d cached files removed", len(removed))
 
         page.unload(session_ended)
-    page.library, page.trainer, page.session_files = lib, trainer, files
+    page.library, page.trainer, page.session_files, page.studies = lib, trainer, files, studies
     return page
 
 
