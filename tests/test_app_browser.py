@@ -404,8 +404,8 @@ def _answer_view(page, study, who):
 
 def test_a_blind_study_answered_by_two_people_with_a_reload_gives_table_2(app, browser, concept_pngs, tmp_path):
     """Issue 34: a study of two entries (Infusion and TI) is created in the page, its images generated ahead of time;
-    ann answers every question (clicks and keys), the page reloaded halfway, bob answers after her; the question view
-    never names an entry, a method, a path or an image URL; Table 2 on the page and its CSV match the answers given,
+    ann answers every question (clicks and keys), the page reloaded halfway, bob answers after her on the
+    participants' page ``/study``; the question view never names an entry, a method, a path or an image URL; Table 2 on the page and its CSV match the answers given,
     read through the study file's sides (not through the page)."""
     import csv
     import json
@@ -475,7 +475,6 @@ def test_a_blind_study_answered_by_two_people_with_a_reload_gives_table_2(app, b
 
     _answer_view(page, "ballstudy", "ann")
     expect(page.locator("#study-progress")).to_contain_text("question 1 of 6", timeout=LONG)
-    _shot(page, "study-question")
     plan = [(0, 1), (0, None), (1, 0), (0, 0), (None, 1), (0, 1)]  # (text, concept): the arm ann prefers
     for k in range(3):
         answer(k, *plan[k], keys=k % 2 == 1)
@@ -486,10 +485,22 @@ def test_a_blind_study_answered_by_two_people_with_a_reload_gives_table_2(app, b
     for k in range(3, 6):
         answer(k, *plan[k], keys=k % 2 == 1)
     expect(page.locator("#study-progress")).to_contain_text("all 6 questions answered", timeout=LONG)
-    _answer_view(page, "ballstudy", "bob")  # the next person, one after another
+    # the next person, one after another, on the participants' page: it shows nothing else (no entry, no method)
+    page.goto(url + "study")
+    _pick(page, "study-pick", "ballstudy")
+    _fill(page, "study-participant", "bob")
+    page.click("#study-start")
+    expect(page.locator("#study-progress")).to_contain_text("question 1 of 6", timeout=LONG)
+    _shot(page, "study-question")
     for k in range(6):
         answer(k, 1, None, keys=True)
+        whole = page.content()
+        assert "studyball" not in whole and str(lib) not in whole and "safetensors" not in whole
+        assert page.locator("#tab-library").count() == 0
     expect(page.locator("#study-progress")).to_contain_text("all 6 questions answered", timeout=LONG)
+    page.goto(url)
+    page.wait_for_selector("#train-start", timeout=LONG)
+    _tab(page, "Study")
     lines = (lib / "studies" / "ballstudy" / "answers.jsonl").read_text().splitlines()
     assert len(lines) == 12 and {json.loads(x)["participant"] for x in lines} == {"ann", "bob"}
 

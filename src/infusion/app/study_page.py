@@ -1,7 +1,11 @@
 """The page's Study tab (Gradio), wired to ``app.study.Studies``: Set up (entries, prompts, seeds, questions; the
 images are generated in the background, progress shown), Answer (a participant's name or code, then one question
 at a time: two images, sides drawn by the study's seed, keys Q W E / A S D and Enter) and Results (Table 2 and its
-CSV). ``build`` is called inside the page's ``gr.Blocks``; ``KEYS`` and ``CSS`` go to the Blocks themselves.
+CSV). ``build`` is called inside the page's ``gr.Blocks``, ``answer_view`` also alone on the page ``/study`` (for
+participants: no other tab); ``KEYS`` and ``CSS`` go to the Blocks themselves.
+
+No ``from __future__ import annotations``: Gradio reads the handlers' ``gr.Request`` hints, and ``gr`` is an
+argument here (gradio is an optional dependency).
 """
 
 from infusion.app.study import Studies, default_prompts, question_html, reference_html
@@ -31,11 +35,13 @@ document.addEventListener("keydown", (e) => {
 </script>"""
 
 CSS = """
+.nav-holder { display: none !important; }  /* Gradio's bar of pages: /study is reached by its address alone */
 .study-prompt { font-size: 1.3em; text-align: center; margin: 0.5em 0; }
 .study-pair { display: flex; justify-content: center; gap: 2em; }
 .study-side { margin: 0; text-align: center; }
 .study-side img { width: 256px; height: 256px; image-rendering: pixelated; object-fit: contain; }
-.study-refs img { width: 64px; height: 64px; image-rendering: pixelated; margin-left: 4px; vertical-align: middle; }
+.study-refs { display: flex; align-items: center; gap: 6px; }
+.study-refs img { width: 64px; height: 64px; image-rendering: pixelated; display: inline-block; margin: 0; }
 """
 
 
@@ -60,20 +66,7 @@ def build(gr, studies: Studies, safe, md, names):
             status = gr.Markdown(elem_id="study-status")
             shown_default = gr.State("")
         with gr.Tab("Answer", elem_id="study-tab-answer"):
-            with gr.Row():
-                pick = gr.Dropdown([], label="Study", elem_id="study-pick")
-                who = gr.Textbox(label="Your name or participant code", elem_id="study-participant")
-                start = gr.Button("Start or continue", variant="primary", elem_id="study-start")
-            a_status = gr.Markdown(elem_id="study-answer-status")
-            with gr.Column(elem_id="study-question"):
-                progress = gr.Markdown(elem_id="study-progress")
-                refs = gr.HTML(elem_id="study-refs")
-                view = gr.HTML(elem_id="study-images")
-                text_q = gr.Radio(CHOICES, label=QUESTIONS["text"] + "  (keys Q · W · E)", elem_id="study-text")
-                concept_q = gr.Radio(CHOICES, label=QUESTIONS["concept"] + "  (keys A · S · D)",
-                                     elem_id="study-concept")
-                nxt = gr.Button("Next (Enter)", elem_id="study-next")
-            here = gr.State(None)  # {"study", "participant", "question"}: kept on the server, never in the page
+            answer_view(gr, studies, safe, md)
         with gr.Tab("Results", elem_id="study-tab-results"):
             with gr.Row():
                 r_pick = gr.Dropdown([], label="Study", elem_id="study-results-pick")
@@ -93,9 +86,9 @@ def build(gr, studies: Studies, safe, md, names):
     @safe(0)
     def on_create(nm, picked, ps, sd, n, st):
         studies.create(nm, picked, ps, sd, int(n or 0), int(st or 0))
-        return md(f"study {nm.strip()}: " + studies.progress(nm)), *(gr.update(choices=studies.names()),) * 2
+        return md(f"study {nm.strip()}: " + studies.progress(nm)), gr.update(choices=studies.names())
 
-    create.click(on_create, [name, entries, prompts, seeds, count, steps], [status, pick, r_pick])
+    create.click(on_create, [name, entries, prompts, seeds, count, steps], [status, r_pick])
 
     def tick(last):
         job = studies.job
@@ -106,6 +99,49 @@ def build(gr, studies: Studies, safe, md, names):
 
     shown_job = gr.State(None)
     gr.Timer(1.0).tick(tick, shown_job, [status, shown_job], show_progress="hidden")
+
+    @safe(2, 3)
+    def on_results(study_name, request: gr.Request):
+        if not study_name:
+            raise ValueError("pick a study")
+        study = studies.get(study_name)
+        rows = table(study)
+        path = write_csv(rows, studies.library.output_folder(request.session_hash) / f"{study_name}-table2.csv")
+        people = len({r["participant"] for r in study.answers()})
+        return table_markdown(rows), str(path), md(f"{len(study.answers())} answers from {people} participant(s)")
+
+    r_go.click(on_results, r_pick, [r_table, r_csv, r_status])
+
+    def choices():  # the tab's lists of entries and studies, when the tab is opened
+        return gr.update(choices=names()), gr.update(choices=studies.names())
+
+    return entries, r_csv, (choices, [entries, r_pick])
+
+
+def answer_view(gr, studies: Studies, safe, md) -> None:
+    """A participant's view (the Answer tab, and the page ``/study`` that shows nothing else): a study, a name or
+    code, then one question at a time until every question is answered; their place is the answers file's, so a
+    reload or another browser goes on where they stopped."""
+    with gr.Row():
+        pick = gr.Dropdown(studies.names(), label="Study", elem_id="study-pick")
+        who = gr.Textbox(label="Your name or participant code", elem_id="study-participant")
+        start = gr.Button("Start or continue", variant="primary", elem_id="study-start")
+    a_status = gr.Markdown(elem_id="study-answer-status")
+    with gr.Column(elem_id="study-question"):
+        progress = gr.Markdown(elem_id="study-progress")
+        refs = gr.HTML(elem_id="study-refs", padding=False)
+        view = gr.HTML(elem_id="study-images", padding=False)
+        text_q = gr.Radio(CHOICES, label=QUESTIONS["text"] + "  (keys Q · W · E)", elem_id="study-text")
+        concept_q = gr.Radio(CHOICES, label=QUESTIONS["concept"] + "  (keys A · S · D)", elem_id="study-concept")
+        nxt = gr.Button("Next (Enter)", elem_id="study-next")
+    here = gr.State(None)  # {"study", "participant", "question"}: kept on the server, never in the page
+
+    def follow(last):  # the list of studies follows the library (a study made in another tab)
+        names = studies.names()
+        return (gr.update(), last) if names == last else (gr.update(choices=names), names)
+
+    known = gr.State(None)
+    gr.Timer(2.0).tick(follow, known, [pick, known], show_progress="hidden")
 
     def show(study_name: str, participant: str):
         study = studies.get(study_name)
@@ -143,20 +179,3 @@ def build(gr, studies: Studies, safe, md, names):
 
     start.click(on_start, [pick, who], outs)
     nxt.click(on_next, [here, text_q, concept_q], outs)
-
-    @safe(2, 3)
-    def on_results(study_name, request: gr.Request):
-        if not study_name:
-            raise ValueError("pick a study")
-        study = studies.get(study_name)
-        rows = table(study)
-        path = write_csv(rows, studies.library.output_folder(request.session_hash) / f"{study_name}-table2.csv")
-        people = len({r["participant"] for r in study.answers()})
-        return table_markdown(rows), str(path), md(f"{len(study.answers())} answers from {people} participant(s)")
-
-    r_go.click(on_results, r_pick, [r_table, r_csv, r_status])
-
-    def choices():  # the tab's lists of entries and studies, when the tab is opened
-        return gr.update(choices=names()), *(gr.update(choices=studies.names()),) * 2
-
-    return entries, r_csv, (choices, [entries, pick, r_pick])

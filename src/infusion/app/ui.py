@@ -386,6 +386,10 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             logger.info("page session ended: %d cached files removed", len(removed))
 
         page.unload(session_ended)
+    # participants answer a study on a page of its own, with nothing else on it (no library, no entry names)
+    with page.route("Study", "/study", show_in_navbar=False):
+        gr.Markdown("# Study\nWhich image is better? Pick the study, write your name or code, press Start.")
+        study_page.answer_view(gr, studies, _safe_here, _md)
     page.library, page.trainer, page.session_files, page.studies = lib, trainer, files, studies
     return page
 
