@@ -11,7 +11,14 @@ import pytest
 from infusion.cli import COMMAND_MODULES
 from infusion.commands import study as study_command
 from infusion.evaluation.preference import preference
-from infusion.evaluation.study import ANSWERS_FILE, Study, plan, table, table_markdown, write_csv
+from infusion.evaluation.study import (
+    ANSWERS_FILE,
+    Study,
+    plan,
+    table,
+    table_markdown,
+    write_csv,
+)
 
 ARMS = [{"label": "infusion", "entry": "ball-a", "method": "infusion"},
         {"label": "ti", "entry": "ball-b", "method": "ti"}]
