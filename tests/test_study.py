@@ -11,14 +11,7 @@ import pytest
 from infusion.cli import COMMAND_MODULES
 from infusion.commands import study as study_command
 from infusion.evaluation.preference import preference
-from infusion.evaluation.study import (
-    ANSWERS_FILE,
-    Study,
-    plan,
-    table,
-    table_markdown,
-    write_csv,
-)
+from infusion.evaluation.study import ANSWERS_FILE, Study, plan, table, table_markdown, write_csv
 
 ARMS = [{"label": "infusion", "entry": "ball-a", "method": "infusion"},
         {"label": "ti", "entry": "ball-b", "method": "ti"}]
@@ -90,7 +83,8 @@ def test_table_2_counts_sides_through_the_plan_and_cant_tell_as_half(tmp_path):
     only_ann = preference(recs(1.0), recs(0.0), "text")
     assert only_ann.share == 1.0 and only_ann.pairs == 8
     text = table_markdown([row])
-    assert "| infusion | ti |" in text and f"{100 * row.text.share:.1f}" in text and "| 12 | 2 |" in text
+    cell = f"{100 * row.text.share:.0f} [{100 * row.text.low:.0f}, {100 * row.text.high:.0f}]"
+    assert f"| infusion | ti | {cell} |" in text and text.splitlines()[2].endswith("| 12 | 2 |")
 
 
 def test_a_pair_without_answers_is_a_row_of_dashes_and_three_arms_give_three_rows(tmp_path):
@@ -103,7 +97,7 @@ def test_a_pair_without_answers_is_a_row_of_dashes_and_three_arms_give_three_row
     assert rows[("infusion", "ti")].text is None and rows[("infusion", "ti")].answers == 0
     won = rows[("infusion", "lora")].text.share
     assert won == (1.0 if q["left"] == 0 else 0.0)
-    assert "| infusion | ti | - | - | - | - | 0 | 0 |" in table_markdown(list(rows.values()))
+    assert "| infusion | ti | - | - | 0 | 0 |" in table_markdown(list(rows.values()))
 
 
 def _cli(argv: list[str]) -> int:
@@ -122,7 +116,7 @@ def test_infusion_study_report_prints_the_table_and_writes_csv(tmp_path, capsys)
     out_csv, out_md = tmp_path / "t2.csv", tmp_path / "t2.md"
     assert _cli(["study", "report", str(s.folder), "--csv", str(out_csv), "--out", str(out_md)]) == 0
     printed = capsys.readouterr().out
-    assert "| infusion | ti | 100.0 |" in printed and out_md.read_text() == printed
+    assert "| infusion | ti | 100 [100, 100] | 50 [50, 50] | 4 | 1 |" in printed and out_md.read_text() == printed
     [row] = list(csv.DictReader(out_csv.open()))
     assert row["text_preferred"] == "1.0000" and row["concept_preferred"] == "0.5000" and row["answers"] == "4"
     assert write_csv(table(s), tmp_path / "again.csv").read_text() == out_csv.read_text()

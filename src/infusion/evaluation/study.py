@@ -213,26 +213,26 @@ def table(study: Study) -> list[Row]:
     return rows
 
 
-HEADER = ["A", "B", "text: A preferred %", "text 95% interval", "concept: A preferred %", "concept 95% interval",
-          "answers", "participants"]
+# the probe-judged Table 2's columns and cells ("54 [41, 66]": % preferred [95% interval]), plus who answered
+HEADER = ["A", "against", "text alignment: % preferred", "image alignment (concept): % preferred", "answers",
+          "participants"]
 
 
-def _cells(p: Preference | None) -> list[str]:
-    if p is None:
-        return ["-", "-"]
-    return [f"{100 * p.share:.1f}", f"[{100 * p.low:.1f}, {100 * p.high:.1f}]"]
+def percent_cell(p: Preference | None) -> str:
+    return "-" if p is None else f"{100 * p.share:.0f} [{100 * p.low:.0f}, {100 * p.high:.0f}]"
 
 
 def table_rows(rows: list[Row]) -> list[list[str]]:
     """The table as text cells (``HEADER``'s columns)."""
-    return [[r.a, r.b, *_cells(r.text), *_cells(r.concept), str(r.answers), str(r.participants)] for r in rows]
+    return [[r.a, r.b, percent_cell(r.text), percent_cell(r.concept), str(r.answers), str(r.participants)]
+            for r in rows]
 
 
 def table_markdown(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
-    note = ("A preferred: the share of answers preferring A's image over B's on the same noise, \"can't tell\" "
-            "counted as half; 95% bootstrap interval over prompts (evaluation.intervals).")
+    note = ("% preferred: the share of answers preferring A's image over the other's on the same noise, \"can't "
+            "tell\" counted as half, with its 95% bootstrap interval over prompts (evaluation.intervals).")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
