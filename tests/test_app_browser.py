@@ -376,11 +376,13 @@ def test_a_page_with_a_login_refuses_the_api_without_it(tmp_path):
     try:
         url = f"http://127.0.0.1:{port}/"
         assert httpx.get(url + "config").status_code == 401
+        assert "study-participant" not in httpx.get(url + "study").text  # the participants' page: the login form
         assert httpx.post(url + "gradio_api/upload", files={"files": ("a.png", b"x")}).status_code == 401
         with httpx.Client() as c:
             assert c.post(url + "login", data={"username": "me", "password": "wrong"}).status_code == 400
             assert c.post(url + "login", data={"username": "me", "password": "secret"}).status_code == 200
             assert c.get(url + "config").status_code == 200
+            assert "study-participant" in c.get(url + "study").text
     finally:
         page.close()
 
