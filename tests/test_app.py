@@ -432,6 +432,7 @@ def test_a_study_generates_its_images_on_shared_noise_once_and_shows_them_blind(
     import re
 
     from infusion.app.study import Studies, default_prompts, question_html, reference_html
+    from infusion.evaluation.prompts import dreambench_prompts
     from infusion.world.concepts import validation_prompts
 
     lib = trained_library
@@ -439,6 +440,8 @@ def test_a_study_generates_its_images_on_shared_noise_once_and_shows_them_blind(
     studies = Studies(actions)
     prompts = default_prompts("world", [lib.get("sunball")])
     assert prompts == [p.replace("<sunball>", "<concept>") for p in validation_prompts("sunball")]
+    real = default_prompts("stable-diffusion-v1-5/stable-diffusion-v1-5", [lib.get("sunball")])  # no model loads
+    assert real == dreambench_prompts("concept", "object") and len(real) == 25
     with pytest.raises(ValueError, match="at least two library entries"):
         studies.create("solo", ["sunball"], "\n".join(prompts))
     with pytest.raises(ValueError, match="needs <concept>"):
@@ -462,6 +465,11 @@ def test_a_study_generates_its_images_on_shared_noise_once_and_shows_them_blind(
     assert {key: study.image_path(*key).read_bytes() for key in needed} == before
     with pytest.raises(ValueError, match="a study named 'ballstudy' exists"):
         studies.create("ballstudy", ["sunball", "ball2"], "\n".join(prompts[:2]), questions=2, steps=2)
+    studies.job.status = "generating"  # as if ballstudy's images were still being made: another study waits
+    with pytest.raises(ValueError, match="study 'ballstudy' is generating its images"):
+        studies.create("other", ["sunball", "ball3"], "\n".join(prompts[:2]), questions=2, steps=2)
+    assert studies.names() == ["ballstudy"]  # refused before its plan was written
+    studies.job.status = "ready"
 
     shown = question_html(study, study.questions[0]) + reference_html(entry.images)
     for secret in ("sunball", "ball2", "infusion", str(lib.folder), ".png", "studies", "file="):

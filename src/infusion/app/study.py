@@ -115,6 +115,7 @@ class Studies:
         arms = [{"label": lab, "entry": e.name, "method": e.method} for lab, e in zip(arm_labels(entries), entries)]
         settings = {"model": self.actions.model, "steps": steps, "guidance": guidance}
         with self._lock:
+            self._refuse_busy(name)
             study = Study.create(self.folder / name, arms, phrases[0], parse_prompts(prompts), parse_seeds(seeds),
                                  int(questions or 0), settings, seed)
         self.generate(name, blocking=blocking)
@@ -124,11 +125,9 @@ class Studies:
         """Generate the study's missing images in a thread (nothing to do: a finished job at once)."""
         study = self.get(name)
         with self._lock:
-            if self.job is not None and not self.job.finished:
-                if self.job.study == study.folder.name:
-                    return self.job
-                raise ValueError(f"study {self.job.study!r} is generating its images ({self.job.done}/"
-                                 f"{self.job.total}): wait for it")
+            if self.job is not None and not self.job.finished and self.job.study == study.folder.name:
+                return self.job
+            self._refuse_busy(study.folder.name)
             missing = study.missing_images()
             total = len(study.needed_images())
             self.job = job = StudyJob(study.folder.name, total, total - len(missing))
@@ -137,6 +136,11 @@ class Studies:
         if blocking:
             self._thread.join()
         return job
+
+    def _refuse_busy(self, name: str) -> None:
+        job = self.job
+        if job is not None and not job.finished and job.study != name:
+            raise ValueError(f"study {job.study!r} is generating its images ({job.done}/{job.total}): wait for it")
 
     def progress(self, name: str) -> str:
         """What the study's images are doing, in words."""
