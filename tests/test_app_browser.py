@@ -433,8 +433,10 @@ def test_a_blind_study_answered_by_two_people_with_a_reload_gives_table_2(app, b
     expect(page.locator("#study-entries")).to_contain_text("studyball-ti", timeout=LONG)
     _fill(page, "study-name", "ballstudy")
     _choose(page, "study-entries", "studyball")
-    _choose(page, "study-entries", "studyball-ti")
     expect(page.locator("#study-prompts textarea")).to_have_value(re.compile(r"<concept>"), timeout=LONG)
+    page.click("#study-create")  # one entry: nothing to compare, said on the page
+    expect(page.locator("#study-status")).to_contain_text("⚠ pick at least two library entries", timeout=LONG)
+    _choose(page, "study-entries", "studyball-ti")
     _fill(page, "study-seeds", "0, 1")
     _fill(page, "study-count", 6)
     _fill(page, "study-steps", 4)

@@ -78,12 +78,13 @@ def build(gr, studies: Studies, safe, md, names):
     def fill_prompts(picked, current, last_default):
         if current.strip() and current != last_default:
             return gr.update(), last_default  # the person's own prompts stay
-        text = "\n".join(default_prompts(model, [studies.library.get(n) for n in picked or []]))
+        picked = [n for n in picked or [] if studies.library.exists(n)]  # one deleted meanwhile: left out
+        text = "\n".join(default_prompts(model, [studies.library.get(n) for n in picked]))
         return text, text
 
     entries.change(fill_prompts, [entries, prompts, shown_default], [prompts, shown_default])
 
-    @safe(0)
+    @safe(0, 2)
     def on_create(nm, picked, ps, sd, n, st):
         studies.create(nm, picked, ps, sd, int(n or 0), int(st or 0))
         return md(f"study {nm.strip()}: " + studies.progress(nm)), gr.update(choices=studies.names())
