@@ -1,8 +1,9 @@
-"""``infusion results``: every method side by side on the built-in world, one resumable command -> docs/results.md.
+"""``infusion results``: the paper's evaluation on the built-in world, one resumable command -> docs/results.md.
 
-    infusion results --workers 2           # the full run (resumes from the records and docs/results/results.json)
-    infusion results --report-only         # rewrite the page from the records so far
+    infusion results --workers 2           # Tables 1-2 and Fig. 7 (resumes from the records and docs/results/results.json)
     infusion results --stage figures --workers 2   # Figs. 9-11: W2 and LFD against training steps, images at steps
+    infusion results --stage fig8          # Fig. 8: two concepts in one prompt
+    infusion results --report-only         # rewrite the page from the records so far
     infusion results --preset small --model tiny --out /tmp/r --doc /tmp/r/results.md   # plumbing
 
 The work and the page: ``infusion.evaluation.results_page`` (options: its ``add_arguments``).
@@ -16,7 +17,7 @@ from infusion.evaluation.results_page import DESCRIPTION, add_arguments, run_res
 
 
 def register(sub) -> None:
-    p = sub.add_parser("results", help="every method side by side on the built-in world (resumable) -> docs/results.md",
+    p = sub.add_parser("results", help="the paper's evaluation on the built-in world (resumable) -> docs/results.md",
                        description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run)
@@ -24,4 +25,4 @@ def register(sub) -> None:
 
 def run(args) -> int:
     return run_results(preset=args.preset, model=args.model, out=args.out, doc=args.doc, workers=args.workers,
-                       curves_first=args.curves_first, report_only=args.report_only, stage=args.stage)
+                       report_only=args.report_only, stage=args.stage)

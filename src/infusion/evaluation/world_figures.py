@@ -27,6 +27,7 @@ from infusion.evaluation.intervals import bootstrap_interval
 from infusion.evaluation.world_results import (
     BASE_ROW,
     PAPER_ROW,
+    RECOMMENDED_ROW,
     Row,
     generate,
     grid_indices,
@@ -41,7 +42,6 @@ from infusion.metrics.eps import UNetEps
 from infusion.metrics.fisher import latent_fisher_divergence
 from infusion.metrics.wasserstein import wasserstein2
 
-RECOMMENDED_ROW = "infusion-recommended"
 FIGURE_ROWS = (
     Row(PAPER_ROW, "infusion", {}),
     Row(RECOMMENDED_ROW, "infusion", {"preset": "recommended"}),

@@ -10,9 +10,10 @@ For each concept and each row (a method, a variant, or a method with the MLM reg
      and position entropy, training-background share), prompts without the concept (other classes, and
      the concept's class: agnostic text fidelity, class leak), latent Fisher divergence on real world
      latents of non-customised captions, W2 between customised and base latents, and the cost.
-Curves (``curve_stage``): each row at its tuned lr, checkpoints every ``curve_every`` steps.
+The curves (Figs. 9-11) are the figures stage's (``evaluation.world_figures``), which reuses this run's training,
+loading and generation.
 
-Every finished unit (a training run, a sweep point's score, a test score, a curve point) is a JSON record
+Every finished unit (a training run, a sweep point's score, a test score) is a JSON record
 under ``out/records``; a second run skips what is recorded, so the run resumes after an interruption or in
 a later session from the committed records. Same seeds and noise for every row.
 """
@@ -70,19 +71,14 @@ class Row:
         return kw
 
 
-# Sweep grids per method on the world (learning rates around each method's default, x3-x10 apart).
+PROTOCOL = 2  # docs/protocol.md; records of another protocol are not resumed (1: the rows and rules before it)
+RECOMMENDED_ROW = "infusion-recommended"
+
+# docs/protocol.md's rows; sweep grids: two learning rates around each method's default, x3-x10 apart.
 WORLD_ROWS = (
-    Row("infusion", "infusion", {}, 0.0, (0.01, 0.05)),
-    Row("infusion-own", "infusion", {"maps": "own"}, 0.0, (0.01, 0.03)),  # beyond the paper: C's own attn2 maps
-    Row("infusion-own-late", "infusion", {"maps": "own", "t_max": 0.5}, 0.0, (0.01, 0.03)),  # ... at t < T/2 only
-    # ... trained at t < T/2, added at every step (the look gap's window swap: the training window decides)
-    Row("infusion-own-late-train", "infusion", {"maps": "own", "train_t_max": 0.5}, 0.0, (0.01, 0.03)),
-    Row("infusion-query", "infusion", {"residual": "query"}, 0.0, (0.003, 0.01)),
-    Row("infusion-paired", "infusion", {"residual": "query", "paired": True}, 0.0, (0.01, 0.03)),
     Row("ti", "ti", {}, 0.0, (2e-3, 2e-2)),
     Row("pplus", "pplus", {}, 0.0, (2e-3, 2e-2)),
     Row("dreambooth", "dreambooth", {}, 0.0, (1e-5, 1e-4)),
-    Row("dreambooth-noprior", "dreambooth", {"prior_loss_weight": 0}, 0.0, (1e-5, 1e-4)),
     Row("lora", "lora", {}, 0.0, (1e-4, 1e-3)),
     Row("custom-diffusion", "custom-diffusion", {}, 0.0, (4e-5, 4e-4)),
     Row("perfusion", "perfusion", {}, 0.0, (5e-3, 2e-2)),
@@ -90,6 +86,8 @@ WORLD_ROWS = (
     Row("pplus+mlm", "pplus", {}, 2.5e-4, (2e-3, 2e-2)),
     Row("dreambooth+mlm", "dreambooth", {"train_text_encoder": True}, 1e-3, (1e-5, 1e-4)),
     Row("custom-diffusion+mlm", "custom-diffusion", {}, 1e-3, (4e-5, 4e-4)),
+    Row(PAPER_ROW, "infusion", {}, 0.0, (0.01, 0.05)),
+    Row(RECOMMENDED_ROW, "infusion", {"preset": "recommended"}, 0.0, (0.01, 0.03)),
 )
 
 
@@ -111,10 +109,6 @@ class Preset:
     lfd_samples: int = 32
     ddim_steps: int = 25
     guidance: float = 5.0
-    curve_concept: str = "sunball"
-    curve_steps: int = 2000
-    curve_every: int = 100
-    curve_prompts: int = 6
     batch_size: int = 4
 
 
@@ -123,7 +117,7 @@ PRESETS = {
     "small": Preset(model="tiny", concepts=("sunball",), rows=(Row("infusion", "infusion", {}, 0.0, (0.01,)),
                                                                Row("ti", "ti", {}, 0.0, (5e-3,))),
                     sweep_steps=(1, 2), test_seeds=1, test_prompts=2, val_prompts=2, diversity_seeds=2,
-                    agnostic_prompts=2, lfd_samples=2, ddim_steps=2, curve_steps=2, curve_every=1, curve_prompts=1,
+                    agnostic_prompts=2, lfd_samples=2, ddim_steps=2,
                     batch_size=1),
 }
 
@@ -398,17 +392,15 @@ class ResultsRun:
     def release(self, unit: str) -> None:
         (self.out / "locks" / (unit.replace("/", "__") + ".lock")).unlink(missing_ok=True)
 
-    def units(self, curves_first: bool = False) -> list[tuple]:
-        """The work list: ("table", row, concept) concept by concept, and ("curve", row)."""
+    def units(self) -> list[tuple]:
+        """The work list: the base model, then ("table", row, concept), concept by concept."""
         p = self.preset
-        table = [("base", None, c) for c in p.concepts] + [("table", r, c) for c in p.concepts for r in p.rows]
-        curves = [("curve", r, p.curve_concept) for r in p.rows if r.mlm_lambda == 0]
-        return curves + table if curves_first else table + curves
+        return [("base", None, c) for c in p.concepts] + [("table", r, c) for c in p.concepts for r in p.rows]
 
-    def run(self, curves_first: bool = False, units: list[tuple] | None = None, handlers: dict | None = None) -> None:
+    def run(self, units: list[tuple] | None = None, handlers: dict | None = None) -> None:
         """Every unit the records lack (``units``: another stage's list, e.g. the figures'; ``handlers``: kind ->
         ``f(row, concept)`` for the kinds this class does not know)."""
-        units = units if units is not None else self.units(curves_first)
+        units = units if units is not None else self.units()
         for kind, row, name in units + units:  # a second pass takes up units another process left unfinished
             unit = f"{kind}/{row.name if row else BASE_ROW}/{name}"
             if self.records.get(f"done/{unit}") is not None or not self.claim(unit):
@@ -420,8 +412,6 @@ class ResultsRun:
                     self.score_setting(BASE_ROW, concept, None, f"test/{BASE_ROW}/{name}/base", None, grid_prompts=4)
                 elif kind == "table":
                     self.table_unit(row, concept)
-                elif kind == "curve":
-                    self.curve_unit(row, concept)
                 else:
                     handlers[kind](row, concept)
                 self.records.put(f"done/{unit}", {"at": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -604,30 +594,6 @@ class ResultsRun:
         for p in d.glob("lr*-step*"):
             if p.is_dir():
                 shutil.rmtree(p)
-
-    def curve_unit(self, row: Row, concept) -> None:
-        """Checkpoints every ``curve_every`` steps at the row's tuned lr (its default when not tuned yet)."""
-        p = self.preset
-        choice = self.records.get(f"choice/{row.name}/{concept.name}")
-        lr = choice["lr"] if choice else (row.lrs[-1] if row.lrs else None)
-        trec = self.train(row, concept, "curve", lr=lr, steps=p.curve_steps, checkpoint_every=p.curve_every)
-        prompts = test_prompt_set(concept.name, p)[: p.curve_prompts]
-        texts = [q.replace(f"<{concept.name}>", concept.class_phrase) for q in prompts]
-        agn = agnostic_prompts(concept.name, p.agnostic_prompts)
-        for step in range(p.curve_every, p.curve_steps + 1, p.curve_every):
-            key = f"curve/{row.name}/{concept.name}/step{step}"
-            if self.records.get(key) is not None:
-                continue
-            gen = self.load(self.checkpoint_path(trec, step))
-            rd = self.reader.read(generate(gen, prompts, [0], p), texts, concept)
-            ard = self.reader.read(generate(gen, agn, [300], p), agn, concept)
-            self.records.put(key, {"step": step, "lr": lr, "text_fidelity": _mean(r["text_fidelity"] for r in rd),
-                                   "look_rate": _mean(r["look"] for r in rd),
-                                   "concept_fidelity": _mean(r["concept_fidelity"] for r in rd),
-                                   "agnostic_text_fidelity": _mean(r["text_fidelity"] for r in ard)})
-        d = self.out / "runs" / row.name / concept.name  # checkpoints scored: keep only the last
-        for q in d.glob("curve-step*"):
-            shutil.rmtree(q) if q.is_dir() else q.unlink()
 
 
 def _pid_alive(pid: int) -> bool:

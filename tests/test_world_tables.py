@@ -1,0 +1,101 @@
+"""Table 1, Table 2 and Fig. 7 from per-image records (evaluation.world_tables), on small hand-made record sets:
+scene kept against the base model's image on the same noise, open prompts, W2 (not squared) from pooled latents,
+the Table 2 rule, and a Fig. 7 grid that refuses a missing row."""
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from infusion.evaluation import world_tables as wt
+from infusion.evaluation.world_results import png_b64
+
+PROMPTS = ["a photo of a <sunball> on the snow", "a <sunball> in the top left corner", "a photo of a <sunball>"]
+
+
+def lines(row, setting, pooled_shift=0.0, background="snow", objects=(("center", "ball"),), text=1.0, fid=0.5,
+          look=False, image=None, concept="sunball"):
+    rng = np.random.default_rng(0)  # the same "noise" in every row: pooled latents differ only by the shift
+    out = []
+    for p in PROMPTS:
+        for seed in (0, 1):
+            line = {"row": row, "concept": concept, "setting": setting, "prompt": p, "seed": seed,
+                    "text_fidelity": text, "concept_fidelity": fid, "look": look, "background": background,
+                    "objects": [list(o) for o in objects], "pooled": list(rng.normal(size=16) + pooled_shift)}
+            if image is not None and seed == 0:
+                line["image"] = png_b64(image)
+            out.append(line)
+    return out
+
+
+def test_open_prompts_name_no_background_and_no_position():
+    assert [wt.open_prompt(p, "sunball") for p in PROMPTS] == [False, False, True]
+
+
+def test_scene_kept_needs_the_same_background_and_the_same_objects_at_the_same_slots():
+    base = {"background": "snow", "objects": [["center", "ball"]]}
+    assert wt.scene_kept({"background": "snow", "objects": [["center", "ball"]]}, base)
+    assert not wt.scene_kept({"background": "sand", "objects": [["center", "ball"]]}, base)
+    assert not wt.scene_kept({"background": "snow", "objects": [["top left", "ball"]]}, base)
+    assert not wt.scene_kept({"background": "snow", "objects": [["center", "ball"], ["top left", "ball"]]}, base)
+
+
+def test_table1_w2_is_zero_on_the_base_latents_and_the_shift_on_shifted_ones():
+    images = {("base", "sunball", "base"): lines("base", "base"),
+              ("a", "sunball", "default"): lines("a", "default"),  # the base model's latents exactly
+              ("a", "sunball", "tuned"): lines("a", "tuned", pooled_shift=0.5, background="sand")}
+    rows = wt.table1(images, {"test/a/sunball/tuned": {"lfd_per_latent": [0.1, 0.3], "file_bytes": 2048}},
+                     ["a"], ["sunball"])
+    got = {(t.row, t.setting): t for t in rows}
+    assert got[("a", "default")].cells["w2"][0] == pytest.approx(0.0, abs=1e-6)
+    # W2 between two Gaussians with the same covariance is the distance of the means: 0.5 in each of 16 dims = 2.0
+    assert got[("a", "tuned")].cells["w2"][0] == pytest.approx(2.0, abs=1e-6)
+    assert got[("a", "default")].cells["scene_kept"][0] == 1.0
+    assert got[("a", "tuned")].cells["scene_kept"][0] == 0.0 and got[("a", "tuned")].cells["scene_kept_open"][0] == 0.0
+    assert got[("a", "tuned")].cells["lfd"][0] == pytest.approx(0.2) and got[("a", "tuned")].file_bytes == 2048
+    assert math.isnan(got[("a", "default")].cells["lfd"][0])  # no LFD record: said, not invented
+    assert got[("base", "base")].cells["lfd"] == (0.0, 0.0, 0.0)
+
+
+def test_table1_mean_is_over_concepts_then_prompts_with_seeds_together():
+    a = lines("a", "tuned", look=True)
+    for x in a:  # prompt 0: both seeds miss; prompts 1, 2: both hit -> 2/3 on sunball
+        x["look"] = x["prompt"] != PROMPTS[0]
+    b = lines("a", "tuned", look=False, concept="slashbox")
+    for x in b:
+        x["prompt"] = x["prompt"].replace("sunball", "slashbox")
+    base_b = lines("base", "base", concept="slashbox")
+    for x in base_b:
+        x["prompt"] = x["prompt"].replace("sunball", "slashbox")
+    images = {("base", "sunball", "base"): lines("base", "base"), ("base", "slashbox", "base"): base_b,
+              ("a", "sunball", "tuned"): a, ("a", "slashbox", "tuned"): b}
+    (t,) = [r for r in wt.table1(images, {}, ["a"], ["sunball", "slashbox"]) if r.row == "a"]
+    est, lo, hi = t.cells["look_rate"]
+    assert est == pytest.approx((2 / 3 + 0) / 2) and lo <= est <= hi
+
+
+def test_table2_counts_wins_and_ties_by_the_rule():
+    a, b = lines("infusion", "tuned", text=1.0, fid=0.5), lines("ti", "tuned", text=0.5, fid=0.5)
+    prefs = wt.table2({("infusion", "sunball", "tuned"): a, ("ti", "sunball", "tuned"): b}, ["infusion"], ["ti"], ["sunball"])
+    assert prefs[("infusion", "ti", "text")].share == 1.0  # higher text fidelity on every image
+    assert prefs[("infusion", "ti", "image")].share == 0.5  # equal concept fidelity: a tie, half each
+    assert prefs[("infusion", "ti", "text")].pairs == 6
+    assert wt.table2({("infusion", "sunball", "tuned"): a}, ["infusion"], ["ti"], ["sunball"]) == {}
+
+
+def test_fig7_draws_every_row_and_refuses_a_missing_one():
+    im = Image.new("RGB", (64, 64), "red")
+    images = {("base", "sunball", "base"): lines("base", "base", image=im),
+              ("a", "sunball", "tuned"): lines("a", "tuned", image=im)}
+    refs = [Image.new("RGB", (64, 64), "blue")] * 4
+    grid = wt.fig7(images, "sunball", ["a"], refs)
+    assert grid.height >= 64 * (len(PROMPTS) + 1) and grid.width >= 64 * 2
+    with pytest.raises(wt.MissingRows, match="no pictures for b"):
+        wt.fig7(images, "sunball", ["a", "b"], refs)
+
+
+def test_fmt_cell():
+    assert wt.fmt_cell((0.5, 0.4, 0.6), "{:.2f}") == "0.50 [0.40, 0.60]"
+    assert wt.fmt_cell((0.0, 0.0, 0.0), "{:.2f}") == "0.00"
+    assert wt.fmt_cell((math.nan, math.nan, math.nan), "{:.2f}") == "-"
