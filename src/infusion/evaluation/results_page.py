@@ -43,6 +43,7 @@ def _worker(preset_name: str, model: str | None, out: str, figures: str | None =
     folder of the figure records (the figures stage instead of the table); ``images``: the folder of the table's
     per-image records."""
     torch.set_num_threads(1)
+    quiet_library_bars()
     preset = PRESETS[preset_name]
     if model:
         preset.model = model
@@ -52,6 +53,18 @@ def _worker(preset_name: str, model: str | None, out: str, figures: str | None =
     else:
         fr = FigureRun(run, FIGURE_PLANS[preset_name], figures)
         run.run(units=fr.units(), handlers={"figures": fr.unit})
+
+
+def quiet_library_bars() -> None:
+    """No per-load progress bars from diffusers, transformers and the hub in a long run's log (one line per unit
+    is what a nohup file should get)."""
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    huggingface_hub.utils.disable_progress_bars()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def figures_dir(doc: Path) -> Path:
