@@ -71,6 +71,22 @@ def table2_lines(prefs: dict) -> list[str]:
     return out
 
 
+def readings_table2(prefs: dict) -> list[str]:
+    """Per Infusion form: against how many baselines its preference interval lies above one half, per criterion."""
+    out = []
+    for a in dict.fromkeys(k[0] for k in prefs):
+        parts = []
+        for criterion, name in (("text", "text alignment"), ("image", "image alignment")):
+            cells = {b: p for (x, b, c), p in prefs.items() if x == a and c == criterion}
+            above = [b for b, p in cells.items() if p.low > 0.5]
+            below = [b for b, p in cells.items() if p.high < 0.5]
+            parts.append(f"{name}: preferred over {len(above)} of {len(cells)} baselines"
+                         + (f" ({', '.join(above)})" if above else "")
+                         + (f", less preferred than {', '.join(below)}" if below else ""))
+        out.append(f"- {label(a)}: " + "; ".join(parts) + " (interval wholly above or below 50%).")
+    return out
+
+
 def _cell(rows: list[TableRow], row: str, setting: str, key: str) -> float:
     for t in rows:
         if t.row == row and t.setting == setting:
@@ -110,8 +126,10 @@ def curve_lines(records: Path, plan: FigurePlan, seeds: int) -> tuple[list[str],
         w2 = w2_curve(base, lines, r, concepts, plan.steps, seeds)
         lfd = lfd_curve(lines, r, concepts, plan.steps)
         if w2 and lfd:
+            zero = all(v[1] == 0.0 for v in lfd)
             out.append(f"- {label(r)}: W2 {w2[0][1]:.2f} at step {w2[0][0]} -> {w2[-1][1]:.2f} at {w2[-1][0]}; "
-                       f"LFD {lfd[0][1]:.4f} -> {lfd[-1][1]:.4f}.")
+                       + ("LFD exactly 0 at every step." if zero else
+                          f"LFD {lfd[0][1]:.2g} -> {lfd[-1][1]:.2g} (largest {max(v[1] for v in lfd):.2g})."))
     return concepts, rows, out
 
 
@@ -188,7 +206,7 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
           "alignment. Here, on the same noise, the image with the higher text fidelity (text) or concept fidelity "
           "(image) wins, a tie or an unreadable value counts half; tuned settings. The app's Study tab asks people "
           "the same two questions ([usage.md](usage.md)).", ""]
-    L += (table2_lines(t2) if t2 else ["Not run yet (needs Table 1's records)."]) + [""]
+    L += (table2_lines(t2) + ["", *readings_table2(t2)] if t2 else ["Not run yet (needs Table 1's records)."]) + [""]
     L += ["## Fig. 7: pictures", "",
           "Columns: the base model (class phrase), then every row tuned, on the same noise; lines: four test prompts, "
           "then the training images.", ""]
