@@ -40,7 +40,7 @@ def group_of(row: str, mlm_rows: set) -> str:
     if row in mlm_rows:
         return "baselines + MLM regulariser"
     if row == PAPER_ROW:
-        return "Infusion (paper)"
+        return "Infusion as the paper defines it"
     if row.startswith(PAPER_ROW):
         return "Infusion beyond the paper"
     return "baselines"
