@@ -435,3 +435,53 @@ def test_perfusion_concept_rows_only_gives_the_base_model_on_concept_free_prompt
     with eps_gen.customizations[0].disabled(eps_gen.pipe):
         base = eps_gen.eps(z, t, ["a photo of a teddy bear", "a photo of a teddy bear"])
     assert torch.equal(eps[0], base[0]) and not torch.equal(eps[1], base[1])
+
+
+# -- base images (``return_base=True``) are the base model's, bit for bit ------------------------------------------
+
+
+def _classic_tiny():
+    """The tiny pipeline with diffusers' classic ``AttnProcessor`` everywhere (a base model whose attention is not the
+    SDPA default: its base images must keep it, not fall back to ``AttnProcessor2_0``)."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipe = tiny_sd_pipeline()
+    pipe.unet.set_attn_processor(AttnProcessor())
+    return pipe
+
+
+@pytest.mark.parametrize("method", IDS)
+def test_base_images_keep_the_base_pipelines_attention(trained, method):
+    """``load_customized(pipe, ...)`` on a base pipeline with its own attention processors: ``return_base`` images are
+    that pipeline's images exactly (methods that swap attention processors used to restore ``AttnProcessor2_0``)."""
+    path = trained[method][2]
+    model = load_customized(_classic_tiny(), [path])
+    kw = dict(num_inference_steps=2, guidance_scale=8.0, output_type="np")
+    out = model(["a photo of <mycat>"], generator=torch.Generator().manual_seed(0), return_base=True, **kw)
+    stock = _classic_tiny()("a photo of teddy bear", generator=torch.Generator().manual_seed(0), **kw).images
+    if method == "infusion":  # its own two-stream sampler: F's attention is its processor's (float rounding)
+        np.testing.assert_allclose(out.base_images, stock, rtol=0, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(out.base_images, stock)
+
+
+@pytest.mark.parametrize("method", IDS)
+def test_base_images_use_the_callers_generator_state(trained, method):
+    """Base images start from the noise the customised images started from: one generator for several prompts
+    (it used to be wrapped in a list of one, which the pipeline refuses), and a generator that had already drawn."""
+    path = trained[method][2]
+    model = load_customized("tiny", [path])
+    stock = tiny_sd_pipeline()
+    kw = dict(num_inference_steps=2, guidance_scale=8.0, output_type="np")
+
+    def advanced():
+        g = torch.Generator().manual_seed(5)
+        torch.randn(7, generator=g)  # the caller drew from it before
+        return g
+
+    out = model(["a photo of <mycat>", "<mycat> on a beach"], generator=advanced(), return_base=True, **kw)
+    ref = stock(["a photo of teddy bear", "teddy bear on a beach"], generator=advanced(), **kw).images
+    np.testing.assert_allclose(out.base_images, ref, rtol=0, atol=1e-5)
+    out = model(["a photo of <mycat>"], generator=[advanced()], return_base=True, **kw)
+    ref = stock(["a photo of teddy bear"], generator=[advanced()], **kw).images
+    np.testing.assert_allclose(out.base_images, ref, rtol=0, atol=1e-5)

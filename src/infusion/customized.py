@@ -12,7 +12,9 @@ names no method.
 ``CustomizedModel.eps(z_t, t, prompts)`` is the customised noise predictor (an
 ``infusion.metrics.eps.EpsPredictor``), for metrics such as the latent Fisher divergence.
 Base images (``return_base=True``) come from the method's own ``generate`` where it has one (free when it
-samples both streams in one call); otherwise the base model runs a second time with ``<name>`` replaced by the class phrase.
+samples both streams in one call); otherwise the base model runs a second time with ``<name>`` replaced by the class phrase,
+from the noise the customised images started from (the caller's generators as they were when the call began) and
+with the base model's own attention processors (``Customization.disabled``).
 """
 
 from __future__ import annotations
@@ -127,8 +129,11 @@ class CustomizedModel:
         if own is not None:
             return CustomizedOutput(*own)
         self._check_prompts(prompts + negatives)
+        start = generator_states(generator) if return_base else None  # before the customised images draw from it
         images = self._generate(self.pipe, prompts, negatives, latents, common)
-        base = self._base_images(prompts, negatives, latents, common) if return_base else None
+        base = None
+        if return_base:  # the same noise: the caller's generator(s) as they were when the customised images began
+            base = self._base_images(prompts, negatives, latents, {**common, "generator": restore_generators(start)})
         return CustomizedOutput(images, base)
 
     def _negatives(self, negatives: list[str]) -> list[str] | None:
@@ -165,9 +170,8 @@ class CustomizedModel:
         phrases = self.class_phrases
         pos = [substitute(p, phrases)[0] for p in prompts]
         neg = [substitute(p, phrases)[0] for p in negatives]
-        if latents is None and common["generator"] is not None:  # re-seed: same noise as the customised images
-            gens = common["generator"] if isinstance(common["generator"], list) else [common["generator"]]
-            common = {**common, "generator": [torch.Generator(g.device).manual_seed(g.initial_seed()) for g in gens]}
+        if latents is not None and isinstance(common["generator"], list):
+            common = {**common, "generator": None}  # explicit latents: no noise is drawn (as ``_generate``)
         if any(c.owns_pipeline for c in self.customizations):
             if self._base_pipe is None:
                 if self._base_loader is None:
@@ -180,6 +184,28 @@ class CustomizedModel:
             for ctx in contexts:
                 stack.enter_context(ctx)
             return pipe(prompt=pos, negative_prompt=self._negatives(neg), latents=latents, **common).images
+
+
+def generator_states(generator):
+    """What ``restore_generators`` needs to rebuild ``generator`` (one ``torch.Generator``, a list of them, or None)
+    in its current state."""
+    if generator is None:
+        return None
+    gens = generator if isinstance(generator, list) else [generator]
+    return isinstance(generator, list), [(g.device, g.get_state()) for g in gens]
+
+
+def restore_generators(states):
+    """Fresh generators in the states ``generator_states`` recorded, in the caller's form (one, or a list)."""
+    if states is None:
+        return None
+    is_list, saved = states
+    gens = []
+    for device, state in saved:
+        g = torch.Generator(device)
+        g.set_state(state)
+        gens.append(g)
+    return gens if is_list else gens[0]
 
 
 def load_customized(model, files: Sequence[str | os.PathLike], model_config: str | None = None) -> CustomizedModel:

@@ -102,14 +102,29 @@ class Customization:
         return nullcontext()
 
 
+BASE_PROCESSORS = "_infusion_base_attn_processors"  # attribute of a UNet: its processors before any customization
+
+
+def remember_base_attention(pipe) -> None:
+    """Record ``pipe.unet``'s attention processors as the base model's, once: call before a loader replaces them
+    (the first customization attached to a pipeline sees the base model's; later ones must not record theirs)."""
+    if getattr(pipe.unet, BASE_PROCESSORS, None) is None:
+        object.__setattr__(pipe.unet, BASE_PROCESSORS, dict(pipe.unet.attn_processors))
+
+
 @contextmanager
 def stock_attention(pipe):
-    """Context in which every attention layer of ``pipe.unet`` runs diffusers' stock SDPA processor
-    (the base model, for methods that customise through attention processors)."""
+    """Context in which every attention layer of ``pipe.unet`` runs the base model's processor (for methods that
+    customise through attention processors): the processors the pipeline had before the first customization was
+    attached (``remember_base_attention``), so a base pipeline with other processors than diffusers' default (the
+    classic ``AttnProcessor``, xformers, ...) keeps its numerics; diffusers' SDPA ``AttnProcessor2_0`` when none
+    was recorded."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     saved = pipe.unet.attn_processors
-    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    base = getattr(pipe.unet, BASE_PROCESSORS, None)
+    # set_attn_processor pops from the dict it is given: a copy each time
+    pipe.unet.set_attn_processor(dict(base) if base is not None else AttnProcessor2_0())
     try:
         yield
     finally:

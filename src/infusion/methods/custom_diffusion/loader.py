@@ -12,6 +12,7 @@ import json
 from infusion.core.base_models import LOAD_LOCK
 from infusion.methods.customization import (
     Customization,
+    remember_base_attention,
     stock_attention,
     warn_on_other_base,
 )
@@ -60,6 +61,7 @@ class CustomDiffusionCustomization(Customization):
             embeds = load_file(str(self.path / EMBEDS))
             tokens = [f"<{n}>" for n, _ in concepts]
             pipe.load_textual_inversion([embeds[t] for t in tokens], token=tokens)
+        remember_base_attention(pipe)  # ``disabled`` brings these back (the base model's numerics)
         pipe.unet.load_attn_procs(str(self.path), weight_name=WEIGHTS, _pipeline=pipe)
         return pipe
 

@@ -9,7 +9,11 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from infusion.core.kv_attention import KeyValueProcessor
 from infusion.core.safetensors_io import read_safetensors
 from infusion.core.tokens import encode_with_token
-from infusion.methods.customization import Customization, stock_attention
+from infusion.methods.customization import (
+    Customization,
+    remember_base_attention,
+    stock_attention,
+)
 from infusion.methods.infusion.processor import cross_attention_layers
 
 
@@ -28,10 +32,12 @@ class RankOneEdit:
 
     def project(self, x, weight, out, target):
         """Edited projection: x (B, L, C_t), weight [D, C_t], out = W x (+ b) (B, L, D), target (D,) -> (B, L, D)."""
-        i, u = self.concept_input.to(x.dtype), self.cov_inv_concept.to(x.dtype)
+        # the pipeline's device and dtype (it may have been moved after loading: ``pipe.to("cuda", torch.float16)``)
+        i = self.concept_input.to(device=x.device, dtype=x.dtype)
+        u = self.cov_inv_concept.to(device=x.device, dtype=x.dtype)
         s = (x @ u) / (i @ u)  # (B, L): energy along the concept direction, 1 at x = i*
         gate = torch.sigmoid((s - self.beta) / self.tau)[..., None]  # (B, L, 1)
-        return out - s[..., None] * F.linear(i, weight) + gate * target.to(x.dtype)
+        return out - s[..., None] * F.linear(i, weight) + gate * target.to(device=x.device, dtype=x.dtype)
 
 
 class PerfusionProcessor(KeyValueProcessor):
@@ -44,7 +50,7 @@ class PerfusionProcessor(KeyValueProcessor):
         e = self.edit
         if e is None:
             return None
-        key_target = F.linear(e.superclass_input.to(text.dtype), attn.to_k.weight)  # (D,): locked to the class
+        key_target = F.linear(e.superclass_input.to(device=text.device, dtype=text.dtype), attn.to_k.weight)  # (D,)
         k_stock, v_stock = attn.to_k(text), attn.to_v(text)  # (B, L, D)
         k = e.project(text, attn.to_k.weight, k_stock, key_target)  # (B, L, D)
         v = e.project(text, attn.to_v.weight, v_stock, e.value_targets[self.layer])  # (B, L, D)
@@ -86,7 +92,7 @@ class PerfusionCustomization(Customization):
             if v.shape[-1] != attns[k].to_v.out_features:
                 raise ValueError(f"Perfusion file {self.path}: layer {k} has width {v.shape[-1]} in the file, "
                                  f"{attns[k].to_v.out_features} in the model")
-        device = pipe.unet.device
+        device = pipe.unet.device  # the file's precision is kept; ``project`` casts to each call's device and dtype
         self.edit = RankOneEdit(t["concept_input"].to(device), t["superclass_input"].to(device),
                                 t["cov_inv_concept"].to(device), {k: v.to(device) for k, v in targets.items()},
                                 float(self.meta.get("inference_beta", self.meta.get("beta", 0.75))),
@@ -96,6 +102,7 @@ class PerfusionCustomization(Customization):
 
         args = json.loads(self.meta.get("training") or "{}").get("method_args") or {}
         self.rows_only = str(args.get("concept_rows_only", False)).lower() in ("1", "true", "yes")
+        remember_base_attention(pipe)  # ``disabled`` brings these back (the base model's numerics)
         install_perfusion(pipe.unet, self.edit)
         return pipe
 

@@ -8,7 +8,11 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from infusion.core.placeholders import find_placeholders
 from infusion.core.safetensors_io import read_safetensors
 from infusion.core.tokens import encode_with_token
-from infusion.methods.customization import Customization
+from infusion.methods.customization import (
+    Customization,
+    remember_base_attention,
+    stock_attention,
+)
 from infusion.methods.infusion.processor import cross_attention_layers
 
 FORMAT = "infusion-pplus"
@@ -58,6 +62,7 @@ class PPlusCustomization(Customization):
 
     def attach(self, pipe):
         tensors, _ = read_safetensors(self.path, "P+ file")
+        remember_base_attention(pipe)  # ``disabled`` brings these back (the base model's numerics)
         self.layers = install_layer_states(pipe.unet)
         missing, extra = sorted(set(self.layers) - set(tensors)), sorted(set(tensors) - set(self.layers))
         if missing or extra:
@@ -79,3 +84,6 @@ class PPlusCustomization(Customization):
         tokens = self.tokens.to(pipe.text_encoder.device, pipe.text_encoder.dtype)
         states = encode_per_layer(pipe.text_encoder, pipe.tokenizer, prompts, self.name, tokens)  # (B, n, L, C)
         return states[:, 0], {k: states[:, j] for j, k in enumerate(self.layers)}
+
+    def disabled(self, pipe):
+        return stock_attention(pipe)
