@@ -198,20 +198,25 @@ def bench_train_separate(method, kind, latent, images, batch, repeats, threads) 
     return r
 
 
-OPTIONS = {"fp32": {}, "bf16": {"mixed_precision": "bf16"}, "gradient_checkpointing": {"gradient_checkpointing": True}}
+OPTIONS = {"fp32": {}, "bf16": {"mixed_precision": "bf16"}, "gradient_checkpointing": {"gradient_checkpointing": True},
+           "adamw8bit": {"optimizer": "adamw8bit"}}  # adamw8bit: only where bitsandbytes is importable
 
 
 def bench_options(method, kind, latent, images, batch, repeats, threads) -> dict:
     """Our trainer's precision and memory options on CPU, each in its own process: iteration time and peak memory,
     and their ratios to fp32 (not interleaved: one process per option)."""
+    import importlib.util
+
+    have_bnb = importlib.util.find_spec("bitsandbytes") is not None
     runs = {name: _child(["--child", "ours", method, kind, str(latent), str(images), str(batch), str(repeats),
                           "--threads", str(threads), "--child-options", json.dumps(opts)])
-            for name, opts in OPTIONS.items()}
+            for name, opts in OPTIONS.items() if have_bnb or name != "adamw8bit"}
     med = {k: statistics.median(v["iter"]) for k, v in runs.items()}
     return {"method": method, "iter_seconds": med, "peak_mb": {k: v["peak_mb"] for k, v in runs.items()},
             "iter_ratio_to_fp32": {k: med[k] / med["fp32"] for k in med},
             "memory_ratio_to_fp32": {k: runs[k]["peak_mb"] / runs["fp32"]["peak_mb"] for k in runs},
-            "untested": "adamw8bit (bitsandbytes does not install beside the CPU torch here); every option on GPU"}
+            "untested": ("every option on GPU" + ("" if have_bnb else "; adamw8bit: bitsandbytes is not installed "
+                                                               "(pip install bitsandbytes)"))}
 
 
 # --- generation ----------------------------------------------------------------------------------------------------
@@ -329,8 +334,9 @@ def main(argv=None) -> int:
                       f"(MB: {r['memory']['peak_mb']})", flush=True)
             results["training"][method] = r
         if "options" in parts:
-            results["options"] = o = bench_options("lora", kind, latent, images, args.batch, 2, args.threads)
-            print(f"[options, lora] iteration / fp32: {o['iter_ratio_to_fp32']}; peak memory / fp32: "
+            results["options"] = o = bench_options("custom-diffusion", kind, latent, images, args.batch, 2,
+                                                   args.threads)
+            print(f"[options, custom-diffusion] iteration / fp32: {o['iter_ratio_to_fp32']}; peak memory / fp32: "
                   f"{o['memory_ratio_to_fp32']}", flush=True)
         if "generation" in parts:
             results["generation"] = gen = bench_generation(kind, latent, args.steps, args.repeats, files)

@@ -345,3 +345,64 @@ def test_bf16_mixed_precision_trains_under_autocast_and_saves_fp16(concept_image
     train(_cfg(concept_images, tmp_path / "fp.safetensors", steps=1), pipe=pipe2, progress=False)
     hook.remove()
     assert plain_seen == {torch.float32}
+
+
+def test_trainer_steps_are_the_train_loop(concept_images, tmp_path):
+    """``Trainer.step`` (what benchmarks/bench_peers.py times) is the loop's iteration: stepping it by hand gives the
+    run ``train`` gives, bit for bit."""
+    from infusion.core.model_configs import tiny_sd_pipeline
+    from infusion.training import Trainer
+
+    ran = train(_cfg(concept_images, tmp_path / "a.safetensors", steps=3), pipe=tiny_sd_pipeline(), progress=False)
+    trainer = Trainer(_cfg(concept_images, tmp_path / "b.safetensors", steps=3), pipe=tiny_sd_pipeline(), progress=False)
+    losses = [trainer.step(i) for i in range(3)]
+    assert all(loss.ndim == 0 and torch.isfinite(loss) for loss in losses)
+    stepped = trainer.method.export(tmp_path / "b.safetensors", "x")
+    for k in ran.deltas:
+        assert torch.equal(ran.deltas[k], stepped.deltas[k]), k
+
+
+def test_optimizer_option(concept_images, tmp_path, monkeypatch):
+    """--optimizer adamw8bit: bitsandbytes' AdamW8bit over the trainable tensors only; a clear error without it."""
+    import sys
+    import types
+
+    from infusion.core.model_configs import tiny_sd_pipeline
+    from infusion.training import Trainer
+
+    with pytest.raises(ValueError, match="--optimizer"):
+        _cfg(concept_images, "x", optimizer="sgd")
+    cfg = _cfg(concept_images, tmp_path / "c.safetensors", steps=1, optimizer="adamw8bit")
+    pipe = tiny_sd_pipeline()  # diffusers imports bitsandbytes itself where installed: build before hiding it
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(ImportError, match="pip install bitsandbytes"):
+        Trainer(cfg, pipe=pipe, progress=False)
+
+    class FakeAdamW8bit(torch.optim.AdamW):  # stands in for bitsandbytes (not installable beside our CPU torch)
+        pass
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.SimpleNamespace(optim=types.SimpleNamespace(
+        AdamW8bit=FakeAdamW8bit)))
+    trainer = Trainer(cfg, pipe=pipe, progress=False)
+    opt = trainer.optimizer.optimizer  # accelerate's wrapper around ours
+    assert isinstance(opt, FakeAdamW8bit)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    assert {id(p) for p in params} == {id(p) for p in trainer.method.trainable_parameters()}  # no frozen weight
+    trainer.step(0)
+
+
+def test_adamw8bit_trains_and_resumes_exactly(concept_images, tmp_path):
+    """With bitsandbytes installed (optional): its 8-bit AdamW trains, and the resume state keeps its state, plain
+    numbers included (its step count), so a resumed run equals an uninterrupted one."""
+    pytest.importorskip("bitsandbytes")
+    from safetensors.torch import load_file
+
+    from infusion.core.model_configs import tiny_sd_pipeline
+
+    cfg = lambda out, steps, **kw: _cfg(concept_images, out, steps=steps, method="lora",  # noqa: E731
+                                        optimizer="adamw8bit", **kw)
+    train(cfg(tmp_path / "a.safetensors", 4), pipe=tiny_sd_pipeline(), progress=False)
+    train(cfg(tmp_path / "b.safetensors", 2), pipe=tiny_sd_pipeline(), progress=False)
+    train(cfg(tmp_path / "b.safetensors", 4, resume="auto"), pipe=tiny_sd_pipeline(), progress=False)
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

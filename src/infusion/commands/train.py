@@ -37,6 +37,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help=helps["seed"])
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help=helps["mixed_precision"])
     p.add_argument("--gradient-checkpointing", action="store_true", help=helps["gradient_checkpointing"])
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit"], help=helps["optimizer"])
     p.add_argument("--checkpoint-every", type=int, default=0, help=helps["checkpoint_every"])
     p.add_argument("--resume", nargs="?", const="auto", default=None, help=helps["resume"])
     p.add_argument("--flip", dest="flip", action="store_true", default=None, help=helps["flip"])
@@ -64,6 +65,7 @@ def run(args) -> int:
         model=args.model, images=args.images, name=args.name, class_phrase=args.class_phrase, out=args.out,
         method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size, resolution=args.resolution,
         seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        optimizer=args.optimizer,
         checkpoint_every=args.checkpoint_every, resume=args.resume, flip=args.flip, model_config=args.model_config,
         method_args=parse_method_args(args.method_arg), mlm_lambda=args.mlm_lambda, mlm_prompts=args.mlm_prompts,
         mlm_batch=args.mlm_batch,

@@ -31,7 +31,12 @@ class TrainConfig:
     resolution: int | None = field(default=None, metadata={"help": "training resolution (default: the model's, 512 for SD1.5)"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, noise, timesteps)"})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (accelerate)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": (
+        "recompute the UNet's activations in the backward pass (diffusers' enable_gradient_checkpointing): less "
+        "activation memory, more compute")})
+    optimizer: str = field(default="adamw", metadata={"help": (
+        "adamw | adamw8bit (bitsandbytes' 8-bit AdamW, an optional dependency: pip install bitsandbytes; "
+        "untested on GPU here)")})
     checkpoint_every: int = field(default=0, metadata={"help": "write <out>-step<N> and the resume state every N steps (0: only at the end)"})
     keep_checkpoints: int = field(default=0, metadata={"help": (
         "keep only the last N <out>-step<N> outputs, removing older ones as new ones are written (0: keep all; the "
@@ -71,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.optimizer not in ("adamw", "adamw8bit"):
+            raise ValueError(f"--optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
         if self.checkpoint_every < 0:
             raise ValueError("--checkpoint-every must be >= 0")
         if self.keep_checkpoints < 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,9 @@ def save_state(path: Path, method, optimizer, step: int, cfg: TrainConfig) -> No
         for k, v in st.items():
             if torch.is_tensor(v):
                 tensors[f"optim/{by_id[id(p)]}/{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+            elif isinstance(v, (bool, int, float)):  # plain numbers (bitsandbytes' step count): 0-d, typed back on load
+                tensors[f"optim_number/{by_id[id(p)]}/{k}"] = torch.tensor(v, dtype=torch.float64 if isinstance(
+                    v, float) else torch.int64)
     meta = {"step": str(step), "config": json.dumps(cfg.to_dict(), default=str), "params": json.dumps(names),
             "trainable_parameters": str(sum(v.numel() for v in method.trainable_state().values()))}
     save_safetensors_atomic(tensors, path, meta)
@@ -101,6 +105,7 @@ def load_state(path: Path, method, optimizer, cfg: TrainConfig) -> int:
             p.copy_(tensors[key].to(p.device, p.dtype))
     for name, p in params.items():
         st = {k.split("/")[-1]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"optim/{name}/")}
+        st.update({k.split("/")[-1]: v.item() for k, v in tensors.items() if k.startswith(f"optim_number/{name}/")})
         if st:
             optimizer.state[p] = st
     return int(meta["step"])
@@ -128,6 +133,29 @@ def _allow_new_precision(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over ``params`` (the method's trainable tensors only: frozen weights get no optimizer state).
+    ``adamw8bit``: bitsandbytes' ``AdamW8bit`` (moments in 8 bits, as diffusers' scripts' ``--use_8bit_adam``), an
+    optional dependency (``pip install bitsandbytes``); not measured here (no GPU)."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw8bit":
+        return _bitsandbytes().optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"--optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+
+
+def _bitsandbytes():
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ImportError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes (or use --optimizer "
+                          "adamw)") from None
+    return bitsandbytes
+
+
 @dataclass
 class StepReport:
     """What ``train(callback=...)`` gets after every step: steps done, of ``total``, this step's loss, its EMA."""
@@ -148,155 +176,209 @@ class Cancelled(Exception):
         self.step, self.state = step, state
 
 
-def train(cfg: TrainConfig, pipe=None, progress: bool = True, callback=None):
-    """Run ``cfg``; returns what the method exports (an ``infusion.Concept`` for Infusion).
+@dataclass
+class StepBatch:
+    """One step's rows as ``Trainer.draw`` makes them: instance image indices idx (B,), caption indices cap (rows,),
+    noisy latents z_t (rows, 4, h, w), timesteps t (rows,), the target (rows, 4, h, w), and the step's generator
+    (the MLM term draws from it after the method's ``prepare_batch``)."""
+
+    idx: torch.Tensor
+    cap: torch.Tensor
+    z_t: torch.Tensor
+    t: torch.Tensor
+    target: torch.Tensor
+    generator: torch.Generator
+
+
+class Trainer:
+    """One run of ``cfg``, set up (base model, cached latents and caption states, method, optimizer, resume state)
+    and stepped: ``step(i)`` is one whole iteration (draw the batch, encode, forward, loss, backward, optimizer
+    step), ``run()`` the loop with progress, checkpoints and the final export. ``train`` is ``Trainer(...).run()``;
+    the benchmarks time ``step`` alone (benchmarks/bench_peers.py).
 
     ``pipe``: an already loaded base pipeline (tests, notebooks); otherwise ``cfg.model`` is loaded.
     ``callback(StepReport) -> bool | None`` after every step (the web page's live progress); returning True stops
     the run cleanly (``Cancelled``, with the resume state saved at that step).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
-    method_cls = get_method(cfg.method)  # fail fast on a bad method name
-    _allow_new_precision(cfg.mixed_precision)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    resume_from = None
-    if cfg.resume:
-        resume_from = state_path(out) if cfg.resume == "auto" else Path(cfg.resume)
-        if cfg.resume != "auto" and not resume_from.is_file():
-            raise FileNotFoundError(f"resume state not found: {resume_from}")
-        if not resume_from.is_file():
-            resume_from = None
+    def __init__(self, cfg: TrainConfig, pipe=None, progress: bool = True, callback=None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from diffusers import DDPMScheduler
 
-    if pipe is None:
-        pipe = load_base_pipeline(cfg.model, config=cfg.model_config)
-    pipe.to(accelerator.device)
-    resolution = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    images, sizes = load_concept_images(cfg.images, resolution, with_sizes=True)
-    mean, std = encode_latent_stats(pipe.vae, images, flip=cfg.flip)  # (M, 4, h, w) each
-    family = family_of(pipe)
-    time_ids = prior_time_ids = None
-    if family == SDXL:  # micro-conditioning of each image, as diffusers' SDXL scripts: original size, crop, target
-        time_ids = torch.stack([families.time_ids(o, c, (resolution, resolution)) for o, c in sizes])  # (N, 6)
-        time_ids = torch.cat([time_ids] * (len(mean) // len(time_ids)))  # (M, 6): mirrored copies keep their ids
-        prior_time_ids = families.time_ids((resolution, resolution), (0, 0), (resolution, resolution))  # (6,)
-    scaling = pipe.vae.config.scaling_factor
-    sched = pipe.scheduler
-    from diffusers import DDPMScheduler
+        method_cls = get_method(cfg.method)  # fail fast on a bad method name
+        if cfg.optimizer == "adamw8bit":
+            _bitsandbytes()  # and on a missing optional dependency, before any model is loaded
+        self.cfg, self.progress, self.callback = cfg, progress, callback
+        _allow_new_precision(cfg.mixed_precision)
+        self.accelerator = accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        set_seed(cfg.seed)
+        self.out = out = Path(cfg.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        resume_from = None
+        if cfg.resume:
+            resume_from = state_path(out) if cfg.resume == "auto" else Path(cfg.resume)
+            if cfg.resume != "auto" and not resume_from.is_file():
+                raise FileNotFoundError(f"resume state not found: {resume_from}")
+            if not resume_from.is_file():
+                resume_from = None
 
-    noise_sched = DDPMScheduler.from_config(sched.config)  # the training-time forward process
+        if pipe is None:
+            pipe = load_base_pipeline(cfg.model, config=cfg.model_config)
+        pipe.to(accelerator.device)
+        self.pipe = pipe
+        resolution = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        images, sizes = load_concept_images(cfg.images, resolution, with_sizes=True)
+        # cached latents: the VAE encodes each image (and its mirror) once, a latent is drawn per step from its posterior
+        self.mean, self.std = mean, std = encode_latent_stats(pipe.vae, images, flip=cfg.flip)  # (M, 4, h, w) each
+        self.time_ids = self.prior_time_ids = None
+        if family_of(pipe) == SDXL:  # micro-conditioning of each image, as diffusers' SDXL scripts: original size, crop, target
+            time_ids = torch.stack([families.time_ids(o, c, (resolution, resolution)) for o, c in sizes])  # (N, 6)
+            self.time_ids = torch.cat([time_ids] * (len(mean) // len(time_ids)))  # (M, 6): mirrored copies keep their ids
+            self.prior_time_ids = families.time_ids((resolution, resolution), (0, 0), (resolution, resolution))  # (6,)
+        self.scaling = pipe.vae.config.scaling_factor
+        self.noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)  # the training-time forward process
 
-    fingerprint = base_fingerprint(*families.fingerprint_modules(pipe))
+        self.fingerprint = base_fingerprint(*families.fingerprint_modules(pipe))
 
-    with LOAD_LOCK:  # methods build parameters and layers: not while another thread loads a model (models.py)
-        method = method_cls(pipe, cfg)
-    method.attach_latents(mean * scaling, std * scaling)  # (M, 4, h, w) each: what the instance rows are drawn from
-    method.to(accelerator.device)
-    captions = [t.format(f"<{cfg.name}>") for t in caption_templates(cfg.model)]
-    prior = method.prior_data()  # DreamBooth-style class prior examples, or None
-    all_captions = captions + (prior.captions if prior is not None else [])
-    text_cache = method.encode_captions(all_captions) if method.cache_text else None
-    reg = mlm = None
-    if cfg.mlm_lambda > 0:  # frozen contextualizer; the method says what L_MLM reaches
-        from functools import partial
+        with LOAD_LOCK:  # methods build parameters and layers: not while another thread loads a model (models.py)
+            self.method = method = method_cls(pipe, cfg)
+        method.attach_latents(mean * self.scaling, std * self.scaling)  # (M, 4, h, w) each: the instance rows' source
+        method.to(accelerator.device)
+        self.captions = [t.format(f"<{cfg.name}>") for t in caption_templates(cfg.model)]
+        self.prior = prior = method.prior_data()  # DreamBooth-style class prior examples, or None
+        self.all_captions = self.captions + (prior.captions if prior is not None else [])
+        # cached text states: a method whose text side is frozen encodes its captions once, not every step
+        self.text_cache = method.encode_captions(self.all_captions) if method.cache_text else None
+        self.reg = self.mlm = None
+        if cfg.mlm_lambda > 0:  # frozen contextualizer; the method says what L_MLM reaches
+            from functools import partial
 
-        from infusion.training.regularizer import build_regularizer, mlm_term
+            from infusion.training.regularizer import build_regularizer, mlm_term
 
-        mlm_side = method.mlm_text_side()
-        reg = build_regularizer(cfg, mlm_side, pipe.tokenizer, base_fingerprint(pipe.text_encoder),
-                                batch_size=cfg.mlm_batch or method.mlm_batch_size)
-        mlm = partial(mlm_term, reg, mlm_side)  # generator -> lambda * L_MLM
-    params = method.trainable_parameters()
-    if not params:
-        raise ValueError(f"method {cfg.method!r} has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=method.learning_rate(), weight_decay=method.weight_decay)
-    start = 0
-    if resume_from is not None:
-        start = load_state(resume_from, method, optimizer, cfg)
-        logger.info("resuming from %s at step %d", resume_from, start)
-    model, optimizer = accelerator.prepare(method, optimizer)
+            mlm_side = method.mlm_text_side()
+            self.reg = build_regularizer(cfg, mlm_side, pipe.tokenizer, base_fingerprint(pipe.text_encoder),
+                                         batch_size=cfg.mlm_batch or method.mlm_batch_size)
+            self.mlm = partial(mlm_term, self.reg, mlm_side)  # generator -> lambda * L_MLM
+        params = method.trainable_parameters()  # only these: frozen weights get no optimizer state
+        if not params:
+            raise ValueError(f"method {cfg.method!r} has no trainable parameters")
+        optimizer = make_optimizer(cfg.optimizer, params, lr=method.learning_rate(), weight_decay=method.weight_decay)
+        self.start = 0
+        if resume_from is not None:
+            self.start = load_state(resume_from, method, optimizer, cfg)
+            logger.info("resuming from %s at step %d", resume_from, self.start)
+        self.model, self.optimizer = accelerator.prepare(method, optimizer)
+        T = self.noise_sched.config.num_train_timesteps
+        self.T, self.t_hi = T, method.max_train_timestep(T)  # instance rows' timesteps: [0, t_hi)
 
-    import sys
+    def step(self, step: int) -> torch.Tensor:
+        """One whole iteration of step ``step`` (its randomness from ``_step_generator``): ``update(draw(step))`` ->
+        the loss (a 0-d tensor on the device; not read back here, so that a GPU is not synchronised before the
+        optimizer step is queued)."""
+        return self.update(self.draw(step))
 
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method} <{cfg.name}>",
-               disable=not (progress and accelerator.is_local_main_process),
-               mininterval=0.1 if sys.stderr.isatty() else 30)  # CI logs and nohup files: a line every 30 s, not per step
-    T = noise_sched.config.num_train_timesteps
-    t_hi = method.max_train_timestep(T)  # instance rows' timesteps: [0, t_hi)
-    device = accelerator.device
-    loss_ema = None
-    for step in bar:
-        g = _step_generator(cfg.seed, step, accelerator.process_index)
-        idx = torch.randint(len(mean), (cfg.batch_size,), generator=g)
-        cap = torch.randint(len(captions), (cfg.batch_size,), generator=g)
+    def draw(self, step: int) -> StepBatch:
+        """Step ``step``'s rows: latents drawn from the cached posteriors, noise, timesteps, caption indices."""
+        cfg, prior, scaling, mean, std = self.cfg, self.prior, self.scaling, self.mean, self.std
+        noise_sched, B = self.noise_sched, cfg.batch_size
+        g = _step_generator(cfg.seed, step, self.accelerator.process_index)
+        idx = torch.randint(len(mean), (B,), generator=g)
+        cap = torch.randint(len(self.captions), (B,), generator=g)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling
         noise = torch.randn(z0.shape, generator=g)
-        t = torch.randint(0, t_hi, (cfg.batch_size,), generator=g)
+        t = torch.randint(0, self.t_hi, (B,), generator=g)
         z_t = noise_sched.add_noise(z0, noise, t)
         if prior is not None:  # the same number of class-prior rows, drawn after the instance rows
-            pidx = torch.randint(len(prior.mean), (cfg.batch_size,), generator=g)
+            pidx = torch.randint(len(prior.mean), (B,), generator=g)
             pz0 = (prior.mean[pidx] + prior.std[pidx] * torch.randn(prior.mean[pidx].shape, generator=g)) * scaling
             pnoise = torch.randn(pz0.shape, generator=g)
-            pt = torch.randint(0, T, (cfg.batch_size,), generator=g)
+            pt = torch.randint(0, self.T, (B,), generator=g)
             z0, noise, t = torch.cat([z0, pz0]), torch.cat([noise, pnoise]), torch.cat([t, pt])
             z_t = torch.cat([z_t, noise_sched.add_noise(pz0, pnoise, pt)])
-            cap = torch.cat([cap, len(captions) + pidx])
+            cap = torch.cat([cap, len(self.captions) + pidx])
         if noise_sched.config.prediction_type == "v_prediction":
             target = noise_sched.get_velocity(z0, noise, t)
         else:
             target = noise
-        text = text_cache.select(cap) if text_cache is not None else method.encode_captions([all_captions[i] for i in cap])
-        if time_ids is not None:  # (rows, 6): instance rows' images, then the prior rows' (generated at the resolution)
-            text = text.with_time_ids(torch.cat([time_ids[idx]] + ([prior_time_ids.expand(len(cap) - len(idx), -1)]
-                                                                   if len(cap) > len(idx) else [])))
-        method.prepare_batch(idx, noise[: cfg.batch_size], t[: cfg.batch_size], noise_sched, g)
-        z_t, t, target = z_t.to(device, pipe.unet.dtype), t.to(device), target.to(device)
+        self.method.prepare_batch(idx, noise[:B], t[:B], noise_sched, g)
+        return StepBatch(idx, cap, z_t, t, target, g)
+
+    def update(self, batch: StepBatch) -> torch.Tensor:
+        """The captions' text states (cached, or encoded through the trainable text side), the forward, the loss,
+        its backward and the optimizer step -> the loss (0-d, on the device)."""
+        accelerator, method, prior, B = self.accelerator, self.method, self.prior, self.cfg.batch_size
+        idx, cap = batch.idx, batch.cap
+        if self.text_cache is not None:
+            text = self.text_cache.select(cap)
+        else:
+            text = method.encode_captions([self.all_captions[i] for i in cap])
+        if self.time_ids is not None:  # (rows, 6): instance rows' images, then the prior rows' (generated at the resolution)
+            prior_ids = [self.prior_time_ids.expand(len(cap) - len(idx), -1)] if len(cap) > len(idx) else []
+            text = text.with_time_ids(torch.cat([self.time_ids[idx]] + prior_ids))
+        device = accelerator.device
+        z_t, t, target = batch.z_t.to(device, self.pipe.unet.dtype), batch.t.to(device), batch.target.to(device)
         with accelerator.autocast():
-            pred = model(z_t, t, text.to(device))
-        B = cfg.batch_size
+            pred = self.model(z_t, t, text.to(device))
         loss = F.mse_loss(pred[:B].float(), target[:B].float())
         if prior is not None:
             loss = loss + prior.weight * F.mse_loss(pred[B:].float(), target[B:].float())
-        if mlm is not None:  # lambda * L_MLM, its prompts and mask drawn from this step's generator
+        if self.mlm is not None:  # lambda * L_MLM, its prompts and mask drawn from this step's generator
             with accelerator.autocast():
-                loss = loss + mlm(g)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {step}: lower --lr (now {method.learning_rate()}) or use "
-                f"--mixed-precision no; the last checkpoint ({state_path(out)}) is intact"
-            )
+                loss = loss + self.mlm(batch.generator)
         accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
-        bar.set_postfix(loss=f"{loss_ema:.4f}", **({"mlm": f"{reg.last_loss:.3f}"} if reg is not None else {}),
-                        refresh=False)  # set_postfix would otherwise print a line per step when not a terminal
-        done = step + 1
-        if callback is not None and callback(StepReport(done, cfg.steps, loss.item(), loss_ema)) and done < cfg.steps:
-            _check_finite(method, step, out)
-            if accelerator.is_main_process and cfg.save_state:
-                save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
-            bar.close()
-            raise Cancelled(done, state_path(out) if cfg.save_state else None)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            _check_finite(method, step, out)
-            if accelerator.is_main_process:
-                if cfg.save_state:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def run(self):
+        """Steps ``start`` .. ``cfg.steps`` with progress, callbacks and checkpoints; returns what the method exports."""
+        import sys
+
+        cfg, accelerator, model, optimizer, out = self.cfg, self.accelerator, self.model, self.optimizer, self.out
+        method = self.method
+        bar = tqdm(range(self.start, cfg.steps), initial=self.start, total=cfg.steps,
+                   desc=f"train {cfg.method} <{cfg.name}>",
+                   disable=not (self.progress and accelerator.is_local_main_process),
+                   mininterval=0.1 if sys.stderr.isatty() else 30)  # CI logs and nohup files: a line every 30 s, not per step
+        loss_ema = None
+        for step in bar:
+            loss = self.step(step).item()  # the one read-back of the step, after its optimizer step is queued
+            if not math.isfinite(loss):  # the parameters just took a non-finite step: stop before anything is written
+                raise FloatingPointError(
+                    f"loss is {loss} at step {step}: lower --lr (now {method.learning_rate()}) or use "
+                    f"--mixed-precision no; the last checkpoint ({state_path(out)}) is intact"
+                )
+            loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
+            bar.set_postfix(loss=f"{loss_ema:.4f}", **({"mlm": f"{self.reg.last_loss:.3f}"} if self.reg is not None else {}),
+                            refresh=False)  # set_postfix would otherwise print a line per step when not a terminal
+            done = step + 1
+            if self.callback is not None and self.callback(StepReport(done, cfg.steps, loss, loss_ema)) and done < cfg.steps:
+                _check_finite(method, step, out)
+                if accelerator.is_main_process and cfg.save_state:
                     save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
-                if cfg.keep_checkpoints:  # before the new one is written: never more than keep_checkpoints on disk
-                    drop_old_checkpoints(out, done, cfg.checkpoint_every, cfg.keep_checkpoints)
-                accelerator.unwrap_model(model).export(step_path(out, done), fingerprint)
-    bar.close()
-    _check_finite(method, cfg.steps - 1, out)
-    accelerator.wait_for_everyone()
-    result = None
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if cfg.save_state:
-            save_state(state_path(out), unwrapped, optimizer, cfg.steps, cfg)
-        result = unwrapped.export(out, fingerprint)
-    return result
+                bar.close()
+                raise Cancelled(done, state_path(out) if cfg.save_state else None)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                _check_finite(method, step, out)
+                if accelerator.is_main_process:
+                    if cfg.save_state:
+                        save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
+                    if cfg.keep_checkpoints:  # before the new one is written: never more than keep_checkpoints on disk
+                        drop_old_checkpoints(out, done, cfg.checkpoint_every, cfg.keep_checkpoints)
+                    accelerator.unwrap_model(model).export(step_path(out, done), self.fingerprint)
+        bar.close()
+        _check_finite(method, cfg.steps - 1, out)
+        accelerator.wait_for_everyone()
+        result = None
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            if cfg.save_state:
+                save_state(state_path(out), unwrapped, optimizer, cfg.steps, cfg)
+            result = unwrapped.export(out, self.fingerprint)
+        return result
+
+
+def train(cfg: TrainConfig, pipe=None, progress: bool = True, callback=None):
+    """Run ``cfg``; returns what the method exports (an ``infusion.Concept`` for Infusion). Arguments: ``Trainer``."""
+    return Trainer(cfg, pipe, progress, callback).run()
