@@ -188,6 +188,18 @@ def load_records(records: str | Path, plan: FigurePlan) -> tuple[dict, dict]:
     return base, lines
 
 
+def figure_scope(base: dict, lines: dict, plan: FigurePlan) -> tuple[list[str], list[str]]:
+    """(concepts, rows) the curves average over and show: the concepts on which every row has every step; while
+    none is, the one concept with the most complete rows and those rows (so a partial run draws like with like)."""
+    complete = lambda r, c: c in base and len(lines.get((r, c), {})) == len(plan.steps)  # noqa: E731
+    rows = [r.name for r in plan.rows]
+    full = [c for c in plan.concepts if all(complete(r, c) for r in rows)]
+    if full:
+        return full, rows
+    best = max(plan.concepts, key=lambda c: sum(complete(r, c) for r in rows))
+    return [best], [r for r in rows if complete(r, best)]
+
+
 def w2_curve(base: dict, lines: dict, row: str, concepts: list[str], steps, seeds: int) -> list[tuple]:
     """Per step: (step, W2, low, high): W2 (not squared) to the base model, the mean over ``concepts``; its interval
     resamples test prompts within each concept (a prompt's seeds move together, in both sets: same noise)."""
@@ -233,8 +245,7 @@ def draw_curves(records: str | Path, plan: FigurePlan, fig_dir: str | Path, seed
     import matplotlib.pyplot as plt
 
     base, lines = load_records(records, plan)
-    concepts = [c for c in plan.concepts if c in base]
-    rows = [r.name for r in plan.rows if concepts and all((r.name, c) in lines for c in concepts)]
+    concepts, rows = figure_scope(base, lines, plan)
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     colours = plt.get_cmap("tab10").colors
@@ -257,6 +268,8 @@ def draw_curves(records: str | Path, plan: FigurePlan, fig_dir: str | Path, seed
                         linewidth=2.6 if paper else 1.3, markersize=5, capsize=2, zorder=3 if paper else 2)
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
+        if name.startswith("fig10"):  # LFDs span 1e-3 to 10; exact zeros stay on the axis (linear below 1e-3)
+            ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_title(f"{title}\nmean of {', '.join(concepts)}; bars: 95% bootstrap", fontsize=10)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

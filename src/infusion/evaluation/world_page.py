@@ -14,7 +14,7 @@ from pathlib import Path
 
 from infusion.evaluation.intervals import B, LEVEL
 from infusion.evaluation.world_fig8 import table_lines as fig8_lines
-from infusion.evaluation.world_figures import FIGURE_PLANS, FigurePlan, load_records, lfd_curve, w2_curve
+from infusion.evaluation.world_figures import FIGURE_PLANS, FigurePlan, figure_scope, load_records, lfd_curve, w2_curve
 from infusion.evaluation.world_results import BASE_ROW, PAPER_ROW, RECOMMENDED_ROW, Preset
 from infusion.evaluation.world_tables import (
     COLUMNS,
@@ -116,11 +116,10 @@ def readings_table1(rows: list[TableRow]) -> list[str]:
 
 
 def curve_lines(records: Path, plan: FigurePlan, seeds: int) -> tuple[list[str], list[str], list[str]]:
-    """(the concepts with a base reference, the rows complete on each of them, one reading line per row: W2 and
-    LFD at the first and last step)."""
+    """(the concepts and rows the curves show (``figure_scope``), one reading line per row: W2 and LFD at the first
+    and last step)."""
     base, lines = load_records(records, plan)
-    concepts = [c for c in plan.concepts if c in base]
-    rows = [r.name for r in plan.rows if concepts and all(len(lines.get((r.name, c), {})) == len(plan.steps) for c in concepts)]
+    concepts, rows = figure_scope(base, lines, plan)
     out = []
     for r in rows:
         w2 = w2_curve(base, lines, r, concepts, plan.steps, seeds)
@@ -237,8 +236,16 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
     L += ["## Fig. 11: images along training", "",
           f"Two held-out prompts per concept at steps {', '.join(map(str, plan.fig11_steps))}, the same noise at every "
           "step.", ""]
-    fig11 = [f"fig11_{c}.png" for c in plan.concepts if (res / f"fig11_{c}.png").is_file()]
-    L += [f"![{f}](results/{f})" for f in fig11] or ["Not drawn yet."]
+    _, fig_lines = load_records(fig_records, plan)
+    fig11 = []
+    for c in plan.concepts:
+        if (res / f"fig11_{c}.png").is_file():
+            shown = next((list(ln[plan.fig11_steps[0]]["fig11"]) for (r, cc), ln in fig_lines.items()
+                          if cc == c and plan.fig11_steps[0] in ln and "fig11" in ln[plan.fig11_steps[0]]), [])
+            halves = " | ".join(f"columns {1 + k * len(plan.fig11_steps)}-{(k + 1) * len(plan.fig11_steps)}: \"{q}\""
+                                for k, q in enumerate(shown))
+            fig11 += [f"`<{c}>`: {halves}", "", f"![fig11_{c}](results/fig11_{c}.png)", ""]
+    L += fig11[:-1] or ["Not drawn yet."]
     L += ["", "## Limitations", "",
           "- The world is small: 64 x 64 images, a closed grammar, probes in place of CLIP and DINO. It shows what each "
           "method can and cannot do on it; it does not measure Stable Diffusion.",
