@@ -15,7 +15,7 @@ per-step path), and the tiny test model. ``--family sdxl``: the exact SDXL 1.0 U
 attn2 layers, 2.6 B parameters, fp32) with random weights at ``--latent 16`` (128 px), two 1-layer
 text encoders of SDXL's widths (768 and 1280, pooled projection 1280); its training steps are the
 trainer's own Infusion and Textual Inversion methods (one vector per encoder), time ids included. Timings are medians of repeated runs, taken
-interleaved. Peak memory is measured in a fresh subprocess per method (CPU: peak RSS growth
+interleaved; ratios are medians of per-repeat ratios. Peak memory is measured in a fresh subprocess per method (CPU: peak RSS growth
 over the loaded model; CUDA: ``max_memory_allocated``).
 
     python benchmarks/bench_infusion.py [--latent 32] [--steps 4] [--repeats 3] [--out benchmarks/results/infusion.json]
@@ -129,10 +129,17 @@ def bench_generation(kind, latent, steps, repeats):
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "seconds": med,
-        "generation_ratio_infusion_over_base": med["infusion_1"] / med["base"],
-        "concepts_ratio_3_over_1": med["infusion_3"] / med["infusion_1"],
-        "own_maps_ratio_over_infusion": med["infusion_own_maps"] / med["infusion_1"],
+        "generation_ratio_infusion_over_base": _paired(times, "infusion_1", "base"),
+        "concepts_ratio_3_over_1": _paired(times, "infusion_3", "infusion_1"),
+        "own_maps_ratio_over_infusion": _paired(times, "infusion_own_maps", "infusion_1"),
+        "samples": times,
     }
+
+
+def _paired(times: dict, a: str, b: str) -> float:
+    """Median over repeats of a / b timed in the same repeat: drift of a shared machine between repeats cancels
+    (a ratio of two medians would take each from another repeat)."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
 
 def _method_step_fn(pipe, method, latent, batch):
@@ -237,9 +244,9 @@ def bench_training(kind, latent, batch, repeats):
         for k, f in steps.items():
             times[k] += _timeit(f, 1)
     med = {k: statistics.median(v) for k, v in times.items()}
-    r = {"seconds": med, "train_step_ratio_infusion_over_ti": med["infusion"] / med["ti"]}
+    r = {"seconds": med, "train_step_ratio_infusion_over_ti": _paired(times, "infusion", "ti"), "samples": times}
     if "forward_no_grad" in med:
-        r["floor_ratio"] = 1 + med["forward_no_grad"] / med["ti"]
+        r["floor_ratio"] = 1 + statistics.median(f / t for f, t in zip(times["forward_no_grad"], times["ti"], strict=True))
         r["infusion_over_floor"] = r["train_step_ratio_infusion_over_ti"] / r["floor_ratio"]
     return r
 
@@ -285,10 +292,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default="sd", choices=["sd", "sdxl"],
                     help="sd: tiny + SD1.5 UNet config; sdxl: SDXL 1.0 UNet config (defaults --latent 16 --steps 2 "
-                         "--repeats 2, out infusion_sdxl.json)")
+                         "--repeats 4, out infusion_sdxl.json)")
     ap.add_argument("--latent", type=int, default=None, help="UNet latent size (default 32 = 256 px; SDXL 16)")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps per generation (default 4; SDXL 2)")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; SDXL 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; SDXL 4)")
     ap.add_argument("--batch", type=int, default=1, help="training batch")
     ap.add_argument("--models", default=None, help="default tiny,sd15 (--family sdxl: sdxl)")
     ap.add_argument("--parts", default="generation,training,memory", help="which measurements to run")
@@ -298,7 +305,7 @@ def main():
     xl = args.family == "sdxl"
     args.latent = args.latent or (16 if xl else 32)
     args.steps = args.steps or (2 if xl else 4)
-    args.repeats = args.repeats or (2 if xl else 3)
+    args.repeats = args.repeats or (4 if xl else 3)  # SDXL's 3/1 ratio is within 3% of 1: 2 repeats could not tell
     args.models = args.models or ("sdxl" if xl else "tiny,sd15")
     args.out = args.out or f"benchmarks/results/infusion{'_sdxl' if xl else ''}.json"
     if args.child_memory:
