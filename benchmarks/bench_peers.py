@@ -125,8 +125,13 @@ def side(name: str, method: str, kind: str, latent: int, images: Path, batch: in
 
 def _summary(times: dict) -> dict:
     med = {k: {part: statistics.median(v[part]) for part in ("iter", "core")} for k, v in times.items()}
-    return {"seconds": med, "iter_ratio": med["ours"]["iter"] / med["theirs"]["iter"],
-            "core_ratio": med["ours"]["core"] / med["theirs"]["core"], "samples": times}
+    out = {"seconds": med, "iter_ratio": med["ours"]["iter"] / med["theirs"]["iter"],
+           "core_ratio": med["ours"]["core"] / med["theirs"]["core"], "samples": times}
+    if len(times["ours"]["iter"]) == len(times["theirs"]["iter"]):  # interleaved: each repeat's own ratio, whose
+        for part in ("iter", "core"):  # median is robust to the machine's drift over the run
+            out[f"paired_{part}_ratio"] = statistics.median(
+                a / b for a, b in zip(times["ours"][part], times["theirs"][part]))
+    return out
 
 
 def bench_train_interleaved(method, kind, latent, images, batch, repeats, tmp) -> dict:
