@@ -120,21 +120,21 @@ def curve_lines(records: Path, plan: FigurePlan, seeds: int) -> tuple[list[str],
     and last step)."""
     base, lines = load_records(records, plan)
     concepts, rows = figure_scope(base, lines, plan)
-    out = []
-    for r in rows:
+    out, last, zero_rows = [], [], []
+    for r in rows:  # each row's curves once (every point is a bootstrap)
         w2 = w2_curve(base, lines, r, concepts, plan.steps, seeds)
         lfd = lfd_curve(lines, r, concepts, plan.steps)
         if w2 and lfd:
             zero = all(v[1] == 0.0 for v in lfd)
+            zero_rows += [r] if zero else []
+            if w2[-1][0] == plan.steps[-1]:
+                last.append((w2[-1][1], r))
             out.append(f"- {label(r)}: W2 {w2[0][1]:.2f} at step {w2[0][0]} -> {w2[-1][1]:.2f} at {w2[-1][0]}; "
                        + ("LFD exactly 0 at every step." if zero else
                           f"LFD {lfd[0][1]:.2g} -> {lfd[-1][1]:.2g} (largest {max(v[1] for v in lfd):.2g})."))
-    last = {r: w2_curve(base, lines, r, concepts, plan.steps[-1:], seeds) for r in rows}
-    order = sorted((v[0][1], r) for r, v in last.items() if v)
-    if order:
-        out.append(f"- At step {plan.steps[-1]}, W2 lowest first: " + ", ".join(f"{label(r)} {w:.2f}" for w, r in order)
-                   + ". LFD exactly 0: " + (", ".join(label(r) for r in rows if all(
-                       v[1] == 0.0 for v in lfd_curve(lines, r, concepts, plan.steps))) or "none") + ".")
+    if last:
+        out.append(f"- At step {plan.steps[-1]}, W2 lowest first: " + ", ".join(f"{label(r)} {w:.2f}" for w, r in sorted(last))
+                   + ". LFD exactly 0: " + (", ".join(label(r) for r in zero_rows) or "none") + ".")
     return concepts, rows, out
 
 
