@@ -263,7 +263,8 @@ def draw_curves(records: str | Path, plan: FigurePlan, fig_dir: str | Path, seed
                 continue
             x, y, lo, hi = (np.asarray(v, dtype=np.float64) for v in zip(*pts))
             paper = r == PAPER_ROW
-            ax.errorbar(x, y, yerr=[y - lo, hi - y], label=("Infusion (paper)" if paper else r),
+            # a percentile interval of a biased statistic (W2) can miss its estimate: the bar then starts at the point
+            ax.errorbar(x, y, yerr=[np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)], label=("Infusion (paper)" if paper else r),
                         color="black" if paper else colours[i % len(colours)], marker=STYLE_MARKERS[i % len(STYLE_MARKERS)],
                         linewidth=2.6 if paper else 1.3, markersize=5, capsize=2, zorder=3 if paper else 2)
         ax.set_xlabel("training step")
