@@ -37,10 +37,10 @@ from infusion.evaluation.world_results import (
     pooled_list,
     test_prompt_set,
 )
+from infusion.evaluation.world_tables import paired_w2_interval
 from infusion.methods import get_method
 from infusion.metrics.eps import UNetEps
 from infusion.metrics.fisher import latent_fisher_divergence
-from infusion.metrics.wasserstein import wasserstein2
 
 FIGURE_ROWS = (
     Row(PAPER_ROW, "infusion", {}),
@@ -207,16 +207,8 @@ def w2_curve(base: dict, lines: dict, row: str, concepts: list[str], steps, seed
     for step in steps:
         if not all(step in lines.get((row, c), {}) for c in concepts):
             continue
-        sets = [(base[c], np.asarray(lines[(row, c)][step]["pooled"], dtype=np.float64)) for c in concepts]
-
-        def stat(picks):
-            vals = []
-            for (a, b), p in zip(sets, picks):
-                idx = (p[:, None] * seeds + np.arange(seeds)[None, :]).reshape(-1)
-                vals.append(math.sqrt(wasserstein2(a[idx], b[idx])))
-            return float(np.mean(vals))
-
-        out.append((step, *bootstrap_interval([len(a) // seeds for a, _ in sets], stat)))
+        sets = [(base[c], np.asarray(lines[(row, c)][step]["pooled"], dtype=np.float64), seeds) for c in concepts]
+        out.append((step, *paired_w2_interval(sets)))
     return out
 
 

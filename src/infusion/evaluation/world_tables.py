@@ -84,7 +84,13 @@ def w2_cell(pairs: list[tuple[list[dict], list[dict]]]) -> Cell:
         a = np.asarray([theirs[k] for k in keys], dtype=np.float64)
         b = np.asarray([mine[k] for k in keys], dtype=np.float64)
         sets.append((a, b, len(seeds)))
+    return paired_w2_interval(sets) if sets else (math.nan, math.nan, math.nan)
 
+
+def paired_w2_interval(sets: list[tuple[np.ndarray, np.ndarray, int]]) -> Cell:
+    """Mean over concepts of W2 (not squared) between paired feature sets ``(a, b, seeds)``: rows ordered prompt by
+    prompt, ``seeds`` rows each, the same (prompt, seed) in both; the interval resamples prompts within each concept
+    (a prompt's seeds move together, in both sets: same noise)."""
     def stat(picks):
         vals = []
         for (a, b, n), p in zip(sets, picks):
@@ -92,8 +98,6 @@ def w2_cell(pairs: list[tuple[list[dict], list[dict]]]) -> Cell:
             vals.append(math.sqrt(max(0.0, wasserstein2(a[idx], b[idx]))))
         return float(np.mean(vals))
 
-    if not sets:
-        return math.nan, math.nan, math.nan
     return bootstrap_interval([len(a) // n for a, _, n in sets], stat)
 
 
