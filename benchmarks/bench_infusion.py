@@ -300,6 +300,8 @@ def main():
     ap.add_argument("--models", default=None, help="default tiny,sd15 (--family sdxl: sdxl)")
     ap.add_argument("--parts", default="generation,training,memory", help="which measurements to run")
     ap.add_argument("--out", default=None, help="default benchmarks/results/infusion.json (SDXL: infusion_sdxl.json)")
+    ap.add_argument("--merge", action="store_true", help="keep the parts and models of an existing --out that this run "
+                    "does not measure (each part records its own settings and date)")
     ap.add_argument("--child-memory", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     xl = args.family == "sdxl"
@@ -312,27 +314,31 @@ def main():
         kind, latent, method, batch = args.child_memory
         return peak_memory_child(kind, int(latent), method, int(batch))
     torch.manual_seed(0)
+    out = Path(args.out)
     results = {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
                "machine": platform.platform(), "torch": torch.__version__, "args": vars(args), "models": {}}
+    if args.merge and out.is_file():  # the parts measured before keep their figures; the header says this run's
+        results["models"] = json.loads(out.read_text()).get("models", {})
+    settings = {"latent": args.latent, "steps": args.steps, "repeats": args.repeats, "batch": args.batch,
+                "measured": time.strftime("%Y-%m-%d %H:%M")}
     for kind in args.models.split(","):
         parts = args.parts.split(",")
-        r = {}
+        r = results["models"].get(kind, {})
         if "generation" in parts:
-            r["generation"] = g = bench_generation(kind, args.latent, args.steps, args.repeats)
+            r["generation"] = g = {**bench_generation(kind, args.latent, args.steps, args.repeats), "settings": settings}
             print(f"[{kind}] generation Infusion/base = {g['generation_ratio_infusion_over_base']:.3f} (floor 2.0, "
                   f"target <= 2.05); 3 concepts/1 = {g['concepts_ratio_3_over_1']:.3f} (target <= 1.02); maps=own/paper = "
                   f"{g['own_maps_ratio_over_infusion']:.3f}", flush=True)
         if "training" in parts:
-            r["training"] = t = bench_training(kind, args.latent, args.batch, args.repeats)
+            r["training"] = t = {**bench_training(kind, args.latent, args.batch, args.repeats), "settings": settings}
             floor = f"; floor 1 + fwd/TI = {t['floor_ratio']:.3f}" if "floor_ratio" in t else ""
             print(f"[{kind}] train step Infusion/TI = {t['train_step_ratio_infusion_over_ti']:.3f} (target <= 1.4{floor})",
                   flush=True)
         if "memory" in parts:
-            r["memory"] = m = bench_memory(kind, args.latent, args.batch)
+            r["memory"] = m = {**bench_memory(kind, args.latent, args.batch), "settings": settings}
             print(f"[{kind}] peak step memory Infusion/TI = {m['memory_ratio_infusion_over_ti']:.3f} (target <= 1.1); "
                   f"MB: {m['peak_step_mb']}", flush=True)
         results["models"][kind] = r
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
