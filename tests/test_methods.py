@@ -7,13 +7,12 @@ import re
 import numpy as np
 import pytest
 import torch
-
-from infusion.customized import load_customized
-from infusion.core.model_configs import tiny_sd_pipeline
-from infusion.training import TrainConfig, train
-from infusion.methods import get_method
-
 from conftest import write_square_images
+
+from infusion.core.model_configs import tiny_sd_pipeline
+from infusion.customized import load_customized
+from infusion.methods import get_method
+from infusion.training import TrainConfig, train
 
 SMALL_PRIOR = {"num_class_images": 2, "prior_steps": 2}
 
@@ -386,6 +385,7 @@ def test_generation_never_imports_the_trainer(tmp_path):
     import sys
 
     from conftest import random_concept
+
     from infusion.core.model_configs import tiny_sd_pipeline
 
     c = random_concept(tiny_sd_pipeline(), scale=1.0)
@@ -485,3 +485,47 @@ def test_base_images_use_the_callers_generator_state(trained, method):
     out = model(["a photo of <mycat>"], generator=[advanced()], return_base=True, **kw)
     ref = stock(["a photo of teddy bear"], generator=[advanced()], **kw).images
     np.testing.assert_allclose(out.base_images, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, name, allowed, new, args", CASES, ids=IDS)
+def test_bf16_holds_frozen_weights_in_bf16_and_gives_the_pipe_back(tmp_path, method, name, allowed, new, args):
+    """``--mixed-precision bf16`` (diffusers' ``weight_dtype``): during the run every frozen weight of the UNet, text
+    encoder and VAE is bfloat16 and every trained tensor float32 and finite; after it the caller's pipeline has its
+    dtypes and, outside what the method trains, its values back bit for bit; exports (a checkpoint at step 1 and the
+    output) see the float32 base weights."""
+    from infusion.training import Trainer
+
+    images = write_square_images(tmp_path / "images", n=2, size=32, stripes=False)
+    pipe = tiny_sd_pipeline()
+    before = _snapshot(pipe)
+    seen = {}
+
+    def during(report):
+        if report.step == 1:
+            params = [p for m in (pipe.unet, pipe.text_encoder, pipe.vae) for p in m.parameters()]
+            seen["frozen"] = {p.dtype for p in params if not p.requires_grad}
+            seen["frozen_unet"] = {p.dtype for p in pipe.unet.parameters() if not p.requires_grad}
+            seen["trained"] = [(n, p.dtype, bool(torch.isfinite(p).all())) for n, p in run.method.trainable_state().items()
+                               if p.is_floating_point()]  # (Perfusion's state holds a bool flag)
+
+    out = tmp_path / name
+    run = Trainer(_cfg(images, out, method, args, mixed_precision="bf16", checkpoint_every=1), pipe=pipe,
+                  progress=False, callback=during)
+    run.run()
+    if method == "dreambooth":  # the step-1 checkpoint and the output are whole pipelines, written in fp32 as ever
+        from safetensors import safe_open
+
+        for folder in (out, out.with_name(f"{name}-step1")):
+            files = list(folder.rglob("*.safetensors"))
+            assert files
+            for f in files:
+                with safe_open(str(f), "pt") as st:
+                    assert {st.get_tensor(k).dtype for k in st.keys()} == {torch.float32}, f
+    assert seen["frozen"] == {torch.bfloat16}
+    assert seen["frozen_unet"] == ({torch.bfloat16} if method != "dreambooth" else set())  # DreamBooth trains it all
+    assert seen["trained"] and all(d == torch.float32 and ok for _, d, ok in seen["trained"]), seen["trained"]
+    after = _snapshot(pipe)
+    assert {k: v.dtype for k, v in before.items()} == {k: after[k].dtype for k in before}
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert all(any(re.match(a, k) for a in allowed) for k in changed), changed[:5]
+    assert run.frozen.cast_count == 0

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from infusion.cli import main
+from infusion.core.model_configs import tiny_sd_pipeline
+from infusion.core.tokens import STAND_IN
+from infusion.methods import get_method
 from infusion.mlm import Contextualizer, ContextualizerConfig, PretrainConfig, pretrain_contextualizer, save_contextualizer
 from infusion.mlm.prompts import world_prompt_set
-from infusion.core.model_configs import tiny_sd_pipeline
 from infusion.training import TrainConfig, train
-from infusion.methods import get_method
-from infusion.core.tokens import STAND_IN
 from infusion.training.regularizer import build_regularizer, mlm_term
 
 
@@ -275,3 +275,32 @@ def test_mlm_batch_defaults_follow_the_authors(ctx_path, concept_images, tmp_pat
     assert real is None  # the trainer imports it at call time, so the spy is what it used
     with pytest.raises(ValueError, match="--mlm-batch"):
         _cfg(concept_images, tmp_path / "x.safetensors", ctx_path, mlm_batch=0)
+
+
+@pytest.mark.parametrize("method,args,reached,unreached", CASES, ids=[c[0] for c in CASES])
+def test_bf16_regularised_run(method, args, reached, unreached, ctx_path, concept_images, tmp_path):
+    """``--mixed-precision bf16`` with L_MLM: the frozen text encoder and contextualizer run in bfloat16 (the learned
+    vectors or fine-tuned encoder in float32), the loss stays finite, and both come back in float32 after."""
+    from infusion.training import Trainer
+
+    pipe = tiny_sd_pipeline(seed=0)
+    before = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    seen = {}
+
+    def during(report):
+        seen["loss"], seen["mlm"] = report.loss, run.reg.last_loss
+        seen["ctx"] = {p.dtype for p in run.reg.contextualizer.parameters()}
+        seen["encoder"] = {p.dtype for p in pipe.text_encoder.parameters()}
+
+    cfg = _cfg(concept_images, tmp_path / "o", ctx_path, method=method, method_args=args, mlm_lambda=1.0, steps=2,
+               mixed_precision="bf16")
+    run = Trainer(cfg, pipe=pipe, progress=False, callback=during)
+    run.run()
+    assert seen["ctx"] == {torch.bfloat16}
+    assert seen["encoder"] == ({torch.float32} if method == "dreambooth" else {torch.bfloat16})  # trained: fp32 master
+    assert torch.isfinite(torch.tensor([seen["loss"], seen["mlm"]])).all()
+    assert {p.dtype for p in run.reg.contextualizer.parameters()} == {torch.float32}
+    after = pipe.text_encoder.state_dict()
+    assert all(after[k].dtype == v.dtype for k, v in before.items())
+    if method != "dreambooth":
+        assert all(torch.equal(after[k], v) for k, v in before.items())

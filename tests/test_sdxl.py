@@ -5,8 +5,8 @@ across families (DESIGN section 1, issue 13)."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_concept, write_square_images
+
 from infusion.methods.infusion.pipeline import InfusionPipeline, InfusionXLPipeline
 
 STEPS = 3
@@ -181,8 +181,8 @@ def test_sdxl_concept_file_size_from_its_config():
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from infusion.methods.infusion.processor import layer_widths
     from infusion.core.model_configs import sdxl_unet_config
+    from infusion.methods.infusion.processor import layer_widths
 
     with init_empty_weights():
         unet = UNet2DConditionModel(**sdxl_unet_config())
@@ -208,8 +208,8 @@ def test_concepts_do_not_cross_families(xl, tiny_pipe, tmp_path):
 
 
 def test_nan_concept_file_is_refused_at_load(tiny_pipe, tmp_path):
-    from infusion.methods.infusion.concept import Concept
     from infusion.core.safetensors_io import save_safetensors_atomic
+    from infusion.methods.infusion.concept import Concept
 
     c = random_concept(tiny_pipe)
     c.save(tmp_path / "ok.safetensors")
@@ -226,8 +226,8 @@ def test_nan_concept_file_is_refused_at_load(tiny_pipe, tmp_path):
 def test_training_that_goes_non_finite_stops_and_keeps_the_last_good_checkpoint(model, bad_step, tmp_path, monkeypatch):
     """A residual turned NaN by the 3rd optimizer step makes the 4th step's loss NaN; by the 4th, the checkpoint at
     step 4 would save it. Both stop with FloatingPointError; the step-2 checkpoint stays intact and finite."""
-    from infusion.methods.infusion.concept import Concept
     from infusion.core.safetensors_io import read_safetensors
+    from infusion.methods.infusion.concept import Concept
     from infusion.training import TrainConfig, train
     from infusion.training.trainer import state_path, step_path
 
@@ -303,10 +303,10 @@ def test_xl_textual_inversion_file_loads_into_both_encoders_with_diffusers(xl, t
     docs show) gives the same text states the trainer used, and only the token changed."""
     from safetensors.torch import load_file
 
-    from infusion.customized import load_customized
-    from infusion.core.model_families import encode_texts
     from infusion.core.model_configs import tiny_sdxl_pipeline
+    from infusion.core.model_families import encode_texts
     from infusion.core.tokens import encode_with_tokens
+    from infusion.customized import load_customized
 
     before, mods = _frozen(xl)
     _train_xl(xl, tmp_path, "ti", tmp_path / "ti.safetensors", steps=3)
@@ -334,8 +334,8 @@ def test_xl_textual_inversion_file_loads_into_both_encoders_with_diffusers(xl, t
 
 
 def test_xl_lora_file_loads_with_diffusers_and_base_images_are_stock(xl, tmp_path):
-    from infusion.customized import load_customized
     from infusion.core.model_configs import tiny_sdxl_pipeline
+    from infusion.customized import load_customized
 
     _train_xl(xl, tmp_path, "lora", tmp_path / "lora.safetensors", steps=2, rank=2)
     stock = tiny_sdxl_pipeline(seed=0)
@@ -421,8 +421,8 @@ def test_xl_lfd_and_eps_accept_sdxl(xl, tmp_path):
 
 
 def test_xl_training_with_gradient_checkpointing_and_bf16(xl, tmp_path, checkpoint_calls):
-    """bf16 on SDXL: the UNet runs in bfloat16 (accelerate's autocast) through checkpointed blocks, the Deltas stay
-    float32 master weights and the file holds float16; the result points where the float32 run's does, not equal to it."""
+    """bf16 on SDXL: the UNet runs in bfloat16 (accelerate's autocast, frozen weights cast) through checkpointed
+    blocks, the Deltas stay float32 master weights and the file holds float16; the result points where the float32 run's does, not equal to it."""
     from safetensors import safe_open
 
     from infusion.core.model_configs import tiny_sdxl_pipeline
@@ -430,11 +430,18 @@ def test_xl_training_with_gradient_checkpointing_and_bf16(xl, tmp_path, checkpoi
 
     images = write_square_images(tmp_path / "images", n=2)
     kw = dict(model="tiny-sdxl", images=str(images), name="mycat", class_phrase="cat", steps=2, batch_size=1)
-    seen = set()
+    seen, encoders = set(), set()
+    base = {f"{m}.{k}": v.clone() for m in ("unet", "text_encoder", "text_encoder_2")
+            for k, v in getattr(xl, m).state_dict().items()}
     hook = xl.unet.conv_in.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
     concept = train(TrainConfig(out=str(tmp_path / "c.safetensors"), mixed_precision="bf16", gradient_checkpointing=True,
-                                **kw), pipe=xl, progress=False)
+                                **kw), pipe=xl, progress=False,
+                    callback=lambda r: encoders.update(p.dtype for e in (xl.text_encoder, xl.text_encoder_2)
+                                                       for p in e.parameters()))
     hook.remove()
+    assert encoders == {torch.bfloat16}  # both frozen encoders held in bf16 during the run (diffusers' weight_dtype)
+    after = {f"{m}.{k}": v for m in ("unet", "text_encoder", "text_encoder_2") for k, v in getattr(xl, m).state_dict().items()}
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in base.items())  # given back as it came
     assert checkpoint_calls  # the UNet's blocks ran through torch.utils.checkpoint
     assert torch.bfloat16 in seen
     assert all(d.dtype == torch.float32 and torch.isfinite(d).all() for d in concept.deltas.values())

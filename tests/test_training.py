@@ -278,12 +278,12 @@ def test_diffusers_folder_round_trip(tiny_pipe, concept_images, tmp_path):
 def test_single_file_checkpoint(tiny_pipe, concept_images, tmp_path):
     """An original-layout single-file .safetensors (diffusers' from_single_file) trains and generates
     exactly like the diffusers folder it was made from."""
+    from ldm_format import pipeline_to_ldm
     from safetensors.torch import save_file
 
     from infusion.cli import main
     from infusion.core.base_models import load_base_pipeline
     from infusion.methods.infusion.pipeline import InfusionPipeline
-    from ldm_format import pipeline_to_ldm
 
     folder, single = tmp_path / "sd", tmp_path / "sd.safetensors"
     tiny_pipe.save_pretrained(folder)
@@ -323,8 +323,8 @@ def test_dots_in_output_names_are_not_extensions(tmp_path):
 
 
 def test_bf16_mixed_precision_trains_under_autocast_and_saves_fp16(concept_images, tmp_path):
-    """``--mixed-precision bf16`` on CPU: the UNet's matmuls run in bfloat16 (accelerate's autocast), the Deltas stay
-    float32 master weights, and the concept file holds float16 (the format's dtype)."""
+    """``--mixed-precision bf16`` on CPU: the UNet's matmuls run in bfloat16 (accelerate's autocast, frozen weights cast
+    to it), the Deltas stay float32 master weights, and the concept file holds float16 (the format's dtype)."""
     from safetensors import safe_open
 
     from infusion.core.model_configs import tiny_sd_pipeline
@@ -345,6 +345,29 @@ def test_bf16_mixed_precision_trains_under_autocast_and_saves_fp16(concept_image
     train(_cfg(concept_images, tmp_path / "fp.safetensors", steps=1), pipe=pipe2, progress=False)
     hook.remove()
     assert plain_seen == {torch.float32}
+
+
+def test_bf16_gives_the_callers_pipe_back_however_the_run_ends(concept_images, tmp_path):
+    """The frozen weights held in bfloat16 during a bf16 run get their float32 originals back, bit for bit, when the
+    run is cancelled, and when a trainer stepped by hand calls ``restore_weights``."""
+    from infusion.core.model_configs import tiny_sd_pipeline
+    from infusion.training import Trainer
+    from infusion.training.trainer import Cancelled
+
+    pipe = tiny_sd_pipeline()
+    before = _snapshot(pipe)
+    with pytest.raises(Cancelled):
+        train(_cfg(concept_images, tmp_path / "c.safetensors", steps=3, mixed_precision="bf16"), pipe=pipe,
+              progress=False, callback=lambda r: True)
+    after = _snapshot(pipe)
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
+    trainer = Trainer(_cfg(concept_images, tmp_path / "d.safetensors", steps=1, mixed_precision="bf16"), pipe=pipe,
+                      progress=False)
+    trainer.step(0)
+    assert pipe.unet.conv_in.weight.dtype == torch.bfloat16 and pipe.vae.encoder.conv_in.weight.dtype == torch.bfloat16
+    trainer.restore_weights()
+    after = _snapshot(pipe)
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_trainer_steps_are_the_train_loop(concept_images, tmp_path):

@@ -26,6 +26,7 @@ from infusion.core.safetensors_io import read_safetensors, save_safetensors_atom
 from infusion.methods import get_method
 from infusion.training.config import TrainConfig
 from infusion.training.data import caption_templates, encode_latent_stats, load_concept_images
+from infusion.training.precision import FrozenWeights, floating_tensors, weight_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +198,10 @@ class Trainer:
     the benchmarks time ``step`` alone (benchmarks/bench_peers.py).
 
     ``pipe``: an already loaded base pipeline (tests, notebooks); otherwise ``cfg.model`` is loaded.
+    With ``--mixed-precision fp16|bf16`` the frozen base weights (UNet, text encoders, VAE, the MLM contextualizer)
+    are held in that dtype from the end of ``__init__`` and the trained tensors stay fp32 (``precision.py``);
+    exports see the fp32 originals, and ``run()`` puts them back when it ends, however it ends, so the caller's
+    pipeline is left bit-equal. A trainer stepped by hand (the benchmarks) calls ``restore_weights()`` itself.
     ``callback(StepReport) -> bool | None`` after every step (the web page's live progress); returning True stops
     the run cleanly (``Cancelled``, with the resume state saved at that step).
     """
@@ -240,6 +245,8 @@ class Trainer:
         self.noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)  # the training-time forward process
 
         self.fingerprint = base_fingerprint(*families.fingerprint_modules(pipe))
+        # the base model's tensors, before the method adds its own (learned vectors, Deltas, LoRA factors, buffers)
+        base_tensors = floating_tensors([pipe.unet, pipe.vae, *families.text_encoders(pipe)])
 
         with LOAD_LOCK:  # methods build parameters and layers: not while another thread loads a model (models.py)
             self.method = method = method_cls(pipe, cfg)
@@ -260,6 +267,7 @@ class Trainer:
             self.reg = build_regularizer(cfg, mlm_side, pipe.tokenizer, base_fingerprint(pipe.text_encoder),
                                          batch_size=cfg.mlm_batch or method.mlm_batch_size)
             self.mlm = partial(mlm_term, self.reg, mlm_side)  # generator -> lambda * L_MLM
+            base_tensors += floating_tensors([self.reg.contextualizer])
         params = method.trainable_parameters()  # only these: frozen weights get no optimizer state
         if not params:
             raise ValueError(f"method {cfg.method!r} has no trainable parameters")
@@ -271,6 +279,14 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(method, optimizer)
         T = self.noise_sched.config.num_train_timesteps
         self.T, self.t_hi = T, method.max_train_timestep(T)  # instance rows' timesteps: [0, t_hi)
+        # last, so that nothing can fail with the caller's pipeline cast: the cached latents, prior and text states
+        # were made in fp32; from here frozen weights are fp16/bf16, the trained ones (what requires grad now) fp32
+        self.frozen = FrozenWeights(base_tensors, weight_dtype(cfg.mixed_precision))
+        self.frozen.cast()
+
+    def restore_weights(self) -> None:
+        """Give the frozen weights their fp32 originals back (bit-equal; ``run()`` does it when it ends)."""
+        self.frozen.restore()
 
     def step(self, step: int) -> torch.Tensor:
         """One whole iteration of step ``step`` (its randomness from ``_step_generator``): ``update(draw(step))`` ->
@@ -312,7 +328,8 @@ class Trainer:
         if self.text_cache is not None:
             text = self.text_cache.select(cap)
         else:
-            text = method.encode_captions([self.all_captions[i] for i in cap])
+            with accelerator.autocast():  # the frozen text encoder is in the weight dtype, the learned vectors fp32
+                text = method.encode_captions([self.all_captions[i] for i in cap])
         if self.time_ids is not None:  # (rows, 6): instance rows' images, then the prior rows' (generated at the resolution)
             prior_ids = [self.prior_time_ids.expand(len(cap) - len(idx), -1)] if len(cap) > len(idx) else []
             text = text.with_time_ids(torch.cat([self.time_ids[idx]] + prior_ids))
@@ -332,7 +349,14 @@ class Trainer:
         return loss.detach()
 
     def run(self):
-        """Steps ``start`` .. ``cfg.steps`` with progress, callbacks and checkpoints; returns what the method exports."""
+        """Steps ``start`` .. ``cfg.steps`` with progress, callbacks and checkpoints; returns what the method exports.
+        The frozen weights get their fp32 originals back when it ends, finished, cancelled or failed."""
+        try:
+            return self._run()
+        finally:
+            self.restore_weights()
+
+    def _run(self):
         import sys
 
         cfg, accelerator, model, optimizer, out = self.cfg, self.accelerator, self.model, self.optimizer, self.out
@@ -366,10 +390,12 @@ class Trainer:
                         save_state(state_path(out), accelerator.unwrap_model(model), optimizer, done, cfg)
                     if cfg.keep_checkpoints:  # before the new one is written: never more than keep_checkpoints on disk
                         drop_old_checkpoints(out, done, cfg.checkpoint_every, cfg.keep_checkpoints)
-                    accelerator.unwrap_model(model).export(step_path(out, done), self.fingerprint)
+                    with self.frozen.full_precision():  # a whole pipeline (DreamBooth) is written in fp32, as always
+                        accelerator.unwrap_model(model).export(step_path(out, done), self.fingerprint)
         bar.close()
         _check_finite(method, cfg.steps - 1, out)
         accelerator.wait_for_everyone()
+        self.restore_weights()  # the export sees the fp32 base weights
         result = None
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
