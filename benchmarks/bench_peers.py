@@ -81,11 +81,13 @@ class Ours:
         from infusion.training import TrainConfig, Trainer, get_method
 
         cls = get_method(method)
+        keep_grads = options.pop("keep_grads", False)  # zero_grad(set_to_none=False), the DreamBooth script's default
         args = {"prior_loss_weight": 0} if "prior_loss_weight" in (cls.method_args_help or {}) else {}
         cfg = TrainConfig(model="bench", images=str(images), name="mycat", class_phrase="cat", out=str(out),
                           method=method, batch_size=batch, resolution=resolution, steps=10**6, method_args=args,
                           save_state=False, **options)
         self.trainer = Trainer(cfg, pipe=pipe, progress=False)
+        self.trainer.set_grads_to_none = not keep_grads
         self.i = 0
 
     def iteration(self) -> tuple[float, float]:
@@ -200,13 +202,21 @@ def bench_memory(method, kind, latent, images, batch, threads) -> dict:
     return {"peak_mb": peak, "memory_ratio": peak["ours"] / peak["theirs"]}
 
 
-def bench_train_separate(method, kind, latent, images, batch, repeats, threads) -> dict:
+def bench_train_separate(method, kind, latent, images, batch, repeats, threads, keep_grads=False) -> dict:
     runs = {n: _child(["--child", n, method, kind, str(latent), str(images), str(batch), str(repeats),
                        "--threads", str(threads)]) for n in ("ours", "theirs")}
     r = _summary({n: {"iter": v["iter"], "core": v["core"]} for n, v in runs.items()})
+    r.pop("paired_iter_ratio", None), r.pop("paired_core_ratio", None)  # not interleaved: no repeat pairs
     r["note"] = "each side in its own process, one after the other (not interleaved): two fit in no 23 GB machine"
     r["memory"] = {"peak_mb": {n: v["peak_mb"] for n, v in runs.items()},
                    "memory_ratio": runs["ours"]["peak_mb"] / runs["theirs"]["peak_mb"]}
+    if keep_grads:  # ours again with zero_grad(set_to_none=False): the gradient buffers kept between steps, as theirs
+        k = _child(["--child", "ours", method, kind, str(latent), str(images), str(batch), str(repeats),
+                    "--threads", str(threads), "--child-options", json.dumps({"keep_grads": True})])
+        med = statistics.median(k["iter"])
+        r["keep_grads"] = {"seconds": {"iter": med, "core": statistics.median(k["core"])}, "samples": k,
+                           "iter_ratio": med / r["seconds"]["theirs"]["iter"], "peak_mb": k["peak_mb"],
+                           "memory_ratio": k["peak_mb"] / runs["theirs"]["peak_mb"]}
     return r
 
 
@@ -286,9 +296,11 @@ def summary(results: dict) -> list[dict]:
     """Every ratio with its target: training steps <= 1.0, peak memory <= 1.05, generation <= 1.02."""
     rows = []
     for method, r in results.get("training", {}).items():
-        for part, key in (("iter", "iter_ratio"), ("core", "core_ratio")):
+        for part in ("iter", "core"):  # interleaved: the median of per-repeat ratios (robust to drift), else of times
+            key = f"paired_{part}_ratio" if f"paired_{part}_ratio" in r else f"{part}_ratio"
             if key in r:
-                rows.append({"what": f"{method} {part}", "ratio": r[key], "target": TARGETS[part]})
+                rows.append({"what": f"{method} {part}" + (" (paired)" if key.startswith("paired") else ""),
+                             "ratio": r[key], "target": TARGETS[part]})
         if "memory" in r:
             rows.append({"what": f"{method} peak memory", "ratio": r["memory"]["memory_ratio"], "target": TARGETS["memory"]})
     for k, v in results.get("generation", {}).items():
@@ -308,10 +320,14 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-repeats", type=int, default=None, help="timed generations per side (default 3; quick 2)")
     ap.add_argument("--db-repeats", type=int, default=3, help="timed DreamBooth iterations per side (its AdamW over "
                     "the whole UNet makes each the dearest)")
+    ap.add_argument("--keep-grads", action="store_true", help="DreamBooth: also time ours with zero_grad(set_to_none="
+                    "False), the gradient buffers kept between steps as train_dreambooth.py does")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the machine's cores)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--parts", default="training,memory,generation,options")
     ap.add_argument("--out", default=None, help="default benchmarks/results/peers_cpu.json (quick: peers_quick.json)")
+    ap.add_argument("--merge", action="store_true", help="keep what an existing --out holds for the methods and parts "
+                    "this run does not measure (each entry records its own settings and date)")
     ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     ap.add_argument("--child-options", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -339,6 +355,13 @@ def main(argv=None) -> int:
                "model": kind, "args": vars(args), "reference_scripts": SCRIPTS, "deviations": DEVIATIONS,
                "training": {}}
     parts = args.parts.split(",")
+    out = Path(args.out)
+    if args.merge and out.is_file():  # earlier entries keep their figures; the header says this run's settings
+        old = json.loads(out.read_text())
+        results["training"] = old.get("training", {})
+        results.update({k: old[k] for k in ("generation", "options") if k in old})
+    settings = {"latent": args.latent, "batch": args.batch, "repeats": args.repeats, "db_repeats": args.db_repeats,
+                "steps": args.steps, "gen_repeats": args.gen_repeats, "measured": time.strftime("%Y-%m-%d %H:%M")}
     t_start = time.perf_counter()
     files = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -351,7 +374,7 @@ def main(argv=None) -> int:
             if "training" in parts:
                 if method in SEPARATE:
                     r = bench_train_separate(method, kind, latent, images, args.batch, min(args.repeats, args.db_repeats),
-                                             args.threads)
+                                             args.threads, args.keep_grads)
                 else:
                     r = bench_train_interleaved(method, kind, latent, images, args.batch, args.repeats, tmp)
                     if method in ("ti", "lora") and "generation" in parts:  # the files generation loads
@@ -368,22 +391,23 @@ def main(argv=None) -> int:
             if "memory" in r:
                 print(f"[{method}] peak memory ours/theirs = {r['memory']['memory_ratio']:.3f}  "
                       f"(MB: {r['memory']['peak_mb']})", flush=True)
-            results["training"][method] = r
+            if r:
+                results["training"][method] = {**r, "settings": settings}
         if "options" in parts:
-            results["options"] = o = bench_options("custom-diffusion", kind, latent, images, args.batch, 2,
-                                                   args.threads)
+            results["options"] = o = {**bench_options("custom-diffusion", kind, latent, images, args.batch, 2,
+                                                      args.threads), "settings": settings}
             print(f"[options, custom-diffusion] iteration / fp32: {o['iter_ratio_to_fp32']}; peak memory / fp32: "
                   f"{o['memory_ratio_to_fp32']}", flush=True)
         if "generation" in parts:
             results["generation"] = gen = bench_generation(kind, latent, args.steps, args.gen_repeats, files)
             for k, v in gen.items():
+                v["settings"] = settings
                 print(f"[generation {k}] ours/theirs = {v['ratio']:.3f}  (s: {v['seconds']})", flush=True)
     results["wall_seconds"] = time.perf_counter() - t_start
     results["summary"] = summary(results)
     print("ours / theirs (target):")
     for row in results["summary"]:
         print(f"  {row['what']:38} {row['ratio']:.3f}  (<= {row['target']})  {'ok' if row['ok'] else 'ABOVE'}")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out} ({results['wall_seconds']:.0f} s)")

@@ -279,6 +279,10 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(method, optimizer)
         T = self.noise_sched.config.num_train_timesteps
         self.T, self.t_hi = T, method.max_train_timestep(T)  # instance rows' timesteps: [0, t_hi)
+        # zero_grad(set_to_none=True), as torch's default and diffusers' LoRA and TI scripts: a parameter without a
+        # gradient in a step is skipped by AdamW. False (the DreamBooth script's default) keeps the gradient buffers
+        # between steps (benchmarks/bench_peers.py measures both for DreamBooth)
+        self.set_grads_to_none = True
         # last, so that nothing can fail with the caller's pipeline cast: the cached latents, prior and text states
         # were made in fp32; from here frozen weights are fp16/bf16, the trained ones (what requires grad now) fp32
         self.frozen = FrozenWeights(base_tensors, weight_dtype(cfg.mixed_precision))
@@ -345,7 +349,7 @@ class Trainer:
                 loss = loss + self.mlm(batch.generator)
         accelerator.backward(loss)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.set_grads_to_none)
         return loss.detach()
 
     def run(self):
