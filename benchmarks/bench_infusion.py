@@ -48,6 +48,8 @@ def build(kind: str, latent: int):
         return tiny_sd_pipeline()
     if kind == "sdxl":
         return build_sdxl(latent)
+    if kind == "sd15-full":
+        return build_sd15_full(latent)
     unet, vae = _unet_and_small_vae(sd15_unet_config(), latent)
     base = tiny_sd_pipeline()
     te = CLIPTextModel(CLIPTextConfig(vocab_size=len(base.tokenizer), hidden_size=768, intermediate_size=3072,
@@ -57,6 +59,24 @@ def build(kind: str, latent: int):
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_sd15_full(latent: int):
+    """Every part at Stable Diffusion 1.5's config with random weights: the UNet, the VAE (4 blocks of 128-512
+    channels, 2 layers each) and the CLIP ViT-L/14 text encoder (12 layers of width 768), for comparisons whose
+    per-step path includes the VAE encoder and the text encoder (diffusers' training scripts run both every step)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from infusion.core.model_configs import assemble_pipeline, clip_text_encoder, load_tokenizer, sd15_unet_config
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**sd15_unet_config(), "sample_size": latent})
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=8 * latent, scaling_factor=0.18215)
+    tok = load_tokenizer()
+    te = clip_text_encoder(768, layers=12, heads=12, tokenizer=tok)
+    return assemble_pipeline(vae, te, unet, tok)
 
 
 def _unet_and_small_vae(config: dict, latent: int):
@@ -110,6 +130,7 @@ def bench_generation(kind, latent, steps, repeats):
 
     base = build(kind, latent)
     pipe = InfusionPipeline.from_pipe(base)
+    pipe.set_progress_bar_config(disable=True)
     one, three = concepts_for(pipe, 1), concepts_for(pipe, 3)
     own = [dataclasses.replace(one[0], name="o0", maps="own")]
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731

@@ -26,10 +26,13 @@ Options (ours only, Custom Diffusion, each in its own process): fp32, ``--mixed-
 ``--gradient-checkpointing`` and, where bitsandbytes is importable, ``--optimizer adamw8bit``: iteration time and
 peak memory, ratios to fp32.
 
-Model: the exact SD1.5 UNet config with random weights (``bench_infusion.build``: small VAE, 1-layer CLIP text
-encoder of width 768) at ``--latent`` 16 (128 px), batch 1, 2 threads, 5 training repeats (DreamBooth 3), 3
-generation repeats of 4 steps: chosen so that the full run stays under ~10 minutes on a quiet 2-core CPU (estimated
-8-10; on the busy machine this was written on, several times that). ``--quick``: the tiny test model, 2 repeats (a smoke test). Ratios are
+Model (``--model sd15-full``, the default): every part at Stable Diffusion 1.5's config with random weights
+(``bench_infusion.build_sd15_full``: the UNet, the VAE, the 12-layer CLIP ViT-L/14 text encoder), since the scripts
+run the VAE encoder and the text encoder every step; ``--model sd15``: SD 1.5's UNet with a small VAE and a
+1-layer text encoder (what the figures before 2026-12-07 used). ``--latent`` 16 (128 px), batch 1, 2 threads, 5
+training repeats (DreamBooth 3), 3 generation repeats of 4 steps: the full run takes ~12 minutes on a quiet
+2-core CPU. ``--quick``: the tiny test model, 2 repeats (a smoke test). ``--merge`` measures some methods or parts
+and keeps the rest of ``--out``. Ratios are
 ours / theirs (< 1: ours faster or lighter).
 
     python benchmarks/bench_peers.py [--latent 16] [--repeats 5] [--gen-repeats 3] [--steps 4]
@@ -81,13 +84,14 @@ class Ours:
         from infusion.training import TrainConfig, Trainer, get_method
 
         cls = get_method(method)
-        keep_grads = options.pop("keep_grads", False)  # zero_grad(set_to_none=False), the DreamBooth script's default
+        keep_grads = options.pop("keep_grads", None)  # True/False: set_to_none=not keep_grads; None: the trainer's rule
         args = {"prior_loss_weight": 0} if "prior_loss_weight" in (cls.method_args_help or {}) else {}
         cfg = TrainConfig(model="bench", images=str(images), name="mycat", class_phrase="cat", out=str(out),
                           method=method, batch_size=batch, resolution=resolution, steps=10**6, method_args=args,
                           save_state=False, **options)
         self.trainer = Trainer(cfg, pipe=pipe, progress=False)
-        self.trainer.set_grads_to_none = not keep_grads
+        if keep_grads is not None:
+            self.trainer.set_grads_to_none = not keep_grads
         self.i = 0
 
     def iteration(self) -> tuple[float, float]:
@@ -202,7 +206,7 @@ def bench_memory(method, kind, latent, images, batch, threads) -> dict:
     return {"peak_mb": peak, "memory_ratio": peak["ours"] / peak["theirs"]}
 
 
-def bench_train_separate(method, kind, latent, images, batch, repeats, threads, keep_grads=False) -> dict:
+def bench_train_separate(method, kind, latent, images, batch, repeats, threads, also_free_grads=False) -> dict:
     runs = {n: _child(["--child", n, method, kind, str(latent), str(images), str(batch), str(repeats),
                        "--threads", str(threads)]) for n in ("ours", "theirs")}
     r = _summary({n: {"iter": v["iter"], "core": v["core"]} for n, v in runs.items()})
@@ -210,11 +214,12 @@ def bench_train_separate(method, kind, latent, images, batch, repeats, threads, 
     r["note"] = "each side in its own process, one after the other (not interleaved): two fit in no 23 GB machine"
     r["memory"] = {"peak_mb": {n: v["peak_mb"] for n, v in runs.items()},
                    "memory_ratio": runs["ours"]["peak_mb"] / runs["theirs"]["peak_mb"]}
-    if keep_grads:  # ours again with zero_grad(set_to_none=False): the gradient buffers kept between steps, as theirs
+    if also_free_grads:  # ours again with zero_grad(set_to_none=True): the gradient buffers freed every step (the trainer
+        # keeps them on a CPU)
         k = _child(["--child", "ours", method, kind, str(latent), str(images), str(batch), str(repeats),
-                    "--threads", str(threads), "--child-options", json.dumps({"keep_grads": True})])
+                    "--threads", str(threads), "--child-options", json.dumps({"keep_grads": False})])
         med = statistics.median(k["iter"])
-        r["keep_grads"] = {"seconds": {"iter": med, "core": statistics.median(k["core"])}, "samples": k,
+        r["grads_to_none"] = {"seconds": {"iter": med, "core": statistics.median(k["core"])}, "samples": k,
                            "iter_ratio": med / r["seconds"]["theirs"]["iter"], "peak_mb": k["peak_mb"],
                            "memory_ratio": k["peak_mb"] / runs["theirs"]["peak_mb"]}
     return r
@@ -313,6 +318,9 @@ def summary(results: dict) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny model, 2 repeats, 2 generation steps")
+    ap.add_argument("--model", default="sd15-full", choices=["sd15-full", "sd15"],
+                    help="sd15-full: every part at SD 1.5's config (the VAE encoder and the 12-layer text encoder the "
+                         "scripts run per step); sd15: SD 1.5's UNet with a small VAE and a 1-layer text encoder")
     ap.add_argument("--latent", type=int, default=16, help="latent side (16 = 128 px)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=None, help="timed iterations per side (default 5; quick 2)")
@@ -320,8 +328,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-repeats", type=int, default=None, help="timed generations per side (default 3; quick 2)")
     ap.add_argument("--db-repeats", type=int, default=3, help="timed DreamBooth iterations per side (its AdamW over "
                     "the whole UNet makes each the dearest)")
-    ap.add_argument("--keep-grads", action="store_true", help="DreamBooth: also time ours with zero_grad(set_to_none="
-                    "False), the gradient buffers kept between steps as train_dreambooth.py does")
+    ap.add_argument("--also-free-grads", action="store_true", help="DreamBooth: also time ours with zero_grad(set_to_none="
+                    "True), the gradient buffers freed every step (the trainer keeps them on a CPU)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the machine's cores)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--parts", default="training,memory,generation,options")
@@ -336,7 +344,7 @@ def main(argv=None) -> int:
         name, method, kind, latent, images, batch, repeats = args.child
         return child_run(name, method, kind, int(latent), images, int(batch), int(repeats),
                          json.loads(args.child_options)) or 0
-    kind = "tiny" if args.quick else "sd15"
+    kind = "tiny" if args.quick else args.model
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.steps = args.steps or (2 if args.quick else 4)
     args.gen_repeats = args.gen_repeats or (2 if args.quick else 3)
@@ -374,7 +382,7 @@ def main(argv=None) -> int:
             if "training" in parts:
                 if method in SEPARATE:
                     r = bench_train_separate(method, kind, latent, images, args.batch, min(args.repeats, args.db_repeats),
-                                             args.threads, args.keep_grads)
+                                             args.threads, args.also_free_grads)
                 else:
                     r = bench_train_interleaved(method, kind, latent, images, args.batch, args.repeats, tmp)
                     if method in ("ti", "lora") and "generation" in parts:  # the files generation loads
