@@ -148,13 +148,30 @@ def bench_generation(kind, latent, steps, repeats):
         for k, f in runs.items():
             times[k] += _timeit(f, 1)
     med = {k: statistics.median(v) for k, v in times.items()}
+    flops = {k: _flops(runs[k]) for k in ("base", "infusion_1", "infusion_3")}
     return {
         "seconds": med,
         "generation_ratio_infusion_over_base": _paired(times, "infusion_1", "base"),
         "concepts_ratio_3_over_1": _paired(times, "infusion_3", "infusion_1"),
         "own_maps_ratio_over_infusion": _paired(times, "infusion_own_maps", "infusion_1"),
+        # the fastest run of each (what the code costs with the least interference; timeit's rule)
+        "min_ratios": {"infusion_over_base": min(times["infusion_1"]) / min(times["base"]),
+                       "concepts_3_over_1": min(times["infusion_3"]) / min(times["infusion_1"]),
+                       "own_maps_over_infusion": min(times["infusion_own_maps"]) / min(times["infusion_1"])},
+        # deterministic: floating-point operations of one generation (matmuls, convolutions, attention)
+        "flops": flops,
+        "flops_ratio_3_over_1": flops["infusion_3"] / flops["infusion_1"],
         "samples": times,
     }
+
+
+def _flops(fn) -> int:
+    """Floating-point operations of one call of ``fn`` (torch's FlopCounterMode: matmuls, convolutions, SDPA)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 def _paired(times: dict, a: str, b: str) -> float:
@@ -348,7 +365,8 @@ def main():
         if "generation" in parts:
             r["generation"] = g = {**bench_generation(kind, args.latent, args.steps, args.repeats), "settings": settings}
             print(f"[{kind}] generation Infusion/base = {g['generation_ratio_infusion_over_base']:.3f} (floor 2.0, "
-                  f"target <= 2.05); 3 concepts/1 = {g['concepts_ratio_3_over_1']:.3f} (target <= 1.02); maps=own/paper = "
+                  f"target <= 2.05); 3 concepts/1 = {g['concepts_ratio_3_over_1']:.3f} (target <= 1.02; fastest runs "
+                  f"{g['min_ratios']['concepts_3_over_1']:.3f}, FLOPs {g['flops_ratio_3_over_1']:.4f}); maps=own/paper = "
                   f"{g['own_maps_ratio_over_infusion']:.3f}", flush=True)
         if "training" in parts:
             r["training"] = t = {**bench_training(kind, args.latent, args.batch, args.repeats), "settings": settings}
