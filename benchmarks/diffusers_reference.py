@@ -41,8 +41,9 @@ DB = "examples/dreambooth/train_dreambooth.py"
 SCRIPTS = {"ti": TI, "lora": LORA, "custom-diffusion": CD, "dreambooth": DB}
 
 DEVIATIONS = [
-    ("models: the SD1.5 UNet config with random weights, a 1-layer CLIP text encoder of SD1.5's width and a small "
-     "VAE (bench_infusion.build), on both sides, instead of from_pretrained of a hub model (offline)"),
+    ("models: SD1.5's configs with random weights on both sides (bench_peers --model sd15-full: UNet, VAE, 12-layer "
+     "CLIP ViT-L/14 text encoder; --model sd15: a 1-layer text encoder and a small VAE), instead of from_pretrained of "
+     "a hub model (offline)"),
     ("torchvision transforms (Resize, RandomCrop/CenterCrop, ToTensor, Normalize, RandomHorizontalFlip) written with "
      "PIL/numpy/torch: the same operations"),
     ("flags set alike on both sides instead of each script's default: --train_batch_size (the benchmark's batch), "
