@@ -35,7 +35,7 @@ training repeats (DreamBooth 3), 3 generation repeats of 4 steps: the full run t
 and keeps the rest of ``--out``. Ratios are
 ours / theirs (< 1: ours faster or lighter).
 
-    python benchmarks/bench_peers.py [--latent 16] [--repeats 5] [--gen-repeats 3] [--steps 4]
+    python benchmarks/bench_peers.py [--latent 16] [--repeats 5] [--gen-repeats 8] [--steps 4]
                                      [--parts training,memory,generation,options] [--out benchmarks/results/peers_cpu.json]
     python benchmarks/bench_peers.py --quick --out /tmp/peers_quick.json
 """
@@ -258,7 +258,8 @@ def _alternate(runs: dict, repeats: int) -> dict:
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     a, b = list(med)
-    return {"seconds": med, "ratio": med[a] / med[b]}
+    paired = statistics.median(x / y for x, y in zip(times[a], times[b]))  # per-repeat ratios: robust to drift
+    return {"seconds": med, "ratio_of_medians": med[a] / med[b], "ratio": paired, "samples": times}
 
 
 def _generation_pair(ours, ours_prompt, theirs, theirs_prompt, steps, repeats) -> dict:
@@ -325,7 +326,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=None, help="timed iterations per side (default 5; quick 2)")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps per generation (default 4; quick 2)")
-    ap.add_argument("--gen-repeats", type=int, default=None, help="timed generations per side (default 3; quick 2)")
+    ap.add_argument("--gen-repeats", type=int, default=None, help="timed generations per side (default 8; quick 2)")
     ap.add_argument("--db-repeats", type=int, default=3, help="timed DreamBooth iterations per side (its AdamW over "
                     "the whole UNet makes each the dearest)")
     ap.add_argument("--also-free-grads", action="store_true", help="DreamBooth: also time ours with zero_grad(set_to_none="
@@ -347,7 +348,7 @@ def main(argv=None) -> int:
     kind = "tiny" if args.quick else args.model
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.steps = args.steps or (2 if args.quick else 4)
-    args.gen_repeats = args.gen_repeats or (2 if args.quick else 3)
+    args.gen_repeats = args.gen_repeats or (2 if args.quick else 8)
     args.out = args.out or f"benchmarks/results/peers_{'quick' if args.quick else 'cpu'}.json"
     import accelerate
     import diffusers
@@ -368,9 +369,15 @@ def main(argv=None) -> int:
         old = json.loads(out.read_text())
         results["training"] = old.get("training", {})
         results.update({k: old[k] for k in ("generation", "options") if k in old})
-    settings = {"latent": args.latent, "batch": args.batch, "repeats": args.repeats, "db_repeats": args.db_repeats,
+    settings = {"model": kind, "latent": args.latent, "batch": args.batch, "repeats": args.repeats,
+                "db_repeats": args.db_repeats,
                 "steps": args.steps, "gen_repeats": args.gen_repeats, "measured": time.strftime("%Y-%m-%d %H:%M")}
     t_start = time.perf_counter()
+
+    def save(results):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**results, "summary": summary(results)}, indent=1))
+
     files = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -385,15 +392,16 @@ def main(argv=None) -> int:
                                              args.threads, args.also_free_grads)
                 else:
                     r = bench_train_interleaved(method, kind, latent, images, args.batch, args.repeats, tmp)
-                    if method in ("ti", "lora") and "generation" in parts:  # the files generation loads
-                        pipe = build(kind, latent)
-                        o = Ours(method, pipe, images, args.batch, res, tmp / f"{method}.safetensors")
-                        o.iteration()
-                        files[method] = o.export(tmp / f"{method}.safetensors") and tmp / f"{method}.safetensors"
-                        del o, pipe
                 gc.collect()
                 print(f"[{method}] iteration ours/theirs = {r['iter_ratio']:.3f}, core = {r['core_ratio']:.3f}  "
                       f"(s: {r['seconds']})", flush=True)
+            if method in ("ti", "lora") and "generation" in parts:  # the files generation loads: one step of ours
+                pipe = build(kind, latent)
+                o = Ours(method, pipe, images, args.batch, res, tmp / f"{method}.safetensors")
+                o.iteration()
+                files[method] = o.export(tmp / f"{method}.safetensors") and tmp / f"{method}.safetensors"
+                del o, pipe
+                gc.collect()
             if "memory" in parts and method not in SEPARATE:
                 r["memory"] = bench_memory(method, kind, latent, images, args.batch, args.threads)
             if "memory" in r:
@@ -401,6 +409,7 @@ def main(argv=None) -> int:
                       f"(MB: {r['memory']['peak_mb']})", flush=True)
             if r:
                 results["training"][method] = {**r, "settings": settings}
+                save(results)  # each finished method is kept if a later one fails (e.g. killed for memory)
         if "options" in parts:
             results["options"] = o = {**bench_options("custom-diffusion", kind, latent, images, args.batch, 2,
                                                       args.threads), "settings": settings}
@@ -416,8 +425,7 @@ def main(argv=None) -> int:
     print("ours / theirs (target):")
     for row in results["summary"]:
         print(f"  {row['what']:38} {row['ratio']:.3f}  (<= {row['target']})  {'ok' if row['ok'] else 'ABOVE'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    save(results)
     print(f"wrote {out} ({results['wall_seconds']:.0f} s)")
     return 0
 

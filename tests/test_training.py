@@ -322,19 +322,25 @@ def test_dots_in_output_names_are_not_extensions(tmp_path):
     assert prior_folder(a).name == "cd-lambda0.001.prior"
 
 
-def test_bf16_mixed_precision_trains_under_autocast_and_saves_fp16(concept_images, tmp_path):
+def test_bf16_mixed_precision_trains_under_autocast_and_saves_fp16(concept_images, tmp_path, caplog):
     """``--mixed-precision bf16`` on CPU: the UNet's matmuls run in bfloat16 (accelerate's autocast, frozen weights cast
-    to it), the Deltas stay float32 master weights, and the concept file holds float16 (the format's dtype)."""
+    to it), the Deltas stay float32 master weights, and the concept file holds float16 (the format's dtype). On a CPU
+    without bf16 instructions the run warns that fp32 is faster."""
+    import logging
+
     from safetensors import safe_open
 
     from infusion.core.model_configs import tiny_sd_pipeline
+    from infusion.training.trainer import _cpu_has_bf16
 
     pipe = tiny_sd_pipeline()
     seen = set()
     hook = pipe.unet.conv_in.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
     out = tmp_path / "bf.safetensors"
-    c = train(_cfg(concept_images, out, steps=2, mixed_precision="bf16"), pipe=pipe, progress=False)
+    with caplog.at_level(logging.WARNING, logger="infusion.training.trainer"):
+        c = train(_cfg(concept_images, out, steps=2, mixed_precision="bf16"), pipe=pipe, progress=False)
     hook.remove()
+    assert ("--mixed-precision no is faster here" in caplog.text) == (not _cpu_has_bf16())
     assert torch.bfloat16 in seen
     assert all(torch.isfinite(d).all() and d.abs().sum() > 0 for d in c.deltas.values())
     with safe_open(str(out), "pt") as f:

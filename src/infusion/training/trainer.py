@@ -134,6 +134,14 @@ def _allow_new_precision(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (oneDNN's check: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 
@@ -217,6 +225,9 @@ class Trainer:
         self.cfg, self.progress, self.callback = cfg, progress, callback
         _allow_new_precision(cfg.mixed_precision)
         self.accelerator = accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        if cfg.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not _cpu_has_bf16():
+            logger.warning("--mixed-precision bf16 on a CPU without bf16 instructions is slow (a Custom Diffusion step "
+                           "measured 21x fp32's, benchmarks/results/peers_cpu.json): --mixed-precision no is faster here")
         set_seed(cfg.seed)
         self.out = out = Path(cfg.out)
         out.parent.mkdir(parents=True, exist_ok=True)
