@@ -137,3 +137,29 @@ def test_gradient_reaches_only_the_delta():
     for lin in (attn.to_q, attn.to_k, attn.to_v):
         assert all(p.grad is None for p in lin.parameters())
     assert attn.to_out[0].weight.grad is not None
+
+
+def test_install_processors_repeat_skips_module_walk_and_reinstalls_after_a_swap(tiny_pipe, monkeypatch):
+    """A repeat install (one per generation) returns the same processors without walking the UNet; a UNet whose
+    processors were swapped for stock ones gets Infusion processors again."""
+    from infusion.methods.infusion.processor import cross_attention_layers, install_processors
+
+    unet = tiny_pipe.unet
+    first = install_processors(unet)
+    assert set(first) == set(cross_attention_layers(unet)) and first
+    walks = []
+    real = type(unet).named_modules
+
+    def counting(self, *a, **k):
+        walks.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(unet), "named_modules", counting)
+    again = install_processors(unet)
+    assert walks == [] and all(again[n] is first[n] for n in first)
+    unet.set_attn_processor(AttnProcessor2_0())
+    walks.clear()
+    fresh = install_processors(unet)
+    assert walks and set(fresh) == set(first)
+    assert all(isinstance(p, InfusionAttnProcessor) and p is not first[n] for n, p in fresh.items())
+    assert all(m.processor is fresh[n] for n, m in cross_attention_layers(unet).items())

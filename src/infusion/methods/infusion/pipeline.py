@@ -22,6 +22,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.utils import BaseOutput
 
+import infusion.core.base_models  # noqa: F401  (quiets diffusers' empty float32-modules warning on from_pipe)
 from infusion.core.model_families import SDXL, family_of, family_of_files, fingerprint_modules
 from infusion.core.placeholders import ParsedPrompt, parse_prompt, prompt_lists
 from infusion.methods.infusion.concept import Concept, base_fingerprint

@@ -365,10 +365,16 @@ def layer_widths(unet) -> dict[str, int]:
 def install_processors(unet) -> dict[str, InfusionAttnProcessor]:
     """Put ``InfusionAttnProcessor`` on every ``attn2`` and ``SelfAttnProcessor`` elsewhere.
 
-    Idempotent: returns the existing Infusion processors when already installed.
+    Idempotent: returns the existing Infusion processors when already installed. The layers found are kept
+    on the UNet (``_infusion_layers``), so a repeat call (one per generation) checks each layer's processor
+    instead of walking every module twice (~30 ms on SDXL).
     """
+    cached = getattr(unet, "_infusion_layers", None)
+    if cached is not None and all(isinstance(m.processor, InfusionAttnProcessor) for m in cached.values()):
+        return {name: m.processor for name, m in cached.items()}
     existing = {n[: -len(".processor")]: p for n, p in unet.attn_processors.items() if isinstance(p, InfusionAttnProcessor)}
     layers = cross_attention_layers(unet)
+    object.__setattr__(unet, "_infusion_layers", layers)  # a plain attribute: no submodule registration
     if set(existing) == set(layers):
         return existing
     procs = {}
