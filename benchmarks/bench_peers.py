@@ -277,7 +277,9 @@ def bench_generation(kind, latent, steps, repeats, files: dict) -> dict:
 
     base = build(kind, latent)
     prompt = "a photo of a cat on the beach"
-    out = {"no_concept": _generation_pair(InfusionPipeline.from_pipe(base), prompt, base, prompt, steps, repeats)}
+    ours = InfusionPipeline.from_pipe(base)
+    ours.set_progress_bar_config(disable=True)  # from_pipe does not carry build()'s setting over
+    out = {"no_concept": _generation_pair(ours, prompt, base, prompt, steps, repeats)}
     del base
     gc.collect()
     for method, path in files.items():  # a file our trainer wrote, loaded by diffusers' loader and by ours
@@ -289,6 +291,7 @@ def bench_generation(kind, latent, steps, repeats, files: dict) -> dict:
             theirs.load_textual_inversion(str(path), token="<mycat>")
             theirs_prompt = "a photo of <mycat> on the beach"
         ours = load_customized(build(kind, latent), [path])
+        ours.pipe.set_progress_bar_config(disable=True)
         out[method] = _generation_pair(ours, "a photo of <mycat> on the beach", theirs, theirs_prompt, steps, repeats)
         del theirs, ours
         gc.collect()
