@@ -26,7 +26,8 @@ from infusion.evaluation.world_tables import (
     table1,
     table2,
 )
-from infusion.world.concepts import concept_images
+from infusion.world.concepts import N_TRAIN_IMAGES, concept_images
+from infusion.world.scenes import BACKGROUNDS, IMAGE_SIZE
 
 def label(row: str) -> str:
     """A row as the page names it: the paper's Infusion in bold."""
@@ -177,10 +178,10 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
         "",
         "## Setup",
         "",
-        "- **World**: 64 x 64 scenes of up to two objects (class, colour, size, position, pattern) on one of eight "
-        "backgrounds, captioned in a fixed grammar ([docs/world.md](world.md)). Five concepts (`<sunball>`, "
-        "`<slashbox>`, `<halfmug>`, `<halfstar>`, `<duotree>`), each a class with a two-colour look its class word "
-        "does not draw, 4 training images on one background.",
+        f"- **World**: {IMAGE_SIZE} x {IMAGE_SIZE} scenes of up to two objects (class, colour, size, position, "
+        f"pattern) on one of {len(BACKGROUNDS)} backgrounds, captioned in a fixed grammar ([docs/world.md](world.md)). "
+        "Five concepts (`<sunball>`, `<slashbox>`, `<halfmug>`, `<halfstar>`, `<duotree>`), each a class with a "
+        f"two-colour look its class word does not draw, {N_TRAIN_IMAGES} training images on one background.",
         "- **Probes replace CLIP and DINO** (trained on renders, checked on renders): *text fidelity* (CLIP-T's role), "
         "the share of the attributes a prompt names that the image shows, object counts included; *concept fidelity* "
         "(DINO-I's role), the cosine of the object probe's embedding of the generated object to the references'; "
@@ -253,8 +254,8 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
             fig11 += [f"`<{c}>`: {halves}", "", f"![fig11_{c}](results/fig11_{c}.png)", ""]
     L += fig11[:-1] or ["Not drawn yet."]
     L += ["", "## Limitations", "",
-          "- The world is small: 64 x 64 images, a closed grammar, probes in place of CLIP and DINO. It shows what each "
-          "method can and cannot do on it; it does not measure Stable Diffusion.",
+          f"- The world is small: {IMAGE_SIZE} x {IMAGE_SIZE} images, a closed grammar, probes in place of CLIP and "
+          "DINO. It shows what each method can and cannot do on it; it does not measure Stable Diffusion.",
           "- Learning rates of the baselines are their authors' defaults scaled to the world "
           "([baselines.md](baselines.md)); the tuned rows get the same two-point sweep each.",
           "- The research behind the world and these readings (why the paper's Infusion learns little of a look "
