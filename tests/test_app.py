@@ -156,6 +156,12 @@ def test_one_job_at_a_time_cancel_within_a_step_and_at_most_one_checkpoint(tmp_p
     assert job.step >= 9 and most == 1 and len(job.sample_steps) >= 3  # checkpoints 2, 4, 6, 8 came and went
     with pytest.raises(ValueError, match="a training job is running"):
         trainer.start(world_images, "other", "ball", "infusion", steps=3, lr=None)
+    # the running job's name is held: renaming an entry to it would take (and, before, delete) the job's images
+    _folder_entry(lib, "db")
+    with pytest.raises(ValueError, match="a training job is making <slow>: pick another name"):
+        lib.rename("db", "slow")
+    assert sorted(p.name for p in lib.images_dir("slow").iterdir()) == [f"{i:02d}.png" for i in range(len(world_images))]
+    lib.delete("db")
     asked_at = job.step
     said = trainer.cancel()
     assert f"stops when step {asked_at + 1} ends" in said or f"stops when step {asked_at + 2} ends" in said
@@ -166,6 +172,29 @@ def test_one_job_at_a_time_cancel_within_a_step_and_at_most_one_checkpoint(tmp_p
     assert lib.entries() == [] and _tree(lib.folder) == []
     done = trainer.start(world_images, "other", "ball", "infusion", steps=2, lr=None, blocking=True)
     assert done.status == "done"
+    _folder_entry(lib, "db")
+    lib.rename("db", "slow")  # the job ended: its name is free again
+    assert lib.get("slow").method == "dreambooth"
+
+
+def test_bad_settings_are_refused_before_anything_is_copied(tmp_path, world_images):
+    """A learning rate <= 0 or a negative sample interval is refused in the page's words, and the library is as it
+    was (no copy of the images, no staging folder, the name not held); "studies" (the studies' folder) is no name."""
+    lib = Library(tmp_path / "lib")
+    trainer = Trainer(lib, "world")
+    for lr, every in ((0.0, 0), (-1e-3, 0), (float("nan"), 0), (None, -1)):
+        with pytest.raises(ValueError, match="the learning rate must be > 0 .* and 'sample every' >= 0"):
+            trainer.start(world_images, "x", "ball", "infusion", steps=2, lr=lr, sample_every=every)
+        assert _tree(lib.folder) == []
+    with pytest.raises(ValueError, match="batch-size must be >= 1"):  # TrainConfig's own checks, also before copying
+        trainer.start(world_images, "x", "ball", "infusion", steps=2, lr=None, batch_size=0)
+    assert _tree(lib.folder) == []
+    with pytest.raises(ValueError, match="keeps its studies in a folder of that name"):
+        trainer.start(world_images, "studies", "ball", "infusion", steps=2, lr=None)
+    _folder_entry(lib, "x")
+    lib.rename("x", "y")  # "x" was never held
+    with pytest.raises(ValueError, match="keeps its studies"):
+        lib.rename("y", "studies")
 
 
 def test_failed_job_reports_what_went_wrong_logs_the_trace_and_leaves_the_library_as_it_was(tmp_path, world_images,
@@ -314,8 +343,6 @@ def test_actions_generate_pngs_with_parameters_in_unique_folders_and_attention(t
         actions.generate("", ["sunball"])
     with pytest.raises(ValueError, match="seeds"):
         actions.generate("a photo of <sunball>", ["sunball"], seeds="one")
-    with pytest.raises(ValueError, match="unknown concept <nobody>"):
-        actions.generate("a photo of <nobody>", ["sunball"], steps=2)
     with pytest.raises(ValueError, match="denoising steps must be a whole number"):
         actions.compare("a <concept>", ["sunball"], steps=None)
 
@@ -326,6 +353,16 @@ def test_a_huge_seed_request_is_answered_at_once_without_loading_a_model(trained
     with pytest.raises(ValueError, match="is 1,000,000,000 seeds; give 1 to 8"):
         actions.generate("a photo of <sunball>", ["sunball"], seeds="0-999999999")
     assert time.perf_counter() - t0 < 1.0 and actions.resident() == 0
+    # a prompt that does not write the picked concept would give the base image twice: refused, as an unknown one
+    with pytest.raises(ValueError, match=r"write the concept in the prompt as <sunball>"):
+        actions.generate("a photo of sunball on the beach", ["sunball"])
+    with pytest.raises(ValueError, match=r"names <nobody>, which is not picked; picked: <sunball>"):
+        actions.generate("a photo of <nobody> and <sunball>", ["sunball"], steps=2)
+    with pytest.raises(ValueError, match=r"names <nobody>"):
+        actions.generate("a photo of <sunball>", ["sunball"], negative="<nobody>")
+    with pytest.raises(ValueError, match="pick at least one concept"):
+        actions.generate("a photo of <sunball>", [])
+    assert actions.resident() == 0
 
 
 def test_at_most_two_base_models_stay_loaded_least_recently_used_dropped(trained_library, monkeypatch):

@@ -28,6 +28,7 @@ from infusion.core.customization_files import base_fingerprint, read_metadata
 from infusion.core.images import save_png
 from infusion.core.model_families import fingerprint_modules
 from infusion.core.model_profiles import model_profile
+from infusion.core.placeholders import find_placeholders
 from infusion.customized import CustomizedModel, load_customized
 from infusion.methods import customization_class
 
@@ -174,8 +175,12 @@ class Actions:
             raise ValueError("write a prompt, e.g. a photo of <mycat> on the beach")
         steps, guidance = _check_steps(steps), _check_guidance(guidance)
         seed_list = parse_seeds(seeds)  # every input checked before a model loads
+        names = list(names or [])
+        if not names:
+            raise ValueError("pick at least one concept from the library")
+        _check_placeholders(prompt, negative, names)
         with self.busy:  # cached pipelines hold scheduler state: one generation at a time
-            model, entries, notes = self._loaded(list(names or []))
+            model, entries, notes = self._loaded(names)
             base, custom, files = [], [], []
             out_dir = self.library.output_folder(session)
             for seed in seed_list:
@@ -321,6 +326,19 @@ def _check_guidance(guidance) -> float:
     if not 0 <= value <= 50:
         raise ValueError("guidance must be a number from 0 to 50 (8 is usual)")
     return value
+
+
+def _check_placeholders(prompt: str, negative: str, names: list[str]) -> None:
+    """``ValueError`` unless the prompt writes a picked concept as ``<name>`` and names no other (without one the
+    customised image is the base image: a silent no-op)."""
+    written = find_placeholders(prompt) + find_placeholders(negative or "")
+    unknown = sorted(set(written) - set(names))
+    if unknown:
+        raise ValueError(f"the prompt names {', '.join(f'<{n}>' for n in unknown)}, which is not picked; "
+                         f"picked: {', '.join(f'<{n}>' for n in names)}")
+    if not set(find_placeholders(prompt)) & set(names):
+        raise ValueError(f"write the concept in the prompt as <{names[0]}>, e.g. a photo of <{names[0]}> on the beach; "
+                         "without it the customised image is the base model's")
 
 
 def _check_steps(steps) -> int:

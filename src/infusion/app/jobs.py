@@ -116,6 +116,8 @@ class Trainer:
             name = check_name(name)
             if self.library.exists(name):
                 raise ValueError(f"the library already has {name!r}: pick another name or delete that entry")
+            if not (lr is None or lr > 0) or int(sample_every or 0) < 0:  # the page's words (TrainConfig has the CLI's)
+                raise ValueError("the learning rate must be > 0 (empty: the method's default) and 'sample every' >= 0")
             if not (class_phrase or "").strip():
                 raise ValueError("give the class phrase: what the concept is (cat, mug, backpack)")
             images = check_images(images)
@@ -129,16 +131,24 @@ class Trainer:
                 raise ValueError(f"{method} has no option {', '.join(unknown)}; it reads: {known}")
             job = Job(uuid.uuid4().hex[:8], name, method, int(steps))
             folder = self.library.images_dir(name)
-            shutil.rmtree(folder, ignore_errors=True)  # no entry has this name: a leftover of nothing
-            folder.mkdir(parents=True)
-            for i, p in enumerate(images):
-                shutil.copyfile(p, folder / f"{i:02d}{p.suffix.lower()}")
-            staging = self.library.staging(job.id)
-            cfg = TrainConfig(model=self.model, images=str(folder), name=name, class_phrase=class_phrase.strip(),
-                              out=str(self.library.output_path(name, method, staging)), method=method,
-                              steps=int(steps), lr=lr, batch_size=int(batch_size), seed=int(seed),
-                              checkpoint_every=int(sample_every or 0), keep_checkpoints=KEEP_CHECKPOINTS,
-                              save_state=False, model_config=self.model_config, method_args=method_args)
+            config = dict(model=self.model, images=str(folder), name=name, class_phrase=class_phrase.strip(),
+                          method=method, steps=int(steps), lr=lr, batch_size=int(batch_size), seed=int(seed),
+                          checkpoint_every=int(sample_every or 0), keep_checkpoints=KEEP_CHECKPOINTS,
+                          save_state=False, model_config=self.model_config, method_args=method_args)
+            TrainConfig(**config, out=str(self.library.output_path(name, method)))  # its checks, before any copy
+            self.library.reserve(name)  # until the job ends, no entry can be renamed to its name
+            try:
+                shutil.rmtree(folder, ignore_errors=True)  # no entry or job has this name: a leftover of nothing
+                folder.mkdir(parents=True)
+                for i, p in enumerate(images):
+                    shutil.copyfile(p, folder / f"{i:02d}{p.suffix.lower()}")
+                staging = self.library.staging(job.id)
+                cfg = TrainConfig(**config, out=str(self.library.output_path(name, method, staging)))
+            except BaseException:
+                self.library.remove_images(name)
+                self.library.end_staging(job.id)
+                self.library.release(name)
+                raise
             self.job = job
             self._thread = threading.Thread(target=self._run, args=(job, cfg, int(sample_every or 0)), daemon=True)
             self._thread.start()
@@ -193,6 +203,7 @@ class Trainer:
             job.status = "failed"
         finally:
             self.library.end_staging(job.id)
+            self.library.release(job.name)
 
     def _sample(self, job: Job, cfg, checkpoint: Path, step: int) -> None:
         """An image of ``a photo of <name>`` from ``checkpoint`` (seed 0), kept in ``job.sample``."""

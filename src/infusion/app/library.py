@@ -33,6 +33,7 @@ from infusion.core.safetensors_io import read_safetensors, save_safetensors_atom
 from infusion.methods.registry import get_spec
 from infusion.training.data import IMAGE_SUFFIXES
 
+STUDIES = "studies"  # <library>/studies/<study>/: the page's A/B studies (app.study); not a name for an entry
 IMAGES = ".images"
 STAGING = ".staging"
 OUTPUTS = ".outputs"
@@ -48,6 +49,8 @@ def check_name(name: str) -> str:
         raise ValueError("give the concept a name (letters, digits, _ - .), e.g. mycat")
     if "/" in name or "\\" in name or name.startswith(".") or ".." in name:
         raise ValueError(f"name {name!r} is refused: names cannot contain slashes or '..', nor start with '.'")
+    if name == STUDIES:
+        raise ValueError(f"name {name!r} is refused: the library keeps its studies in a folder of that name")
     if len(name) > MAX_NAME or not re.fullmatch(NAME_PATTERN, name):
         raise ValueError(f"name {name!r} is refused: use letters, digits, _ - . (starting with a letter or digit, "
                          f"at most {MAX_NAME} characters)")
@@ -79,6 +82,7 @@ class Library:
         self.folder = Path(folder).expanduser().resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()  # edits (add, rename, delete) one at a time: checks stay true until done
+        self._reserved: set[str] = set()  # names of running training jobs: no entry may take them meanwhile
 
     def relative(self, path: str | os.PathLike) -> str:
         """``path`` as the page shows it: relative to the library folder (never the file system's path)."""
@@ -191,16 +195,31 @@ class Library:
         return removed
 
     # -- writing -------------------------------------------------------------------------------
-    def add(self, staged: Path, name: str) -> Entry:
-        """Move a finished output in; refuses to replace an existing entry."""
+    def reserve(self, name: str) -> None:
+        """Hold ``name`` for a training job (its images go to ``.images/<name>`` now, its entry when it ends):
+        until ``release``, adding or renaming another entry to it is refused. Refused if taken or held."""
         name = check_name(name)
         with self._lock:
             self._refuse_taken(name)
+            self._reserved.add(name)
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._reserved.discard(name)
+
+    def add(self, staged: Path, name: str) -> Entry:
+        """Move a finished output in; refuses to replace an existing entry (the job holding ``name`` may add it)."""
+        name = check_name(name)
+        with self._lock:
+            self._refuse_taken(name, holder=True)
             dest = self.folder / (staged.name if staged.is_file() else name)
             os.replace(staged, dest)
             return self._entry(dest)
 
-    def _refuse_taken(self, name: str) -> None:
+    def _refuse_taken(self, name: str, holder: bool = False) -> None:
+        """``holder``: the caller is the job that reserved ``name``."""
+        if name in self._reserved and not holder:
+            raise ValueError(f"a training job is making <{name}>: pick another name, or wait until it is done")
         for p in (self.folder / f"{name}{FILE_EXT}", self.folder / name):
             if p.exists():
                 what = "an entry" if self._is_entry(p) else "a file or folder that is not an entry"
@@ -222,7 +241,7 @@ class Library:
         with self._lock:
             self._refuse_taken(new)
             old_images, new_images = self.images_dir(entry.name), self.images_dir(new)
-            if new_images.exists():  # images of no entry (that name is free): a failed job's leftover
+            if new_images.exists():  # images of no entry and no running job (the name is free): a leftover
                 self._discard(new_images)
             dest = self.folder / (f"{new}{FILE_EXT}" if entry.path.is_file() else new)
             if entry.path.is_file():

@@ -23,7 +23,7 @@ import PIL.Image
 import torch
 
 from infusion.app.actions import Actions, _check_guidance, _check_steps, parse_seeds
-from infusion.app.library import Entry, check_name
+from infusion.app.library import STUDIES, Entry, check_name
 from infusion.core.model_profiles import model_profile
 from infusion.evaluation.prompts import prompts_for
 from infusion.evaluation.study import Study
@@ -31,7 +31,6 @@ from infusion.world.concepts import CONCEPTS, validation_prompts
 
 logger = logging.getLogger(__name__)
 
-STUDIES = "studies"
 SHOWN = 256  # px: images are enlarged (nearest) to at least this for the page
 MAX_PROMPTS = 50
 
