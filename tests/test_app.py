@@ -517,3 +517,60 @@ def test_a_study_generates_its_images_on_shared_noise_once_and_shows_them_blind(
     for uri in uris:
         im = PIL.Image.open(io.BytesIO(base64.b64decode(uri)))
         assert not im.info and min(im.size) >= 96  # no PNG text chunks; enlarged from 32 px
+    # the concept's photos are copied with the study: renaming or deleting the entry later changes nothing shown
+    refs = studies.reference_images(study)
+    first = lib.get(study.arms[0]["entry"]).images
+    assert refs and all(p.parent == study.folder / "references" for p in refs)
+    assert [p.read_bytes() for p in refs] == [p.read_bytes() for p in first[:5]]
+    import shutil
+
+    from infusion.evaluation.study import Study
+
+    old = Study(tmp_path / "old", {**study.data, "arms": [{**study.arms[0], "entry": "renamed-away"}, study.arms[1]]})
+    (tmp_path / "old").mkdir()  # a study without a copy whose entry is gone: no photos, and no error naming it
+    assert studies.reference_images(old) == []
+    shutil.copytree(study.folder, tmp_path / "older", ignore=shutil.ignore_patterns("references"))
+    assert studies.reference_images(Study.load(tmp_path / "older")) == first[:5]  # made before copies: the entry's
+
+
+def test_the_loss_plot_of_a_long_run_is_thinned_and_its_mean_line_stays_aligned():
+    """The page redraws the loss every second per open tab: 100,000 steps draw at most ``MAX_PLOTTED`` points a
+    line; the running mean's first point sits at step k (the mean of steps 1..k)."""
+    from infusion.app.ui import MAX_PLOTTED, _loss_figure
+
+    losses = list(np.linspace(1.0, 0.0, 100_000))
+    raw, mean = _loss_figure(losses).axes[0].lines
+    assert len(raw.get_xdata()) <= MAX_PLOTTED + 1 and raw.get_xdata()[0] == 1 and raw.get_ydata()[0] == 1.0
+    assert len(mean.get_xdata()) == len(mean.get_ydata()) <= MAX_PLOTTED + 1
+    k = 100_000 // 20
+    assert mean.get_xdata()[0] == k and np.isclose(mean.get_ydata()[0], np.mean(losses[:k]))
+    short = _loss_figure([0.5, 0.4, 0.3]).axes[0].lines[0]
+    assert list(short.get_xdata()) == [1, 2, 3]  # a short run: every step
+
+
+def test_compare_with_scores_builds_the_probe_scorer_once_under_the_load_lock(trained_library, monkeypatch):
+    """The world's probes are modules: built under ``LOAD_LOCK`` (a model loading in another thread meanwhile would
+    give them meta weights), once per page, and each caption carries the scores."""
+    from infusion.app import actions as actions_module
+
+    held = []
+    real = actions_module.model_profile
+
+    def watching(model):
+        profile = real(model)
+        scorer = profile.scorer
+
+        def built():
+            held.append(actions_module.LOAD_LOCK._is_owned())
+            return scorer()
+
+        profile.scorer = built
+        return profile
+
+    monkeypatch.setattr(actions_module, "model_profile", watching)
+    actions = Actions("world", trained_library)
+    for _ in range(2):
+        cells = actions.compare("a photo of a <concept>", ["sunball"], steps=2, scores=True)
+        assert [c[1].split(" |")[0] for c in cells] == ["base", "sunball (infusion)"]
+        assert all(" | text " in c[1] for c in cells)
+    assert held == [True]

@@ -23,7 +23,7 @@ import PIL.Image
 import torch
 
 from infusion.app.library import Entry, Library
-from infusion.core.base_models import load_base_pipeline
+from infusion.core.base_models import LOAD_LOCK, load_base_pipeline
 from infusion.core.customization_files import base_fingerprint, read_metadata
 from infusion.core.images import save_png
 from infusion.core.model_families import fingerprint_modules
@@ -98,6 +98,7 @@ class Actions:
         self._fingerprint: str | None = None
         self._cache: OrderedDict[tuple, tuple[CustomizedModel, int]] = OrderedDict()  # least recently used first
         self.busy = threading.RLock()  # generations one at a time (inputs are checked before waiting for it)
+        self._scorer = None  # the model's own scorer (the world's probes), built once
 
     # -- library --------------------------------------------------------------------------------
     def base_fingerprint(self) -> str:
@@ -222,7 +223,10 @@ class Actions:
             return [(im, cap) for im, cap, *_ in cells]
 
     def _scored(self, cells):
-        scorer, out = model_profile(self.model).scorer(), []
+        if self._scorer is None:
+            with LOAD_LOCK:  # it builds modules: not while another thread loads a model (base_models.LOAD_LOCK)
+                self._scorer = model_profile(self.model).scorer()
+        scorer, out = self._scorer, []
         if scorer is None:
             raise ValueError("probe scores need the built-in world model (--model world)")
         for im, cap, text, e in cells:

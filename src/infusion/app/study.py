@@ -2,7 +2,7 @@
 library entries, generate its images ahead of time in a background thread, and show a question without saying
 which entry made which image.
 
-Studies live in ``<library>/studies/<name>/``. Images are generated once per (entry, prompt, seed), every entry
+Studies live in ``<library>/studies/<name>/``, with a copy of the concept's photos (``references/``). Images are generated once per (entry, prompt, seed), every entry
 from the same noise (the same seed), written atomically, and a study resumes where it stopped (only missing images
 are generated). A question is shown as HTML whose images are data URIs re-encoded without any PNG text, so no
 entry name, method, file path or URL is in the page.
@@ -15,6 +15,7 @@ import html
 import io
 import logging
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 SHOWN = 256  # px: images are enlarged (nearest) to at least this for the page
 MAX_PROMPTS = 50
+REFERENCES = "references"  # <study>/references/: copies of the concept's photos, made with the study
+MAX_REFERENCES = 5
 
 
 def default_prompts(model: str, entries: list[Entry]) -> list[str]:
@@ -117,8 +120,23 @@ class Studies:
             self._refuse_busy(name)
             study = Study.create(self.folder / name, arms, phrases[0], parse_prompts(prompts), parse_seeds(seeds),
                                  int(questions or 0), settings, seed)
+            refs = study.folder / REFERENCES  # a copy: renaming or deleting an entry later must not show its name
+            refs.mkdir()
+            for i, p in enumerate(entries[0].images[:MAX_REFERENCES]):
+                shutil.copyfile(p, refs / f"{i:02d}{p.suffix.lower()}")
         self.generate(name, blocking=blocking)
         return study
+
+    def reference_images(self, study: Study) -> list[Path]:
+        """The concept's photos shown to participants: the study's copy (a study made before copies were kept: its
+        first entry's, if the library still has it; else none, never an error naming the entry)."""
+        refs = study.folder / REFERENCES
+        if refs.is_dir():
+            return sorted(p for p in refs.iterdir() if p.is_file())
+        try:
+            return self.library.get(study.arms[0]["entry"]).images[:MAX_REFERENCES]
+        except ValueError:
+            return []
 
     def generate(self, name: str, blocking: bool = False) -> StudyJob:
         """Generate the study's missing images in a thread (nothing to do: a finished job at once)."""
@@ -199,7 +217,7 @@ def question_html(study: Study, q: dict) -> str:
 def reference_html(images: list[Path]) -> str:
     """The concept's training images, small, as data URIs."""
     imgs = []
-    for p in images[:5]:
+    for p in images[:MAX_REFERENCES]:
         with PIL.Image.open(p) as im:
             imgs.append(f'<img alt="your concept" src="{data_uri(im, 96)}">')
     return f'<div class="study-refs">your concept: {"".join(imgs)}</div>' if imgs else ""

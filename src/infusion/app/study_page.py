@@ -152,8 +152,8 @@ def answer_view(gr, studies: Studies, safe, md) -> None:
             return (None, md(f"**all {total} questions answered**: thank you, {participant}"), "", "", None, None,
                     "")
         state = {"study": study_name, "participant": participant, "question": q["id"]}
-        first = studies.library.get(study.arms[0]["entry"])  # every arm shows one concept: its photos
-        return (state, f"**question {done + 1} of {total}**", reference_html(first.images), question_html(study, q),
+        refs = studies.reference_images(study)  # every arm shows one concept: its photos
+        return (state, f"**question {done + 1} of {total}**", reference_html(refs), question_html(study, q),
                 None, None, "")
 
     outs = [here, progress, refs, view, text_q, concept_q, a_status]

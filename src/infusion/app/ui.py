@@ -418,19 +418,25 @@ def _enlarged(image: PIL.Image.Image, size: int = 256) -> PIL.Image.Image:
     return image.convert("RGB").resize((image.width * scale, image.height * scale), PIL.Image.Resampling.NEAREST)
 
 
+MAX_PLOTTED = 2000  # points per line in the loss plot (redrawn every second per open page)
+
+
 def _loss_figure(losses: list[float]):
     import matplotlib  # deferred on purpose: the Agg backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    losses = list(losses)  # a snapshot: the training thread appends while the page draws
     fig, ax = plt.subplots(figsize=(4, 2.4))
     if losses:
-        ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.5, label="loss")
+        every = max(1, len(losses) // MAX_PLOTTED)  # a long run: every n-th point (the mean line uses them all)
+        steps = np.arange(1, len(losses) + 1)
+        ax.plot(steps[::every], losses[::every], lw=0.8, alpha=0.5, label="loss")
         k = max(1, len(losses) // 20)
         if len(losses) >= k:
             smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-            ax.plot(range(k, len(losses) + 1), smooth, lw=1.5, label=f"mean of {k}")
+            ax.plot(steps[k - 1:][::every], smooth[::every], lw=1.5, label=f"mean of {k}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     fig.tight_layout()
