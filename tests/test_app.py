@@ -574,3 +574,25 @@ def test_compare_with_scores_builds_the_probe_scorer_once_under_the_load_lock(tr
         assert [c[1].split(" |")[0] for c in cells] == ["base", "sunball (infusion)"]
         assert all(" | text " in c[1] for c in cells)
     assert held == [True]
+
+
+def test_the_library_poll_says_once_why_it_cannot_update_instead_of_failing_every_tick(tmp_path, monkeypatch, caplog):
+    """The 2 s poll that keeps every list of entries current loads the base model (its fingerprint) for the table: when
+    that fails, the Library status says why (library-relative), and the poll does not retry until the folder changes."""
+    from infusion.app import ui
+
+    calls = []
+
+    def broken(self):
+        calls.append(1)
+        raise RuntimeError(f"cannot load {self.library.folder}/base")
+
+    monkeypatch.setattr(Actions, "table", broken)
+    demo = ui.build("world", str(tmp_path / "lib"))
+    follow = [f.fn for f in demo.fns.values() if f.name == "follow" and len(f.outputs) == 8][0]
+    with caplog.at_level(logging.ERROR, logger="infusion.app.ui"):
+        out = follow(None)
+    assert out[5] == "⚠ the library lists could not be updated: RuntimeError: cannot load library/base"
+    assert "Traceback" in caplog.text and calls == [1]
+    again = follow(out[7])  # the next tick, nothing changed: no second try, no second message
+    assert calls == [1] and again[-1] == out[7]

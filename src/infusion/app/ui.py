@@ -318,7 +318,7 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             def refresh(msg=""):
                 return actions.table(), gr.update(choices=actions.names(), value=None), msg
 
-            lib_tab.select(lambda: refresh(), None, [table, lib_entry, lib_status])
+            lib_tab.select(_safe_here(2, 3)(lambda: refresh()), None, [table, lib_entry, lib_status])
 
             @_safe_here(1, 2)
             def on_entry(nm):
@@ -365,8 +365,13 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             sig = tuple((e.name, e.modified) for e in lib.entries())
             if sig == last:
                 return (gr.update(),) * 7 + (last,)
-            names, inf = actions.names(), actions.names("infusion")
-            return (gr.update(choices=names), gr.update(choices=names), gr.update(choices=inf), actions.table(),
+            try:
+                names, inf, rows = actions.names(), actions.names("infusion"), actions.table()
+            except Exception as e:  # e.g. the base model cannot load: said once, until the library changes again
+                logger.exception("the library lists could not be updated")
+                msg = f"⚠ {_md(lib.scrub(f'the library lists could not be updated: {type(e).__name__}: {e}'))}"
+                return (gr.update(),) * 5 + (msg, gr.update(), sig)
+            return (gr.update(choices=names), gr.update(choices=names), gr.update(choices=inf), rows,
                     gr.update(choices=names), gr.update(), gr.update(choices=names), sig)
 
         poll.tick(follow, seen, [gen_concepts, cmp_entries, att_entry, table, lib_entry, lib_status, study_entries,
