@@ -189,6 +189,10 @@ def test_bad_settings_are_refused_before_anything_is_copied(tmp_path, world_imag
     with pytest.raises(ValueError, match="batch-size must be >= 1"):  # TrainConfig's own checks, also before copying
         trainer.start(world_images, "x", "ball", "infusion", steps=2, lr=None, batch_size=0)
     assert _tree(lib.folder) == []
+    for options in ("num_class_images=5000", "prior_steps=0", "num_class_images=2.5"):  # setup Cancel cannot stop
+        with pytest.raises(ValueError, match=r"must be a whole number from 1 to 200 here"):
+            trainer.start(world_images, "x", "ball", "dreambooth", steps=2, lr=None, options=options)
+    assert _tree(lib.folder) == []
     with pytest.raises(ValueError, match="keeps its studies in a folder of that name"):
         trainer.start(world_images, "studies", "ball", "infusion", steps=2, lr=None)
     _folder_entry(lib, "x")

@@ -4,7 +4,9 @@ A job copies the images into the library (``.images/<name>/``), trains into a st
 with the settings the form shows (``--lr`` left to the method's default when the form holds that default, so the
 file equals the CLI's bit for bit), reports every step (loss, ETA) and renders a sample from each ``-stepN``
 checkpoint, keeping only the last checkpoint on disk (a DreamBooth one is a whole pipeline); only a finished output
-is moved into the library. Cancel is answered after the step that runs (the trainer asks after every step). When a
+is moved into the library. Cancel is answered after the step that runs (the trainer asks after every step); the
+setup before step 1 (loading, DreamBooth's class images) runs to its end, so the page bounds it (``PAGE_LIMITS``).
+While a job runs its name is held (``Library.reserve``): no entry can be renamed to it. When a
 job ends, finished, cancelled or failed, its staging folder is removed; a cancelled or failed job also removes its
 copy of the images, so the library is as it was (a failure's message says what went wrong; the log has the trace).
 """
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 MIN_IMAGES, MAX_IMAGES = 3, 10
 MAX_BYTES = 20 * 1024 * 1024  # per file; the page's server refuses bigger uploads before they are written
 MAX_PIXELS = 40_000_000
+# setup work before step 1 (DreamBooth's class images) cannot be cancelled: the page bounds it
+PAGE_LIMITS = {"num_class_images": 200, "prior_steps": 200}
 KEEP_CHECKPOINTS = 1  # -stepN outputs kept on disk during a job (the sample is rendered from the newest); no resume
 # state is written (save_state=False): a job never resumes, and its staging folder goes when it ends
 
@@ -129,6 +133,11 @@ class Trainer:
             if unknown:
                 known = ", ".join(sorted(cls.method_args_help or {})) or "none"
                 raise ValueError(f"{method} has no option {', '.join(unknown)}; it reads: {known}")
+            for key, most in PAGE_LIMITS.items():
+                value = method_args.get(key)
+                if value is not None and not (isinstance(value, int) and 1 <= value <= most):
+                    raise ValueError(f"{key} must be a whole number from 1 to {most} here (the command line has no "
+                                     "limit): the page cannot cancel a job before its first step")
             job = Job(uuid.uuid4().hex[:8], name, method, int(steps))
             folder = self.library.images_dir(name)
             config = dict(model=self.model, images=str(folder), name=name, class_phrase=class_phrase.strip(),
