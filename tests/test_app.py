@@ -600,3 +600,28 @@ def test_the_library_poll_says_once_why_it_cannot_update_instead_of_failing_ever
     assert "Traceback" in caplog.text and calls == [1]
     again = follow(out[7])  # the next tick, nothing changed: no second try, no second message
     assert calls == [1] and again[-1] == out[7]
+
+
+def test_a_folder_entry_downloads_as_one_stored_zip_made_once_per_version(tmp_path):
+    """A DreamBooth-style folder entry: the zip holds its files as they are (stored: weights do not compress), a
+    second click gives the same zip without writing it again, a changed entry gets a new one (the old one goes),
+    and the session's end removes them."""
+    import zipfile
+
+    lib = Library(tmp_path / "lib")
+    path = _folder_entry(lib, "db")
+    actions = Actions("world", lib)
+    first = actions.download("db", session="s1")
+    with zipfile.ZipFile(first) as z:
+        assert sorted(z.namelist()) == ["infusion.json", "weights.safetensors"]
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_STORED}
+        assert z.read("weights.safetensors") == (path / "weights.safetensors").read_bytes()
+    written = first.stat().st_mtime_ns
+    assert actions.download("db", session="s1") == first and first.stat().st_mtime_ns == written
+    time.sleep(0.01)
+    (path / "extra.txt").write_text("new")
+    os.utime(path)  # the entry changed (a rename rewrites infusion.json, which touches the folder too)
+    second = actions.download("db", session="s1")
+    assert second != first and not first.exists() and "extra.txt" in zipfile.ZipFile(second).namelist()
+    lib.end_outputs("s1")
+    assert not (lib.folder / ".outputs").exists()

@@ -12,9 +12,10 @@ base images). Each generation writes its PNGs into a new folder of the page sess
 from __future__ import annotations
 
 import gc
+import os
 import re
-import shutil
 import threading
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -124,12 +125,23 @@ class Actions:
         return sorted(e.name for e in self.library.entries() if method is None or e.method == method)
 
     def download(self, name: str, session: str | None = None) -> Path:
-        """The entry as one file: itself, or a zip of its folder (in a new folder of the page session)."""
+        """The entry as one file: itself, or a zip of its folder in the page session's ``downloads`` folder, made
+        once per entry version (stored, not compressed: a DreamBooth entry is 4 GB of weights that do not shrink)."""
         e = self.library.get(name)
         if e.path.is_file():
             return e.path
-        dest = self.library.output_folder(session) / e.name
-        return Path(shutil.make_archive(str(dest), "zip", root_dir=e.path))
+        folder = self.library.downloads_folder(session)
+        dest = folder / f"{e.name}-{e.path.stat().st_mtime_ns}.zip"
+        if not dest.is_file():
+            for old in folder.glob(f"{e.name}-*.zip"):  # an older version's zip of this entry
+                old.unlink()
+            tmp = dest.with_suffix(".tmp")
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+                for p in sorted(e.path.rglob("*")):
+                    if p.is_file():
+                        z.write(p, p.relative_to(e.path).as_posix())
+            os.replace(tmp, dest)
+        return dest
 
     # -- generation -----------------------------------------------------------------------------
     def resident(self) -> int:

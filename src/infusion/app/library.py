@@ -174,6 +174,12 @@ class Library:
         path.mkdir(parents=True)
         return path
 
+    def downloads_folder(self, session: str | None = None) -> Path:
+        """The page session's folder of downloads (reused while the session lasts; removed with its outputs)."""
+        path = self.folder / OUTPUTS / _folder_name(session or "local") / "downloads"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def end_outputs(self, session: str | None = None) -> None:
         """Remove a page session's generated files (when the session ends)."""
         _remove(self.folder / OUTPUTS / _folder_name(session or "local"))
