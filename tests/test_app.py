@@ -67,6 +67,8 @@ def test_uploads_are_checked_with_messages(tmp_path, world_images):
     PIL.Image.new("RGB", (8000, 6000)).save(big)
     with pytest.raises(ValueError, match="megapixels"):
         check_images(world_images[:3] + [big])
+    with pytest.raises(ValueError, match="gone.png is no longer on the server: upload the photos again"):
+        check_images(world_images[:3] + [tmp_path / "gone.png"])
     assert check_images(world_images) == world_images
 
 

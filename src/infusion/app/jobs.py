@@ -52,6 +52,8 @@ def check_images(paths: list[str | Path]) -> list[Path]:
     if not MIN_IMAGES <= len(paths) <= MAX_IMAGES:
         raise ValueError(f"{len(paths)} images: use {MIN_IMAGES} to {MAX_IMAGES} photos of the concept")
     for p in paths:
+        if not p.is_file():  # e.g. an upload the server's cache removed after a day
+            raise ValueError(f"{p.name} is no longer on the server: upload the photos again")
         if p.stat().st_size > MAX_BYTES:
             raise ValueError(f"{p.name} is {p.stat().st_size / 2**20:.0f} MB: files up to {MAX_BYTES // 2**20} MB, please")
         try:
