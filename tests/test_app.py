@@ -627,3 +627,29 @@ def test_a_folder_entry_downloads_as_one_stored_zip_made_once_per_version(tmp_pa
     assert second != first and not first.exists() and "extra.txt" in zipfile.ZipFile(second).namelist()
     lib.end_outputs("s1")
     assert not (lib.folder / ".outputs").exists()
+
+
+def test_a_study_stops_after_the_image_being_made_and_resumes_where_it_stopped(trained_library, monkeypatch):
+    from infusion.app.study import Studies, default_prompts
+
+    lib = trained_library
+    studies = Studies(Actions("world", lib))
+    assert studies.stop() == "no study is generating its images"
+    real, loads = studies.actions._load, []
+
+    def load(paths):  # the Stop button pressed while the second image is being made
+        loads.append(1)
+        if len(loads) == 2:
+            assert studies.stop().startswith("stopping study stopstudy after the image being made (1/")
+        return real(paths)
+
+    monkeypatch.setattr(studies.actions, "_load", load)
+    prompts = default_prompts("world", [lib.get("sunball")])[:2]
+    study = studies.create("stopstudy", ["sunball", "ball3"], "\n".join(prompts), seeds="0, 1", questions=4, steps=2,
+                           blocking=True)
+    job = studies.job
+    assert (job.status, job.done) == ("stopped", 2) and job.total == len(study.needed_images()) > 2
+    assert job.message.startswith(f"stopped after 2/{job.total} images (kept)")
+    assert len(study.missing_images()) == job.total - 2
+    again = studies.generate("stopstudy", blocking=True)
+    assert (again.status, again.done) == ("ready", again.total) and study.missing_images() == []

@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import PIL.Image
@@ -77,8 +77,9 @@ class StudyJob:
     study: str
     total: int
     done: int = 0
-    status: str = "generating"  # generating | ready | failed
+    status: str = "generating"  # generating | ready | stopped | failed
     message: str = ""
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
     def finished(self) -> bool:
@@ -154,6 +155,14 @@ class Studies:
             self._thread.join()
         return job
 
+    def stop(self) -> str:
+        """Stop the running image generation after the image being made (the study resumes where it stopped)."""
+        job = self.job
+        if job is None or job.finished:
+            return "no study is generating its images"
+        job.cancel.set()
+        return f"stopping study {job.study} after the image being made ({job.done}/{job.total} done)"
+
     def _refuse_busy(self, name: str) -> None:
         job = self.job
         if job is not None and not job.finished and job.study != name:
@@ -176,6 +185,11 @@ class Studies:
         s = study.data["settings"]
         try:
             for arm, k, seed in missing:
+                if job.cancel.is_set():
+                    job.message = (f"stopped after {job.done}/{job.total} images (kept): the rest are generated "
+                                   "when someone presses Start in Answer")
+                    job.status = "stopped"
+                    return
                 entry = self.library.get(study.arms[arm]["entry"])
                 text = study.data["prompts"][k].replace("<concept>", f"<{entry.name}>")
                 with self.actions.busy:  # cached pipelines hold scheduler state: one generation at a time

@@ -62,7 +62,9 @@ def build(gr, studies: Studies, safe, md, names):
                 seeds = gr.Textbox("0, 1", label="Seeds (the same noise for every entry)", elem_id="study-seeds")
                 count = gr.Number(12, label="Questions", precision=0, elem_id="study-count")
                 steps = gr.Number(25, label="Steps", precision=0, elem_id="study-steps")
-            create = gr.Button("Create and generate the images", variant="primary", elem_id="study-create")
+            with gr.Row():
+                create = gr.Button("Create and generate the images", variant="primary", elem_id="study-create")
+                stop = gr.Button("Stop generating", elem_id="study-stop")
             status = gr.Markdown(elem_id="study-status")
             shown_default = gr.State("")
         with gr.Tab("Answer", elem_id="study-tab-answer"):
@@ -90,6 +92,7 @@ def build(gr, studies: Studies, safe, md, names):
         return md(f"study {nm.strip()}: " + studies.progress(nm)), gr.update(choices=studies.names())
 
     create.click(on_create, [name, entries, prompts, seeds, count, steps], [status, r_pick])
+    stop.click(lambda: md(studies.stop()), None, status)
 
     def tick(last):
         job = studies.job
