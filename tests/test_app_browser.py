@@ -442,6 +442,9 @@ def test_a_blind_study_answered_by_two_people_with_a_reload_gives_table_2(app, b
     _fill(page, "study-steps", 4)
     page.click("#study-create")
     expect(page.locator("#study-status")).to_contain_text("ready: 6 questions", timeout=LONG)
+    page.click("#study-stop")  # nothing left to stop: said so
+    expect(page.locator("#study-status")).to_contain_text("no study is generating its images", timeout=LONG)
+    assert (lib / "studies" / "ballstudy" / "references").is_dir()  # the concept's photos, copied with the study
     study = json.loads((lib / "studies" / "ballstudy" / "study.json").read_text())
     assert [a["label"] for a in study["arms"]] == ["infusion", "ti"]
     questions = study["questions"]
