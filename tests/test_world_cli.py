@@ -73,3 +73,22 @@ def test_world_train_model_defaults_are_the_shipped_recipe(monkeypatch):
     for k, v in SHIPPED_RECIPE.items():
         assert getattr(plain, k) == v, k
     assert (changed.look_only_in_class_words, changed.hide_look_words) == (False, 0.0)
+
+
+def test_help_and_a_light_command_start_without_torch():
+    """`infusion --help` lists every command from its HELP line, and a command builds only its own options: neither
+    imports torch (train's options read every method's plugin); `infusion train --help` still lists the methods."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom infusion.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+             "print('TORCH' if 'torch' in sys.modules else 'LIGHT')")
+    for argv in (["--help"], ["generate", "--help"], ["world", "concepts", "--help"], ["toy", "--help"]):
+        out = subprocess.run([sys.executable, "-c", probe.format(argv=argv)], capture_output=True, text=True, check=True)
+        assert out.stdout.strip().endswith("LIGHT"), (argv, out.stdout[-300:], out.stderr[-300:])
+        if argv == ["--help"]:
+            for name in ("train", "generate", "evaluate", "results", "app", "study", "world", "mlm", "merge", "demo"):
+                assert f"    {name} " in out.stdout, name
+    out = subprocess.run([sys.executable, "-c", probe.format(argv=["train", "--help"])], capture_output=True, text=True,
+                         check=True)
+    assert "--method {" in out.stdout and "custom-diffusion" in out.stdout and out.stdout.strip().endswith("TORCH")

@@ -23,20 +23,29 @@ COMMAND_MODULES = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser. With ``argv`` naming a command, only that command's options are built (a command's ``register``
+    may import torch and every method); the others, and ``infusion --help``, get their one line (``HELP``) only."""
     parser = argparse.ArgumentParser(
         prog="infusion",
         description="Customise text-to-image diffusion models without overfitting (Infusion and baselines).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for mod in COMMAND_MODULES:
-        importlib.import_module(mod).register(sub)
+    modules = {mod.rsplit(".", 1)[-1]: mod for mod in COMMAND_MODULES}
+    wanted = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    for name, mod in modules.items():
+        module = importlib.import_module(mod)
+        if argv is None or name == wanted:
+            module.register(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

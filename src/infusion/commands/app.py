@@ -12,8 +12,11 @@ def _auth(text: str) -> tuple[str, str]:
     return user, password
 
 
+HELP = "a web page to train, generate, compare and browse concepts"  # the line in `infusion --help` (read without running register)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("app", help="a web page to train, generate, compare and browse concepts",
+    p = sub.add_parser("app", help=HELP,
                        description="Serve the infusion web page. Binds to 127.0.0.1 unless --host says otherwise; "
                                    "never opens a public share link. Any other --host needs --auth USER:PASSWORD "
                                    "(or --no-auth, which serves the page to the network without a login).",

@@ -23,8 +23,11 @@ DEMO_VARIANTS = {"paper": ("Infusion (paper)", {}), "recommended": ("Infusion, r
 DEMO_DEFAULT = "paper,recommended"
 
 
+HELP = "train an Infusion concept on the built-in world and show base | customised images"  # the line in `infusion --help` (read without running register)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="train an Infusion concept on the built-in world and show base | customised images")
+    p = sub.add_parser("demo", help=HELP)
     p.add_argument("--out", default="demo", help="output folder")
     p.add_argument("--concept", default="sunball", help="built-in world concept (see `infusion world concepts`)")
     p.add_argument("--model", default="world", help="the built-in world model, or a folder holding a snapshot of it")

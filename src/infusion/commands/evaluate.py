@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 
 
+HELP = "evaluate customisations: fidelity, overfitting (LFD, W2), tables, curves"  # the line in `infusion --help` (read without running register)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate customisations: fidelity, overfitting (LFD, W2), tables, curves",
+    p = sub.add_parser("evaluate", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("files", nargs="+", help="customisation files/folders written by `infusion train` (any method)")
     p.add_argument("--model", required=True, help="base model (diffusers folder, hub id, world, tiny)")

@@ -6,8 +6,11 @@ import argparse
 from pathlib import Path
 
 
+HELP = "generate images with trained concepts"  # the line in `infusion --help` (read without running register)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate images with trained concepts",
+    p = sub.add_parser("generate", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="base model (diffusers folder, .safetensors, hub id, world, tiny)")
     p.add_argument("--concept", action="append", default=[],

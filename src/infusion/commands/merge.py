@@ -7,8 +7,11 @@ import argparse
 from pathlib import Path
 
 
+HELP = "merge trained Custom Diffusion folders into one multi-concept folder"  # the line in `infusion --help` (read without running register)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("merge", help="merge trained Custom Diffusion folders into one multi-concept folder",
+    p = sub.add_parser("merge", help=HELP,
                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("folders", nargs="+", help="Custom Diffusion folders (`infusion train --method custom-diffusion`), two or more")
     p.add_argument("--model", required=True, help="the base model they were trained on (world, tiny, a diffusers folder, ...)")

@@ -9,8 +9,11 @@ import logging
 logger = logging.getLogger(__name__)
 
 
+HELP = "diverse-context MLM regulariser: prompt set, contextualizer pretraining"  # the line in `infusion --help` (read without running register)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("mlm", help="diverse-context MLM regulariser: prompt set, contextualizer pretraining")
+    p = sub.add_parser("mlm", help=HELP)
     mlm_sub = p.add_subparsers(dest="mlm_command", required=True, metavar="MLM_COMMAND")
 
     pr = mlm_sub.add_parser(

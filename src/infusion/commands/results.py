@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import argparse
 
-from infusion.evaluation.results_page import DESCRIPTION, add_arguments, run_results
+
+HELP = "the paper's evaluation on the built-in world (resumable) -> docs/results.md"  # the line in `infusion --help` (read without running register)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("results", help="the paper's evaluation on the built-in world (resumable) -> docs/results.md",
+    from infusion.evaluation.results_page import DESCRIPTION, add_arguments
+
+    p = sub.add_parser("results", help=HELP,
                        description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from infusion.evaluation.results_page import run_results
+
     return run_results(preset=args.preset, model=args.model, out=args.out, doc=args.doc, workers=args.workers,
                        report_only=args.report_only, stage=args.stage)

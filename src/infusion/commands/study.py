@@ -9,8 +9,11 @@ The work: ``infusion.evaluation.study`` (the same rule as the probe-judged Table
 from __future__ import annotations
 
 
+HELP = "Table 2 of a blind A/B study answered on the web page"  # the line in `infusion --help` (read without running register)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("study", help="Table 2 of a blind A/B study answered on the web page",
+    p = sub.add_parser("study", help=HELP,
                        description="Studies made in the web page's Study tab live in <library>/studies/<name>/.")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     r = verbs.add_parser("report", help="per pair of entries: %% preferred for text and concept, 95%% intervals, "

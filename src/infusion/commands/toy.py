@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 
 
+HELP = "2-D toy analysis of concept-agnostic / concept-specific overfitting"  # the line in `infusion --help` (read without running register)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("toy", help="2-D toy analysis of concept-agnostic / concept-specific overfitting",
+    p = sub.add_parser("toy", help=HELP,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="docs/toy", help="folder for figures, results.json and table.md")
     p.add_argument("--steps", default="0,100,400,1000,2000", help="customisation steps to evaluate (comma-separated)")

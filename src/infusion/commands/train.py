@@ -10,10 +10,13 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+HELP = "learn a concept from a few images"  # the line in `infusion --help` (read without running register)
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="learn a concept from a few images",
+        help=HELP,
         description="Learn a personal concept. Multi-GPU: `accelerate launch -m infusion.cli train ...`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

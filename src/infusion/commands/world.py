@@ -10,8 +10,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+HELP = "the built-in world: scenes, model, probes, concepts"  # the line in `infusion --help` (read without running register)
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser("world", help="the built-in world: scenes, model, probes, concepts")
+    p = subparsers.add_parser("world", help=HELP)
     sub = p.add_subparsers(dest="world_command", required=True, metavar="ACTION")
 
     r = sub.add_parser("render", help="render scenes (PNG) with captions and ground truth (JSON lines)")
