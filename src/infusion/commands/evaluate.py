@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-
 HELP = "evaluate customisations: fidelity, overfitting (LFD, W2), tables, curves"  # the line in `infusion --help` (read without running register)
 
 

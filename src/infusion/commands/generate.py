@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 HELP = "generate images with trained concepts"  # the line in `infusion --help` (read without running register)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 HELP = "merge trained Custom Diffusion folders into one multi-concept folder"  # the line in `infusion --help` (read without running register)
 
 

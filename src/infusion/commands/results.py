@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-
 HELP = "the paper's evaluation on the built-in world (resumable) -> docs/results.md"  # the line in `infusion --help` (read without running register)
 
 

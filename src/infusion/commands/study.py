@@ -8,7 +8,6 @@ The work: ``infusion.evaluation.study`` (the same rule as the probe-judged Table
 
 from __future__ import annotations
 
-
 HELP = "Table 2 of a blind A/B study answered on the web page"  # the line in `infusion --help` (read without running register)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 HELP = "2-D toy analysis of concept-agnostic / concept-specific overfitting"  # the line in `infusion --help` (read without running register)
 
 
