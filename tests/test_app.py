@@ -46,7 +46,8 @@ def _tree(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
 
 
-@pytest.mark.parametrize("bad", ["../evil", "/etc/passwd", "a/b", "..", ".hidden", "x" * 65, "spa ce", "", "ü"])
+@pytest.mark.parametrize("bad", ["../evil", "/etc/passwd", "a/b", "..", ".hidden", "x" * 65, "spa ce", "", "ü",
+                                 "x.safetensors", "studies"])
 def test_names_that_could_escape_or_break_prompts_are_refused(bad):
     with pytest.raises(ValueError, match="refused|give the concept a name"):
         check_name(bad)
@@ -309,8 +310,14 @@ def test_clean_leftovers_removes_old_working_folders_only(tmp_path):
     out = lib.output_folder("gone")
     for p in (old, out.parent):
         os.utime(p, (time.time() - 2 * 86400,) * 2)
-    assert sorted(lib.clean_leftovers()) == [".outputs/gone", ".staging/old"]
+    _folder_entry(lib, "kept")  # an entry's images stay however old
+    for name in ("kept", "killed", "running"):  # "killed": a job the server died in; "running": a job's, held
+        lib.images_dir(name).mkdir(parents=True, exist_ok=True)
+        os.utime(lib.images_dir(name), (time.time() - 2 * 86400,) * 2)
+    lib.reserve("running")
+    assert sorted(lib.clean_leftovers()) == [".images/killed", ".outputs/gone", ".staging/old"]
     assert new.is_dir() and not old.exists() and not (lib.folder / ".outputs").exists()
+    assert lib.images_dir("kept").is_dir() and lib.images_dir("running").is_dir()
 
 
 def test_seeds_are_bounded_before_any_list_is_built():

@@ -49,6 +49,8 @@ def check_name(name: str) -> str:
         raise ValueError("give the concept a name (letters, digits, _ - .), e.g. mycat")
     if "/" in name or "\\" in name or name.startswith(".") or ".." in name:
         raise ValueError(f"name {name!r} is refused: names cannot contain slashes or '..', nor start with '.'")
+    if name.endswith(FILE_EXT):  # "x.safetensors" would find the entry x (its file)
+        raise ValueError(f"name {name!r} is refused: a name cannot end in {FILE_EXT}")
     if name == STUDIES:
         raise ValueError(f"name {name!r} is refused: the library keeps its studies in a folder of that name")
     if len(name) > MAX_NAME or not re.fullmatch(NAME_PATTERN, name):
@@ -187,13 +189,15 @@ class Library:
 
     def clean_leftovers(self, age: float = LEFTOVER_AGE) -> list[str]:
         """Remove working folders older than ``age`` seconds (staging of jobs and outputs of sessions that a killed
-        server never ended; deletes it never finished). -> what was removed, library-relative."""
+        server never ended; deletes it never finished; the images a killed job copied, of no entry). -> what was removed, library-relative."""
         removed = []
-        for kind in (STAGING, OUTPUTS, TRASH):
+        for kind in (STAGING, OUTPUTS, TRASH, IMAGES):
             folder = self.folder / kind
             if not folder.is_dir():
                 continue
             for p in folder.iterdir():
+                if kind == IMAGES and (self.exists(p.name) or p.name in self._reserved):
+                    continue  # an entry's images, or a running job's: only a killed job's copy is a leftover
                 if kind == TRASH or time.time() - p.stat().st_mtime > age:
                     removed.append(self.relative(p))
                     _remove(p)
