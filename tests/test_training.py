@@ -210,6 +210,23 @@ def test_bad_inputs(tiny_pipe, tmp_path, concept_images):
         train(_cfg(tmp_path / "nope", tmp_path / "c.safetensors"), pipe=tiny_pipe, progress=False)
     with pytest.raises(ValueError, match="--name"):
         _cfg(concept_images, "x", name="my cat")
+    with pytest.raises(ValueError, match=r"leave out the angle brackets \(--name sks\); prompts write it as <sks>"):
+        _cfg(concept_images, "x", name="<sks>")
+    (empty / "cat").mkdir()  # diffusers' scripts' layout: the images one level down
+    PIL.Image.new("RGB", (64, 64)).save(empty / "cat" / "0.png")
+    with pytest.raises(ValueError, match=f"its subfolder cat has some: --images {empty / 'cat'}"):
+        train(_cfg(empty, tmp_path / "c.safetensors"), pipe=tiny_pipe, progress=False)
+    # said before a model loads: a model that cannot load is not reached
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        train(_cfg(tmp_path / "nope", tmp_path / "c.safetensors", model="./no-model"), progress=False)
+    with pytest.raises(ValueError, match=r"--out .* is a folder; infusion writes one file: e.g. --out .*mycat.safetensors"):
+        train(_cfg(concept_images, tmp_path, model="./no-model"), progress=False)
+    (tmp_path / "db.safetensors").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"is a file; dreambooth writes a folder"):
+        train(_cfg(concept_images, tmp_path / "db.safetensors", method="dreambooth", model="./no-model"), progress=False)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU; on a CPU use no"):
+        train(_cfg(concept_images, tmp_path / "c.safetensors", mixed_precision="fp16", model="./no-model"),
+              progress=False)
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         train(_cfg(concept_images, tmp_path / "c.safetensors", method="nope"), pipe=tiny_pipe, progress=False)
     with pytest.raises(FloatingPointError, match="lower --lr"):
@@ -232,6 +249,14 @@ def test_cli_train_then_generate(tmp_path, concept_images, capsys):
     assert params["seed"] == 8 and params["prompt"] == "a <mybox> on the snow" and params["steps"] == 2
     assert main(["generate", "--model", "tiny", "--concept", str(out), "--prompt", "a <nope>", "--out", str(gen)]) == 2
     assert "unknown concept <nope>" in capsys.readouterr().err
+    # DreamBooth's habit, the name without brackets: it runs (the base model's images) and says why
+    assert main(["generate", "--model", "tiny", "--concept", str(out), "--prompt", "a mybox on the snow", "--steps", "1",
+                 "--out", str(tmp_path / "plain")]) == 0
+    assert "the prompt names no loaded concept, so the images are the base model's: write <mybox>" in capsys.readouterr().err
+    for extra, said in ((["--steps", "0"], "--steps must be >= 1"), (["--out", str(out)], "is a file: give a folder")):
+        argv = ["generate", "--model", "tiny", "--concept", str(out), "--prompt", "a <mybox>", "--out", str(gen)]
+        assert main(argv + extra) == 2
+        assert said in capsys.readouterr().err
 
 
 def test_gradient_checkpointing_gives_the_same_result(concept_images, tmp_path, checkpoint_calls):
@@ -435,3 +460,38 @@ def test_adamw8bit_trains_and_resumes_exactly(concept_images, tmp_path):
     train(cfg(tmp_path / "b.safetensors", 4, resume="auto"), pipe=tiny_sd_pipeline(), progress=False)
     a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_loading_mistakes_are_one_clear_line(tiny_pipe, tmp_path):
+    """What a user meets offline with a real checkpoint, each said in their terms (never a traceback, never a
+    diffusers option they cannot pass): a path that is not there, a broken .safetensors, a partial download, an
+    uncached hub id, a single file without --model-config, a --model-config folder that is not one."""
+    import shutil
+
+    from ldm_format import pipeline_to_ldm
+    from safetensors.torch import save_file
+
+    from infusion.core.base_models import load_base_pipeline
+
+    with pytest.raises(ValueError, match=r"^--model ./nope: no such file or folder$"):
+        load_base_pipeline("./nope")
+    (tmp_path / "page.safetensors").write_text("<html>404</html>")
+    with pytest.raises(ValueError, match="is not a readable .safetensors file .an interrupted download, or an HTML"):
+        load_base_pipeline(str(tmp_path / "page.safetensors"))
+    folder = tmp_path / "sd"
+    tiny_pipe.save_pretrained(folder)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(folder / "model_index.json", partial)
+    with pytest.raises(ValueError, match=r"model folder .*partial is incomplete or unreadable .*download it again"):
+        load_base_pipeline(str(partial))
+    with pytest.raises(ValueError, match=r"'nobody/no-such-model': no local file or folder of that name, not in the "
+                                         r"local Hugging Face cache, and the Hub cannot be reached: download it once"):
+        load_base_pipeline("nobody/no-such-model")  # the tests run with HF_HUB_OFFLINE=1
+    single = tmp_path / "sd.safetensors"
+    save_file(pipeline_to_ldm(tiny_pipe), str(single))
+    with pytest.raises(ValueError, match="is a single-file checkpoint: .* pass --model-config with a local diffusers"):
+        load_base_pipeline(str(single))
+    with pytest.raises(ValueError, match=r"--model-config .*partial-x: not a diffusers folder \(no model_index.json\)"):
+        (tmp_path / "partial-x").mkdir()
+        load_base_pipeline(str(single), config=str(tmp_path / "partial-x"))

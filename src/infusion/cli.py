@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, OSError, ImportError, KeyError) as e:  # user errors (and the environment's): one line
+        logging.getLogger(__name__).debug("infusion %s failed", args.command, exc_info=True)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"infusion {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "generate images with trained concepts"  # the line in `infusion --help` (read without running register)
@@ -33,11 +34,16 @@ def run(args) -> int:
 
     from infusion.core.base_models import load_base_pipeline
     from infusion.core.images import make_grid, save_png
+    from infusion.core.placeholders import find_placeholders
     from infusion.customized import load_customized
     from infusion.methods.infusion.pipeline import InfusionPipeline
 
     if args.num_images < 1:
         raise ValueError("--num-images must be >= 1")
+    if args.steps < 1:
+        raise ValueError("--steps must be >= 1")
+    if Path(args.out).is_file():
+        raise ValueError(f"--out {args.out} is a file: give a folder (the images are written as 000.png, 001.png, ...)")
     for c in args.concept:
         if not Path(c).exists():
             raise FileNotFoundError(f"concept file not found: {c}")
@@ -46,6 +52,9 @@ def run(args) -> int:
                   width=args.width)
     if args.concept:
         model = load_customized(args.model, args.concept, model_config=args.model_config)
+        if not set(find_placeholders(args.prompt)) & set(model.names):
+            print(f"infusion generate: the prompt names no loaded concept, so the images are the base model's: write "
+                  f"{' or '.join(f'<{n}>' for n in model.names)} where it goes", file=sys.stderr)
         out = model([args.prompt] * args.num_images, negative_prompt=args.negative_prompt, return_base=args.show_base,
                     **common)
         pipe = model.pipe

@@ -62,6 +62,9 @@ class TrainConfig:
         "built-in world model); required when --mlm-lambda > 0")})
 
     def __post_init__(self):
+        if re.fullmatch(r"<[^<>]+>", self.name or ""):
+            raise ValueError(f"--name {self.name!r}: leave out the angle brackets (--name {self.name[1:-1]}); prompts "
+                             f"write it as {self.name}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-\.]*", self.name or ""):
             raise ValueError(f"--name {self.name!r}: use letters, digits, _ - . (it is written <{self.name}> in prompts)")
         if not self.class_phrase or not self.class_phrase.strip():

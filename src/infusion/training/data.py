@@ -93,7 +93,10 @@ def find_images(folder: str | Path) -> list[Path]:
         raise ValueError(f"--images must be a folder of images, got a file: {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise ValueError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        inner = sorted(d for d in folder.iterdir() if d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES
+                                                                          for p in d.iterdir()))
+        hint = f"; its subfolder {inner[0].name} has some: --images {inner[0]}" if inner else ""
+        raise ValueError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){hint}")
     return files
 
 

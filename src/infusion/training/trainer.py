@@ -24,8 +24,9 @@ from infusion.core.customization_files import base_fingerprint, output_parts
 from infusion.core.model_families import SDXL, family_of
 from infusion.core.safetensors_io import read_safetensors, save_safetensors_atomic
 from infusion.methods import get_method
+from infusion.methods.registry import get_spec
 from infusion.training.config import TrainConfig
-from infusion.training.data import caption_templates, encode_latent_stats, load_concept_images
+from infusion.training.data import caption_templates, encode_latent_stats, find_images, load_concept_images
 from infusion.training.precision import FrozenWeights, floating_tensors, weight_dtype
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,17 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     raise ValueError(f"--optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
 
 
+def _check_out(out: Path, cfg: TrainConfig) -> None:
+    """``--out`` of the kind the method writes (one file, or a folder), said before a model loads."""
+    spec = get_spec(cfg.method)
+    if spec.output == "file" and out.is_dir():
+        raise ValueError(f"--out {out} is a folder; {cfg.method} writes one file: e.g. --out "
+                         f"{spec.output_path(out, cfg.name)}")
+    if spec.output == "folder" and out.is_file():
+        raise ValueError(f"--out {out} is a file; {cfg.method} writes a folder (a diffusers pipeline): give a folder "
+                         "name")
+
+
 def _bitsandbytes():
     try:
         import bitsandbytes
@@ -228,8 +240,12 @@ class Trainer:
         if cfg.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not _cpu_has_bf16():
             logger.warning("--mixed-precision bf16 on a CPU without bf16 instructions is slow (a Custom Diffusion step "
                            "measured 21x fp32's, benchmarks/results/peers_cpu.json): --mixed-precision no is faster here")
+        if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+            raise ValueError("--mixed-precision fp16 needs a CUDA GPU; on a CPU use no (or bf16)")
         set_seed(cfg.seed)
         self.out = out = Path(cfg.out)
+        _check_out(out, cfg)
+        find_images(cfg.images)  # a mistyped --images is said before a model loads
         out.parent.mkdir(parents=True, exist_ok=True)
         resume_from = None
         if cfg.resume:

@@ -171,7 +171,8 @@ class Concept:
 
         if family and self.family and family != self.family:
             raise ValueError(
-                f"concept <{self.name}> was trained on an {FAMILY_NAMES.get(self.family, self.family)} model "
+                f"concept <{self.name}> was trained on {'an' if self.family == 'sdxl' else 'a'} "
+                f"{FAMILY_NAMES.get(self.family, self.family)} model "
                 f"({self.base_model or 'unknown'}; layers {self.widths_summary()}) and cannot load into this "
                 f"{FAMILY_NAMES.get(family, family)} model: train it again on this model"
             )
