@@ -92,3 +92,10 @@ def test_help_and_a_light_command_start_without_torch():
     out = subprocess.run([sys.executable, "-c", probe.format(argv=["train", "--help"])], capture_output=True, text=True,
                          check=True)
     assert "--method {" in out.stdout and "custom-diffusion" in out.stdout and out.stdout.strip().endswith("TORCH")
+
+
+def test_train_refuses_a_method_arg_the_method_does_not_read_before_loading(tmp_path, capsys):
+    argv = ["train", "--model", "./no-model", "--images", str(tmp_path), "--name", "a", "--class-phrase", "cat",
+            "--out", str(tmp_path / "a.safetensors"), "--method", "lora", "--method-arg", "rnak=8"]
+    assert main(argv) == 2  # a typo would train at the default rank; the model (which does not exist) is not reached
+    assert "--method-arg rnak: lora has no such setting; it reads: " in capsys.readouterr().err

@@ -74,6 +74,13 @@ def run(args) -> int:
         mlm_batch=args.mlm_batch,
         contextualizer=args.contextualizer,
     )
+    from infusion.methods import get_method
+
+    method = get_method(cfg.method)
+    unknown = method.unknown_method_args(cfg.method_args)
+    if unknown:  # a typo would train with the default silently (the Python API warns; the page refuses too)
+        known = ", ".join(sorted(method.method_args_help or {})) or "none"
+        raise ValueError(f"--method-arg {', '.join(unknown)}: {cfg.method} has no such setting; it reads: {known}")
     train(cfg)
     print(f"wrote {Path(cfg.out)}")
     return 0
