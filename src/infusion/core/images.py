@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import PIL.Image
@@ -56,10 +57,29 @@ def make_grid(rows: list[list[PIL.Image.Image]], col_labels: list[str] | None = 
 LABEL_SIZE, LINE, WORD_GAP = 11, 13, 4  # px: a label's font size, line height, the space drawn between words
 
 
+def _pieces(font, word: str, width: int) -> list[str]:
+    """``word`` in pieces of at most ``width`` px: broken after ``-``, ``+`` or ``_`` (``custom-`` | ``diffusion+`` |
+    ``mlm``), a piece still too wide broken between characters; a word that fits is one piece."""
+    if font.getlength(word) <= width:
+        return [word]
+    parts = [p for p in re.split(r"(?<=[-+_])", word) if p]
+    out = []
+    for part in parts:
+        if out and font.getlength(out[-1] + part) <= width:  # join parts that fit together
+            out[-1] += part
+            continue
+        while font.getlength(part) > width and len(part) > 1:
+            k = max(1, max(i for i in range(1, len(part) + 1) if font.getlength(part[:i]) <= width or i == 1))
+            out.append(part[:k])
+            part = part[k:]
+        out.append(part)
+    return out
+
+
 def _lines(font, text: str, width: int) -> list[list[str]]:
-    """``text`` as lines of words, each line at most ``width`` px (a longer word stands alone)."""
+    """``text`` as lines of words, each line at most ``width`` px (a longer word is broken: ``_pieces``)."""
     lines, line, used = [], [], 0.0
-    for word in text.split():
+    for word in (piece for w in text.split() for piece in _pieces(font, w, width)):
         w = font.getlength(word)
         if line and used + WORD_GAP + w > width:
             lines.append(line)
