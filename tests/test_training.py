@@ -1,5 +1,7 @@
 """Training: only the Deltas change, resume is exact, bad input gives clear errors."""
 
+import logging
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -495,3 +497,13 @@ def test_model_loading_mistakes_are_one_clear_line(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match=r"--model-config .*partial-x: not a diffusers folder \(no model_index.json\)"):
         (tmp_path / "partial-x").mkdir()
         load_base_pipeline(str(single), config=str(tmp_path / "partial-x"))
+
+
+def test_a_run_says_what_it_trains_on_and_warns_on_too_few_images(tiny_pipe, tmp_path, caplog):
+    from conftest import write_square_images
+
+    two = write_square_images(tmp_path / "two", n=2)
+    with caplog.at_level(logging.INFO, logger="infusion.training.trainer"):
+        train(_cfg(two, tmp_path / "c.safetensors", steps=1, batch_size=1), pipe=tiny_pipe, progress=False)
+    assert "infusion <mycat>: 2 image(s) at 16 px, 1 steps, batch 1, on cpu" in caplog.text
+    assert "only 2 image(s) of <mycat>: 3-6 photos" in caplog.text

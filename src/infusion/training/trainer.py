@@ -261,6 +261,12 @@ class Trainer:
         self.pipe = pipe
         resolution = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         images, sizes = load_concept_images(cfg.images, resolution, with_sizes=True)
+        logger.info("%s <%s>: %d image(s) at %d px, %d steps, batch %d, on %s%s", cfg.method, cfg.name, len(images),
+                    resolution, cfg.steps, cfg.batch_size, accelerator.device,
+                    "" if cfg.mixed_precision == "no" else f", {cfg.mixed_precision}")
+        if len(images) < 3:
+            logger.warning("only %d image(s) of <%s>: 3-6 photos in different scenes teach the concept rather than "
+                           "the photo", len(images), cfg.name)
         # cached latents: the VAE encodes each image (and its mirror) once, a latent is drawn per step from its posterior
         self.mean, self.std = mean, std = encode_latent_stats(pipe.vae, images, flip=cfg.flip)  # (M, 4, h, w) each
         self.time_ids = self.prior_time_ids = None
