@@ -99,3 +99,18 @@ def test_train_refuses_a_method_arg_the_method_does_not_read_before_loading(tmp_
             "--out", str(tmp_path / "a.safetensors"), "--method", "lora", "--method-arg", "rnak=8"]
     assert main(argv) == 2  # a typo would train at the default rank; the model (which does not exist) is not reached
     assert "--method-arg rnak: lora has no such setting; it reads: " in capsys.readouterr().err
+
+
+def test_help_shows_real_defaults_and_an_example_with_options_unbroken(capsys):
+    import pytest
+
+    for command in ("generate", "train"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "(default: None)" not in text and "example: infusion " + command in text
+        assert "--num-\n" not in text and "stable-\n" not in text  # never broken at a hyphen
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    flip = capsys.readouterr().out.split("--no-flip", 1)[1].split("--", 1)[0]
+    assert "default: True" not in flip  # the real default comes from the model's profile, as --flip's help says

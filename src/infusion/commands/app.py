@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from infusion.commands import HelpFormatter
+
 
 def _auth(text: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
@@ -20,7 +22,7 @@ def register(sub) -> None:
                        description="Serve the infusion web page. Binds to 127.0.0.1 unless --host says otherwise; "
                                    "never opens a public share link. Any other --host needs --auth USER:PASSWORD "
                                    "(or --no-auth, which serves the page to the network without a login).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--model", default="world", help="base model (diffusers folder, .safetensors, hub id, world, tiny)")
     p.add_argument("--library", default="library", help="folder of trained concepts (created if missing)")
     p.add_argument("--host", default="127.0.0.1",

@@ -7,14 +7,14 @@ processes then join a gloo group).
 
 from __future__ import annotations
 
-import argparse
+from infusion.commands import HelpFormatter
 
 HELP = "evaluate customisations: fidelity, overfitting (LFD, W2), tables, curves"  # the line in `infusion --help` (read without running register)
 
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help=HELP,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("files", nargs="+", help="customisation files/folders written by `infusion train` (any method)")
     p.add_argument("--model", required=True, help="base model (diffusers folder, hub id, world, tiny)")
     p.add_argument("--out", required=True, help="output folder (re-run with the same folder to resume)")

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from infusion.commands import HelpFormatter
 
 HELP = "generate images with trained concepts"  # the line in `infusion --help` (read without running register)
 
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help=HELP,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="Images of trained concepts in the scenes a prompt describes: write a concept as "
+                                   "<name> in the prompt (several Infusion concepts compose in one prompt).",
+                       epilog="example: infusion generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 "
+                              "--concept mycat.safetensors --prompt 'a photo of <mycat> on the beach' --num-images 4 "
+                              "--out out/ --show-base",
+                       formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="base model (diffusers folder, .safetensors, hub id, world, tiny)")
     p.add_argument("--concept", action="append", default=[],
                    help="output of `infusion train`, any method: file or folder (repeatable for infusion and ti)")
     p.add_argument("--prompt", required=True, help='e.g. "a photo of <mycat> on the beach"')
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--negative-prompt", default=None, help="what the images should not show (may name a concept)")
+    p.add_argument("--num-images", type=int, default=1, help="images, one per seed: --seed, --seed + 1, ...")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--guidance", type=float, default=8.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None, help="px, a multiple of 8 (default: the model's size)")
+    p.add_argument("--width", type=int, default=None, help="px, a multiple of 8 (default: the model's size)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--show-base", action="store_true", help="also write the base model's images and a base|customised grid")
     p.add_argument("--model-config", default=None, help="configs for a single-file checkpoint")

@@ -3,15 +3,16 @@ separately trained folders (``infusion.methods.custom_diffusion.merge``) -> one 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from infusion.commands import HelpFormatter
 
 HELP = "merge trained Custom Diffusion folders into one multi-concept folder"  # the line in `infusion --help` (read without running register)
 
 
 def register(sub) -> None:
     p = sub.add_parser("merge", help=HELP,
-                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("folders", nargs="+", help="Custom Diffusion folders (`infusion train --method custom-diffusion`), two or more")
     p.add_argument("--model", required=True, help="the base model they were trained on (world, tiny, a diffusers folder, ...)")
     p.add_argument("--out", required=True, help="the merged folder; generate with --concept OUT and a prompt naming each <name>")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
+
+from infusion.commands import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def register(sub) -> None:
     pr = mlm_sub.add_parser(
         "prompts",
         help="print context-rich prompts",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     pr.add_argument("--n", type=int, default=20, help="how many distinct prompts")
     pr.add_argument("--vocab", choices=["everyday", "world"], default="everyday", help="word lists to use")
@@ -33,7 +34,7 @@ def register(sub) -> None:
     cp = mlm_sub.add_parser(
         "captions",
         help="print captions of the built-in world's scenes (a corpus for 'mlm pretrain')",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     cp.add_argument("--n", type=int, default=20000, help="how many captions")
     cp.add_argument("--seed", type=int, default=0, help="first scene seed")
@@ -46,7 +47,7 @@ def register(sub) -> None:
         help="pretrain a contextualizer for a model's text encoder",
         description="Pretrain the contextualizer + [MASK] embedding with masked language modelling on a "
         "caption corpus; the text encoder stays frozen. Interrupt any time and continue with --resume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     pt.add_argument("--model", required=True, help="diffusers model folder (text_encoder/, tokenizer/), 'world' or 'tiny'")
     pt.add_argument("--captions", required=True, help="UTF-8 text file, one caption per line, or 'world' "

@@ -11,7 +11,7 @@ The work and the page: ``infusion.evaluation.results_page`` (options: its ``add_
 
 from __future__ import annotations
 
-import argparse
+from infusion.commands import HelpFormatter
 
 HELP = "the paper's evaluation on the built-in world (resumable) -> docs/results.md"  # the line in `infusion --help` (read without running register)
 
@@ -20,7 +20,7 @@ def register(sub) -> None:
     from infusion.evaluation.results_page import DESCRIPTION, add_arguments
 
     p = sub.add_parser("results", help=HELP,
-                       description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=DESCRIPTION, formatter_class=HelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run)
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
+from infusion.commands import HelpFormatter
 
 HELP = "2-D toy analysis of concept-agnostic / concept-specific overfitting"  # the line in `infusion --help` (read without running register)
 
 
 def register(sub) -> None:
     p = sub.add_parser("toy", help=HELP,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--out", default="docs/toy", help="folder for figures, results.json and table.md")
     p.add_argument("--steps", default="0,100,400,1000,2000", help="customisation steps to evaluate (comma-separated)")
     p.add_argument("--foundation-steps", type=int, default=3000, help="pretraining steps of each foundation model")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from pathlib import Path
+
+from infusion.commands import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +19,10 @@ def register(sub) -> None:
         "train",
         help=HELP,
         description="Learn a personal concept. Multi-GPU: `accelerate launch -m infusion.cli train ...`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: infusion train --model stable-diffusion-v1-5/stable-diffusion-v1-5 --images photos/ "
+               "--name mycat --class-phrase cat --out mycat.safetensors  (then: infusion generate ... "
+               "--prompt 'a photo of <mycat> on the beach')",
+        formatter_class=HelpFormatter,
     )
     from infusion.methods import available_methods
     from infusion.training.config import TrainConfig
@@ -44,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help=helps["checkpoint_every"])
     p.add_argument("--resume", nargs="?", const="auto", default=None, help=helps["resume"])
     p.add_argument("--flip", dest="flip", action="store_true", default=None, help=helps["flip"])
-    p.add_argument("--no-flip", dest="flip", action="store_false", help="do not add mirrored copies")
+    p.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="do not add mirrored copies")
     p.add_argument("--model-config", default=None, help=helps["model_config"])
     from infusion.methods import mlm_methods
 
