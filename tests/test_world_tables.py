@@ -99,3 +99,29 @@ def test_fmt_cell():
     assert wt.fmt_cell((0.5, 0.4, 0.6), "{:.2f}") == "0.50 [0.40, 0.60]"
     assert wt.fmt_cell((0.0, 0.0, 0.0), "{:.2f}") == "0.00"
     assert wt.fmt_cell((math.nan, math.nan, math.nan), "{:.2f}") == "-"
+
+
+def test_the_page_says_where_the_text_fidelity_floor_decided_a_tuned_choice():
+    """The protocol's floor can choose a point that learned nothing over one that learned the look at a little text
+    fidelity: the page lists each such choice with both points' validation scores; a choice that was the best
+    point anyway is not listed."""
+    from infusion.evaluation.world_page import readings_floor
+
+    def val(look, text):
+        return {"look_rate": look, "text_fidelity": text, "concept_fidelity": 0.5, "selection_score": look + text + 0.05}
+
+    summaries = {
+        "val/base/c": val(0.0, 1.0),
+        "choice/lora/c": {"lr": 1e-4, "steps": 500, "floor_met": True},
+        "val/lora/c/lr0.0001-step500": val(0.0, 1.0),
+        "val/lora/c/lr0.001-step500": val(1.0, 0.967),
+        "choice/ti/c": {"lr": 0.02, "steps": 250, "floor_met": True},
+        "val/ti/c/lr0.02-step250": val(0.9, 0.99),
+        "val/ti/c/lr0.002-step250": val(0.0, 1.0),
+    }
+    lines = readings_floor(summaries, ["lora", "ti"], ["c"], 0.02)
+    assert len(lines) == 2 and "minus 0.02" in lines[0]
+    assert lines[1] == ("  - lora on c: chose lr 0.0001, 500 steps (look 0.00, text 1.000); the floor (0.980) excluded "
+                        "lr 0.001, 500 steps (look 1.00, text 0.967)")
+    summaries["choice/lora/c"] = {"lr": 1e-3, "steps": 500, "floor_met": True}  # the best point chosen: nothing to say
+    assert readings_floor(summaries, ["lora", "ti"], ["c"], 0.02) == []

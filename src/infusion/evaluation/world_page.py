@@ -116,6 +116,34 @@ def readings_table1(rows: list[TableRow]) -> list[str]:
     return out
 
 
+def readings_floor(summaries: dict, rows: list[str], concepts: list[str], floor: float) -> list[str]:
+    """Where the protocol's text-fidelity floor decided a tuned choice: the sweep point with the best selection score
+    was below the floor (validation text fidelity under the base model's minus ``floor``), so a lower one was chosen.
+    One line per such (row, concept); nothing when the floor decided none."""
+    out = []
+    for r in rows:
+        for c in concepts:
+            choice, base = summaries.get(f"choice/{r}/{c}"), summaries.get(f"val/{BASE_ROW}/{c}")
+            prefix = f"val/{r}/{c}/"
+            points = {k[len(prefix):]: v for k, v in summaries.items() if k.startswith(prefix)}
+            if not choice or not base or not points:
+                continue
+            chosen = points.get(f"lr{choice['lr']:g}-step{choice['steps']}")
+            best_key, best = max(points.items(), key=lambda kv: kv[1]["selection_score"])
+            if chosen is None or best is chosen or best["selection_score"] <= chosen["selection_score"]:
+                continue
+            point = lambda v: f"look {v['look_rate']:.2f}, text {v['text_fidelity']:.3f}"  # noqa: E731
+            lr, steps = best_key[2:].split("-step")
+            how = "" if choice.get("floor_met", True) else " (no point met the floor: the highest text fidelity)"
+            out.append(f"  - {label(r)} on {c}: chose lr {choice['lr']:g}, {choice['steps']} steps ({point(chosen)})"
+                       f"{how}; the floor ({base['text_fidelity'] - floor:.3f}) excluded lr {lr}, {steps} steps "
+                       f"({point(best)})")
+    if not out:
+        return []
+    return [f"- The text-fidelity floor (the base model's validation text fidelity minus {floor:g}, fixed before the "
+            "run) decided these tuned choices against a point that learned more of the look (validation scores):"] + out
+
+
 def curve_lines(records: Path, plan: FigurePlan, seeds: int) -> tuple[list[str], list[str], list[str]]:
     """(the concepts and rows the curves show (``figure_scope``), one reading line per row: W2 and LFD at the first
     and last step)."""
@@ -204,7 +232,8 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
         "",
     ]
     if t1:
-        L += table1_lines(t1, mlm_rows) + ["", *readings_table1(t1), ""]
+        L += table1_lines(t1, mlm_rows) + ["", *readings_table1(t1),
+                                           *readings_floor(summaries, rows, complete, preset.text_floor), ""]
     else:
         L += ["Not run yet under this protocol (`infusion results --workers 2` resumes it).", ""]
     L += ["## Table 2: pairwise preference, probe-judged", "",
