@@ -125,3 +125,6 @@ def test_the_page_says_where_the_text_fidelity_floor_decided_a_tuned_choice():
                         "lr 0.001, 500 steps (look 1.00, text 0.967)")
     summaries["choice/lora/c"] = {"lr": 1e-3, "steps": 500, "floor_met": True}  # the best point chosen: nothing to say
     assert readings_floor(summaries, ["lora", "ti"], ["c"], 0.02) == []
+    summaries["choice/ti/c"] = {"lr": 0.02, "steps": 250, "floor_met": False}  # no point met it: said, as the protocol
+    assert readings_floor(summaries, ["lora", "ti"], ["c"], 0.02)[1] == (
+        "  - ti on c: chose lr 0.02, 250 steps (look 0.90, text 0.990) (no point met the floor: the highest text fidelity)")

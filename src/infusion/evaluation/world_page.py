@@ -118,8 +118,9 @@ def readings_table1(rows: list[TableRow]) -> list[str]:
 
 def readings_floor(summaries: dict, rows: list[str], concepts: list[str], floor: float) -> list[str]:
     """Where the protocol's text-fidelity floor decided a tuned choice: the sweep point with the best selection score
-    was below the floor (validation text fidelity under the base model's minus ``floor``), so a lower one was chosen.
-    One line per such (row, concept); nothing when the floor decided none."""
+    was below the floor (validation text fidelity under the base model's minus ``floor``), so a lower one was chosen;
+    or no point met it (docs/protocol.md: the page says so). One line per such (row, concept); none when the floor
+    decided nothing."""
     out = []
     for r in rows:
         for c in concepts:
@@ -130,18 +131,22 @@ def readings_floor(summaries: dict, rows: list[str], concepts: list[str], floor:
                 continue
             chosen = points.get(f"lr{choice['lr']:g}-step{choice['steps']}")
             best_key, best = max(points.items(), key=lambda kv: kv[1]["selection_score"])
-            if chosen is None or best is chosen or best["selection_score"] <= chosen["selection_score"]:
+            met = choice.get("floor_met", True)
+            better = chosen is not None and best["selection_score"] > chosen["selection_score"]
+            if chosen is None or (met and not better):
                 continue
             point = lambda v: f"look {v['look_rate']:.2f}, text {v['text_fidelity']:.3f}"  # noqa: E731
             lr, steps = best_key[2:].split("-step")
-            how = "" if choice.get("floor_met", True) else " (no point met the floor: the highest text fidelity)"
-            out.append(f"  - {label(r)} on {c}: chose lr {choice['lr']:g}, {choice['steps']} steps ({point(chosen)})"
-                       f"{how}; the floor ({base['text_fidelity'] - floor:.3f}) excluded lr {lr}, {steps} steps "
-                       f"({point(best)})")
+            how = "" if met else " (no point met the floor: the highest text fidelity)"
+            line = f"  - {label(r)} on {c}: chose lr {choice['lr']:g}, {choice['steps']} steps ({point(chosen)}){how}"
+            if better:
+                line += (f"; the floor ({base['text_fidelity'] - floor:.3f}) excluded lr {lr}, {steps} steps "
+                         f"({point(best)})")
+            out.append(line)
     if not out:
         return []
     return [f"- The text-fidelity floor (the base model's validation text fidelity minus {floor:g}, fixed before the "
-            "run) decided these tuned choices against a point that learned more of the look (validation scores):"] + out
+            "run) decided these tuned choices (validation scores):"] + out
 
 
 def curve_lines(records: Path, plan: FigurePlan, seeds: int) -> tuple[list[str], list[str], list[str]]:
