@@ -185,3 +185,22 @@ def test_from_pipe_prints_no_empty_float32_warning_but_a_real_one_still_shows(ti
         assert [m for m in seen if "kept in float32: ['norm']" in m]
     finally:
         log.removeHandler(handler)
+
+
+def test_no_torchvision_fallback_warning_once_infusion_is_imported():
+    """transformers warns that ``CLIPImageProcessor`` falls back to its PIL form without torchvision (which the project
+    leaves out on purpose); importing diffusers' pipelines after ``infusion`` prints no such line, while the same
+    import without ``infusion`` does (so the check can fail)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed: transformers has nothing to fall back from")
+
+    def stderr(code):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stderr
+
+    pipelines = "from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline"
+    assert "requires torchvision" in stderr(pipelines)
+    assert "requires torchvision" not in stderr("import infusion; " + pipelines)

@@ -172,8 +172,8 @@ def test_world_training_defaults(tmp_path):
 
 
 def test_dreambooth_world_default_lr(tiny_pipe, concept_images, tmp_path):
-    from infusion.training.config import TrainConfig
     from infusion.methods.dreambooth.training import DreamBooth
+    from infusion.training.config import TrainConfig
 
     kw = dict(images=str(concept_images), name="c", class_phrase="ball", out=str(tmp_path / "db"), method="dreambooth",
               method_args={"prior_loss_weight": 0})
@@ -207,6 +207,9 @@ def test_command_resumes_and_restarts_from_the_committed_json(tmp_path, monkeypa
     assert len(tuned) == 2 and "image" in tuned[0] and all("<sunball>" in x["prompt"] for x in tuned)
     data = json.loads((doc.parent / "results" / "results.json").read_text())
     assert {"table1", "table2", "records", "wall_seconds", "protocol", "errors"} <= set(data) and not data["errors"]
+    timed = [v["seconds"] for k, v in data["records"].items() if k.startswith("done/")]
+    assert len(timed) == 3 and all(t > 0 for t in timed)  # base, infusion, ti on sunball, each with its time
+    assert f"worker time {sum(timed) / 3600:.1f} h over the 3 units timed" in text
     assert [(r["row"], r["setting"]) for r in data["table1"]] == [
         ("base", "base"), ("infusion", "default"), ("infusion", "tuned"), ("ti", "default"), ("ti", "tuned")]
     before = {k: v for k, v in data["records"].items() if not k.startswith("train/")}
@@ -309,8 +312,8 @@ def test_partial_unit_resumes_from_its_records(tmp_path, monkeypatch):
 
 def test_world_scorer_look_takes_its_target_from_the_references():
     """``WorldProbeScorer``'s ``look``: the references' own reading is the target (no concept name needed)."""
-    from infusion.world.scorer import WorldProbeScorer
     from infusion.world.concepts import concept_images
+    from infusion.world.scorer import WorldProbeScorer
 
     scorer = WorldProbeScorer()
     c = get_concept("halfmug")
@@ -416,3 +419,13 @@ def test_the_choice_keeps_to_the_text_fidelity_floor():
     assert wr.choose(points, base_text_fidelity=1.0, floor=0.02) == ("obeys", True)
     assert wr.choose(points, base_text_fidelity=1.0, floor=0.2) == ("learns the look, stops obeying", True)
     assert wr.choose(points[:1] + [(val(0.0, 0.95), "worse text")], 1.0, 0.02) == ("worse text", False)
+
+
+def test_cost_line_says_what_was_timed():
+    from infusion.evaluation.world_page import cost_line
+
+    assert cost_line({"done/table/ti/sunball": {"at": "x"}}, []) == "Cost: not yet recorded."
+    recs = {"done/table/ti/sunball": {"at": "x", "seconds": 1800.0}, "done/base/base/sunball": {"at": "x"},
+            "done/table/lora/sunball": {"at": "x", "seconds": 5400.0}, "val/ti/sunball/a": {"seconds": 99999}}
+    line = cost_line(recs, [{"seconds": 7200.0}])
+    assert line.startswith("Cost: wall time of finished runs 2.0 h; worker time 2.0 h over the 2 units timed (60 min a unit")

@@ -12,6 +12,10 @@ Start here:
 
 __version__ = "0.1.0"
 
+from infusion.core import quiet_logs  # noqa: E402  (stdlib logging only: stays fast)
+
+quiet_logs.install()
+
 _LAZY = {
     "Concept": "infusion.methods.infusion.concept",
     "InfusionPipeline": "infusion.methods.infusion.pipeline",

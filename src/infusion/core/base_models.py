@@ -4,7 +4,6 @@ the built-in world model). The family is read from the files; SDXL gets the XL p
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from pathlib import Path
@@ -12,25 +11,10 @@ from pathlib import Path
 import torch
 
 from infusion.core import model_configs as tiny
+from infusion.core import quiet_logs
 from infusion.core.model_families import SDXL, family_of, family_of_files
 
-
-class _EmptyFp32ListFilter(logging.Filter):
-    """Drops diffusers' "modules ... should be kept in float32: []" warning, which ``ModelMixin.to(dtype=...)``
-    logs even when that list is empty (so every ``from_pipe`` printed it twice); a non-empty list still warns."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "should be kept in float32: []" not in record.getMessage()
-
-
-def quiet_empty_fp32_warning() -> None:
-    """Install ``_EmptyFp32ListFilter`` on diffusers' modeling logger (once; idempotent)."""
-    log = logging.getLogger("diffusers.models.modeling_utils")
-    if not any(isinstance(f, _EmptyFp32ListFilter) for f in log.filters):
-        log.addFilter(_EmptyFp32ListFilter())
-
-
-quiet_empty_fp32_warning()
+quiet_logs.install()
 
 BUILTIN = ("tiny", "tiny-sd2", "tiny-sdxl", "world")
 TINY = {"tiny": "tiny_sd_pipeline", "tiny-sd2": "tiny_sd2_pipeline", "tiny-sdxl": "tiny_sdxl_pipeline"}

@@ -12,9 +12,9 @@ import json
 import math
 from pathlib import Path
 
-from infusion.evaluation.intervals import B, LEVEL
+from infusion.evaluation.intervals import LEVEL, B
 from infusion.evaluation.world_fig8 import table_lines as fig8_lines
-from infusion.evaluation.world_figures import FIGURE_PLANS, FigurePlan, figure_scope, load_records, lfd_curve, w2_curve
+from infusion.evaluation.world_figures import FIGURE_PLANS, FigurePlan, figure_scope, lfd_curve, load_records, w2_curve
 from infusion.evaluation.world_results import BASE_ROW, PAPER_ROW, RECOMMENDED_ROW, Preset
 from infusion.evaluation.world_tables import (
     COLUMNS,
@@ -28,6 +28,7 @@ from infusion.evaluation.world_tables import (
 )
 from infusion.world.concepts import N_TRAIN_IMAGES, concept_images
 from infusion.world.scenes import BACKGROUNDS, IMAGE_SIZE
+
 
 def label(row: str) -> str:
     """A row as the page names it: the paper's Infusion in bold."""
@@ -172,6 +173,17 @@ def curve_lines(records: Path, plan: FigurePlan, seeds: int) -> tuple[list[str],
     return concepts, rows, out
 
 
+def cost_line(summaries: dict, wall: list) -> str:
+    """What the run cost: the wall time of runs that finished (``wall``), and the worker time of the units whose
+    ``done/`` record has ``seconds`` (runs cut off by a session's end leave no wall record)."""
+    timed = [v["seconds"] for k, v in summaries.items() if k.startswith("done/") and "seconds" in (v or {})]
+    parts = [f"wall time of finished runs {sum(w['seconds'] for w in wall) / 3600:.1f} h"] if wall else []
+    if timed:
+        parts.append(f"worker time {sum(timed) / 3600:.1f} h over the {len(timed)} units timed "
+                     f"({sum(timed) / len(timed) / 60:.0f} min a unit; 2 workers on a 2-core CPU)")
+    return ("Cost: " + "; ".join(parts) + ".") if parts else "Cost: not yet recorded."
+
+
 def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerprint: str, mlm_rows: set,
                plan: FigurePlan = FIGURE_PLANS["full"]) -> tuple[dict, list[str]]:
     """Write ``doc`` and its figures from the records -> (the tables as JSON, the errors the command reports)."""
@@ -206,8 +218,7 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
         "The paper's evaluation, figure by figure, on the project's built-in text-to-image world (a small model that "
         "runs on a CPU; no real Stable Diffusion run was possible here). Written by `infusion results` from records "
         f"(`--report-only` rewrites it). Model fingerprint `{fingerprint}`. Table units done: **{done} of {n_units}**; "
-        f"concepts complete: {', '.join(complete) or 'none yet'}. Wall time: "
-        + (f"{sum(w['seconds'] for w in wall) / 3600:.1f} h on a 2-core CPU" if wall else "-") + ".",
+        f"concepts complete: {', '.join(complete) or 'none yet'}. " + cost_line(summaries, wall),
         "",
         "## Setup",
         "",

@@ -406,6 +406,7 @@ class ResultsRun:
             if self.records.get(f"done/{unit}") is not None or not self.claim(unit):
                 continue
             self.log(f"[{time.strftime('%H:%M:%S')}] {unit}")
+            t0 = time.time()
             try:
                 concept = get_concept(name)
                 if kind == "base":
@@ -414,7 +415,9 @@ class ResultsRun:
                     self.table_unit(row, concept)
                 else:
                     handlers[kind](row, concept)
-                self.records.put(f"done/{unit}", {"at": time.strftime("%Y-%m-%d %H:%M:%S")})
+                # seconds: this process's time on the unit (a unit resumed from sub-unit records counts only its rest)
+                self.records.put(f"done/{unit}", {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                  "seconds": round(time.time() - t0, 1)})
             finally:
                 self.release(unit)
 

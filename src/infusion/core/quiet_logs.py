@@ -1,0 +1,36 @@
+"""Library log lines that say nothing to this project's users, dropped by message (stdlib ``logging`` filters; no
+library offers a switch for these two):
+
+- diffusers' "modules ... should be kept in float32: []": ``ModelMixin.to(dtype=...)`` logs it even when the list
+  is empty (every ``from_pipe`` printed it twice); a non-empty list still warns.
+- transformers' "`CLIPImageProcessor` requires torchvision (not installed); falling back to ...Pil": the project
+  does not install torchvision on purpose (its PyPI build breaks beside the pinned torch), and the PIL image
+  processor it falls back to is the one it means to use.
+"""
+
+import logging
+
+DROPPED = {
+    "diffusers.models.modeling_utils": ("should be kept in float32: []",),
+    "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to",),
+}
+
+
+class DropMessages(logging.Filter):
+    """Drops records whose message contains one of ``needles``."""
+
+    def __init__(self, needles: tuple[str, ...]):
+        super().__init__()
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in self.needles)
+
+
+def install() -> None:
+    """Put a ``DropMessages`` filter on each logger of ``DROPPED`` (idempotent; call before the libraries log)."""
+    for name, needles in DROPPED.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, DropMessages) for f in log.filters):
+            log.addFilter(DropMessages(needles))
