@@ -1,11 +1,14 @@
 """Library log lines that say nothing to this project's users, dropped by message (stdlib ``logging`` filters; no
-library offers a switch for these two):
+library offers a switch for these):
 
 - diffusers' "modules ... should be kept in float32: []": ``ModelMixin.to(dtype=...)`` logs it even when the list
   is empty (every ``from_pipe`` printed it twice); a non-empty list still warns.
 - transformers' "`CLIPImageProcessor` requires torchvision (not installed); falling back to ...Pil": the project
   does not install torchvision on purpose (its PyPI build breaks beside the pinned torch), and the PIL image
   processor it falls back to is the one it means to use.
+- diffusers' "No LoRA keys associated to CLIPTextModel found with the prefix='text_encoder'" on every
+  ``load_lora_weights`` of a UNet-only LoRA file (DreamBooth-LoRA's files, as diffusers' own training script writes
+  them without ``--train_text_encoder``); the message itself says it is safe to ignore then.
 """
 
 import logging
@@ -13,6 +16,7 @@ import logging
 DROPPED = {
     "diffusers.models.modeling_utils": ("should be kept in float32: []",),
     "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to",),
+    "diffusers.loaders.lora_base": ("No LoRA keys associated to CLIPTextModel",),
 }
 
 
