@@ -429,3 +429,19 @@ def test_cost_line_says_what_was_timed():
             "done/table/lora/sunball": {"at": "x", "seconds": 5400.0}, "val/ti/sunball/a": {"seconds": 99999}}
     line = cost_line(recs, [{"seconds": 7200.0}])
     assert line.startswith("Cost: wall time of finished runs 2.0 h; worker time 2.0 h over the 2 units timed (60 min a unit")
+
+
+def test_open_prompt_count_says_how_thin_the_open_column_is():
+    from infusion.evaluation.world_page import open_prompt_count
+
+    def base(c, prompts):
+        return {("base", c, "base"): [{"prompt": q, "seed": s} for q in prompts for s in (0, 1)]}
+
+    prompts = ["a photo of a <sunball>", "a photo of a <sunball> on the grass", "a <sunball> in the top left corner"]
+    images = {**base("sunball", prompts), **base("slashbox", [q.replace("sunball", "slashbox") for q in prompts])}
+    assert open_prompt_count(images, ["sunball", "slashbox"]) == (
+        "1 of the 3 test prompts a concept, 4 images in all; one prompt a concept gives no interval")
+    images.update(base("slashbox", ["a photo of a <slashbox>", "a red <slashbox>"]))  # colour only: still open
+    assert open_prompt_count(images, ["sunball", "slashbox"]) == (
+        "sunball: 1 of 3 test prompts; slashbox: 2 of 2 test prompts")
+    assert open_prompt_count({}, []) == "no concept complete yet"

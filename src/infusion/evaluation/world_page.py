@@ -23,6 +23,7 @@ from infusion.evaluation.world_tables import (
     fig7,
     fmt_cell,
     load_image_records,
+    open_prompt,
     table1,
     table2,
 )
@@ -173,6 +174,24 @@ def curve_lines(records: Path, plan: FigurePlan, seeds: int) -> tuple[list[str],
     return concepts, rows, out
 
 
+def open_prompt_count(images: dict, concepts: list[str]) -> str:
+    """How much the "open prompts" column rests on: its prompts per concept among the base row's test prompts."""
+    counts = []
+    for c in concepts:
+        lines = images.get((BASE_ROW, c, "base"), [])
+        prompts = {x["prompt"] for x in lines}
+        seeds = {x["seed"] for x in lines}
+        counts.append((sum(open_prompt(q, c) for q in prompts), len(prompts), len(seeds)))
+    if not counts:
+        return "no concept complete yet"
+    opened, total, seeds = counts[0]
+    if any(c != counts[0] for c in counts):
+        return "; ".join(f"{c}: {o} of {t} test prompts" for c, (o, t, _) in zip(concepts, counts))
+    rest = "; one prompt a concept gives no interval" if opened == 1 else ""
+    return (f"{opened} of the {total} test prompts a concept, {opened * seeds * len(concepts)} images "
+            f"in all{rest}")
+
+
 def cost_line(summaries: dict, wall: list) -> str:
     """What the run cost: the wall time of runs that finished (``wall``), and the worker time of the units whose
     ``done/`` record has ``seconds`` (runs cut off by a session's end leave no wall record)."""
@@ -210,6 +229,7 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
     fig_records = res / "records" / "figures"
     curve_concepts, curve_rows, curve_read = curve_lines(fig_records, plan, preset.test_seeds)
     fig8 = json.loads((res / "fig8.json").read_text()) if (res / "fig8.json").is_file() else None
+    open_n = open_prompt_count(images, complete)
     done = sum(1 for k in summaries if k.startswith("done/table/") or k.startswith("done/base/"))
     n_units = len(preset.concepts) * (len(rows) + 1)
     L = [
@@ -232,7 +252,7 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
         "*look rate*, the share of concept objects read with the concept's colours and pattern.",
         "- **Scene kept** (the paper's \"where pathway\" claim): the share of images, on the base model's noise, whose "
         "background, object count and object slots are the base model's; *open prompts* name no background and no "
-        "position. **W2**: the 2-Wasserstein distance (not squared) between Gaussians fitted to the customised and "
+        f"position ({open_n}). **W2**: the 2-Wasserstein distance (not squared) between Gaussians fitted to the customised and "
         "the base model's pooled test latents. **LFD**: the latent Fisher divergence on 32 real latents of captions "
         "without the concept (concept-agnostic overfitting, Def. 3.1).",
         f"- **Protocol** ([protocol.md](protocol.md), fixed before the run): every row at its defaults and tuned "
