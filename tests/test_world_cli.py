@@ -114,3 +114,35 @@ def test_help_shows_real_defaults_and_an_example_with_options_unbroken(capsys):
         main(["train", "--help"])
     flip = capsys.readouterr().out.split("--no-flip", 1)[1].split("--", 1)[0]
     assert "default: True" not in flip  # the real default comes from the model's profile, as --flip's help says
+
+
+def _parsers(parser, path=()):
+    """(command path, parser) for ``parser`` and every sub-command under it."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, path + (name,))
+
+
+def test_every_help_page_states_each_real_default_and_no_empty_one():
+    """`infusion COMMAND --help lists them with their defaults` (docs/usage.md): every option of every (sub-)command
+    with a real default shows it; none shows "default: []" (a repeatable option) or "default: False" (a switch)."""
+    from infusion.cli import COMMAND_MODULES, build_parser
+
+    seen = 0
+    for command in (m.rsplit(".", 1)[-1] for m in COMMAND_MODULES):
+        for path, parser in _parsers(build_parser([command])):
+            if not path or path[0] != command:
+                continue  # the other commands are only named in this parser
+            text = parser.format_help()
+            assert "(default: [])" not in text and "(default: False)" not in text, path
+            for action in parser._actions:
+                real = action.default not in (None, [], False) and action.option_strings and action.dest != "help"
+                if real:
+                    seen += 1
+                    assert action.help and "%(default)" in parser._get_formatter()._get_help_string(action), (
+                        path, action.option_strings)
+    assert seen > 50

@@ -9,8 +9,9 @@ import textwrap
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's defaults in the help, but not for a required option or one without a default ("default: None"
-    says nothing; such an option's help says what happens when it is left out); lines never break at a hyphen."""
+    """argparse's defaults in the help, but not for a required option, one without a default ("default: None"
+    says nothing; such an option's help says what happens when it is left out), a repeatable option's empty list or
+    a switch's False; lines never break at a hyphen."""
 
     def _fill_text(self, text, width, indent):  # options such as --num-images are never broken at their hyphen
         text = self._whitespace_matcher.sub(" ", text).strip()
@@ -22,6 +23,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                              break_long_words=False)
 
     def _get_help_string(self, action):
-        if action.required or action.default is None or action.default is argparse.SUPPRESS:
+        if (action.required or action.default is None or action.default is argparse.SUPPRESS
+                or action.default == [] or (action.default is False and action.nargs == 0)):
             return action.help
         return super()._get_help_string(action)

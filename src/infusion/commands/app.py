@@ -23,11 +23,12 @@ def register(sub) -> None:
                                    "never opens a public share link. Any other --host needs --auth USER:PASSWORD "
                                    "(or --no-auth, which serves the page to the network without a login).",
                        formatter_class=HelpFormatter)
-    p.add_argument("--model", default="world", help="base model (diffusers folder, .safetensors, hub id, world, tiny)")
+    p.add_argument("--model", default="world",
+                   help="base model (diffusers folder, .safetensors, hub id, world, tiny, tiny-sd2, tiny-sdxl)")
     p.add_argument("--library", default="library", help="folder of trained concepts (created if missing)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (0.0.0.0 exposes it to your network: then --auth or --no-auth is required)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--model-config", default=None, help="configs for a single-file checkpoint")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--auth", type=_auth, default=None, metavar="USER:PASSWORD",

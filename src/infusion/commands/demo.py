@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from infusion.commands import HelpFormatter
+
 DEMO_PROMPTS = 6  # held-out prompts shown (of the concept's 22)
 DEMO_LR = 0.01  # see --lr
 DEMO_STEPS = 1000
@@ -27,7 +29,7 @@ HELP = "train an Infusion concept on the built-in world and show base | customis
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help=HELP)
+    p = sub.add_parser("demo", help=HELP, formatter_class=HelpFormatter)
     p.add_argument("--out", default="demo", help="output folder")
     p.add_argument("--concept", default="sunball", help="built-in world concept (see `infusion world concepts`)")
     p.add_argument("--model", default="world", help="the built-in world model, or a folder holding a snapshot of it")
@@ -40,8 +42,8 @@ def register(sub) -> None:
     p.add_argument("--variants", default=DEMO_DEFAULT,
                    help="which Infusion columns to train and show, comma-separated: paper (the paper's Infusion), "
                         "recommended (--method-arg preset=recommended), own (maps=own alone)")
-    p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="training and sampling seed (the same noise in every column)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; 1 is fastest for the small world model, and 40x faster than 2 when "
                         "another process keeps a core busy (OpenMP threads wait on each other)")

@@ -16,7 +16,7 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help=HELP,
                        formatter_class=HelpFormatter)
     p.add_argument("files", nargs="+", help="customisation files/folders written by `infusion train` (any method)")
-    p.add_argument("--model", required=True, help="base model (diffusers folder, hub id, world, tiny)")
+    p.add_argument("--model", required=True, help="base model (diffusers folder, hub id, world, tiny, tiny-sd2, tiny-sdxl)")
     p.add_argument("--out", required=True, help="output folder (re-run with the same folder to resume)")
     p.add_argument("--prompts", default="auto",
                    help="auto (world on --model world, else dreambench) | dreambench | dreambench-object | dreambench-live | world | FILE ({} = concept)")

@@ -18,7 +18,8 @@ def register(sub) -> None:
                               "--concept mycat.safetensors --prompt 'a photo of <mycat> on the beach' --num-images 4 "
                               "--out out/ --show-base",
                        formatter_class=HelpFormatter)
-    p.add_argument("--model", required=True, help="base model (diffusers folder, .safetensors, hub id, world, tiny)")
+    p.add_argument("--model", required=True,
+                   help="base model (diffusers folder, .safetensors, hub id, world, tiny, tiny-sd2, tiny-sdxl)")
     p.add_argument("--concept", action="append", default=[],
                    help="output of `infusion train`, any method: file or folder (repeatable for infusion and ti)")
     p.add_argument("--prompt", required=True, help='e.g. "a photo of <mycat> on the beach"')

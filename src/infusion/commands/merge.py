@@ -17,8 +17,9 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="the base model they were trained on (world, tiny, a diffusers folder, ...)")
     p.add_argument("--out", required=True, help="the merged folder; generate with --concept OUT and a prompt naming each <name>")
     p.add_argument("--captions", default=None,
-                   help="regularisation captions, one per line (the authors use 200 real captions; default: the "
-                        "model's caption corpus, the world's captions on the world)")
+                   help="regularisation captions, one per line, all used (the authors use 200 real captions; default: "
+                        "200 of the world's captions on the world, else 200 world-style scene captions: pass real "
+                        "captions for a real model)")
     p.set_defaults(func=run)
 
 

@@ -14,7 +14,7 @@ HELP = "diverse-context MLM regulariser: prompt set, contextualizer pretraining"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("mlm", help=HELP)
+    p = sub.add_parser("mlm", help=HELP, formatter_class=HelpFormatter)
     mlm_sub = p.add_subparsers(dest="mlm_command", required=True, metavar="MLM_COMMAND")
 
     pr = mlm_sub.add_parser(

@@ -8,15 +8,18 @@ The work: ``infusion.evaluation.study`` (the same rule as the probe-judged Table
 
 from __future__ import annotations
 
+from infusion.commands import HelpFormatter
+
 HELP = "Table 2 of a blind A/B study answered on the web page"  # the line in `infusion --help` (read without running register)
 
 
 def register(sub) -> None:
     p = sub.add_parser("study", help=HELP,
-                       description="Studies made in the web page's Study tab live in <library>/studies/<name>/.")
+                       description="Studies made in the web page's Study tab live in <library>/studies/<name>/.",
+                       formatter_class=HelpFormatter)
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     r = verbs.add_parser("report", help="per pair of entries: %% preferred for text and concept, 95%% intervals, "
-                                        "answers and participants")
+                                        "answers and participants", formatter_class=HelpFormatter)
     r.add_argument("study", help="the study's folder (<library>/studies/<name>) or its study.json")
     r.add_argument("--csv", default=None, help="also write the table as CSV here")
     r.add_argument("--out", default=None, help="also write the Markdown table here")

@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--steps", default="0,100,400,1000,2000", help="customisation steps to evaluate (comma-separated)")
     p.add_argument("--foundation-steps", type=int, default=3000, help="pretraining steps of each foundation model")
     p.add_argument("--samples", type=int, default=1000, help="samples per concept at each evaluation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the foundation models and samples")
     p.set_defaults(func=run)
 
 

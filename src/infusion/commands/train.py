@@ -52,7 +52,9 @@ def register(sub) -> None:
     p.add_argument("--model-config", default=None, help=helps["model_config"])
     from infusion.methods import mlm_methods
 
-    g = p.add_argument_group("diverse-context MLM regulariser", f"methods: {', '.join(mlm_methods())}")
+    needs = {"dreambooth": " (with --method-arg train_text_encoder=true)"}  # its MLM term is on the text encoder
+    g = p.add_argument_group("diverse-context MLM regulariser",
+                             f"methods: {', '.join(m + needs.get(m, '') for m in mlm_methods())}")
     g.add_argument("--mlm-lambda", type=float, default=0.0, help=helps["mlm_lambda"])
     g.add_argument("--mlm-prompts", default="everyday", metavar="everyday|world|FILE", help=helps["mlm_prompts"])
     g.add_argument("--mlm-batch", type=int, default=None, help=helps["mlm_batch"])

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from infusion.commands import HelpFormatter
+
 log = logging.getLogger(__name__)
 
 
@@ -14,25 +16,28 @@ HELP = "the built-in world: scenes, model, probes, concepts"  # the line in `inf
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("world", help=HELP)
+    p = subparsers.add_parser("world", help=HELP, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="world_command", required=True, metavar="ACTION")
 
-    r = sub.add_parser("render", help="render scenes (PNG) with captions and ground truth (JSON lines)")
+    r = sub.add_parser("render", help="render scenes (PNG) with captions and ground truth (JSON lines)",
+                       formatter_class=HelpFormatter)
     r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--n", type=int, default=16)
+    r.add_argument("--n", type=int, default=16, help="how many scenes")
     r.add_argument("--seed", type=int, default=0, help="first scene seed")
     r.set_defaults(func=_render)
 
-    c = sub.add_parser("concept-images", help="write a built-in concept's training images")
+    c = sub.add_parser("concept-images", help="write a built-in concept's training images",
+                       formatter_class=HelpFormatter)
     c.add_argument("name", help="built-in concept name (see `infusion world concepts`)")
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help="output folder")
     c.set_defaults(func=_concept_images)
 
-    ls = sub.add_parser("concepts", help="list built-in concepts and their evaluation prompts")
+    ls = sub.add_parser("concepts", help="list built-in concepts and their evaluation prompts",
+                       formatter_class=HelpFormatter)
     ls.set_defaults(func=_concepts)
 
     t = sub.add_parser("train", help="train (or resume) a stage of the world model: vae, decoder (VAE decoder only), "
-                                     "model (UNet + text encoder) or probes")
+                                     "model (UNet + text encoder) or probes", formatter_class=HelpFormatter)
     t.add_argument("stage", choices=("vae", "decoder", "model", "probes"))
     t.add_argument("--max-minutes", type=float, default=1e9, help="stop after a checkpoint once this much time is spent")
     t.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the stage's)")
@@ -66,25 +71,26 @@ def register(subparsers) -> None:
                         "assume (default: %(default)s)")
     t.set_defaults(func=_train)
 
-    s = sub.add_parser("sample", help="generate images with the world model")
+    s = sub.add_parser("sample", help="generate images with the world model", formatter_class=HelpFormatter)
     s.add_argument("prompt", nargs="+")
     s.add_argument("--out", required=True, help="PNG grid path")
     s.add_argument("--model", default=None, help="diffusers folder (default: the packaged world model)")
     s.add_argument("--n", type=int, default=4, help="images per prompt")
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--guidance", type=float, default=5.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=int, default=50, help="DDIM sampling steps")
+    s.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    s.add_argument("--seed", type=int, default=0, help="first seed (one per image)")
     s.set_defaults(func=_sample)
 
-    e = sub.add_parser("probe-eval", help="probe accuracy on held-out rendered scenes")
-    e.add_argument("--n", type=int, default=1000)
+    e = sub.add_parser("probe-eval", help="probe accuracy on held-out rendered scenes", formatter_class=HelpFormatter)
+    e.add_argument("--n", type=int, default=1000, help="held-out scenes rendered and read")
     e.set_defaults(func=_probe_eval)
 
-    q = sub.add_parser("evaluate", help="the base model's quality bar (probes on generated images); writes JSON")
-    q.add_argument("--model", default=None)
-    q.add_argument("--n", type=int, default=500)
-    q.add_argument("--steps", type=int, default=50)
-    q.add_argument("--guidance", type=float, default=5.0)
+    q = sub.add_parser("evaluate", help="the base model's quality bar (probes on generated images); writes JSON",
+                       formatter_class=HelpFormatter)
+    q.add_argument("--model", default=None, help="diffusers folder (default: the packaged world model)")
+    q.add_argument("--n", type=int, default=500, help="images generated and read")
+    q.add_argument("--steps", type=int, default=50, help="DDIM sampling steps")
+    q.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
     q.add_argument("--out", default=None, help="JSON path (default: <model>/quality.json)")
     q.add_argument("--readme", action="store_true", help="also write the figures into <model>/README.md")
     q.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")

@@ -150,7 +150,8 @@ def build_report(out: Path, preset, doc: Path, wall: list, fingerprint: str) -> 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The command's options (``infusion results`` and ``main``)."""
-    ap.add_argument("--preset", default="full", choices=["full", "small"])
+    ap.add_argument("--preset", default="full", choices=["full", "small"],
+                    help="full: the protocol (docs/protocol.md); small: a minutes-long plumbing run")
     ap.add_argument("--model", default=None, help="override the preset's model (e.g. tiny, or a world snapshot folder)")
     ap.add_argument("--out", default=None, help="work folder (training outputs, records); default: one per stage, "
                     + ", ".join(f"{k}: {v}" for k, v in WORK.items()))

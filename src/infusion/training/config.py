@@ -18,7 +18,8 @@ MLM_VOCABS = ("everyday", "world")  # built-in context-rich prompt sets (infusio
 class TrainConfig:
     """One customisation run. ``lr=None`` takes the method's default (its paper's value)."""
 
-    model: str = field(metadata={"help": "base model: diffusers folder, single-file .safetensors, hub id, 'world' or 'tiny'"})
+    model: str = field(metadata={"help": "base model: diffusers folder, single-file .safetensors, hub id, or world, tiny, "
+                                         "tiny-sd2, tiny-sdxl"})
     images: str = field(metadata={"help": "folder with the concept's images (4-6 photos)"})
     name: str = field(metadata={"help": "concept name, used as <name> in prompts"})
     class_phrase: str = field(metadata={"help": "what the concept is: 'cat', 'teddy bear'"})
