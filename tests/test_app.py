@@ -196,6 +196,9 @@ def test_bad_settings_are_refused_before_anything_is_copied(tmp_path, world_imag
         with pytest.raises(ValueError, match=r"must be a whole number from 1 to 200 here"):
             trainer.start(world_images, "x", "ball", "dreambooth", steps=2, lr=None, options=options)
     assert _tree(lib.folder) == []
+    with pytest.raises(ValueError, match=r"paired_views must be a whole number from 1 to 16 here"):  # redraws too
+        trainer.start(world_images, "x", "ball", "infusion", steps=2, lr=None, options="paired=true paired_views=100000")
+    assert _tree(lib.folder) == []
     with pytest.raises(ValueError, match="keeps its studies in a folder of that name"):
         trainer.start(world_images, "studies", "ball", "infusion", steps=2, lr=None)
     _folder_entry(lib, "x")

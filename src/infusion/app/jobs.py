@@ -5,7 +5,8 @@ with the settings the form shows (``--lr`` left to the method's default when the
 file equals the CLI's bit for bit), reports every step (loss, ETA) and renders a sample from each ``-stepN``
 checkpoint, keeping only the last checkpoint on disk (a DreamBooth one is a whole pipeline); only a finished output
 is moved into the library. Cancel is answered after the step that runs (the trainer asks after every step); the
-setup before step 1 (loading, DreamBooth's class images) runs to its end, so the page bounds it (``PAGE_LIMITS``).
+setup before step 1 (loading, DreamBooth's class images, Infusion's paired redraws) runs to its end, so the page bounds
+it (``PAGE_LIMITS``).
 While a job runs its name is held (``Library.reserve``): no entry can be renamed to it. When a
 job ends, finished, cancelled or failed, its staging folder is removed; a cancelled or failed job also removes its
 copy of the images, so the library is as it was (a failure's message says what went wrong; the log has the trace).
@@ -38,7 +39,7 @@ MIN_IMAGES, MAX_IMAGES = 3, 10
 MAX_BYTES = 20 * 1024 * 1024  # per file; the page's server refuses bigger uploads before they are written
 MAX_PIXELS = 40_000_000
 # setup work before step 1 (DreamBooth's class images) cannot be cancelled: the page bounds it
-PAGE_LIMITS = {"num_class_images": 200, "prior_steps": 200}
+PAGE_LIMITS = {"num_class_images": 200, "prior_steps": 200, "paired_views": 16}  # setup work a job does before step 1
 KEEP_CHECKPOINTS = 1  # -stepN outputs kept on disk during a job (the sample is rendered from the newest); no resume
 # state is written (save_state=False): a job never resumes, and its staging folder goes when it ends
 
