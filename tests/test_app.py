@@ -663,3 +663,59 @@ def test_a_study_stops_after_the_image_being_made_and_resumes_where_it_stopped(t
     assert len(study.missing_images()) == job.total - 2
     again = studies.generate("stopstudy", blocking=True)
     assert (again.status, again.done) == ("ready", again.total) and study.missing_images() == []
+
+
+def test_an_entry_whose_file_names_its_concept_otherwise_answers_to_its_entry_name(trained_library, tmp_path):
+    """``infusion train --name sunball --out lib/cat.safetensors``: the page lists <cat>, so <cat> in a prompt must
+    reach the file's <sunball> (Generate, Compare, Attention), and the images are the original entry's."""
+    import shutil
+
+    lib = Library(tmp_path / "lib")
+    shutil.copyfile(trained_library.get("sunball").path, lib.folder / "cat.safetensors")
+    shutil.copyfile(trained_library.get("sunball").path, lib.folder / "sunball.safetensors")
+    entry = lib.get("cat")
+    assert (entry.name, entry.concept) == ("cat", "sunball")
+    actions = Actions("world", lib)
+    _, cat, _, _ = actions.generate("a photo of <cat> on the beach", ["cat"], seeds="0", steps=3)
+    _, ball, _, _ = actions.generate("a photo of <sunball> on the beach", ["sunball"], seeds="0", steps=3)
+    assert np.array_equal(np.asarray(cat[0]), np.asarray(ball[0]))
+    cells = actions.compare("a photo of a <concept>", ["cat", "sunball"], steps=3)
+    assert [c[1] for c in cells] == ["base", "cat (infusion)", "sunball (infusion)"]
+    assert np.array_equal(np.asarray(cells[1][0]), np.asarray(cells[2][0]))
+    assert len(actions.attention("cat", "a photo of <cat>", steps=3)) >= 2
+    with pytest.raises(ValueError, match=r"<cat> and <sunball> are both the concept <sunball> in their files"):
+        actions.generate("<cat> and <sunball>", ["cat", "sunball"], seeds="0", steps=3)
+
+
+def test_a_stopped_study_refuses_an_entry_renamed_or_trained_again_and_tells_participants_nothing(
+        trained_library, tmp_path, monkeypatch):
+    """Images still to make must come from the model the others came from: after a rename, or a new entry under the
+    old name, generating stops with a message for the owner; a participant is told only to ask the owner."""
+    import shutil
+
+    from infusion.app.study import Studies, default_prompts
+
+    lib = Library(tmp_path / "lib")
+    for name in ("sunball", "ball2"):
+        shutil.copyfile(trained_library.get(name).path, lib.folder / f"{name}.safetensors")
+    studies = Studies(Actions("world", lib))
+    real, loads = studies.actions._load, []
+
+    def load(paths):  # stop after the first image
+        loads.append(1)
+        if len(loads) == 1:
+            studies.stop()
+        return real(paths)
+
+    monkeypatch.setattr(studies.actions, "_load", load)
+    prompts = default_prompts("world", [lib.get("sunball")])[:1]
+    study = studies.create("s", ["sunball", "ball2"], "\n".join(prompts), seeds="0", questions=1, steps=2,
+                           blocking=True)
+    assert studies.job.status == "stopped" and len(study.missing_images()) == 1
+    lib.rename("ball2", "other")
+    shutil.copyfile(lib.get("other").path, lib.folder / "ball2.safetensors")  # another file under the old name
+    job = studies.generate("s", blocking=True)
+    assert job.status == "failed" and "<ball2> of " in job.message and "was renamed, deleted or trained again" in job.message
+    assert len(study.missing_images()) == 1  # nothing made from the other model
+    assert studies.progress("s", participant=True) == "its images cannot be made now: ask the study's owner"
+    assert "ball2" in studies.progress("s")

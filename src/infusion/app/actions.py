@@ -176,6 +176,12 @@ class Actions:
         methods = {e.method for e in entries}
         if len(methods) > 1:
             raise ValueError(f"one method at a time here (picked: {', '.join(sorted(methods))}); use Compare for that")
+        held = {}
+        for e in entries:  # two files that name their concept alike cannot answer to two names in one prompt
+            other = held.setdefault(e.concept or e.name, e.name)
+            if other != e.name:
+                raise ValueError(f"<{other}> and <{e.name}> are both the concept <{e.concept or e.name}> in their "
+                                 "files: rename one in the Library tab, or pick one")
         warnings = [f"⚠ <{e.name}> was trained on another base model ({shown_model(e.base_model)})" for e in entries
                     if not self.compatible(e)]
         return self._load([e.path for e in entries]), entries, warnings
@@ -194,10 +200,13 @@ class Actions:
         _check_placeholders(prompt, negative, names)
         with self.busy:  # cached pipelines hold scheduler state: one generation at a time
             model, entries, notes = self._loaded(names)
+            text, negative_text = prompt, negative
+            for e in entries:  # each entry's <name> as its file names the concept
+                text, negative_text = e.in_prompt(text), e.in_prompt(negative_text or "")
             base, custom, files = [], [], []
             out_dir = self.library.output_folder(session)
             for seed in seed_list:
-                out = model([prompt], negative_prompt=negative or None, generator=torch.Generator().manual_seed(seed),
+                out = model([text], negative_prompt=negative_text or None, generator=torch.Generator().manual_seed(seed),
                             num_inference_steps=steps, guidance_scale=guidance, return_base=True)
                 params = {"prompt": prompt, "negative_prompt": negative or "", "seed": seed, "steps": steps,
                           "guidance": guidance, "model": self.model,
@@ -226,7 +235,7 @@ class Actions:
                 e = self.library.get(name)
                 model = self._load([e.path])
                 text = prompt.replace("<concept>", f"<{e.name}>")
-                out = model([text], generator=g(), return_base=(i == 0), **kw)
+                out = model([e.in_prompt(text)], generator=g(), return_base=(i == 0), **kw)
                 if i == 0:
                     cells.append((out.base_images[0], "base", prompt.replace("<concept>", e.class_phrase), e))
                 cells.append((out.images[0], f"{e.name} ({e.method})", text.replace(f"<{e.name}>", e.class_phrase), e))
@@ -260,11 +269,11 @@ class Actions:
         steps, seed, guidance = _check_steps(steps), _check_seed(seed), _check_guidance(guidance)
         with self.busy:  # cached pipelines hold scheduler state: one generation at a time
             model, _, _ = self._loaded([e.name])
-            out = model.pipe(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
-                             guidance_scale=guidance, return_attention=True)
+            out = model.pipe(e.in_prompt(prompt), generator=torch.Generator().manual_seed(seed),
+                             num_inference_steps=steps, guidance_scale=guidance, return_attention=True)
         image = out.images[0]
         cells = [(image, "customised")]
-        for (h, w), maps in sorted(out.attention[e.name].items(), key=lambda kv: -kv[0][0]):
+        for (h, w), maps in sorted(out.attention[e.concept or e.name].items(), key=lambda kv: -kv[0][0]):
             cells.append((overlay(image, maps[0].numpy()), f"attention {h}x{w}"))
         return cells
 

@@ -73,10 +73,18 @@ class Entry:
     bytes: int
     modified: float
     images: list[Path] = field(default_factory=list)
+    concept: str = ""  # the name the file's metadata gives its concept ("" = the entry's name)
 
     @property
     def date(self) -> str:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.modified))
+
+    def in_prompt(self, text: str) -> str:
+        """``text`` as the loaded file reads it: the page names a concept by its entry (``<cat>`` for ``cat.safetensors``),
+        the file by its metadata's name, which a command-line run may have set apart (``--name mycat --out cat...``)."""
+        if not self.concept or self.concept == self.name:
+            return text
+        return text.replace(f"<{self.name}>", f"<{self.concept}>")
 
 
 class Library:
@@ -119,7 +127,7 @@ class Library:
         name = path.name[: -len(FILE_EXT)] if path.is_file() else path.name
         return Entry(name, path, meta.get("method", "?"), meta.get("class_phrase", ""), meta.get("base_model", ""),
                      meta.get("base_fingerprint", ""), meta.get("family", ""), storage_bytes(path),
-                     path.stat().st_mtime, self._images(name, meta))
+                     path.stat().st_mtime, self._images(name, meta), meta.get("name", ""))
 
     def _images(self, name: str, meta: dict) -> list[Path]:
         """The entry's training images: its copy in ``.images/<name>``, else the folder its metadata names."""

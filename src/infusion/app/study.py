@@ -25,6 +25,7 @@ import torch
 
 from infusion.app.actions import Actions, _check_guidance, _check_steps, parse_seeds
 from infusion.app.library import STUDIES, Entry, check_name
+from infusion.core.customization_files import FOLDER_META
 from infusion.core.model_profiles import model_profile
 from infusion.evaluation.prompts import prompts_for
 from infusion.evaluation.study import Study
@@ -115,7 +116,8 @@ class Studies:
         if len(phrases) > 1:
             raise ValueError(f"pick entries of one concept: these are of {', '.join(phrases)}")
         steps, guidance = _check_steps(steps), _check_guidance(guidance)
-        arms = [{"label": lab, "entry": e.name, "method": e.method} for lab, e in zip(arm_labels(entries), entries)]
+        arms = [{"label": lab, "entry": e.name, "method": e.method, "version": entry_version(e)}
+                for lab, e in zip(arm_labels(entries), entries)]
         settings = {"model": self.actions.model, "steps": steps, "guidance": guidance}
         with self._lock:
             self._refuse_busy(name)
@@ -168,14 +170,15 @@ class Studies:
         if job is not None and not job.finished and job.study != name:
             raise ValueError(f"study {job.study!r} is generating its images ({job.done}/{job.total}): wait for it")
 
-    def progress(self, name: str) -> str:
-        """What the study's images are doing, in words."""
+    def progress(self, name: str, participant: bool = False) -> str:
+        """What the study's images are doing, in words; for a ``participant``, a failure's reason is left out (it
+        may name an entry, which would tell which method made which image)."""
         study = self.get(name)
         job = self.job if self.job is not None and self.job.study == study.folder.name else None
         if job is not None and not job.finished:
             return f"generating the images: {job.done}/{job.total}"
         if job is not None and job.status == "failed":
-            return job.message
+            return "its images cannot be made now: ask the study's owner" if participant else job.message
         missing, total = len(study.missing_images()), len(study.needed_images())
         if missing:
             return f"{total - missing}/{total} images generated (answering starts the rest)"
@@ -190,8 +193,8 @@ class Studies:
                                    "when someone presses Start in Answer")
                     job.status = "stopped"
                     return
-                entry = self.library.get(study.arms[arm]["entry"])
-                text = study.data["prompts"][k].replace("<concept>", f"<{entry.name}>")
+                entry = self._entry(study, arm)
+                text = entry.in_prompt(study.data["prompts"][k].replace("<concept>", f"<{entry.name}>"))
                 with self.actions.busy:  # cached pipelines hold scheduler state: one generation at a time
                     model = self.actions._load([entry.path])
                     image = model([text], generator=torch.Generator().manual_seed(seed),
@@ -209,9 +212,31 @@ class Studies:
                                              f"{type(e).__name__}: {e}")
             job.status = "failed"
 
+    def _entry(self, study: Study, arm: int):
+        """The library entry an arm's remaining images come from: the one the study was made with, else an error
+        for the study's owner (renamed, deleted, or another entry under its name since)."""
+        a = study.arms[arm]
+        gone = ValueError(f"the entry <{a['entry']}> of {a['label']} was renamed, deleted or trained again after the "
+                          "study was made, so its remaining images cannot come from the model the others came from: "
+                          "make a new study (the images made so far are kept)")
+        if not self.library.exists(a["entry"]):
+            raise gone
+        entry = self.library.get(a["entry"])
+        if a.get("version") not in (None, entry_version(entry)):  # studies made before versions were kept: no check
+            raise gone
+        return entry
+
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def entry_version(entry) -> str:
+    """What tells one version of a library entry from another: its file's (or folder's metadata's) size and time,
+    which a rename or a new training under its name change."""
+    path = entry.path / FOLDER_META if entry.path.is_dir() else entry.path
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def question_html(study: Study, q: dict) -> str:

@@ -168,8 +168,8 @@ def answer_view(gr, studies: Studies, safe, md) -> None:
         participant = check_participant(participant)
         if studies.get(study_name).missing_images():
             studies.generate(study_name)
-            raise ValueError(f"the study's images are not ready ({studies.progress(study_name)}): start again "
-                             "when they are")
+            raise ValueError(f"the study's images are not ready ({studies.progress(study_name, participant=True)}): "
+                             "start again when they are")
         return show(study_name, participant)
 
     @safe(6, 7)
