@@ -476,6 +476,25 @@ def test_session_files_are_removed_when_the_session_ends(tmp_path):
     assert files.end("b") == [shared] and not shared.exists() and outside.is_file()
 
 
+def test_a_folder_entry_zip_is_made_inside_the_cache_so_gradio_serves_it_without_a_copy(tmp_path, monkeypatch):
+    """A DreamBooth entry is 4 GB: Gradio copies any file from outside its cache into the cache before serving it,
+    so the page writes the zip there; the session's end removes it, shown or not."""
+    gr = pytest.importorskip("gradio")
+    from infusion.app.ui import SessionFiles
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    lib = Library(tmp_path / "lib")
+    _folder_entry(lib, "db")
+    files = SessionFiles(lib, cache)
+    zipped = Actions("world", lib).download("db", folder=files.downloads("s-1"))
+    assert zipped.parent == cache.resolve() / "infusion-downloads" / "s_1"
+    assert gr.File().move_resource_to_block_cache(str(zipped)) == str(zipped)  # served as it is: no second copy
+    assert not (lib.folder / ".outputs").exists()
+    files.end("s-1")  # never remembered (the tab closed before it was shown): removed all the same
+    assert not zipped.parent.exists()
+
+
 def test_a_study_generates_its_images_on_shared_noise_once_and_shows_them_blind(trained_library, tmp_path):
     """Issue 34: a study of two entries writes its plan, generates each (entry, prompt, seed) image once from the
     seed's noise (a missing image is regenerated alone, bit for bit), and a question's HTML holds data URIs without

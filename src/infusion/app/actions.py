@@ -124,13 +124,17 @@ class Actions:
         """Entry names in alphabetical order (stable while the library grows)."""
         return sorted(e.name for e in self.library.entries() if method is None or e.method == method)
 
-    def download(self, name: str, session: str | None = None) -> Path:
-        """The entry as one file: itself, or a zip of its folder in the page session's ``downloads`` folder, made
-        once per entry version (stored, not compressed: a DreamBooth entry is 4 GB of weights that do not shrink)."""
+    def download(self, name: str, session: str | None = None, folder: Path | None = None) -> Path:
+        """The entry as one file: itself, or a zip of its folder in ``folder`` (default: the page session's
+        ``downloads`` folder in the library), made once per entry version (stored, not compressed: a DreamBooth entry
+        is 4 GB of weights that do not shrink). The page passes a folder inside Gradio's cache, which serves a file
+        there as it is (from anywhere else it copies the file into the cache first: twice the disk)."""
         e = self.library.get(name)
         if e.path.is_file():
             return e.path
-        folder = self.library.downloads_folder(session)
+        if folder is None:
+            folder = self.library.downloads_folder(session)
+        folder.mkdir(parents=True, exist_ok=True)
         dest = folder / f"{e.name}-{e.path.stat().st_mtime_ns}.zip"
         if not dest.is_file():
             for old in folder.glob(f"{e.name}-*.zip"):  # an older version's zip of this entry

@@ -12,6 +12,7 @@ Gradio's cache, its folder of generated files in the library) is removed when th
 
 import functools
 import logging
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -96,6 +97,11 @@ class SessionFiles:
                 if path.is_file() and path.is_relative_to(self.cache):
                     self._owners.setdefault(path, set()).add(session)
 
+    def downloads(self, session: str) -> Path:
+        """Where a session's zips of folder entries go: inside the cache, so Gradio serves them without a copy
+        (remembered when shown, like every file the session is shown, and removed with them)."""
+        return self.cache / "infusion-downloads" / "".join(ch if ch.isalnum() else "_" for ch in session)
+
     def held(self, session: str, alone: bool = False) -> list[Path]:
         """The cache files ``session`` holds (``alone``: those no other session holds too)."""
         return sorted(p for p, owners in self._owners.items() if session in owners and (not alone or len(owners) == 1))
@@ -117,6 +123,7 @@ class SessionFiles:
                         path.parent.rmdir()  # the file's content-hash folder, when nothing else is in it
                     except OSError:
                         pass
+            shutil.rmtree(self.downloads(session), ignore_errors=True)  # a zip made but never shown, too
         self.library.end_outputs(session)
         return removed
 
@@ -345,7 +352,7 @@ def build(model: str = "world", library: str = "library", model_config: str | No
             def on_download(nm, request: gr.Request):
                 if not nm:
                     raise ValueError("pick an entry first")
-                return str(actions.download(nm, session=request.session_hash)), ""
+                return str(actions.download(nm, folder=files.downloads(request.session_hash))), ""
 
             rename_btn.click(on_rename, [lib_entry, new_name], [table, lib_entry, lib_status])
             delete_btn.click(on_delete, [lib_entry, sure], [table, lib_entry, lib_status])
