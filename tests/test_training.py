@@ -196,9 +196,13 @@ def test_odd_images_are_handled(tiny_pipe, tmp_path):
     PIL.Image.fromarray(rgb[:8, :8]).save(d / "tiny.png")
     (d / "broken.png").write_bytes(b"\x89PNG broken")
     PIL.Image.fromarray(np.zeros((3000, 2000, 3), np.uint8)).save(d / "huge.png")
+    PIL.Image.fromarray(rgb[..., 1].astype(np.float32) / 255.0, "F").save(d / "float.tif")  # [0, 1] floats
     with pytest.warns(UserWarning) as rec:
         x = load_concept_images(d, 16)
-    assert x.shape == (7, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    assert x.shape == (8, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    from infusion.training.data import load_rgb
+
+    assert np.array_equal(np.asarray(load_rgb(d / "float.tif"))[..., 0], rgb[..., 1])  # not black: the same grey
     msgs = " ".join(str(r.message) for r in rec)
     assert "tiny.png" in msgs and "broken.png" in msgs
 

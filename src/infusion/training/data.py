@@ -41,6 +41,10 @@ def load_rgb(path: str | Path) -> PIL.Image.Image:
         a = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
         im = PIL.Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")
+    if im.mode == "F":  # 32-bit float grayscale (TIFF): [0, 1] as most tools write it, else [0, 255]
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        hi = 1.0 if a.max() <= 1.0 else 255.0
+        im = PIL.Image.fromarray(np.clip(np.rint(a / hi * 255.0), 0, 255).astype(np.uint8), "L")
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA"):
