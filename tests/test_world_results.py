@@ -445,3 +445,13 @@ def test_open_prompt_count_says_how_thin_the_open_column_is():
     assert open_prompt_count(images, ["sunball", "slashbox"]) == (
         "sunball: 1 of 3 test prompts; slashbox: 2 of 2 test prompts")
     assert open_prompt_count({}, []) == "no concept complete yet"
+
+
+def test_the_log_line_of_a_unit_says_how_far_the_run_is_and_its_pace(tmp_path):
+    run = wr.ResultsRun(tmp_path, wr.PRESETS["small"], log=lambda m: None)
+    units = run.units()
+    assert run.progress(units) == f"0 of {len(units)} done; {len(units)} left"
+    kind, row, name = units[1]
+    run.records.put(f"done/{kind}/{row.name}/{name}", {"at": "x", "seconds": 600.0})
+    run.records.put(f"done/base/base/{units[0][2]}", {"at": "x"})  # a unit done before units were timed
+    assert run.progress(units) == f"2 of {len(units)} done; {len(units) - 2} left, 10 min a unit (from 1 timed)"

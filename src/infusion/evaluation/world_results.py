@@ -397,6 +397,15 @@ class ResultsRun:
         p = self.preset
         return [("base", None, c) for c in p.concepts] + [("table", r, c) for c in p.concepts for r in p.rows]
 
+    def progress(self, units: list[tuple]) -> str:
+        """How far the work list is, and its pace so far: "12 of 65 done; 53 left, 14 min a unit (from 9 timed)"."""
+        keys = [f"done/{kind}/{row.name if row else BASE_ROW}/{name}" for kind, row, name in units]
+        done = [self.records.get(k) for k in keys]
+        timed = [d["seconds"] for d in done if d and "seconds" in d]
+        n = sum(d is not None for d in done)
+        pace = f", {sum(timed) / len(timed) / 60:.0f} min a unit (from {len(timed)} timed)" if timed else ""
+        return f"{n} of {len(keys)} done; {len(keys) - n} left{pace}"
+
     def run(self, units: list[tuple] | None = None, handlers: dict | None = None) -> None:
         """Every unit the records lack (``units``: another stage's list, e.g. the figures'; ``handlers``: kind ->
         ``f(row, concept)`` for the kinds this class does not know)."""
@@ -405,7 +414,7 @@ class ResultsRun:
             unit = f"{kind}/{row.name if row else BASE_ROW}/{name}"
             if self.records.get(f"done/{unit}") is not None or not self.claim(unit):
                 continue
-            self.log(f"[{time.strftime('%H:%M:%S')}] {unit}")
+            self.log(f"[{time.strftime('%H:%M:%S')}] {unit} ({self.progress(units)})")
             t0 = time.time()
             try:
                 concept = get_concept(name)
