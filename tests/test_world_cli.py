@@ -146,3 +146,17 @@ def test_every_help_page_states_each_real_default_and_no_empty_one():
                     assert action.help and "%(default)" in parser._get_formatter()._get_help_string(action), (
                         path, action.option_strings)
     assert seen > 50
+
+
+def test_progress_bars_in_a_log_file_update_a_few_times_not_every_step(tmp_path):
+    """Output that is not a terminal (CI logs, nohup files): diffusers' sampling bar redraws at most every 30 s, so
+    30 denoising steps leave a few carriage returns in the log, not one per step (24 with tqdm's default)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    cmd = [sys.executable, "-m", "infusion.cli", "generate", "--model", "world", "--prompt", "a photo of a ball",
+           "--steps", "30", "--out", str(tmp_path / "g")]
+    err = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300).stderr
+    assert "30/30" in err and err.count("\r") <= 8, err[-2000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 COMMAND_MODULES = [
@@ -44,6 +45,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not sys.stderr.isatty():  # CI logs and nohup files: every progress bar (diffusers' too) a line per 30 s, not
+        os.environ.setdefault("TQDM_MININTERVAL", "30")  # per step; tqdm reads it when first imported, i.e. below
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
