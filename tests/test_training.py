@@ -511,3 +511,26 @@ def test_a_run_says_what_it_trains_on_and_warns_on_too_few_images(tiny_pipe, tmp
         train(_cfg(two, tmp_path / "c.safetensors", steps=1, batch_size=1), pipe=tiny_pipe, progress=False)
     assert "infusion <mycat>: 2 image(s) at 16 px, 1 steps, batch 1, on cpu" in caplog.text
     assert "only 2 image(s) of <mycat>: 3-6 photos" in caplog.text
+
+
+def test_an_offline_failure_is_told_from_another_by_type_and_through_the_chain(monkeypatch):
+    import httpx
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from infusion.core.base_models import _is_offline_error
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert _is_offline_error(LocalEntryNotFoundError("not in the cache"))
+    assert _is_offline_error(httpx.ConnectError("[Errno -3] Temporary failure in name resolution"))
+    try:  # wrapped, as diffusers re-raises it
+        try:
+            raise ConnectionRefusedError("refused")
+        except ConnectionRefusedError as inner:
+            raise OSError("Cannot load model x") from inner
+    except OSError as wrapped:
+        assert _is_offline_error(wrapped)
+    assert not _is_offline_error(OSError("x/y does not appear to have a file named model_index.json"))
+    assert not _is_offline_error(ValueError("a connector of the wrong shape"))  # a word alone is not enough
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert _is_offline_error(ValueError("anything"))

@@ -24,18 +24,36 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
+def _offline_types() -> tuple[type, ...]:
+    """The exception types that mean "the Hub cannot be reached": the hub's own offline errors, and a failed
+    connection from either HTTP library it has used (httpx, requests), or the OS."""
+    from huggingface_hub import errors
+
+    found = [getattr(errors, n, None) for n in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")] + [ConnectionError]
+    for module, name in (("httpx", "TransportError"), ("requests.exceptions", "ConnectionError")):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(t for t in found if isinstance(t, type))
+
+
 def _is_offline_error(e: Exception) -> bool:
-    """Whether loading failed for want of the Hub: offline mode (``HF_HUB_OFFLINE``), or a connection error in the
-    exception's chain."""
+    """Whether loading failed for want of the Hub: offline mode (``HF_HUB_OFFLINE``), or an offline or connection
+    error in the exception's chain (by type; by the words of its message where a library wrapped it in another)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return True
+    types = _offline_types()
     for _ in range(10):  # the chain, a few links deep
         if e is None:
             break
+        if isinstance(e, types):
+            return True
         text = f"{type(e).__name__} {e}".lower()
-        if any(w in text for w in ("offline", "connect", "internet", "local_files_only", "name or service")):
+        if any(w in text for w in ("offline", "failed to connect", "connection error", "internet connection",
+                                   "local_files_only", "name or service not known")):
             return True
         e = e.__cause__ or e.__context__
     return False
