@@ -42,6 +42,7 @@ def test_demo_writes_grid_and_report_and_says_where(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "2 steps at lr 0.05" in report and report.count("| a ") + report.count("| a photo") >= 2
     assert "text fid. Infusion, recommended" in report and "Infusion, recommended " in report.split("**Look rate**")[1]
+    assert "**Infusion (paper)**" in report and "maps=own** (`--variants own`)" not in report  # not trained here
     from infusion.methods.infusion.concept import Concept
 
     assert Concept.load(out / "sunball.safetensors").maps == "base"

@@ -23,6 +23,17 @@ DEMO_STEPS = 1000
 DEMO_VARIANTS = {"paper": ("Infusion (paper)", {}), "recommended": ("Infusion, recommended", {"preset": "recommended"}),
                  "own": ("Infusion, maps=own", {"maps": "own"})}
 DEMO_DEFAULT = "paper,recommended"
+VARIANT_NOTES = {  # column title -> what the report says of it
+    "Infusion (paper)": "- **Infusion (paper)**: the paper's method. C takes F's attn2 maps; only the concept token's value "
+                        "gets a residual.",
+    "Infusion, recommended": (
+        "- **Infusion, recommended** (beyond the paper; `--method-arg preset=recommended`, i.e. `maps=own "
+        "train_t_max=0.5`): the same residual, placed by C's own map of the concept token (its key is the class word's) "
+        "instead of F's and trained at t < T/2; everything else in attn2 stays F's. On this world the look's layout (a "
+        "half, a diagonal) is drawn where C's own image attends to the class word, which F's maps cannot follow "
+        "(docs/variants.md)."),
+    "Infusion, maps=own": "- **Infusion, maps=own** (`--variants own`): own maps alone, trained at every t.",
+}
 
 
 HELP = "train an Infusion concept on the built-in world and show base | customised images"  # the line in `infusion --help` (read without running register)
@@ -174,13 +185,7 @@ def _report(concept, prompts, s_base, runs: dict, t_all, args) -> str:
          f"learnt from 5 images ({o.size}, {o.position}, {concept.background}; `concept-images.png`), "
          f"{args.steps} steps at lr {args.lr:g} each (demo total {t_all:.0f} s). {trained}."),
         "",
-        "- **Infusion (paper)**: the paper's method. C takes F's attn2 maps; only the concept token's value gets a residual.",
-        ("- **Infusion, recommended** (beyond the paper; `--method-arg preset=recommended`, i.e. `maps=own "
-         "train_t_max=0.5`): the same residual, placed by C's own map of the concept token (its key is the class word's) "
-         "instead of F's and trained at t < T/2; everything else in attn2 stays F's. On this world the look's layout (a "
-         "half, a diagonal) is drawn where C's own image attends to the class word, which F's maps cannot follow "
-         "(docs/variants.md)."),
-        "- **Infusion, maps=own** (`--variants own`): own maps alone, trained at every t.",
+        *[VARIANT_NOTES[n] for n in names if n in VARIANT_NOTES],  # the columns this run trained, no others
         "",
         ("Scores by the world's probes (DESIGN section 4): **text fidelity** = share of the attributes the prompt names "
          "that the image shows (CLIP-T's role); **concept fidelity** = cosine similarity of the object's appearance "
