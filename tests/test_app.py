@@ -488,7 +488,7 @@ def test_a_folder_entry_zip_is_made_inside_the_cache_so_gradio_serves_it_without
     _folder_entry(lib, "db")
     files = SessionFiles(lib, cache)
     zipped = Actions("world", lib).download("db", folder=files.downloads("s-1"))
-    assert zipped.parent == cache.resolve() / "infusion-downloads" / "s_1"
+    assert zipped.parent == cache.resolve() / "infusion-downloads" / "s-1"
     assert gr.File().move_resource_to_block_cache(str(zipped)) == str(zipped)  # served as it is: no second copy
     assert not (lib.folder / ".outputs").exists()
     files.end("s-1")  # never remembered (the tab closed before it was shown): removed all the same
@@ -652,8 +652,11 @@ def test_a_folder_entry_downloads_as_one_stored_zip_made_once_per_version(tmp_pa
     time.sleep(0.01)
     (path / "extra.txt").write_text("new")
     os.utime(path)  # the entry changed (a rename rewrites infusion.json, which touches the folder too)
+    other = first.parent / "db-2-123.zip"  # entry db-2's zip: not an older version of db's
+    other.write_bytes(b"zip")
     second = actions.download("db", session="s1")
     assert second != first and not first.exists() and "extra.txt" in zipfile.ZipFile(second).namelist()
+    assert other.is_file()
     lib.end_outputs("s1")
     assert not (lib.folder / ".outputs").exists()
 
@@ -738,3 +741,17 @@ def test_a_stopped_study_refuses_an_entry_renamed_or_trained_again_and_tells_par
     assert len(study.missing_images()) == 1  # nothing made from the other model
     assert studies.progress("s", participant=True) == "its images cannot be made now: ask the study's owner"
     assert "ball2" in studies.progress("s")
+
+
+def test_entry_names_map_to_their_files_concepts_in_one_pass():
+    """<cat> -> the file's <dog>, <dog> -> the file's <bird>: each placeholder mapped once, whatever the order."""
+    from infusion.app.library import Entry, in_prompt
+
+    def entry(name, concept):
+        return Entry(name, Path(name), "infusion", "pet", "", "", "", 0, 0.0, [], concept)
+
+    cat, dog, plain = entry("cat", "dog"), entry("dog", "bird"), entry("cow", "cow")
+    for order in ([cat, dog, plain], [dog, cat, plain]):
+        assert in_prompt(order, "<cat> next to <dog> and <cow>, not <cats>") == "<dog> next to <bird> and <cow>, not <cats>"
+    assert cat.in_prompt("a <cat>, a <dog>") == "a <dog>, a <dog>"
+    assert in_prompt([plain], "<cow> <x>") == "<cow> <x>"

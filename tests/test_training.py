@@ -196,7 +196,7 @@ def test_odd_images_are_handled(tiny_pipe, tmp_path):
     PIL.Image.fromarray(rgb[:8, :8]).save(d / "tiny.png")
     (d / "broken.png").write_bytes(b"\x89PNG broken")
     PIL.Image.fromarray(np.zeros((3000, 2000, 3), np.uint8)).save(d / "huge.png")
-    PIL.Image.fromarray(rgb[..., 1].astype(np.float32) / 255.0, "F").save(d / "float.tif")  # [0, 1] floats
+    PIL.Image.fromarray(rgb[..., 1].astype(np.float32) / 255.0).save(d / "float.tif")  # mode "F": [0, 1] floats
     with pytest.warns(UserWarning) as rec:
         x = load_concept_images(d, 16)
     assert x.shape == (8, 3, 16, 16) and x.min() >= -1 and x.max() <= 1

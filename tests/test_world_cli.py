@@ -141,7 +141,8 @@ def test_every_help_page_states_each_real_default_and_no_empty_one():
             text = parser.format_help()
             assert "(default: [])" not in text and "(default: False)" not in text, path
             for action in parser._actions:
-                real = action.default not in (None, [], False) and action.option_strings and action.dest != "help"
+                real = (action.default is not None and action.default is not False and action.default != []
+                        and action.option_strings and action.dest != "help")  # 0 is a real default (0 == False)
                 if real:
                     seen += 1
                     assert action.help and "%(default)" in parser._get_formatter()._get_help_string(action), (

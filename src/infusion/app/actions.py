@@ -23,7 +23,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from infusion.app.library import Entry, Library
+from infusion.app.library import Entry, Library, in_prompt
 from infusion.core.base_models import LOAD_LOCK, load_base_pipeline
 from infusion.core.customization_files import base_fingerprint, read_metadata
 from infusion.core.images import save_png
@@ -137,8 +137,9 @@ class Actions:
         folder.mkdir(parents=True, exist_ok=True)
         dest = folder / f"{e.name}-{e.path.stat().st_mtime_ns}.zip"
         if not dest.is_file():
-            for old in folder.glob(f"{e.name}-*.zip"):  # an older version's zip of this entry
-                old.unlink()
+            for old in folder.glob(f"{e.name}-*.zip"):  # an older version's zip of this entry (not of "<name>-2")
+                if re.fullmatch(re.escape(e.name) + r"-\d+\.zip", old.name):
+                    old.unlink()
             tmp = dest.with_suffix(".tmp")
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
                 for p in sorted(e.path.rglob("*")):
@@ -204,9 +205,7 @@ class Actions:
         _check_placeholders(prompt, negative, names)
         with self.busy:  # cached pipelines hold scheduler state: one generation at a time
             model, entries, notes = self._loaded(names)
-            text, negative_text = prompt, negative
-            for e in entries:  # each entry's <name> as its file names the concept
-                text, negative_text = e.in_prompt(text), e.in_prompt(negative_text or "")
+            text, negative_text = in_prompt(entries, prompt), in_prompt(entries, negative or "")  # the files' names
             base, custom, files = [], [], []
             out_dir = self.library.output_folder(session)
             for seed in seed_list:

@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 MIN_IMAGES, MAX_IMAGES = 3, 10
 MAX_BYTES = 20 * 1024 * 1024  # per file; the page's server refuses bigger uploads before they are written
 MAX_PIXELS = 40_000_000
-# setup work before step 1 (DreamBooth's class images) cannot be cancelled: the page bounds it
-PAGE_LIMITS = {"num_class_images": 200, "prior_steps": 200, "paired_views": 16}  # setup work a job does before step 1
+# setup work before step 1 (DreamBooth's class images, Infusion's paired redraws) cannot be cancelled: the page bounds it
+PAGE_LIMITS = {"num_class_images": 200, "prior_steps": 200, "paired_views": 16}
 KEEP_CHECKPOINTS = 1  # -stepN outputs kept on disk during a job (the sample is rendered from the newest); no resume
 # state is written (save_state=False): a job never resumes, and its staging folder goes when it ends
 

@@ -80,11 +80,18 @@ class Entry:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.modified))
 
     def in_prompt(self, text: str) -> str:
-        """``text`` as the loaded file reads it: the page names a concept by its entry (``<cat>`` for ``cat.safetensors``),
-        the file by its metadata's name, which a command-line run may have set apart (``--name mycat --out cat...``)."""
-        if not self.concept or self.concept == self.name:
-            return text
-        return text.replace(f"<{self.name}>", f"<{self.concept}>")
+        """``text`` as the loaded file reads it (``in_prompt``, this entry alone)."""
+        return in_prompt([self], text)
+
+
+def in_prompt(entries: list[Entry], text: str) -> str:
+    """``text`` as the loaded files read it: the page names a concept by its entry (``<cat>`` for ``cat.safetensors``),
+    a file by its metadata's name, which a command-line run may have set apart (``--name mycat --out cat...``). One
+    pass over the placeholders, so one entry's new name is never renamed again by another's."""
+    names = {e.name: e.concept for e in entries if e.concept and e.concept != e.name}
+    if not names:
+        return text
+    return re.sub(r"<([^<>]+)>", lambda m: f"<{names.get(m[1], m[1])}>", text)
 
 
 class Library:

@@ -5,7 +5,8 @@ Every handler shows a person-readable message in its tab's status line (``⚠ ..
 paths relative to the library. Element ids (``elem_id``) are what the browser tests address.
 
 Serving: 127.0.0.1 by default; another address needs ``auth`` (or ``no_auth=True``, said out loud). Gradio may serve
-files from the library folder only (``allowed_paths``: generated PNGs and downloads are written there), uploads
+files from the library folder only (``allowed_paths``: generated PNGs are written there; a folder entry's zip is
+written inside Gradio's cache, which serves it without a copy), uploads
 are refused by the server above ``jobs.MAX_BYTES``, and what a page session leaves (its uploads and outputs in
 Gradio's cache, its folder of generated files in the library) is removed when the session ends (``SessionFiles``).
 """
@@ -23,7 +24,7 @@ import PIL.Image
 from infusion.app import study_page
 from infusion.app.actions import Actions, shown_model
 from infusion.app.jobs import MAX_BYTES, Trainer
-from infusion.app.library import Library
+from infusion.app.library import Library, _folder_name
 from infusion.app.study import Studies
 from infusion.core.model_profiles import model_profile
 from infusion.methods import available_methods, get_method
@@ -100,7 +101,7 @@ class SessionFiles:
     def downloads(self, session: str) -> Path:
         """Where a session's zips of folder entries go: inside the cache, so Gradio serves them without a copy
         (remembered when shown, like every file the session is shown, and removed with them)."""
-        return self.cache / "infusion-downloads" / "".join(ch if ch.isalnum() else "_" for ch in session)
+        return self.cache / "infusion-downloads" / _folder_name(session or "local")
 
     def held(self, session: str, alone: bool = False) -> list[Path]:
         """The cache files ``session`` holds (``alone``: those no other session holds too)."""

@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train (or resume) a stage of the world model: vae, decoder (VAE decoder only), "
                                      "model (UNet + text encoder) or probes", formatter_class=HelpFormatter)
     t.add_argument("stage", choices=("vae", "decoder", "model", "probes"))
-    t.add_argument("--max-minutes", type=float, default=1e9, help="stop after a checkpoint once this much time is spent")
+    t.add_argument("--max-minutes", type=float, default=None, help="stop after a checkpoint once this much time is spent "
+                   "(default: no limit)")
     t.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the stage's)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     t.add_argument("--export-dir", default="", help="model stage: diffusers folder to export to (default: the packaged model folder)")
@@ -97,6 +98,11 @@ def register(subparsers) -> None:
     q.set_defaults(func=_evaluate)
 
 
+def _minutes(args) -> float:
+    """``--max-minutes``, no limit when left out."""
+    return 1e9 if args.max_minutes is None else args.max_minutes
+
+
 def _render(args) -> int:
     from infusion.world import scenes
 
@@ -148,18 +154,18 @@ def _train(args) -> int:
                 "the VAE is frozen now. Delete that checkpoint to start the world model over."
             )
 
-        cfg = VAEConfig(max_minutes=args.max_minutes, threads=args.threads, **({"steps": args.steps} if args.steps else {}))
+        cfg = VAEConfig(max_minutes=_minutes(args), threads=args.threads, **({"steps": args.steps} if args.steps else {}))
         train_vae(cfg)
         finish_vae(cfg)
     elif args.stage == "decoder":
         from infusion.world.train_vae import DecoderConfig, finetune_decoder
 
-        finetune_decoder(DecoderConfig(max_minutes=args.max_minutes, threads=args.threads, **({"steps": args.steps} if args.steps else {})))
+        finetune_decoder(DecoderConfig(max_minutes=_minutes(args), threads=args.threads, **({"steps": args.steps} if args.steps else {})))
     elif args.stage == "model":
         from infusion.world.recipe import SHIPPED_RECIPE
         from infusion.world.train_model import ModelConfig, train_model
 
-        train_model(ModelConfig(max_minutes=args.max_minutes, threads=args.threads, export_dir=args.export_dir,
+        train_model(ModelConfig(max_minutes=_minutes(args), threads=args.threads, export_dir=args.export_dir,
                                 **{k: getattr(args, k) for k in SHIPPED_RECIPE},
                                 **({"steps": args.steps} if args.steps else {}),
                                 **({"checkpoint": args.checkpoint} if args.checkpoint else {})))

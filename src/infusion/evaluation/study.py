@@ -84,7 +84,8 @@ class Study:
     @classmethod
     def create(cls, folder: Path, arms: list[dict], concept: str, prompts: list[str], seeds: list[int],
                n_questions: int, settings: dict, seed: int = 0) -> Study:
-        """Write a new study's plan. ``arms``: ``{"label", "entry", "method"}`` each; ``prompts`` hold
+        """Write a new study's plan. ``arms``: ``{"label", "entry", "method", "version"}`` each (``version``:
+        the entry's at creation, ``app.study.entry_version``); ``prompts`` hold
         ``<concept>``; ``settings``: how its images are generated (model, steps, guidance)."""
         if folder.exists():
             raise ValueError(f"a study named {folder.name!r} exists: pick another name")

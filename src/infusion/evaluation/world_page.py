@@ -199,7 +199,7 @@ def cost_line(summaries: dict, wall: list) -> str:
     parts = [f"wall time of finished runs {sum(w['seconds'] for w in wall) / 3600:.1f} h"] if wall else []
     if timed:
         parts.append(f"worker time {sum(timed) / 3600:.1f} h over the {len(timed)} units timed "
-                     f"({sum(timed) / len(timed) / 60:.0f} min a unit; 2 workers on a 2-core CPU)")
+                     f"({sum(timed) / len(timed) / 60:.0f} min a unit of one worker's time)")
     return ("Cost: " + "; ".join(parts) + ".") if parts else "Cost: not yet recorded."
 
 

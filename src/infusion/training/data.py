@@ -40,11 +40,11 @@ def load_rgb(path: str | Path) -> PIL.Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: rescale to 8 bit
         a = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        im = PIL.Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")
+        im = PIL.Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8))  # 2-D uint8: "L"
     if im.mode == "F":  # 32-bit float grayscale (TIFF): [0, 1] as most tools write it, else [0, 255]
         a = np.nan_to_num(np.asarray(im, dtype=np.float64))
         hi = 1.0 if a.max() <= 1.0 else 255.0
-        im = PIL.Image.fromarray(np.clip(np.rint(a / hi * 255.0), 0, 255).astype(np.uint8), "L")
+        im = PIL.Image.fromarray(np.clip(np.rint(a / hi * 255.0), 0, 255).astype(np.uint8))
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA"):
