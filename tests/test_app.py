@@ -721,16 +721,25 @@ def test_a_stopped_study_refuses_an_entry_renamed_or_trained_again_and_tells_par
     for name in ("sunball", "ball2"):
         shutil.copyfile(trained_library.get(name).path, lib.folder / f"{name}.safetensors")
     studies = Studies(Actions("world", lib))
-    real, loads = studies.actions._load, []
+    real, stop_next = studies.actions._load, [True]
 
-    def load(paths):  # stop after the first image
-        loads.append(1)
-        if len(loads) == 1:
+    def load(paths):  # stop after the first image of a study
+        if stop_next[0]:
+            stop_next[0] = False
             studies.stop()
         return real(paths)
 
     monkeypatch.setattr(studies.actions, "_load", load)
     prompts = default_prompts("world", [lib.get("sunball")])[:1]
+    kept = studies.create("kept", ["sunball", "ball2"], "\n".join(prompts), seeds="0", questions=1, steps=2,
+                          blocking=True)
+    assert studies.job.status == "stopped" and len(kept.missing_images()) == 1
+    ball2 = lib.get("ball2").path  # copied without its times (as cp and plain rsync copy): the same version
+    shutil.copyfile(ball2, tmp_path / "copy")
+    os.replace(tmp_path / "copy", ball2)
+    os.utime(ball2, (1e9, 1e9))
+    assert studies.generate("kept", blocking=True).status == "ready" and kept.missing_images() == []
+    stop_next[0] = True
     study = studies.create("s", ["sunball", "ball2"], "\n".join(prompts), seeds="0", questions=1, steps=2,
                            blocking=True)
     assert studies.job.status == "stopped" and len(study.missing_images()) == 1

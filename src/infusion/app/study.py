@@ -11,6 +11,7 @@ entry name, method, file path or URL is in the page.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import logging
@@ -232,11 +233,21 @@ class Studies:
 
 
 def entry_version(entry) -> str:
-    """What tells one version of a library entry from another: its file's (or folder's metadata's) size and time,
-    which a rename or a new training under its name change."""
-    path = entry.path / FOLDER_META if entry.path.is_dir() else entry.path
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    """What tells one version of a library entry from another, whatever copied it (file times are not kept by every
+    copy): a file's bytes (a concept file is kilobytes to a few megabytes), a folder's metadata file and the names and
+    sizes of its files (a DreamBooth folder is gigabytes of weights; its metadata holds the settings that made them).
+    A rename changes it (the metadata's name); renaming back restores it; the same training again gives the same."""
+    digest = hashlib.sha256()
+    if entry.path.is_dir():
+        digest.update((entry.path / FOLDER_META).read_bytes())
+        for p in sorted(entry.path.rglob("*")):
+            if p.is_file():
+                digest.update(f"{p.relative_to(entry.path).as_posix()}:{p.stat().st_size};".encode())
+    else:
+        with open(entry.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def question_html(study: Study, q: dict) -> str:
