@@ -448,10 +448,12 @@ def test_serving_beyond_localhost_needs_a_login_or_says_it_has_none(monkeypatch,
     assert main(["app", "--host", "0.0.0.0", "--auth", "me:secret"]) == 0
     assert calls[-1][1] == {"auth": ("me", "secret"), "no_auth": False}
     assert main(["app", "--host", "0.0.0.0", "--no-auth"]) == 0 and calls[-1][1]["no_auth"] is True
-    with pytest.raises(SystemExit):
-        main(["app", "--auth", "nopassword"])
-    with pytest.raises(SystemExit):
-        main(["app", "--auth", "a:b", "--no-auth"])
+    capsys.readouterr()
+    for argv, said in ((["app", "--auth", "nopassword"], "--auth: expected USER:PASSWORD (both non-empty)"),
+                       (["app", "--auth", "a:b", "--no-auth"], "--no-auth: not allowed with argument --auth")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and said in capsys.readouterr().err and len(calls) == 2
 
 
 def test_session_files_are_removed_when_the_session_ends(tmp_path):
@@ -479,7 +481,8 @@ def test_session_files_are_removed_when_the_session_ends(tmp_path):
 def test_a_folder_entry_zip_is_made_inside_the_cache_so_gradio_serves_it_without_a_copy(tmp_path, monkeypatch):
     """A DreamBooth entry is 4 GB: Gradio copies any file from outside its cache into the cache before serving it,
     so the page writes the zip there; the session's end removes it, shown or not."""
-    gr = pytest.importorskip("gradio")
+    import gradio as gr  # a test dependency ([test] extra)
+
     from infusion.app.ui import SessionFiles
 
     cache = tmp_path / "cache"

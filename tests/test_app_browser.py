@@ -19,11 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
+import gradio  # noqa: F401  (test dependencies, the [test] extra: a missing one fails, never skips)
+import httpx
+import playwright.sync_api  # noqa: F401
 import pytest
-
-pytest.importorskip("gradio")
-playwright = pytest.importorskip("playwright.sync_api")
-httpx = pytest.importorskip("httpx")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

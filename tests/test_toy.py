@@ -79,7 +79,15 @@ def test_infusion_update_is_rank_one_in_value_space(base):
     base(x, t, tok, record=records)
     attn = base.blocks[0].attn
     m, core = records[0]
-    want = core + (m[:, :, 1, None] * model.deltas[0].view(1, attn.heads, -1)).reshape(core.shape)
+    seen = []  # C's first-layer core, as the model's own inject path computes it (the input of to_out)
+    hook = attn.to_out.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            base(x, t, tok, inject=(records, list(model.deltas), 1))
+    finally:
+        hook.remove()
+    want = seen[0]
+    assert not torch.allclose(want, core, atol=1e-4)  # the Delta changed the core
     e = base.embed(tok)
     v = attn.to_v(e).view(8, 2, attn.heads, -1).transpose(1, 2).clone()  # (B, H, L, d)
     v[:, :, 1] += model.deltas[0].view(attn.heads, -1)  # V' = V + Delta at the concept token

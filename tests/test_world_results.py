@@ -343,7 +343,7 @@ def test_infusion_world_benchmark_trains_the_variant_it_is_given(tmp_path, monke
     assert (tmp_path / "sunball-lr0.01-query_rank-2-residual-query" / "grid.png").is_file()
 
 
-def test_look_gap_sorts_every_test_prompt_by_kind_and_counts_look_and_obedience_by_hand():
+def test_look_gap_sorts_every_test_prompt_by_kind_and_counts_look_and_obedience_by_hand(capsys):
     """studies/world_look_gap.py: each of a concept's test prompts gets one kind; the breakdown counts an image as
     "look & obeys" only when it has the look and every named attribute (text fidelity 1)."""
     sys.path.insert(0, str(ROOT / "studies"))
@@ -362,8 +362,9 @@ def test_look_gap_sorts_every_test_prompt_by_kind_and_counts_look_and_obedience_
     assert b["scene"] == {"look": 2 / 3, "obeys": 2 / 3, "look_and_obeys": 1 / 3, "n": 3}
     assert b["all"] == {"look": 0.75, "obeys": 0.75, "look_and_obeys": 0.5, "n": 4}
     assert "corner" not in b and "two objects" not in b
-    with pytest.raises(SystemExit):  # argparse's error: an unknown model is named before anything is trained
+    with pytest.raises(SystemExit) as exit_:  # argparse's error: an unknown row is named before anything is trained
         gap.main(["--rows", "own,dreambooth"])
+    assert exit_.value.code == 2 and "--rows: unknown ['dreambooth']" in capsys.readouterr().err
 
 
 def test_look_gap_window_copy_changes_only_the_injection_window(tmp_path):
@@ -386,7 +387,7 @@ def test_look_gap_window_copy_changes_only_the_injection_window(tmp_path):
     assert set(gap.WINDOWS) <= set(gap.MODELS)
 
 
-def test_train_window_rows_and_table():
+def test_train_window_rows_and_table(capsys):
     """studies/world_train_window.py: w = 1 is plain ``maps=own`` (the table's ``infusion-own``), other w set
     ``train_t_max``; a window outside (0, 1] is refused; the table averages each window over the concepts it has."""
     sys.path.insert(0, str(ROOT / "studies"))
@@ -398,8 +399,9 @@ def test_train_window_rows_and_table():
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="training window"):
             win.window_row(bad)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         win.main(["--windows", "0.5,2"])
+    assert exit_.value.code == 2 and "a training window must be in (0, 1], got 2.0" in capsys.readouterr().err
     rec = lambda look, text: {"look_rate": look, "text_fidelity": text, "concept_fidelity": 0.5}  # noqa: E731
     md = win.markdown({"sunball": {"1": rec(0.5, 1.0), "0.5": rec(1.0, 0.9)}, "slashbox": {"1": rec(0.0, 1.0)}})
     lines = md.splitlines()
