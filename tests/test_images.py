@@ -32,3 +32,14 @@ def test_each_column_header_is_drawn_inside_its_own_column():
         head = grid[: grid.shape[0] - cell]  # the header band above the one row of cells
         cols = np.nonzero((head < 128).any(axis=0))[0]
         assert len(cols) and cols.min() >= j * cell and cols.max() < (j + 1) * cell, (name, cols.min(), cols.max())
+
+
+def test_headers_shrink_their_font_before_breaking_a_word_between_letters():
+    from infusion.core.images import _header_font
+
+    assert _header_font(["lora", "ti"], 60).size == LABEL_SIZE  # everything fits at the label size
+    small = _header_font(["dreambooth", "custom-diffusion+mlm", "infusion-recommended"], 68)  # Fig. 7's 72 px column
+    assert small.size < LABEL_SIZE and small.getlength("recommended") <= 68
+    assert PIL.ImageFont.load_default(size=small.size + 1).getlength("recommended") > 68  # the largest that fits
+    assert _lines(small, "infusion-recommended", 68) == [["infusion-"], ["recommended"]]  # no word cut
+    assert _header_font(["a" * 40], 60).size == 9  # never below 9 px: a word that long is cut between letters

@@ -39,13 +39,15 @@ def make_grid(rows: list[list[PIL.Image.Image]], col_labels: list[str] | None = 
     cell = cell or max(64, rows[0][0].width)
     font = PIL.ImageFont.load_default(size=LABEL_SIZE)
     lw = label_width or (min(260, int(max(font.getlength(s) for s in row_labels)) + 12) if row_labels else 0)
-    heads = [_lines(font, s, cell - 4) for s in col_labels or []]
-    head = (max(len(h) for h in heads) * LINE + 4) if heads else 0
+    hfont = _header_font(col_labels or [], cell - 4)
+    hline = hfont.size + 2
+    heads = [_lines(hfont, s, cell - 4) for s in col_labels or []]
+    head = (max(len(h) for h in heads) * hline + 4) if heads else 0
     n_cols = max(len(r) for r in rows)
     grid = PIL.Image.new("RGB", (lw + n_cols * cell, head + len(rows) * cell), "white")
     draw = PIL.ImageDraw.Draw(grid)
     for j, lines in enumerate(heads):
-        _draw_lines(draw, font, lines, (lw + j * cell + 2, 1))
+        _draw_lines(draw, hfont, lines, (lw + j * cell + 2, 1), hline)
     for i, row in enumerate(rows):
         if row_labels:
             _draw_lines(draw, font, _lines(font, row_labels[i], lw - 8), (4, head + i * cell + 2))
@@ -55,6 +57,16 @@ def make_grid(rows: list[list[PIL.Image.Image]], col_labels: list[str] | None = 
 
 
 LABEL_SIZE, LINE, WORD_GAP = 11, 13, 4  # px: a label's font size, line height, the space drawn between words
+
+
+def _header_font(labels: list[str], width: int):
+    """The largest label font, down to 9 px (smaller is hard to read), at which every header's words, broken only
+    after ``-``, ``+`` or ``_``, fit ``width`` ("recommended" in a 72 px column: 9 px, not "recommen" | "ded")."""
+    for size in range(LABEL_SIZE, 8, -1):
+        font = PIL.ImageFont.load_default(size=size)
+        if all(font.getlength(p) <= width for s in labels for w in s.split() for p in re.split(r"(?<=[-+_])", w) if p):
+            return font
+    return font
 
 
 def _pieces(font, word: str, width: int) -> list[str]:
@@ -89,10 +101,10 @@ def _lines(font, text: str, width: int) -> list[list[str]]:
     return lines + [line] if line else lines
 
 
-def _draw_lines(draw, font, lines: list[list[str]], xy) -> None:
+def _draw_lines(draw, font, lines: list[list[str]], xy, line: int = LINE) -> None:
     """Draw word by word with a fixed gap: the default font's own space is too narrow to read ("a photoof a")."""
     for k, words in enumerate(lines):
         x = xy[0]
         for word in words:
-            draw.text((x, xy[1] + LINE * k), word, fill="black", font=font)
+            draw.text((x, xy[1] + line * k), word, fill="black", font=font)
             x += font.getlength(word) + WORD_GAP

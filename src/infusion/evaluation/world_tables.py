@@ -195,7 +195,7 @@ class MissingRows(ValueError):
 
 
 def fig7(images: dict[Key, list[dict]], concept: str, rows: list[str], references: list, base_row: str = BASE_ROW,
-         setting: str = "tuned", cell: int = 64):
+         setting: str = "tuned", cell: int = 72):
     """One grid per concept: columns the base model then every row at ``setting``, lines the grid prompts (first
     seed, same noise in every column) and the training images. Raises ``MissingRows`` naming what is missing."""
     cols = [(base_row, "base")] + [(r, setting) for r in rows]
