@@ -442,7 +442,7 @@ def test_open_prompt_count_says_how_thin_the_open_column_is():
     prompts = ["a photo of a <sunball>", "a photo of a <sunball> on the grass", "a <sunball> in the top left corner"]
     images = {**base("sunball", prompts), **base("slashbox", [q.replace("sunball", "slashbox") for q in prompts])}
     assert open_prompt_count(images, ["sunball", "slashbox"]) == (
-        "1 of the 3 test prompts a concept, 4 images in all; one prompt a concept gives no interval")
+        "1 of the 3 test prompts per concept, 4 images in all; too few for an interval")
     images.update(base("slashbox", ["a photo of a <slashbox>", "a red <slashbox>"]))  # colour only: still open
     assert open_prompt_count(images, ["sunball", "slashbox"]) == (
         "sunball: 1 of 3 test prompts; slashbox: 2 of 2 test prompts")

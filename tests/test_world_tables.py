@@ -120,11 +120,46 @@ def test_the_page_says_where_the_text_fidelity_floor_decided_a_tuned_choice():
         "val/ti/c/lr0.002-step250": val(0.0, 1.0),
     }
     lines = readings_floor(summaries, ["lora", "ti"], ["c"], 0.02)
-    assert len(lines) == 2 and "minus 0.02" in lines[0]
+    assert len(lines) == 2 and "minus a margin of 0.02" in lines[0]
     assert lines[1] == ("  - lora on c: chose lr 0.0001, 500 steps (look 0.00, text 1.000); the floor (0.980) excluded "
                         "lr 0.001, 500 steps (look 1.00, text 0.967)")
     summaries["choice/lora/c"] = {"lr": 1e-3, "steps": 500, "floor_met": True}  # the best point chosen: nothing to say
     assert readings_floor(summaries, ["lora", "ti"], ["c"], 0.02) == []
     summaries["choice/ti/c"] = {"lr": 0.02, "steps": 250, "floor_met": False}  # no point met it: said, as the protocol
     assert readings_floor(summaries, ["lora", "ti"], ["c"], 0.02)[1] == (
-        "  - ti on c: chose lr 0.02, 250 steps (look 0.90, text 0.990) (no point met the floor: the highest text fidelity)")
+        "  - ti on c: chose lr 0.02, 250 steps (look 0.90, text 0.990) (no point met the floor: the one with the highest "
+        "text fidelity)")
+    summaries["choice/ti/c"] = {"lr": 0.002, "steps": 250, "floor_met": False}  # a better point, but none met it:
+    assert readings_floor(summaries, ["lora", "ti"], ["c"], 0.02)[1].endswith("the highest text fidelity)")  # no "excluded"
+
+
+def test_table1_readings_call_a_difference_only_where_intervals_are_apart():
+    from infusion.evaluation.world_page import readings_table1
+    from infusion.evaluation.world_tables import TableRow
+
+    def row(name, setting, text, look):
+        cells = {k: (0.5, 0.4, 0.6) for k in ("concept_fidelity", "scene_kept", "scene_kept_open", "w2", "lfd")}
+        return TableRow(name, setting, ["c"], {**cells, "text_fidelity": text, "look_rate": look}, 0)
+
+    rows = [row("base", "base", (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),
+            row("infusion", "tuned", (0.98, 0.96, 0.99), (0.2, 0.1, 0.3)),
+            row("lora", "default", (0.99, 0.98, 1.0), (0.9, 0.8, 1.0)), row("lora", "tuned", (0.99, 0.98, 1.0), (0.9, 0.8, 1.0)),
+            row("pplus", "tuned", (0.90, 0.85, 0.95), (0.5, 0.4, 0.6))]
+    text = "\n".join(readings_table1(rows))
+    assert "highest lora 0.990 [0.980, 1.000]; below it with intervals apart: pplus 0.900." in text
+    assert "its text fidelity is within the intervals of the best rows, and its look rate 0.20 is below lora's 0.90" in text
+    assert "Tuned equals default (the sweep chose the default's point on every concept): lora." in text
+
+
+def test_fig7_reading_reads_the_scene_kept_column():
+    from infusion.evaluation.world_page import reading_fig7
+    from infusion.evaluation.world_tables import TableRow
+
+    def row(name, kept, kept_open):
+        return TableRow(name, "tuned", ["c"], {"scene_kept": (kept, 0, 1), "scene_kept_open": (kept_open, 0, 1)})
+
+    text = reading_fig7([row("infusion", 0.84, 0.0), row("infusion-recommended", 0.94, 0.5), row("ti", 0.7, 0.5),
+                         row("lora", 0.87, 0.0)])[0]
+    assert "**Infusion (paper)** 0.84, infusion-recommended 0.94, the other rows 0.70-0.87;" in text
+    assert "**Infusion (paper)** keeps it in 0.00 of the images" in text
+    assert reading_fig7([row("ti", 0.7, 0.5)]) == []
