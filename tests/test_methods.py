@@ -188,6 +188,25 @@ def test_textual_inversion_file_is_diffusers_format(trained):
     assert not torch.allclose(new[tid], init)  # it learned
 
 
+def test_token_table_growth_line_is_dropped_and_others_kept():
+    """quiet_logs: transformers' mean-resizing line (printed by every ``load_textual_inversion``, whose new row is then
+    overwritten) does not reach a handler; another line of the same logger does."""
+    import infusion  # noqa: F401  (installs the filters)
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log = logging.getLogger("transformers.modeling_utils")
+    log.addHandler(handler)
+    try:
+        log.warning("The new embeddings will be initialized from a multivariate normal distribution that has old "
+                    "embeddings' mean and covariance.")
+        log.warning("some other warning")
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["some other warning"]
+
+
 def test_lora_and_custom_diffusion_files_load_with_diffusers(trained):
     from diffusers.models.attention_processor import CustomDiffusionAttnProcessor
     from safetensors.torch import load_file

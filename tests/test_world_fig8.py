@@ -8,7 +8,7 @@ import torch
 
 from infusion.evaluation import world_fig8 as f8
 from infusion.world import scenes
-from infusion.world.concepts import concept_scene, get_concept
+from infusion.world.concepts import get_concept
 from infusion.world.fidelity import parse_caption
 
 
@@ -83,3 +83,34 @@ def test_records_of_another_model_are_refused(tmp_path):
     (rec / "model_fingerprint.txt").write_text("something-else\n")
     with pytest.raises(ValueError, match="move that folder aside"):
         f8.Fig8Run(ResultsRun(tmp_path / "w", PRESETS["small"], log=lambda m: None), f8.FIG8_PLANS["small"], rec)
+
+
+def _fig8_result():
+    """A fig8.json-shaped result whose keys come sorted, as ``json.dumps(sort_keys=True)`` writes them."""
+    cell = lambda v: [v, max(0.0, v - 0.1), min(1.0, v + 0.1)] if v else [0.0, 0.0, 0.0]  # noqa: E731
+    rows = {"base": 0.0, f8.CD_ROW: 0.0, f8.CD_TUNED_ROW: 0.02, f8.PAPER_ROW: 0.0, f8.RECOMMENDED_ROW: 0.33}
+    table = {r: {"pairs": ["a+b"], "n_images": 16, "both_looks": cell(v), "look_first": cell(v), "look_second": cell(v),
+                 "both_present": cell(1.0), "text_fidelity": cell(0.9), "concept_fidelity": cell(0.5),
+                 "look_alone": cell(0.25)} for r, v in sorted(rows.items())}
+    per_pair = {"a+b": {r: {"both_looks": v, "look_first": v, "look_second": v, "text_fidelity": 0.9}
+                        for r, v in sorted(rows.items())}}
+    return {"table": table, "per_pair": per_pair}
+
+
+def test_fig8_table_keeps_the_plan_order_and_defines_the_cd_lr_row():
+    lines = f8.table_lines(_fig8_result())
+    body = [ln.split(" | ")[0][2:] for ln in lines if ln.startswith("| ") and not ln.startswith("| row")]
+    assert body == [f8.LABELS[r.name] for r in f8.FIG8_ROWS]  # the figure's order, not fig8.json's sorted one
+    assert any(ln.startswith(f"- {f8.LABELS[f8.CD_TUNED_ROW]}: each concept trained at lr 4e-4") for ln in lines)
+    per_pair = next(ln for ln in lines if ln.startswith("- a+b: "))
+    assert per_pair.index("Infusion (paper)") < per_pair.index("Custom Diffusion (merged)")
+
+
+def test_fig8_readings_name_the_rows_that_compose_and_where_the_paper_form_differs():
+    text = "\n".join(f8.readings(_fig8_result()))
+    assert "interval above 0): Infusion (recommended) 0.33; base (class words) 0.00" in text
+    assert "the paper's Infusion composes both looks in 0.00 of the images" in text and "(control 0.25; Table 1)" in text
+    result = _fig8_result()
+    result["table"][f8.PAPER_ROW]["both_looks"] = [0.3, 0.2, 0.4]
+    assert "Where the world differs" not in "\n".join(f8.readings(result))
+    assert f8.readings({"table": {}, "per_pair": {}}) == []

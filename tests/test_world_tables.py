@@ -163,3 +163,23 @@ def test_fig7_reading_reads_the_scene_kept_column():
     assert "**Infusion (paper)** 0.84, infusion-recommended 0.94, the other rows 0.70-0.87;" in text
     assert "**Infusion (paper)** keeps it in 0.00 of the images" in text
     assert reading_fig7([row("ti", 0.7, 0.5)]) == []
+
+
+def test_fig11_reading_ranks_rows_by_their_loss_of_text_fidelity():
+    from infusion.evaluation.world_figures import FIGURE_PLANS
+    from infusion.evaluation.world_page import reading_fig11
+
+    plan = FIGURE_PLANS["full"]
+    first, last = plan.fig11_steps[0], plan.fig11_steps[-1]
+
+    def rec(t0, t1, k1):
+        return {first: {"text_fidelity": [1.0, t0 * 2 - 1.0], "look": [False, False]},
+                last: {"text_fidelity": [t1, t1], "look": [k1, False]}}
+
+    lines = {("infusion", "c"): rec(1.0, 0.9, False), ("lora", "c"): rec(1.0, 0.95, True), ("ti", "c"): rec(0.9, 0.6, False)}
+    text = "\n".join(reading_fig11(lines, plan, ["c"], ["infusion", "lora", "ti", "pplus"]))
+    assert text.index("- ti: text fidelity 0.900 -> 0.600") < text.index("- **Infusion (paper)**: text fidelity 1.000 -> 0.900")
+    assert "- lora: text fidelity 1.000 -> 0.950; look 0.00 -> 0.50" in text
+    assert "pplus" not in text  # no records at both steps: not read
+    assert "**Infusion (paper)** loses 0.100 of text fidelity by step 2000; lora loses less" in text
+    assert reading_fig11({}, plan, ["c"], ["infusion"]) == []

@@ -9,6 +9,9 @@ library offers a switch for these):
 - diffusers' "No LoRA keys associated to CLIPTextModel found with the prefix='text_encoder'" on every
   ``load_lora_weights`` of a UNet-only LoRA file (DreamBooth-LoRA's files, as diffusers' own training script writes
   them without ``--train_text_encoder``); the message itself says it is safe to ignore then.
+- transformers' "The new embeddings will be initialized from a multivariate normal distribution ...": diffusers'
+  ``load_textual_inversion`` (Textual Inversion and Custom Diffusion files) grows the token table by one row and
+  then writes the concept's vector into it, so how the new row was first filled never reaches an image.
 """
 
 import logging
@@ -17,6 +20,7 @@ DROPPED = {
     "diffusers.models.modeling_utils": ("should be kept in float32: []",),
     "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to",),
     "diffusers.loaders.lora_base": ("No LoRA keys associated to CLIPTextModel",),
+    "transformers.modeling_utils": ("The new embeddings will be initialized from a multivariate normal",),
 }
 
 

@@ -63,8 +63,8 @@ FIG8_ROWS = (
     Row(PAPER_ROW, "infusion", {}),
     Row(RECOMMENDED_ROW, "infusion", {"preset": "recommended"}),
     Row(CD_ROW, "custom-diffusion", {}),
-    # Custom Diffusion at the lr the Table 1 sweep chose on validation prompts for all five concepts (its default
-    # learns no look on the world: look rate 0.00 in the table)
+    # Custom Diffusion at the higher of the two learning rates its Table 1 sweep tries (10x its default 4e-5): where it
+    # learns a concept's look alone on the world; its default learns none (look rate 0.00 in Table 1)
     Row(CD_TUNED_ROW, "custom-diffusion", {}),
 )
 LABELS = {BASE_ROW: "base (class words)", PAPER_ROW: "Infusion (paper)", RECOMMENDED_ROW: "Infusion (recommended)",
@@ -345,8 +345,19 @@ def fig8_table(records: str | Path, plan: Fig8Plan) -> dict:
     return {"table": table, "per_pair": per_pair}
 
 
+def _in_plan_order(rows: dict) -> list:
+    """``rows`` items in FIG8_ROWS's order (fig8.json sorts its keys; the table and fig8.png show one order)."""
+    order = [r.name for r in FIG8_ROWS]
+    return sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+
+
+ROW_NOTES = {CD_TUNED_ROW: "each concept trained at lr 4e-4, ten times Custom Diffusion's default 4e-5 (the higher of "
+                           "the two learning rates Table 1's sweep tries), where it learns a concept's look alone; its "
+                           "default learns none on the world"}
+
+
 def table_lines(result: dict) -> list[str]:
-    """The table as Markdown lines."""
+    """The table as Markdown lines, rows in the plan's order, then what each row not self-explaining is."""
     table = result["table"]
     if not table:
         return ["(no pair has records for every row yet)"]
@@ -358,17 +369,42 @@ def table_lines(result: dict) -> list[str]:
              "composed model on each concept's first test prompts, one concept named."), "",
              head, "|" + "---|" * (len(cols) + 2)]
     fmt = lambda v: f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" if v else "-"
-    for name, row in table.items():
+    for name, row in _in_plan_order(table):
         cells = [fmt(row.get(k)) for k, _ in cols]
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {row['n_images']} |")
+    lines += [""] + [f"- {LABELS.get(r, r)}: {note}." for r, note in ROW_NOTES.items() if r in table]
     lines += ["", ("In fig8.png the corner of each image says which looks the probes read there: 1 (the first "
               "concept's), 2 (the second's), - (neither)."), "",
               "Per pair (both looks / look of 1st / look of 2nd / text fidelity):", ""]
     for p, rows in result["per_pair"].items():
         lines.append(f"- {p}: " + "; ".join(
             f"{LABELS.get(r, r)} {v['both_looks']:.2f} / {v['look_first']:.2f} / {v['look_second']:.2f} / "
-            f"{v['text_fidelity']:.2f}" for r, v in rows.items()))
+            f"{v['text_fidelity']:.2f}" for r, v in _in_plan_order(rows)))
     return lines
+
+
+def readings(result: dict) -> list[str]:
+    """What the table says about the paper's Fig. 8 claim (Infusion keeps both concepts where Custom Diffusion
+    overlooks one): the rows whose both-looks interval lies above 0, and where the world differs from the paper."""
+    table = result["table"]
+    if not table:
+        return []
+    composes = [r for r, row in _in_plan_order(table) if row["both_looks"][1] > 0]
+    name = lambda r: LABELS.get(r, r)  # noqa: E731
+    out = ["- Both looks in one image (interval above 0): "
+           + (", ".join(f"{name(r)} {table[r]['both_looks'][0]:.2f}" for r in composes) or "no row") + "; "
+           + ", ".join(f"{name(r)} {row['both_looks'][0]:.2f}" for r, row in _in_plan_order(table) if r not in composes)
+           + "."]
+    paper = table.get(PAPER_ROW)
+    if paper is not None and PAPER_ROW not in composes:
+        alone = paper.get("look_alone")
+        out.append("- **Where the world differs from the paper**: the paper's Infusion composes both looks in "
+                   f"{paper['both_looks'][0]:.2f} of the images, no more than Custom Diffusion; it learns little of a "
+                   "look on the world even alone"
+                   + (f" (control {alone[0]:.2f}; Table 1)" if alone else " (Table 1)") + ", so there is little to compose. "
+                   + (f"{name(RECOMMENDED_ROW)} composes both in {table[RECOMMENDED_ROW]['both_looks'][0]:.2f}."
+                      if RECOMMENDED_ROW in composes else ""))
+    return out
 
 
 def draw_fig8(records: str | Path, plan: Fig8Plan, path: str | Path, cell: int = 64) -> Path | None:
@@ -436,7 +472,7 @@ def run_fig8(preset: str, model: str | None, out: Path, doc: Path, report_only: 
     fig_dir.mkdir(parents=True, exist_ok=True)
     (fig_dir / "fig8.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     (fig_dir / "fig8.md").write_text("# Fig. 8 on the world: two concepts in one prompt\n\n"
-                                     + "\n".join(table_lines(result)) + "\n")
+                                     + "\n".join(table_lines(result) + [""] + readings(result)) + "\n")
     png = draw_fig8(records, plan, fig_dir / "fig8.png")
     for path in (fig_dir / "fig8.md", fig_dir / "fig8.json", png):
         if path:

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from infusion.evaluation.intervals import LEVEL, B
+from infusion.evaluation.world_fig8 import readings as fig8_readings
 from infusion.evaluation.world_fig8 import table_lines as fig8_lines
 from infusion.evaluation.world_figures import FIGURE_PLANS, FigurePlan, figure_scope, lfd_curve, load_records, w2_curve
 from infusion.evaluation.world_results import BASE_ROW, PAPER_ROW, RECOMMENDED_ROW, Preset
@@ -191,10 +192,11 @@ def curve_lines(records: Path, plan: FigurePlan, seeds: int) -> tuple[list[str],
     and last step)."""
     base, lines = load_records(records, plan)
     concepts, rows = figure_scope(base, lines, plan)
-    out, last, zero_rows = [], [], []
+    out, last, zero_rows, paper_w2 = [], [], [], None
     for r in rows:  # each row's curves once (every point is a bootstrap)
         w2 = w2_curve(base, lines, r, concepts, plan.steps, seeds)
         lfd = lfd_curve(lines, r, concepts, plan.steps)
+        paper_w2 = w2 if r == PAPER_ROW else paper_w2
         if w2 and lfd:
             zero = all(v[1] == 0.0 for v in lfd)
             zero_rows += [r] if zero else []
@@ -209,7 +211,48 @@ def curve_lines(records: Path, plan: FigurePlan, seeds: int) -> tuple[list[str],
                    + (", ".join(label(r) for r in zero_rows) or "none")
                    + ": by construction, not by measurement (a caption without the concept meets none of their weights: "
                    "the UNet is untouched and the concept's token is not in the prompt).")
+    if paper_w2 and len(paper_w2) > 1 and last:
+        (s0, w0, lo0, hi0), (s1, w1, lo1, hi1) = paper_w2[0], paper_w2[-1]
+        order = [r for _, r in sorted(last)]
+        place = order.index(PAPER_ROW) + 1 if PAPER_ROW in order else None
+        if w1 > w0 or place != 1:
+            out.append(f"- **Where the world differs from the paper**: the paper's Infusion keeps a low W2 as training "
+                       f"goes on; here its W2 goes from {w0:.2f} [{lo0:.2f}, {hi0:.2f}] at step {s0} to {w1:.2f} "
+                       f"[{lo1:.2f}, {hi1:.2f}] at {s1}"
+                       + (f", {_ordinal(place)} lowest of {len(order)} at step {s1}" if place else "")
+                       + ". Its LFD is 0 as the paper says.")
     return concepts, rows, out
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def reading_fig11(lines: dict, plan: FigurePlan, concepts: list[str], rows: list[str]) -> list[str]:
+    """The paper's Fig. 11 claim (Infusion's images keep to the text at high step counts, where other methods need
+    the step count controlled) in numbers from the figures' records: per row, text fidelity and look rate over all
+    test prompts x seeds at the first and last Fig. 11 step (mean over ``concepts``), the largest loss first."""
+    first, last = plan.fig11_steps[0], plan.fig11_steps[-1]
+    mean = lambda r, s, k: float(sum(sum(lines[(r, c)][s][k]) / len(lines[(r, c)][s][k]) for c in concepts) / len(concepts))  # noqa: E731
+    have = [r for r in rows if all(s in lines.get((r, c), {}) for c in concepts for s in (first, last))]
+    if not concepts or not have:
+        return []
+    got = {r: (mean(r, first, "text_fidelity"), mean(r, last, "text_fidelity"), mean(r, first, "look"), mean(r, last, "look"))
+           for r in have}
+    ranked = sorted(have, key=lambda r: got[r][1] - got[r][0])
+    out = [f"The paper (Fig. 11): Infusion's images keep to the text at steps {first}-{last}, where other methods need "
+           f"the step count controlled. Here, text fidelity and look rate over every test prompt of "
+           f"{', '.join(concepts)} (the figures' records), step {first} -> {last}, the largest loss of text fidelity first:", ""]
+    out += [f"- {label(r)}: text fidelity {got[r][0]:.3f} -> {got[r][1]:.3f}; look {got[r][2]:.2f} -> {got[r][3]:.2f}"
+            for r in ranked]
+    if PAPER_ROW in got:
+        keep_better = [r for r in have if got[r][1] - got[r][0] > got[PAPER_ROW][1] - got[PAPER_ROW][0]]
+        if keep_better:
+            out += ["", f"- **Where the world differs from the paper**: {label(PAPER_ROW)} loses "
+                    f"{got[PAPER_ROW][0] - got[PAPER_ROW][1]:.3f} of text fidelity by step {last}; "
+                    f"{', '.join(label(r) for r in keep_better)} {'lose' if len(keep_better) > 1 else 'loses'} less (a row that learns little of the look has "
+                    "little to lose: read the look column beside it)."]
+    return out
 
 
 def open_prompt_count(images: dict, concepts: list[str]) -> str:
@@ -324,11 +367,11 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
     L += ["", *reading_fig7(t1)]
     L += [f"- **Error**: {e}" for e in errors] + [""]
     L += ["## Fig. 8: two concepts in one prompt", "",
-          "The paper (Fig. 8): two Infusion files composed keep both looks where Custom Diffusion's joint model mixes "
-          "them. Here: three concept pairs, Infusion files composed against Custom Diffusion's constrained merge of "
+          "The paper (Fig. 8): two Infusion concepts in one prompt are both faithful to their references, where Custom "
+          "Diffusion tends to overlook one of them. Here: three concept pairs, Infusion files composed against Custom Diffusion's constrained merge of "
           "two trained folders (`infusion merge`); `infusion results --stage fig8`.", ""]
     if fig8:
-        L += fig8_lines(fig8) + ["", "![fig8](results/fig8.png)", ""]
+        L += fig8_lines(fig8) + ["", "![fig8](results/fig8.png)", "", *fig8_readings(fig8), ""]
     else:
         L += ["Not run yet.", ""]
     L += ["## Figs. 9 and 10: W2 and LFD against training steps", "",
@@ -358,6 +401,8 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
                                 for k, q in enumerate(shown))
             fig11 += [f"`<{c}>`: {halves}", "", f"![fig11_{c}](results/fig11_{c}.png)", ""]
     L += fig11[:-1] or ["Not drawn yet."]
+    fig11_read = reading_fig11(fig_lines, plan, curve_concepts, curve_rows) if curve_rows else []
+    L += [""] + fig11_read if fig11_read else []
     L += ["", "## Limitations", "",
           f"- The world is small: {IMAGE_SIZE} x {IMAGE_SIZE} images, a closed grammar, probes in place of CLIP and "
           "DINO. It shows what each method can and cannot do on it; it does not measure Stable Diffusion.",
