@@ -187,6 +187,7 @@ class Studies:
 
     def _run(self, job: StudyJob, study: Study, missing: list[tuple[int, int, int]]) -> None:
         s = study.data["settings"]
+        entries: dict[int, object] = {}  # each arm's entry checked once a run (its version hashes the file)
         try:
             for arm, k, seed in missing:
                 if job.cancel.is_set():
@@ -194,7 +195,7 @@ class Studies:
                                    "when someone presses Start in Answer")
                     job.status = "stopped"
                     return
-                entry = self._entry(study, arm)
+                entry = entries[arm] if arm in entries else entries.setdefault(arm, self._entry(study, arm))
                 text = entry.in_prompt(study.data["prompts"][k].replace("<concept>", f"<{entry.name}>"))
                 with self.actions.busy:  # cached pipelines hold scheduler state: one generation at a time
                     model = self.actions._load([entry.path])
@@ -220,9 +221,10 @@ class Studies:
         gone = ValueError(f"the entry <{a['entry']}> of {a['label']} was renamed, deleted or trained again after the "
                           "study was made, so its remaining images cannot come from the model the others came from: "
                           "make a new study (the images made so far are kept)")
-        if not self.library.exists(a["entry"]):
-            raise gone
-        entry = self.library.get(a["entry"])
+        try:
+            entry = self.library.get(a["entry"])
+        except ValueError:
+            raise gone from None
         if a.get("version") not in (None, entry_version(entry)):  # studies made before versions were kept: no check
             raise gone
         return entry
