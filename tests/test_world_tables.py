@@ -2,6 +2,7 @@
 scene kept against the base model's image on the same noise, open prompts, W2 (not squared) from pooled latents,
 the Table 2 rule, and a Fig. 7 grid that refuses a missing row."""
 
+import json
 import math
 
 import numpy as np
@@ -183,3 +184,30 @@ def test_fig11_reading_ranks_rows_by_their_loss_of_text_fidelity():
     assert "pplus" not in text  # no records at both steps: not read
     assert "**Infusion (paper)** loses 0.100 of text fidelity by step 2000; lora loses less" in text
     assert reading_fig11({}, plan, ["c"], ["infusion"]) == []
+
+
+def test_curve_readings_say_where_the_paper_infusion_w2_rises(tmp_path):
+    """W2 of a row whose latents move away from the base model's with steps: the reading gives both ends and its
+    place at the last step; LFD all 0 is called by construction."""
+    from infusion.evaluation.world_figures import FigurePlan, Row
+    from infusion.evaluation.world_page import curve_lines
+
+    plan = FigurePlan(concepts=("c",), rows=(Row("infusion", "infusion", {}), Row("lora", "lora", {})), steps=(1, 2))
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(12, 16))
+    (tmp_path / "base__c.json").write_text(json.dumps({"pooled": base.tolist()}))
+
+    def write(row, shifts, lfd):
+        lines = [{"step": s, "pooled": (base + d).tolist(), "lfd": [lfd] * 4} for s, d in zip(plan.steps, shifts)]
+        (tmp_path / f"{row}__c.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    write("infusion", (0.1, 0.5), 0.0)
+    write("lora", (0.05, 0.2), 0.3)
+    concepts, rows, out = curve_lines(tmp_path, plan, seeds=2)
+    text = "\n".join(out)
+    assert concepts == ["c"] and rows == ["infusion", "lora"]
+    assert "- **Infusion (paper)**: W2 0.40 at step 1 -> 2.00 at 2; LFD exactly 0 at every step." in text
+    assert "At step 2, W2 lowest first: lora 0.80, **Infusion (paper)** 2.00" in text
+    assert "here its W2 goes from 0.40 [" in text and "2nd lowest of 2 at step 2" in text
+    write("infusion", (0.1, 0.1), 0.0)
+    assert "Where the world differs" not in "\n".join(curve_lines(tmp_path, plan, seeds=2)[2])
