@@ -273,14 +273,18 @@ def open_prompt_count(images: dict, concepts: list[str]) -> str:
             f"in all{rest}")
 
 
-def cost_line(summaries: dict, wall: list) -> str:
-    """What the run cost: the wall time of runs that finished (``wall``), and the worker time of the units whose
-    ``done/`` record has ``seconds`` (runs cut off by a session's end leave no wall record)."""
+def cost_line(summaries: dict, wall: list, n_units: int | None = None) -> str:
+    """What the run cost: the wall time of runs that finished (``wall``; a run cut off by a session's end leaves no
+    wall record), the worker time of the units whose ``done/`` record has ``seconds``, and, given ``n_units``, all
+    units at that rate (the units done before timing was recorded included)."""
     timed = [v["seconds"] for k, v in summaries.items() if k.startswith("done/") and "seconds" in (v or {})]
     parts = [f"wall time of finished runs {sum(w['seconds'] for w in wall) / 3600:.1f} h"] if wall else []
     if timed:
+        rate = sum(timed) / len(timed)
         parts.append(f"worker time {sum(timed) / 3600:.1f} h over the {len(timed)} units timed "
-                     f"({sum(timed) / len(timed) / 60:.0f} min a unit of one worker's time)")
+                     f"({rate / 60:.0f} min a unit of one worker's time)")
+        if n_units and n_units > len(timed):
+            parts.append(f"all {n_units} units at that rate: about {n_units * rate / 3600:.0f} h of one worker")
     return ("Cost: " + "; ".join(parts) + ".") if parts else "Cost: not yet recorded."
 
 
@@ -319,7 +323,7 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
         "The paper's evaluation, figure by figure, on the project's built-in text-to-image world (a small model that "
         "runs on a CPU; no real Stable Diffusion run was possible here). Written by `infusion results` from records "
         f"(`--report-only` rewrites it). Model fingerprint `{fingerprint}`. Table units done: **{done} of {n_units}**; "
-        f"concepts complete: {', '.join(complete) or 'none yet'}. " + cost_line(summaries, wall),
+        f"concepts complete: {', '.join(complete) or 'none yet'}. " + cost_line(summaries, wall, n_units),
         "",
         "## Setup",
         "",
