@@ -223,7 +223,7 @@ def test_pplus_mlm_is_the_mean_of_one_loss_per_layer_token(ctx_path, concept_ima
         m.tokens.grad = None
         one = reg(side.text_encoder, fn, generator=torch.Generator().manual_seed(5))
         one.backward()
-        parts.append((float(one), m.tokens.grad.clone()))
+        parts.append((float(one.detach()), m.tokens.grad.clone()))
     n = len(parts)
     assert float(total) == pytest.approx(sum(v for v, _ in parts) / n, rel=1e-5)
     torch.testing.assert_close(summed, sum(gr for _, gr in parts) / n, rtol=1e-5, atol=1e-8)

@@ -251,3 +251,17 @@ def test_recorder_takes_keys_from_key_context_and_values_from_the_text():
         assert torch.allclose(rec.maps, maps, atol=1e-6)
         assert torch.allclose(out, want, atol=1e-5)
         assert not torch.allclose(out, stock, atol=1e-3)  # the keys did change the output
+
+
+def test_the_scheduler_world_training_builds_is_the_shipped_one():
+    """A retrained world exports the scheduler the committed model has (steps_offset included: diffusers' pipeline
+    warns on 0)."""
+    import json
+    from pathlib import Path
+
+    import infusion.world
+    from infusion.world.architecture import build_scheduler
+
+    shipped = json.loads((Path(infusion.world.__file__).parent / "model" / "scheduler" / "scheduler_config.json").read_text())
+    built = {k: v for k, v in build_scheduler().config.items() if not k.startswith("_")}
+    assert built == {k: v for k, v in shipped.items() if not k.startswith("_")}

@@ -65,10 +65,10 @@ def build_scheduler(prediction_type: str = "v_prediction", zero_terminal_snr: bo
     """DDIM with SD1.x's scaled-linear betas; by default rescaled to zero terminal SNR, v-prediction, trailing spacing."""
     from diffusers import DDIMScheduler
 
-    extra = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing") if zero_terminal_snr else dict(steps_offset=1)
-    return DDIMScheduler(
+    extra = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing") if zero_terminal_snr else {}
+    return DDIMScheduler(  # steps_offset=1 as SD's config (trailing spacing ignores it; the pipeline warns without it)
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-        prediction_type=prediction_type, **extra,
+        prediction_type=prediction_type, steps_offset=1, **extra,
     )
 
 
