@@ -430,7 +430,8 @@ def test_cost_line_says_what_was_timed():
     recs = {"done/table/ti/sunball": {"at": "x", "seconds": 1800.0}, "done/base/base/sunball": {"at": "x"},
             "done/table/lora/sunball": {"at": "x", "seconds": 5400.0}, "val/ti/sunball/a": {"seconds": 99999}}
     line = cost_line(recs, [{"seconds": 7200.0}])
-    assert line.startswith("Cost: wall time of finished runs 2.0 h; worker time 2.0 h over the 2 units timed (60 min a unit")
+    assert line.startswith("Cost: wall time of finished runs 2.0 h (a run cut off at a session's end records none); "
+                           "worker time 2.0 h over the 2 units timed (60 min a unit")
     assert "at that rate" not in line
     assert cost_line(recs, [], n_units=10).endswith("(60 min a unit of one worker's time); all 10 units at that rate: "
                                                      "about 10 h of one worker.")

@@ -208,6 +208,46 @@ def test_curve_readings_say_where_the_paper_infusion_w2_rises(tmp_path):
     assert concepts == ["c"] and rows == ["infusion", "lora"]
     assert "- **Infusion (paper)**: W2 0.40 at step 1 -> 2.00 at 2; LFD exactly 0 at every step." in text
     assert "At step 2, W2 lowest first: lora 0.80, **Infusion (paper)** 2.00" in text
-    assert "here its W2 goes from 0.40 [" in text and "2nd lowest of 2 at step 2" in text
+    assert "here its W2 goes from 0.40 [" in text and "to 2.00 [" in text
     write("infusion", (0.1, 0.1), 0.0)
     assert "Where the world differs" not in "\n".join(curve_lines(tmp_path, plan, seeds=2)[2])
+
+
+def test_table2_readings_say_where_the_paper_form_is_not_preferred_over_every_baseline():
+    from infusion.evaluation.preference import Preference
+    from infusion.evaluation.world_page import readings_table2, table2_lines
+
+    def p(share, low, high):
+        return Preference(share, low, high, 100, 50)
+
+    prefs = {("infusion", "ti", "text"): p(0.6, 0.55, 0.65), ("infusion", "ti", "image"): p(0.7, 0.6, 0.8),
+             ("infusion", "perfusion", "text"): p(0.52, 0.5, 0.54), ("infusion", "perfusion", "image"): p(0.44, 0.39, 0.499),
+             ("infusion-recommended", "ti", "text"): p(0.6, 0.55, 0.65), ("infusion-recommended", "ti", "image"): p(0.9, 0.85, 0.95),
+             ("infusion-recommended", "perfusion", "text"): p(0.6, 0.51, 0.65),
+             ("infusion-recommended", "perfusion", "image"): p(0.6, 0.55, 0.65)}
+    text = "\n".join(readings_table2(prefs))
+    # a lower bound of exactly 0.5 is not above one half
+    assert "- **Infusion (paper)**: text alignment: preferred over 1 of 2 baselines (ti); image alignment: preferred " \
+           "over 1 of 2 baselines (ti), less preferred than perfusion" in text
+    assert ("**Where the world differs from the paper**: there, Infusion is preferred over each baseline in both text and "
+            "image alignment; here **Infusion (paper)** is preferred over 1 of 2 (text); and over 1 of 2 (image), less "
+            "preferred than perfusion.") in text
+    assert "| **Infusion (paper)** | perfusion | 52.0 [50.0, 54.0] | 44.0 [39.0, 49.9] | 100 |" in table2_lines(prefs)
+    good = {k: v for k, v in prefs.items() if k[0] == "infusion-recommended"}
+    assert "Where the world differs" not in "\n".join(readings_table2({("infusion",) + k[1:]: v for k, v in good.items()}))
+
+
+def test_fig7_reading_says_where_the_paper_form_is_not_apart_from_the_baselines():
+    from infusion.evaluation.world_page import reading_fig7
+    from infusion.evaluation.world_tables import TableRow
+
+    def row(name, kept):
+        return TableRow(name, "tuned", ["c"], {"scene_kept": kept, "scene_kept_open": (0.0, 0.0, 0.0)})
+
+    rows = [row("infusion", (0.83, 0.77, 0.89)), row("infusion-recommended", (0.95, 0.93, 0.98)),
+            row("ti", (0.78, 0.71, 0.84)), row("lora", (0.70, 0.60, 0.76))]
+    out = reading_fig7(rows)
+    assert out[1] == ("- **Where the world differs from the paper**: **Infusion (paper)**'s scene kept 0.83 [0.77, 0.89] "
+                      "is not apart from ti (intervals overlap); infusion-recommended is apart from every baseline.")
+    rows[2] = row("ti", (0.70, 0.60, 0.76))
+    assert len(reading_fig7(rows)) == 1

@@ -364,9 +364,10 @@ def table_lines(result: dict) -> list[str]:
     pairs = next(iter(table.values()))["pairs"]
     cols = [(k, label) for k, label, _ in METRICS] + [("look_alone", "control: look, each concept alone")]
     head = "| row | " + " | ".join(label for _, label in cols) + " | images |"
-    lines = [(f"Pairs: {', '.join(pairs)}; mean over pairs, [95% bootstrap over (pair, prompt)]; a look counts where "
-             "its object is found (class at its corner, else where its class most likely is). The control: the same "
-             "composed model on each concept's first test prompts, one concept named."), "",
+    lines = [(f"Pairs: {', '.join(pairs)} (1st and 2nd: the concepts in the order a pair names them); mean over pairs, "
+              "[95% bootstrap over (pair, prompt)]. A concept's look is read on the object of its class: at the corner "
+              "the prompt puts it in, or, where the prompt names no corner, wherever an object of its class most likely "
+              "is. The control: the same composed model on each concept's first test prompts, one concept named."), "",
              head, "|" + "---|" * (len(cols) + 2)]
     fmt = lambda v: f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" if v else "-"
     for name, row in _in_plan_order(table):
@@ -391,10 +392,10 @@ def readings(result: dict) -> list[str]:
         return []
     composes = [r for r, row in _in_plan_order(table) if row["both_looks"][1] > 0]
     name = lambda r: LABELS.get(r, r)  # noqa: E731
-    out = ["- Both looks in one image (interval above 0): "
-           + (", ".join(f"{name(r)} {table[r]['both_looks'][0]:.2f}" for r in composes) or "no row") + "; "
-           + ", ".join(f"{name(r)} {row['both_looks'][0]:.2f}" for r, row in _in_plan_order(table) if r not in composes)
-           + "."]
+    rest = [f"{name(r)} {row['both_looks'][0]:.2f}" for r, row in _in_plan_order(table) if r not in composes]
+    out = ["- Both looks in one image, interval above 0: "
+           + (", ".join(f"{name(r)} {table[r]['both_looks'][0]:.2f}" for r in composes) or "no row")
+           + (f"; interval reaching 0: {', '.join(rest)}." if rest else ".")]
     paper = table.get(PAPER_ROW)
     if paper is not None and PAPER_ROW not in composes:
         alone = paper.get("look_alone")
