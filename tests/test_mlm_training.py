@@ -225,7 +225,7 @@ def test_pplus_mlm_is_the_mean_of_one_loss_per_layer_token(ctx_path, concept_ima
         one.backward()
         parts.append((float(one.detach()), m.tokens.grad.clone()))
     n = len(parts)
-    assert float(total) == pytest.approx(sum(v for v, _ in parts) / n, rel=1e-5)
+    assert float(total.detach()) == pytest.approx(sum(v for v, _ in parts) / n, rel=1e-5)
     torch.testing.assert_close(summed, sum(gr for _, gr in parts) / n, rtol=1e-5, atol=1e-8)
     for j, (_, gr) in enumerate(parts):  # loss j reaches token j only
         assert gr[j].abs().sum() > 0 and all(not gr[k].any() for k in range(len(parts)) if k != j)
