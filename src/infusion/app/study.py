@@ -195,7 +195,9 @@ class Studies:
                                    "when someone presses Start in Answer")
                     job.status = "stopped"
                     return
-                entry = entries[arm] if arm in entries else entries.setdefault(arm, self._entry(study, arm))
+                if arm not in entries:
+                    entries[arm] = self._entry(study, arm)
+                entry = entries[arm]
                 text = entry.in_prompt(study.data["prompts"][k].replace("<concept>", f"<{entry.name}>"))
                 with self.actions.busy:  # cached pipelines hold scheduler state: one generation at a time
                     model = self.actions._load([entry.path])

@@ -89,7 +89,7 @@ def readings_table2(prefs: dict) -> list[str]:
                          + (f" ({', '.join(above)})" if above else "")
                          + (f", less preferred than {', '.join(below)}" if below else ""))
             if a == PAPER_ROW and len(above) < len(cells):
-                short.append(f"{len(above)} of {len(cells)} ({name.split()[0]})"
+                short.append(f"{len(above)} of {len(cells)} ({criterion})"
                              + (f", less preferred than {', '.join(below)}" if below else ""))
         out.append(f"- {label(a)}: " + "; ".join(parts) + " (interval strictly above or below 50%).")
     if short:
@@ -145,9 +145,11 @@ def readings_table1(rows: list[TableRow]) -> list[str]:
 def reading_fig7(rows: list[TableRow]) -> list[str]:
     """The paper's Fig. 7 claim (the base model's background and layout kept, only the object changed) against the
     world's scene-kept column, tuned."""
-    kept = {t.row: t.cells["scene_kept"][0] for t in rows if t.setting == "tuned" and not math.isnan(t.cells["scene_kept"][0])}
-    if PAPER_ROW not in kept:
+    cells = {t.row: t.cells["scene_kept"] for t in rows
+             if t.setting == "tuned" and t.row != BASE_ROW and not math.isnan(t.cells["scene_kept"][0])}
+    if PAPER_ROW not in cells:
         return []
+    kept = {r: c[0] for r, c in cells.items()}
     others = {r: v for r, v in kept.items() if r not in (PAPER_ROW, RECOMMENDED_ROW)}
     line = (f"The paper (Fig. 7): Infusion keeps SD's background and layout and changes only the object. Here, on the "
             f"same noise, the share of images whose scene is the base model's (Table 1, tuned): {label(PAPER_ROW)} "
@@ -159,7 +161,6 @@ def reading_fig7(rows: list[TableRow]) -> list[str]:
     paper = next(t for t in rows if t.setting == "tuned" and t.row == PAPER_ROW)
     out = [line + f"; where a prompt leaves the scene open (\"a photo of a <c>\"), {label(PAPER_ROW)} keeps it in "
            f"{paper.cells['scene_kept_open'][0]:.2f} of the images (few images: see Setup)."]
-    cells = {t.row: t.cells["scene_kept"] for t in rows if t.setting == "tuned" and t.row != BASE_ROW}
     baselines = {r: c for r, c in cells.items() if not r.startswith(PAPER_ROW)}
     lo = cells[PAPER_ROW][1]
     level = sorted(r for r, c in baselines.items() if c[2] >= lo)  # a baseline whose interval reaches the paper form's
@@ -423,7 +424,7 @@ def write_page(doc: Path, preset: Preset, summaries: dict, wall: list, fingerpri
             fig11 += [f"`<{c}>`: {halves}", "", f"![fig11_{c}](results/fig11_{c}.png)", ""]
     L += fig11[:-1] or ["Not drawn yet."]
     fig11_read = reading_fig11(fig_lines, plan, curve_concepts, curve_rows) if curve_rows else []
-    L += [""] + fig11_read if fig11_read else []
+    L += ([""] + fig11_read) if fig11_read else []
     L += ["", "## Limitations", "",
           f"- The world is small: {IMAGE_SIZE} x {IMAGE_SIZE} images, a closed grammar, probes in place of CLIP and "
           "DINO. It shows what each method can and cannot do on it; it does not measure Stable Diffusion.",
