@@ -399,8 +399,10 @@ def readings(result: dict) -> list[str]:
     paper = table.get(PAPER_ROW)
     if paper is not None and PAPER_ROW not in composes:
         alone = paper.get("look_alone")
+        cd = [table[r]["both_looks"][0] for r in (CD_ROW, CD_TUNED_ROW) if r in table]
         out.append("- **Where the world differs from the paper**: the paper's Infusion composes both looks in "
-                   f"{paper['both_looks'][0]:.2f} of the images, no more than Custom Diffusion; it learns little of a "
+                   f"{paper['both_looks'][0]:.2f} of the images"
+                   + (f" (Custom Diffusion: {max(cd):.2f} at best)" if cd else "") + "; it learns little of a "
                    "look on the world even alone"
                    + (f" (control {alone[0]:.2f}; Table 1)" if alone else " (Table 1)") + ", so there is little to compose. "
                    + (f"{name(RECOMMENDED_ROW)} composes both in {table[RECOMMENDED_ROW]['both_looks'][0]:.2f}."
